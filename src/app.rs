@@ -1,0 +1,159 @@
+//! Start-up: from a validated [`Config`] to running parts, with a healthcheck of every
+//! queue (GetQueueAttributes) before the first receive.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+
+use crate::aws::{self, SqsError};
+use crate::config::{Config, ConfigError};
+use crate::forward::Forwarder;
+use crate::metrics::{sink, Metrics};
+use crate::pipeline::Pipeline;
+use crate::source::{queue_info, QueueInfo, SqsSource};
+use crate::worker::{self, PoolOptions, RunSummary, Worker};
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The statsd sink could not be set up.
+    #[error("FORWARDER_STATSD_ADDR: metrics socket could not be opened: {0}")]
+    Metrics(#[from] std::io::Error),
+    /// A configured queue could not be reached.
+    #[error("{var}: queue {url} is not reachable: {}", one_line(.source))]
+    Unreachable {
+        /// The variable naming the queue.
+        var: &'static str,
+        /// The queue.
+        url: String,
+        /// Why.
+        source: SqsError,
+    },
+}
+
+fn one_line(err: &SqsError) -> String {
+    err.to_string().replace('\n', " ")
+}
+
+/// The built parts of the forwarder.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The validated configuration.
+    pub config: Config,
+    /// One SQS client for the process: one connection pool, shared by every worker.
+    pub sqs: aws_sdk_sqs::Client,
+    /// Metrics handle (disabled without `FORWARDER_STATSD_ADDR`).
+    pub metrics: Metrics,
+}
+
+impl App {
+    /// Loads the AWS configuration from the environment and sets up metrics.
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        let sdk = aws::load_sdk_config(config.request_timeout).await;
+        let metrics = match &config.statsd {
+            Some(settings) => sink::udp(settings)?,
+            None => Metrics::disabled(),
+        };
+        App::from_sdk(config, &sdk, metrics)
+    }
+
+    /// Builds from an explicit SDK configuration (tests point it at LocalStack).
+    pub fn from_sdk(config: Config, sdk: &SdkConfig, metrics: Metrics) -> Result<App, StartError> {
+        if sdk.region().is_none() {
+            return Err(ConfigError {
+                var: "AWS_REGION",
+                problem: "is not set (nor a region in the AWS profile); e.g. AWS_REGION=us-east-1"
+                    .into(),
+            }
+            .into());
+        }
+        tracing::info!(
+            config = %config,
+            aws_region = sdk.region().map(|r| r.as_ref()).unwrap_or("-"),
+            aws_endpoint = sdk.endpoint_url().unwrap_or("default"),
+            "effective configuration"
+        );
+        Ok(App {
+            sqs: aws::sqs_client(sdk),
+            config,
+            metrics,
+        })
+    }
+
+    /// The forwarder to the destination queue.
+    pub fn forwarder(&self) -> Forwarder {
+        Forwarder::new(
+            self.sqs.clone(),
+            &self.config.dest_queue_url,
+            self.config.max_message_bytes,
+            self.config.retry.clone(),
+            self.metrics.clone(),
+        )
+    }
+
+    /// Decode and forward.
+    pub fn pipeline(&self) -> Pipeline {
+        Pipeline::new(self.forwarder(), self.metrics.clone())
+    }
+
+    /// Healthcheck of one queue.
+    pub async fn reach(&self, var: &'static str, url: &str) -> Result<QueueInfo, StartError> {
+        queue_info(&self.sqs, url)
+            .await
+            .map_err(|source| StartError::Unreachable {
+                var,
+                url: url.to_string(),
+                source,
+            })
+    }
+
+    /// A worker on the source queue, after reaching both queues.
+    pub async fn worker(&self) -> Result<Worker, StartError> {
+        let Some(source_url) = self.config.source_queue_url.clone() else {
+            return Err(ConfigError {
+                var: "FORWARDER_SOURCE_QUEUE_URL",
+                problem: "is not set".into(),
+            }
+            .into());
+        };
+        let info = self
+            .reach("FORWARDER_SOURCE_QUEUE_URL", &source_url)
+            .await?;
+        self.reach("FORWARDER_DEST_QUEUE_URL", &self.config.dest_queue_url)
+            .await?;
+        let source = SqsSource::new(
+            self.sqs.clone(),
+            source_url,
+            self.config.batch_size,
+            self.config.receive_wait,
+            self.config.retry.clone(),
+            self.metrics.clone(),
+        );
+        Ok(Worker::new(
+            source,
+            self.pipeline(),
+            info.visibility_timeout,
+            self.metrics.clone(),
+        ))
+    }
+
+    /// Runs the worker pool until `shutdown` completes (or the source stays idle, with
+    /// `exit_when_idle`), then flushes metrics.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<RunSummary, StartError> {
+        let worker = Arc::new(self.worker().await?);
+        let options = PoolOptions {
+            workers: self.config.workers,
+            exit_when_idle: self.config.exit_when_idle,
+            shutdown_timeout: self.config.shutdown_timeout,
+            receive_error_pause: self.config.retry.max_interval,
+        };
+        tracing::info!(workers = options.workers, "polling the source queue");
+        let summary = worker::run(worker, options, shutdown).await;
+        self.metrics.flush(std::time::Duration::from_secs(2));
+        Ok(summary)
+    }
+}

@@ -1,0 +1,322 @@
+//! The command line: commands, and every setting as a flag with its environment variable.
+
+use std::time::Duration;
+
+use clap::builder::TypedValueParser;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// Forwards Sentry-style events from one Amazon SQS queue to another.
+///
+/// Every option can also be set by the environment variable shown with it. AWS region,
+/// credentials and endpoint come from the AWS SDK's own variables: AWS_REGION,
+/// AWS_PROFILE, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,
+/// AWS_ENDPOINT_URL_SQS.
+#[derive(Debug, Parser)]
+#[command(name = "sqs-forwarder", version, about, long_about)]
+pub struct Cli {
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub settings: Settings,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Consume the source queue and forward its events until stopped (SIGTERM, SIGINT).
+    Run {
+        /// Stop cleanly, exit 0, once the source queue has been empty this long (e.g. 10s).
+        #[arg(long, env = "FORWARDER_EXIT_WHEN_IDLE", value_name = "SECS", value_parser = duration)]
+        exit_when_idle: Option<Duration>,
+    },
+    /// Forward newline-delimited JSON events from a file, or stdin with "-".
+    Replay {
+        /// The file to read; "-" reads standard input.
+        #[arg(value_name = "FILE|-")]
+        input: String,
+    },
+    /// Validate the configuration and reach every configured queue.
+    Check,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Global tags added to every metric: `k:v,k:v`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricTags(pub Vec<(String, String)>);
+
+/// Settings shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// The SQS queue to consume.
+    #[arg(
+        long,
+        env = "FORWARDER_SOURCE_QUEUE_URL",
+        value_name = "URL",
+        global = true
+    )]
+    pub source_queue_url: Option<String>,
+
+    /// The SQS queue to forward events to.
+    #[arg(
+        long,
+        env = "FORWARDER_DEST_QUEUE_URL",
+        value_name = "URL",
+        global = true
+    )]
+    pub dest_queue_url: Option<String>,
+
+    /// Concurrent pollers of the source queue.
+    #[arg(long, env = "FORWARDER_WORKERS", value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from), global = true)]
+    pub workers: usize,
+
+    /// Messages per receive (1 to 10).
+    #[arg(long, env = "FORWARDER_BATCH_SIZE", value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u8).range(1..=10), global = true)]
+    pub batch_size: u8,
+
+    /// Long-poll wait of each receive, in seconds (0 to 20).
+    #[arg(long, env = "FORWARDER_RECEIVE_WAIT_SECONDS", value_name = "SECS", default_value_t = 20,
+          value_parser = clap::value_parser!(u8).range(0..=20), global = true)]
+    pub receive_wait_seconds: u8,
+
+    /// Largest message, and largest batch, in bytes of body and attributes (SQS: 1 MiB).
+    #[arg(long, env = "FORWARDER_MAX_MESSAGE_BYTES", value_name = "BYTES", default_value_t = 1_048_576,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|v| v as usize), global = true)]
+    pub max_message_bytes: usize,
+
+    /// statsd/DogStatsD address, host:port; unset turns metrics off.
+    #[arg(
+        long,
+        env = "FORWARDER_STATSD_ADDR",
+        value_name = "HOST:PORT",
+        global = true
+    )]
+    pub statsd_addr: Option<String>,
+
+    /// Prefix of every metric name.
+    #[arg(
+        long,
+        env = "FORWARDER_METRICS_PREFIX",
+        value_name = "PREFIX",
+        default_value = "",
+        global = true
+    )]
+    pub metrics_prefix: String,
+
+    /// Tags added to every metric, as k:v,k:v.
+    #[arg(long, env = "FORWARDER_METRICS_TAGS", value_name = "K:V,...", default_value = "",
+          value_parser = metric_tags, global = true)]
+    pub metrics_tags: MetricTags,
+
+    /// Fraction of sampled metrics sent, in (0, 1]. data-forwarding.http_response is never sampled.
+    #[arg(long, env = "FORWARDER_METRICS_SAMPLE_RATE", value_name = "RATE", default_value_t = 1.0,
+          value_parser = sample_rate, global = true)]
+    pub metrics_sample_rate: f64,
+
+    /// Log format; RUST_LOG filters what is logged.
+    #[arg(long, env = "FORWARDER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+
+    /// Wait before the first retry of a failed call.
+    #[arg(long, env = "FORWARDER_RETRY_INITIAL_INTERVAL", value_name = "DURATION", default_value = "100ms",
+          value_parser = duration, global = true)]
+    pub retry_initial_interval: Duration,
+
+    /// Longest wait between two retries.
+    #[arg(long, env = "FORWARDER_RETRY_MAX_INTERVAL", value_name = "DURATION", default_value = "10s",
+          value_parser = duration, global = true)]
+    pub retry_max_interval: Duration,
+
+    /// Give up retrying after this long; the message then stays in the source queue.
+    #[arg(long, env = "FORWARDER_RETRY_MAX_ELAPSED", value_name = "DURATION", default_value = "60s",
+          value_parser = duration, global = true)]
+    pub retry_max_elapsed: Duration,
+
+    /// Time limit of one HTTP attempt (a long poll gets its wait on top).
+    #[arg(long, env = "FORWARDER_REQUEST_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          value_parser = duration, global = true)]
+    pub request_timeout: Duration,
+
+    /// How long in-flight batches may take to finish after SIGTERM or SIGINT.
+    #[arg(long, env = "FORWARDER_SHUTDOWN_TIMEOUT", value_name = "DURATION", default_value = "30s",
+          value_parser = duration, global = true)]
+    pub shutdown_timeout: Duration,
+}
+
+/// A duration: plain seconds (`30`) or with a unit (`100ms`, `30s`, `2m`).
+fn duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(value)
+        .map_err(|e| format!("{e}; expected seconds or a duration like 500ms, 30s, 2m"))
+}
+
+fn sample_rate(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate <= 1.0 => Ok(rate),
+        _ => Err("expected a number in (0, 1], like 0.25".into()),
+    }
+}
+
+fn metric_tags(value: &str) -> Result<MetricTags, String> {
+    let mut tags = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.split_once(':') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                tags.push((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => return Err(format!("{item:?} is not k:v; expected k:v,k:v")),
+        }
+    }
+    Ok(MetricTags(tags))
+}
+
+impl Cli {
+    /// Parses arguments and environment. Help and version exit the process as usual;
+    /// any other problem comes back as one line that names the environment variable.
+    pub fn parse_or_one_line<I, T>(args: I) -> Result<Cli, String>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        match Cli::try_parse_from(args) {
+            Ok(cli) => Ok(cli),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ErrorKind::DisplayHelp
+                        | ErrorKind::DisplayVersion
+                        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                ) =>
+            {
+                err.exit()
+            }
+            Err(err) => Err(one_line(&err)),
+        }
+    }
+}
+
+/// Clap's first line, led by the environment variable of the offending option.
+pub fn one_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string();
+    let env = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => env_of(arg),
+        _ => None,
+    };
+    match env {
+        Some(env) => format!("{env}: {first}"),
+        None => first,
+    }
+}
+
+/// The environment variable of an option named as clap shows it (`--workers <N>`).
+fn env_of(shown: &str) -> Option<String> {
+    let long = shown.split_whitespace().next()?.trim_start_matches("--");
+    let cmd = Cli::command();
+    let env = std::iter::once(&cmd)
+        .chain(cmd.get_subcommands())
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned());
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        Cli::parse_or_one_line(std::iter::once("sqs-forwarder").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn bad_values_fail_in_one_line_naming_the_variable() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["run", "--workers", "abc"], "FORWARDER_WORKERS"),
+            (&["run", "--workers", "0"], "FORWARDER_WORKERS"),
+            (&["run", "--batch-size", "11"], "FORWARDER_BATCH_SIZE"),
+            (
+                &["run", "--metrics-sample-rate", "2"],
+                "FORWARDER_METRICS_SAMPLE_RATE",
+            ),
+            (
+                &["run", "--metrics-tags", "novalue"],
+                "FORWARDER_METRICS_TAGS",
+            ),
+            (
+                &["run", "--retry-max-elapsed", "soon"],
+                "FORWARDER_RETRY_MAX_ELAPSED",
+            ),
+            (&["run", "--log-format", "xml"], "FORWARDER_LOG_FORMAT"),
+            (
+                &["run", "--exit-when-idle", "x"],
+                "FORWARDER_EXIT_WHEN_IDLE",
+            ),
+        ];
+        for (args, var) in cases {
+            let err = parse(args).err().unwrap_or_default();
+            assert!(err.starts_with(&format!("{var}: ")), "{args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_accept_seconds_and_units() {
+        assert_eq!(duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(duration("-1").is_err());
+    }
+
+    #[test]
+    fn metric_tags_parse() {
+        assert_eq!(
+            metric_tags("env:prod, region:eu").map(|t| t.0),
+            Ok(vec![
+                ("env".into(), "prod".into()),
+                ("region".into(), "eu".into())
+            ])
+        );
+        assert_eq!(metric_tags("").map(|t| t.0), Ok(vec![]));
+        assert!(metric_tags(":x").is_err());
+    }
+
+    #[test]
+    fn every_option_has_an_env_var() {
+        let cmd = Cli::command();
+        for arg in std::iter::once(&cmd)
+            .chain(cmd.get_subcommands())
+            .flat_map(|c| c.get_arguments())
+            .filter(|a| {
+                a.get_long().is_some() && !matches!(a.get_id().as_str(), "help" | "version")
+            })
+        {
+            assert!(
+                arg.get_env().is_some(),
+                "--{:?} has no env var",
+                arg.get_long()
+            );
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Configuration: every setting is an environment variable and a flag.
+//!
+//! [`cli`] declares them (clap reads flags, then `FORWARDER_*` variables, then
+//! defaults); [`Settings::validate`] turns them into a [`Config`] for one command, or
+//! into [`ConfigError`]s of one line each that name the variable. AWS region,
+//! credentials and endpoint are the SDK's own variables and are not repeated here.
+
+pub mod cli;
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+pub use cli::{Cli, Command, LogFormat, Settings};
+
+use crate::metrics::sink::StatsdSettings;
+use crate::retry::RetryPolicy;
+
+/// A setting that is missing or wrong. Displays as one line naming the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable (its flag is in `--help`).
+    pub var: &'static str,
+    /// What is wrong, with the expected form.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            var,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Every problem found, one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// What a command needs configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// `run`: a source and a destination.
+    SourceAndDestination,
+    /// `replay`: a destination.
+    Destination,
+}
+
+/// The validated configuration of one command.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The queue consumed (`FORWARDER_SOURCE_QUEUE_URL`); `None` for `replay`.
+    pub source_queue_url: Option<String>,
+    /// The queue forwarded to (`FORWARDER_DEST_QUEUE_URL`).
+    pub dest_queue_url: String,
+    /// Concurrent pollers (`FORWARDER_WORKERS`).
+    pub workers: usize,
+    /// Messages per receive, 1 to 10 (`FORWARDER_BATCH_SIZE`).
+    pub batch_size: usize,
+    /// Long-poll wait (`FORWARDER_RECEIVE_WAIT_SECONDS`).
+    pub receive_wait: Duration,
+    /// Bound on a message and on a batch, in bytes (`FORWARDER_MAX_MESSAGE_BYTES`).
+    pub max_message_bytes: usize,
+    /// Where metrics go; `None` turns them off (`FORWARDER_STATSD_ADDR`).
+    pub statsd: Option<StatsdSettings>,
+    /// `pretty` or `json` (`FORWARDER_LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// Backoff bounds (`FORWARDER_RETRY_*`).
+    pub retry: RetryPolicy,
+    /// Bound on one HTTP attempt other than a long poll (`FORWARDER_REQUEST_TIMEOUT`).
+    pub request_timeout: Duration,
+    /// How long in-flight batches may take to finish at shutdown
+    /// (`FORWARDER_SHUTDOWN_TIMEOUT`).
+    pub shutdown_timeout: Duration,
+    /// Stop once the source has been empty this long (`FORWARDER_EXIT_WHEN_IDLE`).
+    pub exit_when_idle: Option<Duration>,
+}
+
+impl Settings {
+    /// Validates the settings for a command. Every problem is reported, each on its line.
+    pub fn validate(
+        &self,
+        needs: Needs,
+        exit_when_idle: Option<Duration>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let source = match needs {
+            Needs::SourceAndDestination => queue_url(
+                "FORWARDER_SOURCE_QUEUE_URL",
+                self.source_queue_url.as_deref(),
+                &mut errors,
+            ),
+            Needs::Destination => None,
+        };
+        let dest = queue_url(
+            "FORWARDER_DEST_QUEUE_URL",
+            self.dest_queue_url.as_deref(),
+            &mut errors,
+        );
+        let statsd = match self.statsd_addr.as_deref().map(resolve) {
+            None => None,
+            Some(Ok(addr)) => Some(StatsdSettings {
+                addr,
+                prefix: self.metrics_prefix.clone(),
+                tags: self.metrics_tags.0.clone(),
+                sample_rate: self.metrics_sample_rate,
+            }),
+            Some(Err(problem)) => {
+                errors.push(ConfigError::new("FORWARDER_STATSD_ADDR", problem));
+                None
+            }
+        };
+        if self.retry_initial_interval > self.retry_max_interval {
+            errors.push(ConfigError::new(
+                "FORWARDER_RETRY_INITIAL_INTERVAL",
+                format!(
+                    "{} is longer than FORWARDER_RETRY_MAX_INTERVAL ({})",
+                    humantime::format_duration(self.retry_initial_interval),
+                    humantime::format_duration(self.retry_max_interval)
+                ),
+            ));
+        }
+        let (Some(dest), true) = (dest, errors.is_empty()) else {
+            return Err(ConfigErrors(errors));
+        };
+        let receive_wait = Duration::from_secs(u64::from(self.receive_wait_seconds));
+        Ok(Config {
+            source_queue_url: source,
+            dest_queue_url: dest,
+            workers: self.workers,
+            batch_size: usize::from(self.batch_size),
+            // Exiting when idle needs a receive that returns within the idle time.
+            receive_wait: exit_when_idle.map_or(receive_wait, |idle| receive_wait.min(idle)),
+            max_message_bytes: self.max_message_bytes,
+            statsd,
+            log_format: self.log_format,
+            retry: RetryPolicy {
+                initial_interval: self.retry_initial_interval,
+                max_interval: self.retry_max_interval,
+                max_elapsed: self.retry_max_elapsed,
+            },
+            request_timeout: self.request_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            exit_when_idle,
+        })
+    }
+}
+
+/// A required queue URL: present and shaped like `https://host/account/queue`.
+fn queue_url(
+    var: &'static str,
+    value: Option<&str>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
+    let expected =
+        "expected a queue URL like https://sqs.us-east-1.amazonaws.com/123456789012/events";
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        errors.push(ConfigError::new(var, format!("is not set; {expected}")));
+        return None;
+    };
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"));
+    let shaped = rest.is_some_and(|r| {
+        let mut parts = r.splitn(2, '/');
+        let host = parts.next().unwrap_or("");
+        let path = parts.next().unwrap_or("");
+        !host.is_empty()
+            && path
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .is_some_and(|q| !q.is_empty())
+    });
+    if shaped {
+        Some(value.to_string())
+    } else {
+        errors.push(ConfigError::new(
+            var,
+            format!("{value:?} is not a queue URL; {expected}"),
+        ));
+        None
+    }
+}
+
+/// `host:port` to a socket address, resolved once at start.
+fn resolve(value: &str) -> Result<SocketAddr, String> {
+    let expected = "expected host:port, like 127.0.0.1:8125";
+    if !value.contains(':') {
+        return Err(format!("{value:?} has no port; {expected}"));
+    }
+    value
+        .to_socket_addrs()
+        .map_err(|e| format!("{value:?} cannot be resolved ({e}); {expected}"))?
+        .next()
+        .ok_or_else(|| format!("{value:?} resolves to no address; {expected}"))
+}
+
+impl fmt::Display for Config {
+    /// The effective configuration, for the start-up log line. Holds no secret: AWS
+    /// credentials are never part of it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "source={} dest={} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
+             statsd={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
+             retry_max_interval={} retry_max_elapsed={} request_timeout={} shutdown_timeout={} \
+             exit_when_idle={}",
+            self.source_queue_url.as_deref().unwrap_or("-"),
+            self.dest_queue_url,
+            self.workers,
+            self.batch_size,
+            self.receive_wait.as_secs(),
+            self.max_message_bytes,
+            self.statsd
+                .as_ref()
+                .map_or("off".to_string(), |s| s.addr.to_string()),
+            self.statsd.as_ref().map_or("", |s| s.prefix.as_str()),
+            self.statsd.as_ref().map_or(String::new(), |s| {
+                s.tags
+                    .iter()
+                    .map(|(k, v)| format!("{k}:{v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+            self.statsd.as_ref().map_or(1.0, |s| s.sample_rate),
+            humantime::format_duration(self.retry.initial_interval),
+            humantime::format_duration(self.retry.max_interval),
+            humantime::format_duration(self.retry.max_elapsed),
+            humantime::format_duration(self.request_timeout),
+            humantime::format_duration(self.shutdown_timeout),
+            self.exit_when_idle
+                .map_or("off".to_string(), |d| humantime::format_duration(d)
+                    .to_string()),
+        )
+    }
+}

@@ -1,0 +1,323 @@
+//! The event: a Sentry-shaped JSON object, decoded just enough to route and index it.
+//!
+//! Required: `event_id` (32 hex characters), `project_id` and `organization_id`
+//! (positive integers). Optional: `tags`, a list of `[key, value]` string pairs or an
+//! object of strings. Every other field passes through untouched: the forwarded body is
+//! the original text, byte for byte.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A decoded event, borrowing from the body it came from: decoding copies nothing but
+/// strings that contain JSON escapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event<'a> {
+    /// 32 hex characters, as sent (Sentry's event id without dashes).
+    pub event_id: Cow<'a, str>,
+    /// The Sentry project the event belongs to.
+    pub project_id: u64,
+    /// The organization that owns the project.
+    pub organization_id: u64,
+    /// Tags in the order they were given, unescaped.
+    pub tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// The original JSON, forwarded unchanged.
+    pub body: &'a str,
+}
+
+/// Why a body is not a valid event. Each has a stable [`reason`](DecodeError::reason)
+/// for the `forwarder.event.invalid` metric.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not UTF-8 (only possible for `replay` input; SQS bodies are text).
+    #[error("body is not valid UTF-8: {0}")]
+    NotUtf8(String),
+    /// The text is not JSON, is truncated, nests too deep, or repeats a known field.
+    #[error("body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// Valid JSON, but not an object.
+    #[error("body is JSON but not an object")]
+    NotAnObject,
+    /// A required field is absent (or null).
+    #[error("missing required field `{0}`")]
+    MissingField(&'static str),
+    /// A field is present with the wrong type or an out-of-range value.
+    #[error("field `{field}` is invalid: {reason}")]
+    InvalidField {
+        /// The field's name.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl DecodeError {
+    /// Stable label for metric tags and the dead-letter reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::NotUtf8(_) => "not_utf8",
+            DecodeError::InvalidJson(_) => "invalid_json",
+            DecodeError::NotAnObject => "not_an_object",
+            DecodeError::MissingField("event_id") => "missing_event_id",
+            DecodeError::MissingField("project_id") => "missing_project_id",
+            DecodeError::MissingField("organization_id") => "missing_organization_id",
+            DecodeError::MissingField(_) => "missing_field",
+            DecodeError::InvalidField {
+                field: "event_id", ..
+            } => "invalid_event_id",
+            DecodeError::InvalidField {
+                field: "project_id",
+                ..
+            } => "invalid_project_id",
+            DecodeError::InvalidField {
+                field: "organization_id",
+                ..
+            } => "invalid_organization_id",
+            DecodeError::InvalidField { field: "tags", .. } => "invalid_tags",
+            DecodeError::InvalidField { .. } => "invalid_field",
+        }
+    }
+}
+
+/// The fields we read; the rest of the object is checked for syntax and skipped.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    project_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    organization_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tags: Option<&'a RawValue>,
+}
+
+/// Tags in either accepted shape, in their order: a list of `[key, value]` pairs, or an
+/// object (read entry by entry, since a map would lose the order).
+struct Tags<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+/// A string that borrows from the input when it has no escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Tags<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Tags<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of [key, value] string pairs or an object of strings")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Tags<'de>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some((Text(k), Text(v))) = seq.next_element()? {
+                    out.push((k, v));
+                }
+                Ok(Tags(out))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Tags<'de>, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some((Text(k), Text(v))) = map.next_entry()? {
+                    out.push((k, v));
+                }
+                Ok(Tags(out))
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
+}
+
+/// Decodes raw bytes (a `replay` line).
+pub fn decode_bytes(body: &[u8]) -> Result<Event<'_>, DecodeError> {
+    let body = std::str::from_utf8(body).map_err(|e| DecodeError::NotUtf8(e.to_string()))?;
+    decode(body)
+}
+
+/// Decodes a message body.
+pub fn decode(body: &str) -> Result<Event<'_>, DecodeError> {
+    if !body.trim_start().starts_with('{') {
+        // Tell "not JSON" from "JSON, but not an object".
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(body) {
+            Ok(_) => DecodeError::NotAnObject,
+            Err(e) => DecodeError::InvalidJson(e.to_string()),
+        });
+    }
+    let head: Head<'_> =
+        serde_json::from_str(body).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    Ok(Event {
+        event_id: event_id(head.event_id)?,
+        project_id: positive_id("project_id", head.project_id)?,
+        organization_id: positive_id("organization_id", head.organization_id)?,
+        tags: tags(head.tags)?,
+        body,
+    })
+}
+
+fn present<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<&'a str, DecodeError> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Err(DecodeError::MissingField(field)),
+        Some(text) => Ok(text),
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> DecodeError {
+    DecodeError::InvalidField {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn event_id<'a>(raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, DecodeError> {
+    let text = present("event_id", raw)?;
+    let Text(id) =
+        serde_json::from_str(text).map_err(|_| invalid("event_id", "must be a string"))?;
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid("event_id", "must be 32 hexadecimal characters"));
+    }
+    Ok(id)
+}
+
+fn positive_id(field: &'static str, raw: Option<&RawValue>) -> Result<u64, DecodeError> {
+    let text = present(field, raw)?;
+    match serde_json::from_str::<u64>(text) {
+        Ok(0) | Err(_) => Err(invalid(field, "must be a positive integer below 2^64")),
+        Ok(id) => Ok(id),
+    }
+}
+
+fn tags<'a>(raw: Option<&'a RawValue>) -> Result<Vec<(Cow<'a, str>, Cow<'a, str>)>, DecodeError> {
+    let Some(text) = raw.map(RawValue::get).filter(|t| *t != "null") else {
+        return Ok(Vec::new());
+    };
+    let shape = "must be a list of [key, value] string pairs or an object of strings";
+    let Tags(pairs) = serde_json::from_str(text).map_err(|_| invalid("tags", shape))?;
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789ABCDEF";
+
+    fn ok(body: &str) -> Event<'_> {
+        match decode(body) {
+            Ok(e) => e,
+            Err(e) => panic!("{body}: {e}"),
+        }
+    }
+
+    fn reason(body: &str) -> &'static str {
+        match decode(body) {
+            Ok(e) => panic!("{body} decoded: {e:?}"),
+            Err(e) => e.reason(),
+        }
+    }
+
+    #[test]
+    fn valid_event_keeps_its_body_byte_for_byte() {
+        let body = format!(
+            r#"{{ "event_id":"{ID}", "project_id": 42, "organization_id":7,
+               "message":"caf\u00e9 ☕", "extra": {{"deep": [1, 2.5, null]}},
+               "tags": [["environment","production"],["level","error"]] }}"#
+        );
+        let e = ok(&body);
+        assert!(
+            matches!(e.event_id, Cow::Borrowed(_)),
+            "event_id was copied"
+        );
+        assert_eq!(e.event_id, ID);
+        assert_eq!((e.project_id, e.organization_id), (42, 7));
+        assert_eq!(
+            e.tags,
+            [
+                ("environment".into(), "production".into()),
+                ("level".into(), "error".into())
+            ]
+        );
+        assert!(e
+            .tags
+            .iter()
+            .all(|(k, v)| matches!((k, v), (Cow::Borrowed(_), Cow::Borrowed(_)))));
+        assert_eq!(e.body, body);
+    }
+
+    #[test]
+    fn tags_object_keeps_order_and_unescapes() {
+        let body = format!(
+            r#"{{"event_id":"{ID}","project_id":1,"organization_id":1,"tags":{{"z":"1","a":"\"q\""}}}}"#
+        );
+        let e = ok(&body);
+        assert_eq!(
+            e.tags,
+            [("z".into(), "1".into()), ("a".into(), "\"q\"".into())]
+        );
+    }
+
+    #[test]
+    fn missing_and_null_tags_are_empty() {
+        let body = format!(r#"{{"event_id":"{ID}","project_id":1,"organization_id":1}}"#);
+        assert!(ok(&body).tags.is_empty());
+        let body =
+            format!(r#"{{"event_id":"{ID}","project_id":1,"organization_id":1,"tags":null}}"#);
+        assert!(ok(&body).tags.is_empty());
+    }
+
+    #[test]
+    fn invalid_bodies_say_why() {
+        let head = format!(r#""event_id":"{ID}","project_id":1,"organization_id":1"#);
+        let cases: Vec<(String, &str)> = vec![
+            ("".into(), "invalid_json"),
+            ("{".into(), "invalid_json"),
+            (format!("{{{head}"), "invalid_json"),
+            ("[1,2]".into(), "not_an_object"),
+            ("\"text\"".into(), "not_an_object"),
+            ("null".into(), "not_an_object"),
+            (r#"{"project_id":1,"organization_id":1}"#.into(), "missing_event_id"),
+            (format!(r#"{{"event_id":"{ID}","organization_id":1}}"#), "missing_project_id"),
+            (format!(r#"{{"event_id":"{ID}","project_id":1}}"#), "missing_organization_id"),
+            (format!(r#"{{"event_id":null,"project_id":1,"organization_id":1}}"#), "missing_event_id"),
+            (r#"{"event_id":"abc","project_id":1,"organization_id":1}"#.into(), "invalid_event_id"),
+            (r#"{"event_id":"0123456789abcdef0123456789abcdeg","project_id":1,"organization_id":1}"#.into(), "invalid_event_id"),
+            (r#"{"event_id":12,"project_id":1,"organization_id":1}"#.into(), "invalid_event_id"),
+            (format!(r#"{{"event_id":"{ID}","project_id":"1","organization_id":1}}"#), "invalid_project_id"),
+            (format!(r#"{{"event_id":"{ID}","project_id":-1,"organization_id":1}}"#), "invalid_project_id"),
+            (format!(r#"{{"event_id":"{ID}","project_id":1.5,"organization_id":1}}"#), "invalid_project_id"),
+            (format!(r#"{{"event_id":"{ID}","project_id":0,"organization_id":1}}"#), "invalid_project_id"),
+            (format!(r#"{{"event_id":"{ID}","project_id":1,"organization_id":18446744073709551616}}"#), "invalid_organization_id"),
+            (format!(r#"{{{head},"tags":"a"}}"#), "invalid_tags"),
+            (format!(r#"{{{head},"tags":[["a"]]}}"#), "invalid_tags"),
+            (format!(r#"{{{head},"tags":[["a","b","c"]]}}"#), "invalid_tags"),
+            (format!(r#"{{{head},"tags":[["a",1]]}}"#), "invalid_tags"),
+            (format!(r#"{{{head},"tags":{{"a":null}}}}"#), "invalid_tags"),
+            (format!(r#"{{{head},"event_id":"{ID}"}}"#), "invalid_json"),
+            (format!(r#"{{{head},"tags":{}}}"#, "[".repeat(200) + &"]".repeat(200)), "invalid_tags"),
+        ];
+        for (body, want) in cases {
+            assert_eq!(reason(&body), want, "{body}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_in_passthrough_fields_is_forwarded_unchanged() {
+        // serde_json skips unread values without recursion: no stack risk, no rewrite.
+        let body = format!(
+            r#"{{"event_id":"{ID}","project_id":1,"organization_id":1,"x":{}}}"#,
+            "[".repeat(5000) + &"]".repeat(5000)
+        );
+        assert_eq!(ok(&body).body, body);
+    }
+
+    #[test]
+    fn invalid_utf8_is_reported() {
+        let err = decode_bytes(&[b'{', 0xff, b'}']).err();
+        assert_eq!(err.map(|e| e.reason()), Some("not_utf8"));
+    }
+}

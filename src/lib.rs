@@ -1,0 +1,47 @@
+//! sqs-forwarder: forwards Sentry-style events from a source SQS queue to a destination
+//! queue, at least once, with retries and statsd metrics.
+//!
+//! # The flow
+//!
+//! ```text
+//! source queue ──► worker pool ──► decode ──► forward ──► destination queue
+//!  (source)         (worker)       (event)    (forward)
+//!                                     every send inside track_response_metric:
+//!                                     data-forwarding.http_response{plugin, success}
+//! ```
+//!
+//! A message is deleted from the source only after the destination accepted its event.
+//! Anything else (an invalid body, a send that failed for good or ran out of retries)
+//! stays in the source queue, whose redrive policy is the last resort.
+//!
+//! # The layout, in the order of the flow
+//!
+//! - [`config`]: every setting, as a flag and an environment variable, validated at start.
+//! - [`app`]: start-up: clients, metrics, and the healthcheck of each queue.
+//! - [`source`]: where events come from: long-polling the source queue, deleting,
+//!   extending visibility.
+//! - [`worker`]: the pool of pollers; [`worker::Worker::run_once`] is one step and
+//!   [`worker::run`] takes its shutdown signal as an argument.
+//! - [`pipeline`]: decode then forward, settling each message; shared by `run` and `replay`.
+//! - [`event`]: the event and its decoder.
+//! - [`forward`]: where events go: batching within SQS limits and `track_response_metric`.
+//! - [`retry`]: the one retry layer: what is retryable, and the backoff schedule.
+//! - [`aws`]: SDK clients (SDK retries off) and classified SQS errors.
+//! - [`metrics`]: every metric as a typed value, the statsd sink, and internal events
+//!   that log and count together.
+//! - [`telemetry`]: logging set-up.
+//! - [`check`], [`replay`]: the other commands.
+
+pub mod app;
+pub mod aws;
+pub mod check;
+pub mod config;
+pub mod event;
+pub mod forward;
+pub mod metrics;
+pub mod pipeline;
+pub mod replay;
+pub mod retry;
+pub mod source;
+pub mod telemetry;
+pub mod worker;

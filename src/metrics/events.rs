@@ -1,0 +1,56 @@
+//! Internal events: each emits its log line and its counter together, so the two never
+//! disagree (as vector's `internal_events`).
+
+use super::{Counter, Metrics};
+use crate::aws::SqsError;
+use crate::event::DecodeError;
+
+/// A message whose body is not a valid event. It is left in the source queue, where
+/// the queue's redrive policy moves it to the queue's dead-letter queue.
+pub fn invalid_event(metrics: &Metrics, message_id: &str, receive_count: u32, err: &DecodeError) {
+    tracing::warn!(
+        message_id,
+        receive_count,
+        reason = err.reason(),
+        error = %err,
+        "invalid event: left in the source queue for its redrive policy"
+    );
+    metrics.incr(Counter::InvalidEvent {
+        reason: err.reason(),
+    });
+}
+
+/// An event whose forward failed for good; its message stays in the source queue.
+pub fn forward_failed(metrics: &Metrics, message_id: &str, event_id: &str, err: &SqsError) {
+    tracing::error!(
+        message_id,
+        event_id,
+        class = err.class.as_str(),
+        code = err.code.as_deref().unwrap_or(""),
+        error = %err,
+        "event not forwarded: left in the source queue"
+    );
+    metrics.incr(Counter::ForwardFailed {
+        class: err.class.as_str(),
+    });
+}
+
+/// A forwarded event whose source message could not be deleted: it will be delivered
+/// again, so the destination may see it twice.
+pub fn delete_failed(message_id: &str, err: &SqsError) {
+    tracing::warn!(
+        message_id,
+        class = err.class.as_str(),
+        error = %err,
+        "forwarded message not deleted: it will be redelivered (a duplicate)"
+    );
+}
+
+/// A receive that failed after its retries; the worker pauses and polls again.
+pub fn receive_failed(metrics: &Metrics, err: &SqsError) {
+    tracing::error!(class = err.class.as_str(), error = %err, "receive failed");
+    metrics.incr(Counter::SqsError {
+        operation: "receive",
+        class: err.class.as_str(),
+    });
+}

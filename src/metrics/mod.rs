@@ -1,0 +1,372 @@
+//! Every metric this worker emits, as typed values, and the one place that emits them.
+//!
+//! As in getsentry/relay, a metric is a variant of an enum ([`Counter`], [`Timer`],
+//! [`Gauge`]); its name and tags are fixed here and documented on the variant, so a
+//! dashboard author reads this file and nothing else. Code elsewhere calls
+//! [`Metrics::incr`], [`Metrics::timing`] or [`Metrics::gauge`] and never spells a name.
+//!
+//! Metrics leave through cadence to statsd/DogStatsD over UDP (see [`sink`]); the sink
+//! queues and buffers, so emitting never blocks the pipeline.
+
+pub mod events;
+pub mod sink;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cadence::prelude::*;
+use cadence::{MetricBuilder, MetricSink, StatsdClient};
+
+/// The `plugin` tag of `data-forwarding.http_response`, as Sentry's Amazon SQS plugin sets it.
+pub const PLUGIN: &str = "amazon-sqs";
+
+/// Counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// `data-forwarding.http_response`: exactly one per forwarded event, counted by
+    /// [`crate::forward::track_response_metric`] once the event's send has ended
+    /// (after retries). Never sampled.
+    ///
+    /// Tags: `plugin` (always `amazon-sqs`), `success` (`true` if the destination
+    /// accepted the event, `false` if the send failed or errored).
+    HttpResponse { success: bool },
+    /// `forwarder.event.invalid`: a message whose body is not a valid event. The message
+    /// is not deleted; the queue's redrive policy takes it to its dead-letter queue.
+    ///
+    /// Tags: `reason`, one of [`crate::event::DecodeError::reason`].
+    InvalidEvent { reason: &'static str },
+    /// `forwarder.event.failed`: an event whose forward failed for good (permanent error
+    /// or retries exhausted); its message is left in the source queue.
+    ///
+    /// Tags: `class`, the [`crate::retry::ErrorClass`] of the last failure.
+    ForwardFailed { class: &'static str },
+    /// `forwarder.retry`: one retry of an SQS call, before its backoff sleep.
+    ///
+    /// Tags: `operation` (`receive`, `send`, `delete`, `change_visibility`), `class`
+    /// (`throttled`, `server_error`, `timeout`, `connection`).
+    Retry {
+        operation: &'static str,
+        class: &'static str,
+    },
+    /// `forwarder.messages.received`: messages received from the source queue.
+    MessagesReceived,
+    /// `forwarder.messages.deleted`: source messages deleted after their event was accepted.
+    MessagesDeleted,
+    /// `forwarder.sqs.error`: an SQS call that failed for good (after retries).
+    ///
+    /// Tags: `operation` (as for `forwarder.retry`), `class`.
+    SqsError {
+        operation: &'static str,
+        class: &'static str,
+    },
+}
+
+impl Counter {
+    fn name(&self) -> &'static str {
+        match self {
+            Counter::HttpResponse { .. } => "data-forwarding.http_response",
+            Counter::InvalidEvent { .. } => "forwarder.event.invalid",
+            Counter::ForwardFailed { .. } => "forwarder.event.failed",
+            Counter::Retry { .. } => "forwarder.retry",
+            Counter::MessagesReceived => "forwarder.messages.received",
+            Counter::MessagesDeleted => "forwarder.messages.deleted",
+            Counter::SqsError { .. } => "forwarder.sqs.error",
+        }
+    }
+
+    fn tags(&self) -> Vec<(&'static str, &'static str)> {
+        match *self {
+            Counter::HttpResponse { success } => vec![
+                ("plugin", PLUGIN),
+                ("success", if success { "true" } else { "false" }),
+            ],
+            Counter::InvalidEvent { reason } => vec![("reason", reason)],
+            Counter::ForwardFailed { class } => vec![("class", class)],
+            Counter::Retry { operation, class } | Counter::SqsError { operation, class } => {
+                vec![("operation", operation), ("class", class)]
+            }
+            Counter::MessagesReceived | Counter::MessagesDeleted => Vec::new(),
+        }
+    }
+
+    /// Counters users alert on are never sampled.
+    fn sampled(&self) -> bool {
+        !matches!(self, Counter::HttpResponse { .. })
+    }
+}
+
+/// Timers, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// `forwarder.send_batch.duration`: one SendMessageBatch call, retries excluded.
+    BatchSend,
+    /// `forwarder.event.latency`: from the source message's `SentTimestamp` to the
+    /// destination's acceptance of its event.
+    EndToEnd,
+}
+
+impl Timer {
+    fn name(&self) -> &'static str {
+        match self {
+            Timer::BatchSend => "forwarder.send_batch.duration",
+            Timer::EndToEnd => "forwarder.event.latency",
+        }
+    }
+}
+
+/// Gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gauge {
+    /// `forwarder.events.in_flight`: events received and not yet settled, over all workers.
+    InFlight,
+}
+
+impl Gauge {
+    fn name(&self) -> &'static str {
+        match self {
+            Gauge::InFlight => "forwarder.events.in_flight",
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the metrics client. Disabled, it does nothing.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// `None` when `FORWARDER_STATSD_ADDR` is unset: metrics are off.
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    /// The cadence client: prefix and global tags are applied here.
+    client: StatsdClient,
+    /// The sink behind `client`, kept to flush it and to wait for its queue at shutdown.
+    sink: Arc<dyn Flush>,
+    /// Fraction of sampled metrics sent (`FORWARDER_METRICS_SAMPLE_RATE`).
+    sample_rate: f64,
+}
+
+/// What shutdown needs from a sink: push out what is buffered.
+pub trait Flush: Send + Sync {
+    /// Sends everything queued or buffered; waits at most `timeout` for a queue to drain.
+    fn flush_within(&self, timeout: Duration);
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("enabled", &self.inner.is_some())
+            .finish()
+    }
+}
+
+impl Metrics {
+    /// Metrics off.
+    pub fn disabled() -> Self {
+        Self { inner: None }
+    }
+
+    /// Metrics through any cadence sink: the UDP sink in production, `SpyMetricSink` in tests.
+    pub fn new<S>(sink: S, prefix: &str, global_tags: &[(String, String)], sample_rate: f64) -> Self
+    where
+        S: MetricSink + Flush + Clone + Send + Sync + std::panic::RefUnwindSafe + 'static,
+    {
+        let flusher: Arc<dyn Flush> = Arc::new(sink.clone());
+        let mut builder = StatsdClient::builder(prefix, sink).with_error_handler(|_err| {
+            // A full queue or an unreachable statsd must never disturb forwarding.
+        });
+        for (k, v) in global_tags {
+            builder = builder.with_tag(k.as_str(), v.as_str());
+        }
+        Self {
+            inner: Some(Arc::new(Inner {
+                client: builder.build(),
+                sink: flusher,
+                sample_rate,
+            })),
+        }
+    }
+
+    /// Counts one.
+    pub fn incr(&self, counter: Counter) {
+        self.count(counter, 1);
+    }
+
+    /// Counts `n`.
+    pub fn count(&self, counter: Counter, n: u64) {
+        let Some(inner) = &self.inner else { return };
+        if counter.sampled() && !inner.keep() {
+            return;
+        }
+        let builder = inner.client.count_with_tags(counter.name(), n);
+        send(inner.rate_if(counter.sampled(), builder), &counter.tags());
+    }
+
+    /// Records a duration in milliseconds.
+    pub fn timing(&self, timer: Timer, duration: Duration) {
+        let Some(inner) = &self.inner else { return };
+        if !inner.keep() {
+            return;
+        }
+        let builder = inner.client.time_with_tags(timer.name(), duration);
+        send(inner.rate_if(true, builder), &[]);
+    }
+
+    /// Sets a gauge. Gauges are never sampled: a dropped value would leave a stale one.
+    pub fn gauge(&self, gauge: Gauge, value: u64) {
+        let Some(inner) = &self.inner else { return };
+        send(inner.client.gauge_with_tags(gauge.name(), value), &[]);
+    }
+
+    /// The sink's flush, for a flusher that must stop when the metrics are dropped.
+    pub(crate) fn flush_handle(&self) -> Option<std::sync::Weak<dyn Flush>> {
+        self.inner.as_ref().map(|inner| Arc::downgrade(&inner.sink))
+    }
+
+    /// Sends what is queued or buffered. Called every second by the sink's flusher and
+    /// once at shutdown.
+    pub fn flush(&self, timeout: Duration) {
+        if let Some(inner) = &self.inner {
+            inner.sink.flush_within(timeout);
+        }
+    }
+}
+
+impl Inner {
+    /// Whether a sampled metric is sent this time.
+    fn keep(&self) -> bool {
+        self.sample_rate >= 1.0 || fastrand::f64() < self.sample_rate
+    }
+
+    fn rate_if<'a, T: cadence::Metric + From<String>>(
+        &self,
+        sampled: bool,
+        builder: MetricBuilder<'a, 'a, T>,
+    ) -> MetricBuilder<'a, 'a, T> {
+        if sampled && self.sample_rate < 1.0 {
+            builder.with_sampling_rate(self.sample_rate)
+        } else {
+            builder
+        }
+    }
+}
+
+fn send<'a, T: cadence::Metric + From<String>>(
+    mut builder: MetricBuilder<'a, 'a, T>,
+    tags: &[(&'a str, &'a str)],
+) {
+    for (k, v) in tags {
+        builder = builder.with_tag(k, v);
+    }
+    builder.send();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cadence::SpyMetricSink;
+
+    /// A spy sink that also satisfies [`Flush`], for exact statsd lines in tests.
+    #[derive(Clone)]
+    struct Spy(Arc<SpyMetricSink>);
+    impl MetricSink for Spy {
+        fn emit(&self, metric: &str) -> std::io::Result<usize> {
+            self.0.emit(metric)
+        }
+    }
+    impl Flush for Spy {
+        fn flush_within(&self, _timeout: Duration) {}
+    }
+
+    type Rx = crossbeam_channel::Receiver<Vec<u8>>;
+
+    fn spy(prefix: &str, tags: &[(String, String)], rate: f64) -> (Rx, Metrics) {
+        let (rx, sink) = SpyMetricSink::new();
+        (rx, Metrics::new(Spy(Arc::new(sink)), prefix, tags, rate))
+    }
+
+    fn lines(rx: &Rx) -> Vec<String> {
+        rx.try_iter()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn http_response_line_is_sentrys() {
+        let (rx, m) = spy("", &[], 1.0);
+        m.incr(Counter::HttpResponse { success: true });
+        m.incr(Counter::HttpResponse { success: false });
+        assert_eq!(
+            lines(&rx),
+            [
+                "data-forwarding.http_response:1|c|#plugin:amazon-sqs,success:true",
+                "data-forwarding.http_response:1|c|#plugin:amazon-sqs,success:false",
+            ]
+        );
+    }
+
+    #[test]
+    fn prefix_and_global_tags_apply() {
+        let tags = vec![("env".to_string(), "prod".to_string())];
+        let (rx, m) = spy("sentry", &tags, 1.0);
+        m.incr(Counter::InvalidEvent {
+            reason: "invalid_json",
+        });
+        m.gauge(Gauge::InFlight, 7);
+        let got = lines(&rx);
+        assert_eq!(got.len(), 2);
+        assert!(
+            got[0].starts_with("sentry.forwarder.event.invalid:1|c|#"),
+            "{got:?}"
+        );
+        assert!(got[0].contains("reason:invalid_json"), "{got:?}");
+        assert!(got[0].contains("env:prod"), "{got:?}");
+        assert!(
+            got[1].starts_with("sentry.forwarder.events.in_flight:7|g"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn http_response_is_never_sampled() {
+        let (rx, m) = spy("", &[], 0.0001);
+        for _ in 0..200 {
+            m.incr(Counter::HttpResponse { success: true });
+            m.incr(Counter::MessagesReceived);
+        }
+        let got = lines(&rx);
+        let http = got
+            .iter()
+            .filter(|l| l.starts_with("data-forwarding"))
+            .count();
+        assert_eq!(http, 200);
+        assert!(
+            got.len() < 210,
+            "sampled counters were not sampled: {}",
+            got.len()
+        );
+        assert!(got
+            .iter()
+            .filter(|l| l.starts_with("data-forwarding"))
+            .all(|l| !l.contains("|@")));
+    }
+
+    #[test]
+    fn sampled_lines_carry_their_rate() {
+        let (rx, m) = spy("", &[], 0.5);
+        for _ in 0..100 {
+            m.incr(Counter::MessagesReceived);
+        }
+        let got = lines(&rx);
+        assert!(!got.is_empty() && got.len() < 100, "{}", got.len());
+        assert!(got
+            .iter()
+            .all(|l| l == "forwarder.messages.received:1|c|@0.5"));
+    }
+
+    #[test]
+    fn disabled_metrics_do_nothing() {
+        let m = Metrics::disabled();
+        m.incr(Counter::MessagesDeleted);
+        m.flush(Duration::from_millis(1));
+    }
+}

@@ -1,0 +1,28 @@
+//! Where events come from: messages of the source queue.
+//!
+//! [`SqsSource`] long-polls a queue, deletes what was forwarded, and extends the
+//! visibility of what is still being worked on. A Lambda SQS batch yields the same
+//! [`SourceMessage`]s, so the rest of the pipeline does not know which it is.
+
+mod sqs;
+
+use std::time::SystemTime;
+
+pub use sqs::{queue_info, QueueInfo, SqsSource, MAX_BATCH, MAX_WAIT};
+
+/// One message of the source queue.
+#[derive(Debug, Clone)]
+pub struct SourceMessage {
+    /// SQS's id for the message: used in logs and as the batch entry id.
+    pub message_id: String,
+    /// Needed to delete the message or change its visibility; changes on each receive.
+    pub receipt_handle: String,
+    /// The event JSON.
+    pub body: String,
+    /// When the message was sent to the source queue (`SentTimestamp`), for the
+    /// end-to-end latency timer.
+    pub sent_at: Option<SystemTime>,
+    /// How many times the message was received, this time included
+    /// (`ApproximateReceiveCount`): above 1 means a redelivery.
+    pub receive_count: u32,
+}

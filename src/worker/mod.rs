@@ -1,0 +1,276 @@
+//! The worker pool: N pollers that receive, process and delete, until shutdown.
+//!
+//! [`Worker::run_once`] is one step (receive one batch, settle it) that tests call
+//! directly; [`run`] drives `workers` of them and takes its shutdown signal as an
+//! argument, so a test can stop it as SIGTERM does.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::SqsError;
+use crate::metrics::{events, Gauge, Metrics};
+use crate::pipeline::{Pipeline, Settlement};
+use crate::source::{SourceMessage, SqsSource};
+
+/// What became of one received batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Messages received.
+    pub received: usize,
+    /// Events accepted by the destination.
+    pub forwarded: usize,
+    /// Messages whose body is not a valid event (left in the queue).
+    pub invalid: usize,
+    /// Events that could not be forwarded (left in the queue).
+    pub failed: usize,
+    /// Source messages deleted.
+    pub deleted: usize,
+}
+
+impl std::ops::AddAssign for BatchOutcome {
+    fn add_assign(&mut self, o: Self) {
+        self.received += o.received;
+        self.forwarded += o.forwarded;
+        self.invalid += o.invalid;
+        self.failed += o.failed;
+        self.deleted += o.deleted;
+    }
+}
+
+/// One poller's parts. Cheap to share between the pool's tasks.
+#[derive(Debug)]
+pub struct Worker {
+    /// The queue consumed.
+    source: SqsSource,
+    /// Decode and forward.
+    pipeline: Pipeline,
+    /// The source queue's visibility timeout: a batch still in work after half of it
+    /// has its visibility extended, so no other consumer receives it meanwhile.
+    visibility_timeout: Duration,
+    /// Events in flight over the whole pool, for the `in_flight` gauge.
+    in_flight: Arc<AtomicU64>,
+    /// Where the gauge goes.
+    metrics: Metrics,
+}
+
+impl Worker {
+    /// A worker; `visibility_timeout` is the source queue's (see [`SqsSource::info`]).
+    pub fn new(
+        source: SqsSource,
+        pipeline: Pipeline,
+        visibility_timeout: Duration,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            source,
+            pipeline,
+            visibility_timeout,
+            in_flight: Arc::new(AtomicU64::new(0)),
+            metrics,
+        }
+    }
+
+    /// The source queue.
+    pub fn source(&self) -> &SqsSource {
+        &self.source
+    }
+
+    /// One step: receive a batch (long poll) and settle it.
+    pub async fn run_once(&self) -> Result<BatchOutcome, SqsError> {
+        let messages = self.source.receive().await?;
+        Ok(self.handle(messages).await)
+    }
+
+    /// Settles a received batch: forward, then delete what was forwarded. While this
+    /// takes longer than half the visibility timeout, the batch's visibility is extended.
+    pub async fn handle(&self, messages: Vec<SourceMessage>) -> BatchOutcome {
+        if messages.is_empty() {
+            return BatchOutcome::default();
+        }
+        let n = messages.len() as u64;
+        let now = self.in_flight.fetch_add(n, Ordering::SeqCst) + n;
+        self.metrics.gauge(Gauge::InFlight, now);
+
+        let work = self.settle(&messages);
+        let outcome = tokio::select! {
+            outcome = work => outcome,
+            never = self.keep_invisible(&messages) => match never {},
+        };
+
+        let now = self
+            .in_flight
+            .fetch_sub(n, Ordering::SeqCst)
+            .saturating_sub(n);
+        self.metrics.gauge(Gauge::InFlight, now);
+        outcome
+    }
+
+    async fn settle(&self, messages: &[SourceMessage]) -> BatchOutcome {
+        let settlements = self.pipeline.process(messages).await;
+        let mut outcome = BatchOutcome {
+            received: messages.len(),
+            ..BatchOutcome::default()
+        };
+        let mut done = Vec::with_capacity(messages.len());
+        for (message, settlement) in messages.iter().zip(&settlements) {
+            match settlement {
+                Settlement::Forwarded => {
+                    outcome.forwarded += 1;
+                    done.push(message);
+                }
+                Settlement::Invalid(_) => outcome.invalid += 1,
+                Settlement::Failed(_) => outcome.failed += 1,
+            }
+        }
+        let not_deleted = self.source.delete(&done).await;
+        for (message_id, err) in &not_deleted {
+            events::delete_failed(message_id, err);
+        }
+        outcome.deleted = done.len() - not_deleted.len();
+        outcome
+    }
+
+    /// Extends the batch's visibility every half visibility timeout; never returns.
+    async fn keep_invisible(&self, messages: &[SourceMessage]) -> std::convert::Infallible {
+        let half = (self.visibility_timeout / 2).max(Duration::from_millis(500));
+        let extend_to = self.visibility_timeout.max(Duration::from_secs(1));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+        let all: Vec<&SourceMessage> = messages.iter().collect();
+        loop {
+            ticker.tick().await;
+            tracing::debug!(
+                messages = all.len(),
+                "batch still in work; extending visibility"
+            );
+            self.source.extend_visibility(&all, extend_to).await;
+        }
+    }
+}
+
+/// Totals of a [`run`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Sum over every batch.
+    pub totals: BatchOutcome,
+    /// Whether in-flight batches were abandoned at the shutdown bound (their messages
+    /// reappear in the source queue after their visibility timeout).
+    pub abandoned: bool,
+}
+
+/// How a pool is run.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Concurrent pollers.
+    pub workers: usize,
+    /// Stop once the source has been empty this long.
+    pub exit_when_idle: Option<Duration>,
+    /// How long in-flight batches may take to finish once stopping.
+    pub shutdown_timeout: Duration,
+    /// Pause after a receive failed past its retries, before polling again.
+    pub receive_error_pause: Duration,
+}
+
+/// Runs `options.workers` pollers until `shutdown` completes or the source stays idle.
+///
+/// On shutdown, polling stops at once and batches in work get `shutdown_timeout` to
+/// finish; what is not finished by then is abandoned, never deleted, so it reappears.
+pub async fn run(
+    worker: Arc<Worker>,
+    options: PoolOptions,
+    shutdown: impl Future<Output = ()>,
+) -> RunSummary {
+    let stop = CancellationToken::new();
+    let last_activity = Arc::new(Mutex::new(Instant::now()));
+    let mut tasks = JoinSet::new();
+    for id in 0..options.workers.max(1) {
+        tasks.spawn(poll(
+            id,
+            worker.clone(),
+            options.clone(),
+            stop.clone(),
+            last_activity.clone(),
+        ));
+    }
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutdown requested: finishing in-flight batches"),
+        _ = stop.cancelled() => {}
+    }
+    stop.cancel();
+
+    let mut summary = RunSummary::default();
+    let drained = tokio::time::timeout(options.shutdown_timeout, async {
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(totals) => summary.totals += totals,
+                Err(err) => tracing::error!(%err, "a worker task ended abnormally"),
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            timeout = ?options.shutdown_timeout,
+            "in-flight batches did not finish in time; their messages will reappear in the source queue"
+        );
+        tasks.abort_all();
+        summary.abandoned = true;
+    }
+    summary
+}
+
+async fn poll(
+    id: usize,
+    worker: Arc<Worker>,
+    options: PoolOptions,
+    stop: CancellationToken,
+    last_activity: Arc<Mutex<Instant>>,
+) -> BatchOutcome {
+    let mut totals = BatchOutcome::default();
+    let touch = || {
+        if let Ok(mut t) = last_activity.lock() {
+            *t = Instant::now();
+        }
+    };
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            received = worker.source.receive() => received,
+        };
+        match received {
+            Ok(messages) if messages.is_empty() => {
+                let idle_for = last_activity
+                    .lock()
+                    .map(|t| t.elapsed())
+                    .unwrap_or_default();
+                if let Some(limit) = options.exit_when_idle {
+                    if idle_for >= limit && worker.in_flight.load(Ordering::SeqCst) == 0 {
+                        tracing::info!(worker = id, idle = ?idle_for, "source idle: stopping");
+                        stop.cancel();
+                        break;
+                    }
+                }
+            }
+            Ok(messages) => {
+                touch();
+                let outcome = worker.handle(messages).await;
+                tracing::debug!(worker = id, ?outcome, "batch settled");
+                totals += outcome;
+                touch();
+            }
+            Err(err) => {
+                events::receive_failed(&worker.metrics, &err);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(options.receive_error_pause) => {}
+                }
+            }
+        }
+    }
+    totals
+}
