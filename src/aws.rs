@@ -12,7 +12,7 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::http::Response;
 
 use crate::metrics::{Counter, Metrics};
@@ -69,7 +69,7 @@ impl SqsError {
             operation,
             class: classify_sdk(&err),
             code: err.code().map(str::to_owned),
-            message: DisplayErrorContext(&err).to_string(),
+            message: error_chain(&err),
         }
     }
 
@@ -88,6 +88,21 @@ impl Classified for SqsError {
     fn class(&self) -> ErrorClass {
         self.class
     }
+}
+
+/// The error and its sources, as one line of their Display texts. (The SDK's
+/// `DisplayErrorContext` appends a Debug dump of the raw response; logs don't want it.)
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if parts.last().is_none_or(|last| !last.contains(&text)) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    parts.join(": ").replace('\n', " ")
 }
 
 /// One failed entry of a batch call (`BatchResultErrorEntry`).

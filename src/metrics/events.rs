@@ -5,15 +5,15 @@ use super::{Counter, Metrics};
 use crate::aws::SqsError;
 use crate::event::DecodeError;
 
-/// A message whose body is not a valid event. It is left in the source queue, where
-/// the queue's redrive policy moves it to the queue's dead-letter queue.
+/// A message whose body is not a valid event. The worker leaves it in the source queue,
+/// where the queue's redrive policy moves it to the queue's dead-letter queue.
 pub fn invalid_event(metrics: &Metrics, message_id: &str, receive_count: u32, err: &DecodeError) {
     tracing::warn!(
         message_id,
         receive_count,
         reason = err.reason(),
         error = %err,
-        "invalid event: left in the source queue for its redrive policy"
+        "invalid event: not forwarded"
     );
     metrics.incr(Counter::InvalidEvent {
         reason: err.reason(),
@@ -28,7 +28,7 @@ pub fn forward_failed(metrics: &Metrics, message_id: &str, event_id: &str, err: 
         class = err.class.as_str(),
         code = err.code.as_deref().unwrap_or(""),
         error = %err,
-        "event not forwarded: left in the source queue"
+        "event not forwarded"
     );
     metrics.incr(Counter::ForwardFailed {
         class: err.class.as_str(),

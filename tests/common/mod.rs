@@ -1,0 +1,276 @@
+//! Test harness: real LocalStack queues with random names per test, a UDP socket that
+//! captures statsd lines, and helpers to run the worker in-process or as the binary.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_config::SdkConfig;
+use aws_sdk_sqs::config::Credentials;
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::Client;
+use sqs_forwarder::config::{Config, LogFormat};
+use sqs_forwarder::metrics::sink::StatsdSettings;
+use sqs_forwarder::retry::RetryPolicy;
+
+/// LocalStack's edge endpoint (`make test` starts it).
+pub fn endpoint() -> String {
+    std::env::var("FORWARDER_TEST_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+}
+
+/// SDK configuration for LocalStack, with SDK retries off as in production.
+pub async fn sdk() -> SdkConfig {
+    sdk_at(&endpoint()).await
+}
+
+/// SDK configuration for another endpoint (a proxy in front of LocalStack).
+pub async fn sdk_at(endpoint: &str) -> SdkConfig {
+    sqs_forwarder::aws::sdk_loader(Duration::from_secs(30))
+        .endpoint_url(endpoint)
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .load()
+        .await
+}
+
+/// The environment the binary needs to reach LocalStack.
+pub fn aws_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", endpoint()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ]
+}
+
+/// A random name, so tests never share queues.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", fastrand::u64(..))
+}
+
+/// A source and a destination queue, made for one test.
+pub struct Queues {
+    /// A client on LocalStack.
+    pub client: Client,
+    /// The queue the worker consumes.
+    pub source: String,
+    /// The queue the worker forwards to.
+    pub dest: String,
+}
+
+impl Queues {
+    /// Two new queues; the source hides received messages for `visibility` seconds.
+    pub async fn create(visibility: u32) -> Queues {
+        let client = Client::new(&sdk().await);
+        let name = unique("t");
+        let source = create_queue(&client, &format!("{name}-src"), visibility).await;
+        let dest = create_queue(&client, &format!("{name}-dst"), 30).await;
+        Queues {
+            client,
+            source,
+            dest,
+        }
+    }
+
+    /// A worker configuration for these queues.
+    pub fn config(&self, statsd: Option<SocketAddr>) -> Config {
+        test_config(&self.source, &self.dest, statsd)
+    }
+}
+
+/// Creates a queue and returns its URL.
+pub async fn create_queue(client: &Client, name: &str, visibility: u32) -> String {
+    client
+        .create_queue()
+        .queue_name(name)
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility.to_string(),
+        )
+        .send()
+        .await
+        .expect("create queue in LocalStack (is it running? `make localstack`)")
+        .queue_url
+        .expect("queue url")
+}
+
+/// A configuration as `run` would build it, with short waits for tests.
+pub fn test_config(source: &str, dest: &str, statsd: Option<SocketAddr>) -> Config {
+    Config {
+        source_queue_url: Some(source.to_string()),
+        dest_queue_url: dest.to_string(),
+        workers: 2,
+        batch_size: 10,
+        receive_wait: Duration::from_secs(1),
+        max_message_bytes: 1024 * 1024,
+        statsd: statsd.map(|addr| StatsdSettings {
+            addr,
+            prefix: String::new(),
+            tags: Vec::new(),
+            sample_rate: 1.0,
+        }),
+        log_format: LogFormat::Pretty,
+        retry: RetryPolicy {
+            initial_interval: Duration::from_millis(50),
+            max_interval: Duration::from_millis(500),
+            max_elapsed: Duration::from_secs(5),
+        },
+        request_timeout: Duration::from_secs(10),
+        shutdown_timeout: Duration::from_secs(20),
+        exit_when_idle: Some(Duration::from_secs(2)),
+    }
+}
+
+/// A valid event with a given id.
+pub fn event(id: u128, project: u64) -> String {
+    format!(
+        r#"{{"event_id":"{id:032x}","project_id":{project},"organization_id":7,"platform":"python","message":"boom #{id}","tags":[["environment","production"],["level","error"]],"extra":{{"n":{id}}}}}"#
+    )
+}
+
+/// Sends bodies to a queue, ten per call.
+pub async fn send_bodies(client: &Client, queue: &str, bodies: &[String]) {
+    for chunk in bodies.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(b)
+                    .build()
+                    .expect("entry")
+            })
+            .collect();
+        let out = client
+            .send_message_batch()
+            .queue_url(queue)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .expect("send to LocalStack");
+        assert!(out.failed.is_empty(), "{:?}", out.failed);
+    }
+}
+
+/// Receives (and deletes) until `want` messages arrived or `timeout` passed; every
+/// receive waits at most one second. Returns the bodies.
+pub async fn drain(client: &Client, queue: &str, want: usize, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut bodies = Vec::new();
+    while bodies.len() < want && Instant::now() < deadline {
+        let out = client
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive from LocalStack");
+        for m in out.messages.unwrap_or_default() {
+            client
+                .delete_message()
+                .queue_url(queue)
+                .receipt_handle(m.receipt_handle.unwrap_or_default())
+                .send()
+                .await
+                .expect("delete");
+            bodies.push(m.body.unwrap_or_default());
+        }
+    }
+    bodies
+}
+
+/// Visible plus in-flight messages of a queue.
+pub async fn depth(client: &Client, queue: &str) -> usize {
+    let out = client
+        .get_queue_attributes()
+        .queue_url(queue)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("attributes");
+    let attrs: HashMap<QueueAttributeName, String> = out.attributes.unwrap_or_default();
+    [
+        QueueAttributeName::ApproximateNumberOfMessages,
+        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+    ]
+    .iter()
+    .map(|a| {
+        attrs
+            .get(a)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+    })
+    .sum()
+}
+
+/// The event id of a forwarded body.
+pub fn event_id_of(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).expect("forwarded body is JSON");
+    v["event_id"].as_str().expect("event_id").to_string()
+}
+
+/// A statsd server on a random local UDP port that keeps every line it receives.
+pub struct StatsdCapture {
+    /// Where to send metrics.
+    pub addr: SocketAddr,
+    /// Every line received so far.
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl StatsdCapture {
+    /// Starts listening.
+    pub fn start() -> StatsdCapture {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let addr = socket.local_addr().expect("addr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::downgrade(&lines);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let Some(lines) = sink.upgrade() else { return };
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let mut lines = lines.lock().expect("lock");
+                    lines.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
+                }
+            }
+        });
+        StatsdCapture { addr, lines }
+    }
+
+    /// Lines received so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lock").clone()
+    }
+
+    /// How many received lines equal `line` exactly.
+    pub fn count(&self, line: &str) -> usize {
+        self.lines().iter().filter(|l| *l == line).count()
+    }
+
+    /// Waits until `pred` holds for the lines, or `timeout`; returns the lines.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.lines();
+            if pred(&lines) || Instant::now() >= deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The exact line Sentry's plugin emits for one forwarded event.
+pub const HTTP_OK: &str = "data-forwarding.http_response:1|c|#plugin:amazon-sqs,success:true";
+/// The exact line for one event that failed.
+pub const HTTP_FAILED: &str = "data-forwarding.http_response:1|c|#plugin:amazon-sqs,success:false";

@@ -1,0 +1,238 @@
+//! The worker against the real LocalStack: delivery, deletion, invalid messages,
+//! metric lines, failures, and visibility extension.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use sqs_forwarder::app::App;
+use sqs_forwarder::forward::Forwarder;
+use sqs_forwarder::metrics::Metrics;
+use sqs_forwarder::pipeline::Pipeline;
+use sqs_forwarder::worker::Worker;
+
+async fn app(config: sqs_forwarder::config::Config) -> App {
+    let metrics = match &config.statsd {
+        Some(s) => sqs_forwarder::metrics::sink::udp(s).unwrap(),
+        None => Metrics::disabled(),
+    };
+    App::from_sdk(config, &sdk().await, metrics).unwrap()
+}
+
+#[tokio::test]
+async fn forwards_every_event_once_and_deletes_the_source() {
+    let q = Queues::create(30).await;
+    let statsd = StatsdCapture::start();
+    let bodies: Vec<String> = (1..=35).map(|i| event(i, 1)).collect();
+    send_bodies(&q.client, &q.source, &bodies).await;
+
+    let app = app(q.config(Some(statsd.addr))).await;
+    let summary = tokio::time::timeout(Duration::from_secs(60), app.run(std::future::pending()))
+        .await
+        .expect("run stops by itself once idle")
+        .unwrap();
+    assert_eq!(summary.totals.received, 35);
+    assert_eq!(summary.totals.forwarded, 35);
+    assert_eq!(summary.totals.deleted, 35);
+    assert!(!summary.abandoned);
+
+    let arrived = drain(&q.client, &q.dest, 36, Duration::from_secs(5)).await;
+    assert_eq!(arrived.len(), 35, "each event arrives once");
+    let sent: HashSet<&String> = bodies.iter().collect();
+    let got: HashSet<&String> = arrived.iter().collect();
+    assert_eq!(sent, got, "bodies arrive byte for byte");
+    assert_eq!(
+        depth(&q.client, &q.source).await,
+        0,
+        "source messages deleted"
+    );
+
+    let lines = statsd.wait_for(Duration::from_secs(5), |l| {
+        l.iter().filter(|l| *l == HTTP_OK).count() >= 35
+    });
+    assert_eq!(statsd.count(HTTP_OK), 35, "{lines:#?}");
+    assert_eq!(statsd.count(HTTP_FAILED), 0);
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("forwarder.send_batch.duration:") && l.ends_with("|ms")));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("forwarder.event.latency:")));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("forwarder.events.in_flight:")));
+}
+
+#[tokio::test]
+async fn invalid_messages_are_counted_and_left_in_the_queue() {
+    let q = Queues::create(1).await;
+    let statsd = StatsdCapture::start();
+    let invalid = vec![
+        "not json".to_string(),
+        r#"{"event_id":"abc","project_id":1,"organization_id":1}"#.to_string(),
+        "[1,2,3]".to_string(),
+    ];
+    let valid = vec![event(1, 1), event(2, 1)];
+    send_bodies(
+        &q.client,
+        &q.source,
+        &[invalid.clone(), valid.clone()].concat(),
+    )
+    .await;
+
+    let app = app(q.config(Some(statsd.addr))).await;
+    let worker = app.worker().await.unwrap();
+    let mut totals = sqs_forwarder::worker::BatchOutcome::default();
+    for _ in 0..10 {
+        totals += worker.run_once().await.unwrap();
+        if totals.forwarded + totals.invalid >= 5 {
+            break;
+        }
+    }
+    assert_eq!(
+        (totals.forwarded, totals.invalid, totals.deleted),
+        (2, 3, 2)
+    );
+
+    // The invalid ones come back after their visibility timeout, unchanged.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let left = drain(&q.client, &q.source, 3, Duration::from_secs(10)).await;
+    assert_eq!(
+        left.iter().collect::<HashSet<_>>(),
+        invalid.iter().collect::<HashSet<_>>()
+    );
+    let arrived = drain(&q.client, &q.dest, 2, Duration::from_secs(5)).await;
+    assert_eq!(arrived.len(), 2);
+
+    app.metrics.flush(Duration::from_secs(1));
+    let lines = statsd.wait_for(Duration::from_secs(5), |l| {
+        l.iter()
+            .filter(|l| l.starts_with("forwarder.event.invalid"))
+            .count()
+            >= 3
+    });
+    for reason in ["invalid_json", "invalid_event_id", "not_an_object"] {
+        assert!(
+            lines.contains(&format!("forwarder.event.invalid:1|c|#reason:{reason}")),
+            "{reason}: {lines:#?}"
+        );
+    }
+    assert_eq!(statsd.count(HTTP_OK), 2);
+}
+
+#[tokio::test]
+async fn a_missing_destination_fails_events_without_retrying_and_keeps_messages() {
+    let q = Queues::create(1).await;
+    let statsd = StatsdCapture::start();
+    send_bodies(&q.client, &q.source, &[event(1, 1), event(2, 1)]).await;
+    let app = app(q.config(Some(statsd.addr))).await;
+    let worker = app.worker().await.unwrap();
+    q.client
+        .delete_queue()
+        .queue_url(&q.dest)
+        .send()
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let mut totals = sqs_forwarder::worker::BatchOutcome::default();
+    for _ in 0..10 {
+        totals += worker.run_once().await.unwrap();
+        if totals.failed >= 2 {
+            break;
+        }
+    }
+    assert_eq!((totals.failed, totals.forwarded, totals.deleted), (2, 0, 0));
+    // QueueDoesNotExist is permanent: no backoff (the policy allows up to 5 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        depth(&q.client, &q.source).await,
+        2,
+        "messages kept for a later try"
+    );
+
+    app.metrics.flush(Duration::from_secs(1));
+    let lines = statsd.wait_for(Duration::from_secs(5), |l| {
+        l.iter().filter(|l| *l == HTTP_FAILED).count() >= 2
+    });
+    assert_eq!(statsd.count(HTTP_FAILED), 2, "{lines:#?}");
+    assert_eq!(statsd.count(HTTP_OK), 0);
+    assert!(lines.contains(&"forwarder.event.failed:1|c|#class:queue_not_found".to_string()));
+    assert!(
+        !lines.iter().any(|l| l.starts_with("forwarder.retry")),
+        "{lines:#?}"
+    );
+}
+
+/// A TCP proxy to LocalStack that holds every new connection for `delay` first.
+async fn slow_proxy(delay: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = endpoint().trim_start_matches("http://").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_slow_batch_stays_invisible_until_settled() {
+    // Visibility timeout 2 s; forwarding takes about 5 s through a slow proxy.
+    let q = Queues::create(2).await;
+    send_bodies(&q.client, &q.source, &[event(9, 1)]).await;
+    let app = app(q.config(None)).await;
+    let source_worker = app.worker().await.unwrap();
+
+    let slow = aws_sdk_sqs::Client::new(&sdk_at(&slow_proxy(Duration::from_secs(5)).await).await);
+    let forwarder = Forwarder::new(
+        slow,
+        &q.dest,
+        1024 * 1024,
+        app.config.retry.clone(),
+        Metrics::disabled(),
+    );
+    let worker = Arc::new(Worker::new(
+        source_worker.source().clone(),
+        Pipeline::new(forwarder, Metrics::disabled()),
+        Duration::from_secs(2),
+        Metrics::disabled(),
+    ));
+
+    let messages = worker.source().receive().await.unwrap();
+    assert_eq!(messages.len(), 1);
+    let handling = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.handle(messages).await }
+    });
+    // Another consumer polls for 4 s, past the 2 s visibility timeout: it must get nothing.
+    let stolen = drain(&q.client, &q.source, 1, Duration::from_secs(4)).await;
+    assert!(
+        stolen.is_empty(),
+        "the message was handed to another consumer"
+    );
+    let outcome = handling.await.unwrap();
+    assert_eq!((outcome.forwarded, outcome.deleted), (1, 1));
+    assert_eq!(
+        drain(&q.client, &q.dest, 2, Duration::from_secs(3))
+            .await
+            .len(),
+        1
+    );
+}
