@@ -10,6 +10,9 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+/// A tag as `(key, value)`, borrowed from the body unless it had escapes.
+pub type Tag<'a> = (Cow<'a, str>, Cow<'a, str>);
+
 /// A decoded event, borrowing from the body it came from: decoding copies nothing but
 /// strings that contain JSON escapes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +24,7 @@ pub struct Event<'a> {
     /// The organization that owns the project.
     pub organization_id: u64,
     /// Tags in the order they were given, unescaped.
-    pub tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub tags: Vec<Tag<'a>>,
     /// The original JSON, forwarded unchanged.
     pub body: &'a str,
 }
@@ -95,7 +98,7 @@ struct Head<'a> {
 
 /// Tags in either accepted shape, in their order: a list of `[key, value]` pairs, or an
 /// object (read entry by entry, since a map would lose the order).
-struct Tags<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+struct Tags<'a>(Vec<Tag<'a>>);
 
 /// A string that borrows from the input when it has no escapes.
 #[derive(Deserialize)]
@@ -192,7 +195,7 @@ fn positive_id(field: &'static str, raw: Option<&RawValue>) -> Result<u64, Decod
     }
 }
 
-fn tags<'a>(raw: Option<&'a RawValue>) -> Result<Vec<(Cow<'a, str>, Cow<'a, str>)>, DecodeError> {
+fn tags<'a>(raw: Option<&'a RawValue>) -> Result<Vec<Tag<'a>>, DecodeError> {
     let Some(text) = raw.map(RawValue::get).filter(|t| *t != "null") else {
         return Ok(Vec::new());
     };
@@ -283,7 +286,7 @@ mod tests {
             (r#"{"project_id":1,"organization_id":1}"#.into(), "missing_event_id"),
             (format!(r#"{{"event_id":"{ID}","organization_id":1}}"#), "missing_project_id"),
             (format!(r#"{{"event_id":"{ID}","project_id":1}}"#), "missing_organization_id"),
-            (format!(r#"{{"event_id":null,"project_id":1,"organization_id":1}}"#), "missing_event_id"),
+            (r#"{"event_id":null,"project_id":1,"organization_id":1}"#.into(), "missing_event_id"),
             (r#"{"event_id":"abc","project_id":1,"organization_id":1}"#.into(), "invalid_event_id"),
             (r#"{"event_id":"0123456789abcdef0123456789abcdeg","project_id":1,"organization_id":1}"#.into(), "invalid_event_id"),
             (r#"{"event_id":12,"project_id":1,"organization_id":1}"#.into(), "invalid_event_id"),

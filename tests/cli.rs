@@ -1,0 +1,288 @@
+//! The binary as users run it: `run` with SIGTERM, `replay`, `check`, bad settings.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sqs-forwarder");
+
+fn command(q: &Queues) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .envs(aws_env())
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+        .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
+        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn output_within(mut child: std::process::Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn sigterm_mid_run_loses_nothing() {
+    let q = Queues::create(30).await;
+    let bodies: Vec<String> = (1..=400).map(|i| event(i, 3)).collect();
+    send_bodies(&q.client, &q.source, &bodies).await;
+
+    let child = command(&q)
+        .args(["run"])
+        .env("FORWARDER_WORKERS", "2")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it forward part of the queue, then stop it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while depth(&q.client, &q.dest).await < 50 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = output_within(child, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        stderr(&out)
+    );
+
+    let forwarded_before_restart = depth(&q.client, &q.dest).await;
+    assert!(
+        forwarded_before_restart < 400,
+        "SIGTERM came too late to test anything ({forwarded_before_restart} forwarded)"
+    );
+
+    // A second run drains the rest; nothing may be missing.
+    let out = output_within(
+        command(&q)
+            .args(["run", "--exit-when-idle", "2"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let arrived = drain(&q.client, &q.dest, 400, Duration::from_secs(20)).await;
+    let ids: HashSet<String> = arrived.iter().map(|b| event_id_of(b)).collect();
+    let want: HashSet<String> = bodies.iter().map(|b| event_id_of(b)).collect();
+    assert_eq!(ids, want, "every event arrives at least once");
+    // Duplicates are possible only for what was in flight at SIGTERM: 2 workers x 10.
+    assert!(arrived.len() <= 400 + 20, "{} arrived", arrived.len());
+    assert_eq!(depth(&q.client, &q.source).await, 0);
+}
+
+#[tokio::test]
+async fn exit_when_idle_stops_cleanly() {
+    let q = Queues::create(30).await;
+    let started = Instant::now();
+    let out = output_within(
+        command(&q)
+            .args(["run"])
+            .env("FORWARDER_EXIT_WHEN_IDLE", "2")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn replay_reports_bad_lines_and_forwards_the_rest() {
+    let q = Queues::create(30).await;
+    let dir = std::env::temp_dir().join(unique("replay"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("events.ndjson");
+    let mut content = Vec::new();
+    for line in [
+        event(1, 1),
+        event(2, 1),
+        "{\"truncated\":".into(),
+        event(3, 1),
+    ] {
+        content.extend_from_slice(line.as_bytes());
+        content.push(b'\n');
+    }
+    content.extend_from_slice(b"{\"bad\xff\"}\n\n");
+    content.extend_from_slice(event(4, 1).as_bytes());
+    std::fs::write(&file, &content).unwrap();
+
+    let out = command(&q)
+        .args(["replay", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "not all forwarded: {err}");
+    assert!(
+        err.contains("line 3: invalid event (invalid_json)"),
+        "{err}"
+    );
+    assert!(err.contains("line 5: invalid event (not_utf8)"), "{err}");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("replayed 6 events: 4 forwarded, 2 invalid, 0 failed"),
+        "{summary}"
+    );
+    assert_eq!(
+        drain(&q.client, &q.dest, 5, Duration::from_secs(5))
+            .await
+            .len(),
+        4
+    );
+
+    // All good, from stdin: exit 0.
+    let mut child = command(&q)
+        .args(["replay", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for i in 10..25 {
+            writeln!(stdin, "{}", event(i, 1)).unwrap();
+        }
+    }
+    let out = output_within(child, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("15 forwarded, 0 invalid, 0 failed"));
+    assert_eq!(
+        drain(&q.client, &q.dest, 16, Duration::from_secs(5))
+            .await
+            .len(),
+        15
+    );
+}
+
+#[tokio::test]
+async fn check_reaches_every_queue_and_names_each_problem() {
+    let q = Queues::create(30).await;
+    let out = command(&q).arg("check").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FORWARDER_SOURCE_QUEUE_URL: reached"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FORWARDER_DEST_QUEUE_URL: reached"),
+        "{stdout}"
+    );
+
+    let missing = q.dest.replace("-dst", "-nope");
+    let out = command(&q)
+        .arg("check")
+        .env("FORWARDER_DEST_QUEUE_URL", &missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let problems: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(problems.len(), 1, "{err}");
+    assert!(
+        problems[0].starts_with("error: FORWARDER_DEST_QUEUE_URL: queue"),
+        "{err}"
+    );
+    assert!(problems[0].contains("queue_not_found"), "{err}");
+
+    let out = command(&q)
+        .arg("check")
+        .env_remove("FORWARDER_SOURCE_QUEUE_URL")
+        .env("FORWARDER_DEST_QUEUE_URL", "not-a-url")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let problems: Vec<&str> = err.lines().collect();
+    assert_eq!(problems.len(), 2, "{err}");
+    assert!(problems[0].starts_with("error: FORWARDER_SOURCE_QUEUE_URL: is not set"));
+    assert!(problems[1]
+        .starts_with("error: FORWARDER_DEST_QUEUE_URL: \"not-a-url\" is not a queue URL"));
+}
+
+#[tokio::test]
+async fn bad_settings_fail_at_start_in_one_line_naming_the_variable() {
+    let q = Queues::create(30).await;
+    let cases = [
+        ("FORWARDER_WORKERS", "many"),
+        ("FORWARDER_METRICS_SAMPLE_RATE", "1.5"),
+        ("FORWARDER_STATSD_ADDR", "localhost"),
+        ("FORWARDER_RETRY_MAX_ELAPSED", "forever"),
+        ("FORWARDER_LOG_FORMAT", "yaml"),
+        ("FORWARDER_SOURCE_QUEUE_URL", "sqs://nope"),
+    ];
+    for (var, value) in cases {
+        let out = command(&q).arg("run").env(var, value).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{var}={value}: {err}");
+        assert!(
+            err.starts_with(&format!("error: {var}: ")),
+            "{var}={value}: {err}"
+        );
+    }
+    let out = command(&q)
+        .arg("run")
+        .env_remove("AWS_REGION")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).starts_with("error: AWS_REGION: "),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn help_lists_every_variable_with_its_default() {
+    let out = Command::new(BIN).args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in [
+        "FORWARDER_SOURCE_QUEUE_URL",
+        "FORWARDER_DEST_QUEUE_URL",
+        "FORWARDER_WORKERS",
+        "FORWARDER_STATSD_ADDR",
+        "FORWARDER_METRICS_PREFIX",
+        "FORWARDER_METRICS_TAGS",
+        "FORWARDER_METRICS_SAMPLE_RATE",
+        "FORWARDER_LOG_FORMAT",
+        "FORWARDER_RETRY_MAX_ELAPSED",
+        "FORWARDER_EXIT_WHEN_IDLE",
+        "FORWARDER_SHUTDOWN_TIMEOUT",
+    ] {
+        assert!(
+            help.contains(&format!("[env: {var}")),
+            "{var} missing from --help"
+        );
+    }
+    assert!(help.contains("[default: 4]"), "{help}");
+}
