@@ -58,9 +58,10 @@ def show(queue_url):
         for m in messages:
             seen.append(json.loads(m["Body"]))
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
-    print(f"{len(seen)} events arrived at the destination; the first two:")
+    print(f"{len(seen)} events arrived at the destination; the first two, in short:")
     for event in seen[:2]:
-        print("  " + json.dumps(event)[:160] + " ...")
+        short = {k: event.get(k) for k in ("event_id", "project_id", "tags", "tag_ids")}
+        print("  " + json.dumps(short))
 
 
 def statsd(port, path):

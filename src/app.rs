@@ -7,8 +7,9 @@ use std::sync::Arc;
 use aws_config::SdkConfig;
 
 use crate::aws::{self, SqsError};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, IndexerConfig};
 use crate::forward::Forwarder;
+use crate::indexer::{Indexer, Store, StoreError};
 use crate::metrics::{sink, Metrics};
 use crate::pipeline::Pipeline;
 use crate::source::{queue_info, QueueInfo, SqsSource};
@@ -23,6 +24,14 @@ pub enum StartError {
     /// The statsd sink could not be set up.
     #[error("FORWARDER_STATSD_ADDR: metrics socket could not be opened: {0}")]
     Metrics(#[from] std::io::Error),
+    /// The indexer's store could not be opened or migrated.
+    #[error("FORWARDER_INDEXER_DATABASE_URL: {url}: {}", .source.to_string().replace('\n', " "))]
+    Indexer {
+        /// The store's URL, redacted.
+        url: String,
+        /// Why.
+        source: StoreError,
+    },
     /// A configured queue could not be reached.
     #[error("{var}: queue {url} is not reachable: {}", one_line(.source))]
     Unreachable {
@@ -33,6 +42,26 @@ pub enum StartError {
         /// Why.
         source: SqsError,
     },
+}
+
+/// Connects the indexer's store (creating the SQLite file's directory) and migrates it.
+pub async fn connect_indexer(
+    config: &IndexerConfig,
+    retry: &crate::retry::RetryPolicy,
+    metrics: &Metrics,
+) -> Result<Indexer, StartError> {
+    let store = Store::connect(config.database_url.expose(), config.pool_size)
+        .await
+        .map_err(|source| StartError::Indexer {
+            url: config.database_url.redacted(),
+            source,
+        })?;
+    Ok(Indexer::new(
+        store,
+        &config.settings,
+        retry.clone(),
+        metrics.clone(),
+    ))
 }
 
 fn one_line(err: &SqsError) -> String {
@@ -48,6 +77,8 @@ pub struct App {
     pub sqs: aws_sdk_sqs::Client,
     /// Metrics handle (disabled without `FORWARDER_STATSD_ADDR`).
     pub metrics: Metrics,
+    /// The indexer stage, once connected ([`App::connect_indexer`]).
+    pub indexer: Option<Arc<Indexer>>,
 }
 
 impl App {
@@ -58,7 +89,19 @@ impl App {
             Some(settings) => sink::udp(settings)?,
             None => Metrics::disabled(),
         };
-        App::from_sdk(config, &sdk, metrics)
+        let mut app = App::from_sdk(config, &sdk, metrics)?;
+        app.connect_indexer().await?;
+        Ok(app)
+    }
+
+    /// Opens (and migrates) the indexer's store if the stage is on.
+    pub async fn connect_indexer(&mut self) -> Result<(), StartError> {
+        let Some(ix) = &self.config.indexer else {
+            return Ok(());
+        };
+        let indexer = connect_indexer(ix, &self.config.retry, &self.metrics).await?;
+        self.indexer = Some(Arc::new(indexer));
+        Ok(())
     }
 
     /// Builds from an explicit SDK configuration (tests point it at LocalStack).
@@ -81,6 +124,7 @@ impl App {
             sqs: aws::sqs_client(sdk),
             config,
             metrics,
+            indexer: None,
         })
     }
 
@@ -97,7 +141,7 @@ impl App {
 
     /// Decode and forward.
     pub fn pipeline(&self) -> Pipeline {
-        Pipeline::new(self.forwarder(), self.metrics.clone())
+        Pipeline::new(self.forwarder(), self.indexer.clone(), self.metrics.clone())
     }
 
     /// Healthcheck of one queue.

@@ -43,6 +43,18 @@ pub async fn check(settings: &Settings) -> Report {
             Some(app.config.dest_queue_url.clone()),
         ),
     ];
+    if let Some(ix) = &app.config.indexer {
+        match crate::app::connect_indexer(ix, &app.config.retry, &Metrics::disabled()).await {
+            Ok(indexer) => {
+                report.ok.push(format!(
+                    "FORWARDER_INDEXER_DATABASE_URL: opened {}",
+                    ix.database_url
+                ));
+                indexer.store().close().await;
+            }
+            Err(err) => report.problems.push(err.to_string()),
+        }
+    }
     for (var, url) in queues {
         let Some(url) = url else { continue };
         match app.reach(var, &url).await {

@@ -38,6 +38,7 @@ pub mod check;
 pub mod config;
 pub mod event;
 pub mod forward;
+pub mod indexer;
 pub mod metrics;
 pub mod pipeline;
 pub mod replay;

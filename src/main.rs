@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use sqs_forwarder::app::App;
-use sqs_forwarder::config::{Cli, Command, Needs};
+use sqs_forwarder::app::{connect_indexer, App};
+use sqs_forwarder::config::{Cli, Command, IndexerCommand, Needs};
+use sqs_forwarder::metrics::Metrics;
 use sqs_forwarder::{check, replay, telemetry};
 
 /// Exit status of a configuration or start-up error.
@@ -23,7 +24,94 @@ async fn main() -> ExitCode {
         Command::Run { exit_when_idle } => run(&cli, exit_when_idle).await,
         Command::Replay { ref input } => replay(&cli, input).await,
         Command::Check => check(&cli).await,
+        Command::Indexer(ref command) => indexer(&cli, command).await,
     }
+}
+
+async fn indexer(cli: &Cli, command: &IndexerCommand) -> ExitCode {
+    let config = cli.settings.indexer_config();
+    let retry = cli.settings.retry_policy();
+    let indexer = match connect_indexer(&config, &retry, &Metrics::disabled()).await {
+        Ok(indexer) => indexer,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match command {
+        IndexerCommand::Resolve { org, string } => {
+            indexer.resolve(*org, string).await.map(|id| match id {
+                Some(id) => {
+                    println!("{id}");
+                    true
+                }
+                None => {
+                    eprintln!("{string:?} has no id in organization {org}");
+                    false
+                }
+            })
+        }
+        IndexerCommand::Reverse { org, id } => {
+            indexer.reverse_resolve(*org, *id).await.map(|s| match s {
+                Some(s) => {
+                    println!("{s}");
+                    true
+                }
+                None => {
+                    eprintln!("id {id} stands for nothing in organization {org}");
+                    false
+                }
+            })
+        }
+        IndexerCommand::Record { org, strings } => record(&indexer, *org, strings).await,
+    };
+    indexer.store().close().await;
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `indexer record`: ids for the arguments, or for every line of stdin, in bulk.
+async fn record(
+    indexer: &sqs_forwarder::indexer::Indexer,
+    org: u64,
+    strings: &[String],
+) -> Result<bool, sqs_forwarder::indexer::IndexerError> {
+    use std::io::{BufRead, Write};
+    let strings: Vec<String> = if strings.is_empty() {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .map_while(Result::ok)
+            .collect()
+    } else {
+        strings.to_vec()
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut all = true;
+    for chunk in strings.chunks(1000) {
+        let request =
+            std::collections::HashMap::from([(org, chunk.iter().map(String::as_str).collect())]);
+        let found = indexer.bulk_record(&request).await?;
+        for s in chunk {
+            let id = found
+                .get(&org)
+                .and_then(|m| m.get(s.as_str()))
+                .and_then(|l| l.id);
+            all &= id.is_some();
+            let _ = match id {
+                Some(id) => writeln!(out, "{s}\t{id}"),
+                None => writeln!(out, "{s}\t-"),
+            };
+        }
+    }
+    let _ = out.flush();
+    Ok(all)
 }
 
 async fn run(cli: &Cli, exit_when_idle: Option<std::time::Duration>) -> ExitCode {

@@ -1,13 +1,64 @@
 //! The core shared by `run`, `replay` and (later) Lambda: decode a batch of messages,
-//! forward the valid events, and settle each message.
+//! index the tags of its events (one `bulk_record` for the whole batch), forward the
+//! valid events, and settle each message.
 
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::aws::SqsError;
 use crate::event::{decode, DecodeError, Event};
 use crate::forward::Forwarder;
-use crate::metrics::{events, Metrics, Timer};
+use crate::indexer::{Indexer, IndexerError};
+use crate::metrics::{events, Counter, Metrics, Timer};
+use crate::retry::ErrorClass;
 use crate::source::SourceMessage;
+
+/// Why an event was not forwarded, whatever the stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// `index` or `forward`.
+    pub stage: &'static str,
+    /// What kind of failure.
+    pub class: ErrorClass,
+    /// The service's or the database's error code, if any.
+    pub code: Option<String>,
+    /// Detail for logs.
+    pub message: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed ({}", self.stage, self.class.as_str())?;
+        if let Some(code) = &self.code {
+            write!(f, ", {code}")?;
+        }
+        write!(f, "): {}", self.message)
+    }
+}
+
+impl From<&SqsError> for Failure {
+    fn from(e: &SqsError) -> Self {
+        Failure {
+            stage: "forward",
+            class: e.class,
+            code: e.code.clone(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+impl From<&IndexerError> for Failure {
+    fn from(e: &IndexerError) -> Self {
+        Failure {
+            stage: "index",
+            class: e.class(),
+            code: None,
+            message: e.to_string(),
+        }
+    }
+}
 
 /// What became of one message.
 #[derive(Debug, Clone)]
@@ -16,8 +67,8 @@ pub enum Settlement {
     Forwarded,
     /// The body is not a valid event; the message must not be deleted silently.
     Invalid(DecodeError),
-    /// The event could not be forwarded; the message stays for a later try.
-    Failed(SqsError),
+    /// The event was not forwarded; the message stays for a later try.
+    Failed(Failure),
 }
 
 impl Settlement {
@@ -27,19 +78,25 @@ impl Settlement {
     }
 }
 
-/// Decode, then forward.
+/// Decode, index, forward.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     /// Sends events to the destination.
     forwarder: Forwarder,
+    /// Interns tag strings; `None` when the stage is off.
+    indexer: Option<Arc<Indexer>>,
     /// Where outcomes are counted.
     metrics: Metrics,
 }
 
 impl Pipeline {
-    /// A pipeline forwarding with `forwarder`.
-    pub fn new(forwarder: Forwarder, metrics: Metrics) -> Self {
-        Self { forwarder, metrics }
+    /// A pipeline forwarding with `forwarder`, indexing with `indexer` if given.
+    pub fn new(forwarder: Forwarder, indexer: Option<Arc<Indexer>>, metrics: Metrics) -> Self {
+        Self {
+            forwarder,
+            indexer,
+            metrics,
+        }
     }
 
     /// The forwarder.
@@ -69,6 +126,23 @@ impl Pipeline {
                 }
             }
         }
+
+        if let (Some(indexer), false) = (&self.indexer, events.is_empty()) {
+            if let Err(err) = self.index(indexer, &mut events).await {
+                let failure = Failure::from(&err);
+                for (event, &i) in events.iter().zip(&positions) {
+                    events::forward_failed(
+                        &self.metrics,
+                        &messages[i].message_id,
+                        &event.event_id,
+                        &failure,
+                    );
+                    settlements[i] = Some(Settlement::Failed(failure.clone()));
+                }
+                events.clear();
+            }
+        }
+
         if !events.is_empty() {
             let deliveries = self.forwarder.forward(&events).await;
             let accepted_at = SystemTime::now();
@@ -85,13 +159,14 @@ impl Pipeline {
                         Settlement::Forwarded
                     }
                     Err(err) => {
+                        let failure = Failure::from(&err);
                         events::forward_failed(
                             &self.metrics,
                             &message.message_id,
                             &event.event_id,
-                            &err,
+                            &failure,
                         );
-                        Settlement::Failed(err)
+                        Settlement::Failed(failure)
                     }
                 });
             }
@@ -100,14 +175,58 @@ impl Pipeline {
             .into_iter()
             .map(|s| {
                 s.unwrap_or_else(|| {
-                    Settlement::Failed(SqsError {
-                        operation: "send",
-                        class: crate::retry::ErrorClass::Local,
+                    Settlement::Failed(Failure {
+                        stage: "forward",
+                        class: ErrorClass::Local,
                         code: None,
                         message: "no outcome for the message".into(),
                     })
                 })
             })
             .collect()
+    }
+
+    /// One `bulk_record` for every tag of every event; sets each event's `tag_ids`.
+    async fn index(&self, indexer: &Indexer, events: &mut [Event<'_>]) -> Result<(), IndexerError> {
+        let ids: Vec<Vec<[Option<u64>; 2]>> = {
+            let mut request: HashMap<u64, HashSet<&str>> = HashMap::new();
+            let mut empty_keys = 0u64;
+            for event in events.iter() {
+                let strings = request.entry(event.organization_id).or_default();
+                for (key, value) in &event.tags {
+                    if key.is_empty() {
+                        empty_keys += 1;
+                    } else {
+                        strings.insert(key);
+                    }
+                    strings.insert(value);
+                }
+            }
+            if empty_keys > 0 {
+                self.metrics.count(
+                    Counter::IndexerRefused {
+                        reason: "empty_key",
+                    },
+                    empty_keys,
+                );
+            }
+            let found = indexer.bulk_record(&request).await?;
+            events
+                .iter()
+                .map(|event| {
+                    let org = found.get(&event.organization_id);
+                    let id = |s: &str| org.and_then(|m| m.get(s)).and_then(|l| l.id);
+                    event
+                        .tags
+                        .iter()
+                        .map(|(k, v)| [if k.is_empty() { None } else { id(k) }, id(v)])
+                        .collect()
+                })
+                .collect()
+        };
+        for (event, ids) in events.iter_mut().zip(ids) {
+            event.tag_ids = Some(ids);
+        }
+        Ok(())
     }
 }

@@ -19,6 +19,10 @@ fn command(q: &Queues) -> Command {
         .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
         .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
         .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+        .env(
+            "FORWARDER_DATA_DIR",
+            std::env::temp_dir().join(unique("data")),
+        )
         .env("RUST_LOG", "warn");
     cmd
 }

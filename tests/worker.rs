@@ -210,7 +210,7 @@ async fn a_slow_batch_stays_invisible_until_settled() {
     );
     let worker = Arc::new(Worker::new(
         source_worker.source().clone(),
-        Pipeline::new(forwarder, Metrics::disabled()),
+        Pipeline::new(forwarder, None, Metrics::disabled()),
         Duration::from_secs(2),
         Metrics::disabled(),
     ));
@@ -235,4 +235,114 @@ async fn a_slow_batch_stays_invisible_until_settled() {
             .len(),
         1
     );
+}
+
+async fn app_with_indexer(config: sqs_forwarder::config::Config, url: &str) -> App {
+    let mut config = config;
+    config.indexer = Some(sqs_forwarder::config::IndexerConfig {
+        database_url: sqs_forwarder::config::SecretUrl::new(url),
+        pool_size: 2,
+        settings: sqs_forwarder::indexer::IndexerSettings {
+            cache_size: 1000,
+            write_limit: None,
+        },
+    });
+    let mut app = app(config).await;
+    app.connect_indexer().await.unwrap();
+    app
+}
+
+#[tokio::test]
+async fn forwarded_events_carry_tag_ids_and_are_otherwise_unchanged() {
+    let q = Queues::create(30).await;
+    let org = random_org();
+    let bodies = vec![
+        format!(
+            r#"{{"event_id":"{:032x}","project_id":1,"organization_id":{org},"tags":[["environment","production"],["customer","acme-1"],["","orphan"]],"extra":{{"k":[1,2]}}}}"#,
+            1
+        ),
+        format!(
+            r#"{{"event_id":"{:032x}","project_id":1,"organization_id":{org},"tags":{{"customer":"acme-1","region":"eu"}}}}"#,
+            2
+        ),
+        format!(
+            r#"{{"event_id":"{:032x}","project_id":1,"organization_id":{org}}}"#,
+            3
+        ),
+    ];
+    send_bodies(&q.client, &q.source, &bodies).await;
+    let app = app_with_indexer(q.config(None), &postgres_url()).await;
+    let summary = tokio::time::timeout(Duration::from_secs(60), app.run(std::future::pending()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.totals.forwarded, 3);
+
+    let arrived = drain(&q.client, &q.dest, 4, Duration::from_secs(5)).await;
+    assert_eq!(arrived.len(), 3);
+    let indexer = app.indexer.clone().unwrap();
+    for original in &bodies {
+        let id = event_id_of(original);
+        let got = arrived.iter().find(|b| event_id_of(b) == id).unwrap();
+        let event: serde_json::Value = serde_json::from_str(got).unwrap();
+        let tag_ids = event["tag_ids"].as_array().unwrap().clone();
+        // The body is the original with one field added at the end.
+        let prefix = &original[..original.len() - 1];
+        assert!(got.starts_with(prefix), "{got}");
+        assert!(got[prefix.len()..].starts_with(",\"tag_ids\":"), "{got}");
+        // Each id maps back to its tag, in order; the empty key has none.
+        let tags = sqs_forwarder::event::decode(original).unwrap().tags;
+        assert_eq!(tag_ids.len(), tags.len());
+        for ((k, v), ids) in tags.iter().zip(&tag_ids) {
+            for (s, id) in [(k, &ids[0]), (v, &ids[1])] {
+                if s.is_empty() {
+                    assert!(id.is_null(), "{got}");
+                    continue;
+                }
+                let back = indexer
+                    .reverse_resolve(org, id.as_u64().unwrap())
+                    .await
+                    .unwrap();
+                assert_eq!(back.as_deref(), Some(s.as_ref()), "{got}");
+            }
+        }
+    }
+    // The same string gets the same id across events.
+    let customer_ids: HashSet<u64> = arrived
+        .iter()
+        .filter_map(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            let tags = sqs_forwarder::event::decode(b).unwrap().tags;
+            let i = tags.iter().position(|(k, _)| k == "customer")?;
+            v["tag_ids"][i][1].as_u64()
+        })
+        .collect();
+    assert_eq!(customer_ids.len(), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_store_keeps_the_batch_in_the_queue() {
+    let q = Queues::create(1).await;
+    let bodies: Vec<String> = (1..=2)
+        .map(|i| format!(r#"{{"event_id":"{i:032x}","project_id":1,"organization_id":9,"tags":{{"customer":"c-{i}"}}}}"#))
+        .collect();
+    send_bodies(&q.client, &q.source, &bodies).await;
+    let app = app_with_indexer(q.config(None), &sqlite_url()).await;
+    let worker = app.worker().await.unwrap();
+    // The store goes away: every query fails until the retry bound (5 s in tests).
+    app.indexer.as_ref().unwrap().store().close().await;
+
+    let mut totals = sqs_forwarder::worker::BatchOutcome::default();
+    for _ in 0..10 {
+        totals += worker.run_once().await.unwrap();
+        if totals.received >= 2 {
+            break;
+        }
+    }
+    assert_eq!((totals.failed, totals.forwarded, totals.deleted), (2, 0, 0));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(depth(&q.client, &q.source).await, 2, "kept for a later try");
+    assert!(drain(&q.client, &q.dest, 1, Duration::from_secs(2))
+        .await
+        .is_empty());
 }

@@ -40,6 +40,109 @@ pub enum Command {
     },
     /// Validate the configuration and reach every configured queue.
     Check,
+    /// Look up the indexer's store.
+    #[command(subcommand)]
+    Indexer(IndexerCommand),
+}
+
+/// `sqs-forwarder indexer …`: the configured store, read (and for `record`, written).
+#[derive(Debug, Clone, Subcommand)]
+pub enum IndexerCommand {
+    /// Print the id of a string, if it has one.
+    Resolve {
+        /// The organization.
+        #[arg(long)]
+        org: u64,
+        /// The string.
+        string: String,
+    },
+    /// Print the string an id stands for.
+    Reverse {
+        /// The organization.
+        #[arg(long)]
+        org: u64,
+        /// The id.
+        id: u64,
+    },
+    /// Give ids to strings (arguments, or one per line on stdin) and print
+    /// `string<TAB>id` for each; `-` for a string refused by a limit.
+    Record {
+        /// The organization.
+        #[arg(long)]
+        org: u64,
+        /// The strings; none reads stdin.
+        strings: Vec<String>,
+    },
+}
+
+/// A database URL: its password never appears in Debug, Display or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The URL itself, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A URL from text.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://") else {
+            return url.clone();
+        };
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                let masked = if userinfo.contains(':') {
+                    format!("{user}:***")
+                } else {
+                    user.to_string()
+                };
+                format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
+            }
+            None => url.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+fn secret_url(value: &str) -> Result<SecretUrl, String> {
+    let v = value.trim();
+    if v.starts_with("postgres://") || v.starts_with("postgresql://") || v.starts_with("sqlite:") {
+        Ok(SecretUrl(v.to_string()))
+    } else {
+        Err("expected postgres://user:password@host/db or sqlite:PATH".into())
+    }
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// Log output format.
@@ -149,6 +252,40 @@ pub struct Settings {
           value_parser = duration, global = true)]
     pub request_timeout: Duration,
 
+    /// Intern tag keys and values into ids (`tag_ids` in the forwarded event).
+    #[arg(long, env = "FORWARDER_INDEXER", value_enum, default_value_t = Switch::On, global = true)]
+    pub indexer: Switch,
+
+    /// The indexer's store: postgres://… for many workers; unset uses SQLite in the data directory.
+    #[arg(long, env = "FORWARDER_INDEXER_DATABASE_URL", value_name = "URL", value_parser = secret_url,
+          hide_env_values = true, global = true)]
+    pub indexer_database_url: Option<SecretUrl>,
+
+    /// Directory for the embedded SQLite store.
+    #[arg(
+        long,
+        env = "FORWARDER_DATA_DIR",
+        value_name = "DIR",
+        default_value = "data",
+        global = true
+    )]
+    pub data_dir: std::path::PathBuf,
+
+    /// Most (organization, string) ids kept in the in-process cache.
+    #[arg(long, env = "FORWARDER_INDEXER_CACHE_SIZE", value_name = "N", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize), global = true)]
+    pub indexer_cache_size: usize,
+
+    /// Connections in the indexer store's pool.
+    #[arg(long, env = "FORWARDER_INDEXER_POOL_SIZE", value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub indexer_pool_size: u32,
+
+    /// New strings allowed per organization and window, N/DURATION; "off" for none.
+    #[arg(long, env = "FORWARDER_INDEXER_WRITE_LIMIT", value_name = "N/DURATION", default_value = "1000/10s",
+          value_parser = write_limit, global = true)]
+    pub indexer_write_limit: WriteLimitSetting,
+
     /// How long in-flight batches may take to finish after SIGTERM or SIGINT.
     #[arg(long, env = "FORWARDER_SHUTDOWN_TIMEOUT", value_name = "DURATION", default_value = "30s",
           value_parser = duration, global = true)]
@@ -163,6 +300,17 @@ fn duration(value: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(value)
         .map_err(|e| format!("{e}; expected seconds or a duration like 500ms, 30s, 2m"))
+}
+
+/// `FORWARDER_INDEXER_WRITE_LIMIT`: a limit, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteLimitSetting(pub Option<crate::indexer::WriteLimit>);
+
+fn write_limit(value: &str) -> Result<WriteLimitSetting, String> {
+    if value.trim().eq_ignore_ascii_case("off") {
+        return Ok(WriteLimitSetting(None));
+    }
+    value.parse().map(|l| WriteLimitSetting(Some(l)))
 }
 
 fn sample_rate(value: &str) -> Result<f64, String> {
@@ -279,6 +427,49 @@ mod tests {
             assert!(err.starts_with(&format!("{var}: ")), "{args:?}: {err}");
             assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn defaults_parse_for_every_command() {
+        for args in [
+            &["run"][..],
+            &["check"],
+            &["replay", "-"],
+            &["indexer", "resolve", "--org", "1", "x"],
+            &["run", "--indexer-write-limit", "off"],
+        ] {
+            let cli = parse(args);
+            assert!(cli.is_ok(), "{args:?}: {cli:?}");
+        }
+        let cli = parse(&["run"]).ok();
+        let s = cli.map(|c| c.settings);
+        assert_eq!(s.as_ref().map(|s| s.workers), Some(4));
+        assert_eq!(
+            s.and_then(|s| s.indexer_write_limit.0)
+                .map(|l| l.to_string()),
+            Some("1000/10s".to_string())
+        );
+    }
+
+    #[test]
+    fn database_urls_are_redacted() {
+        let u =
+            SecretUrl::new("postgres://forwarder:hunter2@db.internal:5432/indexer?sslmode=require");
+        for shown in [format!("{u:?}"), u.to_string(), u.redacted()] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("forwarder:***@db.internal:5432/indexer"),
+                "{shown}"
+            );
+        }
+        assert_eq!(
+            SecretUrl::new("sqlite:data/x.db").redacted(),
+            "sqlite:data/x.db"
+        );
+        let err = parse(&["run", "--indexer-database-url", "mysql://u:hunter2@h/d"])
+            .err()
+            .unwrap_or_default();
+        assert!(err.starts_with("FORWARDER_INDEXER_DATABASE_URL: "), "{err}");
     }
 
     #[test]

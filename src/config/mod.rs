@@ -11,7 +11,7 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-pub use cli::{Cli, Command, LogFormat, Settings};
+pub use cli::{Cli, Command, IndexerCommand, LogFormat, SecretUrl, Settings, Switch};
 
 use crate::metrics::sink::StatsdSettings;
 use crate::retry::RetryPolicy;
@@ -90,6 +90,49 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Stop once the source has been empty this long (`FORWARDER_EXIT_WHEN_IDLE`).
     pub exit_when_idle: Option<Duration>,
+    /// The indexer stage; `None` when `FORWARDER_INDEXER=off`.
+    pub indexer: Option<IndexerConfig>,
+}
+
+/// Settings of the indexer stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexerConfig {
+    /// Where ids are stored (`FORWARDER_INDEXER_DATABASE_URL`, or SQLite under
+    /// `FORWARDER_DATA_DIR`). Redacted in every output.
+    pub database_url: SecretUrl,
+    /// Connections in its pool (`FORWARDER_INDEXER_POOL_SIZE`).
+    pub pool_size: u32,
+    /// Cache size and write limit.
+    pub settings: crate::indexer::IndexerSettings,
+}
+
+impl Settings {
+    /// The retry bounds.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial_interval: self.retry_initial_interval,
+            max_interval: self.retry_max_interval,
+            max_elapsed: self.retry_max_elapsed,
+        }
+    }
+
+    /// The indexer's configuration, whatever the command (the `indexer` commands too).
+    pub fn indexer_config(&self) -> IndexerConfig {
+        let database_url = self.indexer_database_url.clone().unwrap_or_else(|| {
+            SecretUrl::new(format!(
+                "sqlite:{}",
+                self.data_dir.join("indexer.sqlite3").display()
+            ))
+        });
+        IndexerConfig {
+            database_url,
+            pool_size: self.indexer_pool_size,
+            settings: crate::indexer::IndexerSettings {
+                cache_size: self.indexer_cache_size,
+                write_limit: self.indexer_write_limit.0,
+            },
+        }
+    }
 }
 
 impl Settings {
@@ -150,14 +193,11 @@ impl Settings {
             max_message_bytes: self.max_message_bytes,
             statsd,
             log_format: self.log_format,
-            retry: RetryPolicy {
-                initial_interval: self.retry_initial_interval,
-                max_interval: self.retry_max_interval,
-                max_elapsed: self.retry_max_elapsed,
-            },
+            retry: self.retry_policy(),
             request_timeout: self.request_timeout,
             shutdown_timeout: self.shutdown_timeout,
             exit_when_idle,
+            indexer: (self.indexer == Switch::On).then(|| self.indexer_config()),
         })
     }
 }
@@ -221,7 +261,7 @@ impl fmt::Display for Config {
             "source={} dest={} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
              statsd={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
              retry_max_interval={} retry_max_elapsed={} request_timeout={} shutdown_timeout={} \
-             exit_when_idle={}",
+             exit_when_idle={} indexer={}",
             self.source_queue_url.as_deref().unwrap_or("-"),
             self.dest_queue_url,
             self.workers,
@@ -248,6 +288,15 @@ impl fmt::Display for Config {
             self.exit_when_idle
                 .map_or("off".to_string(), |d| humantime::format_duration(d)
                     .to_string()),
+            self.indexer.as_ref().map_or("off".to_string(), |i| format!(
+                "{} pool={} cache={} write_limit={}",
+                i.database_url,
+                i.pool_size,
+                i.settings.cache_size,
+                i.settings
+                    .write_limit
+                    .map_or("off".to_string(), |l| l.to_string())
+            )),
         )
     }
 }

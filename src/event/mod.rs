@@ -25,8 +25,61 @@ pub struct Event<'a> {
     pub organization_id: u64,
     /// Tags in the order they were given, unescaped.
     pub tags: Vec<Tag<'a>>,
-    /// The original JSON, forwarded unchanged.
+    /// The original JSON, forwarded unchanged but for `tag_ids`.
     pub body: &'a str,
+    /// Ids of the tags, `[key_id, value_id]` in tag order (`None`: no id), set by the
+    /// indexer stage; added to the forwarded body as the top-level field `tag_ids`.
+    pub tag_ids: Option<Vec<[Option<u64>; 2]>>,
+    /// Where a `tag_ids` value already in the body is, to be replaced rather than
+    /// repeated (a duplicate key would make the JSON ambiguous).
+    existing_tag_ids: Option<std::ops::Range<usize>>,
+}
+
+impl<'a> Event<'a> {
+    /// The body to forward: the original, with `tag_ids` added when the indexer ran.
+    /// The only copy of the body made on the way out.
+    pub fn encoded(&self) -> Cow<'a, str> {
+        let Some(tag_ids) = &self.tag_ids else {
+            return Cow::Borrowed(self.body);
+        };
+        let mut ids = String::with_capacity(2 + tag_ids.len() * 16);
+        ids.push('[');
+        for (i, pair) in tag_ids.iter().enumerate() {
+            if i > 0 {
+                ids.push(',');
+            }
+            ids.push('[');
+            for (j, id) in pair.iter().enumerate() {
+                if j > 0 {
+                    ids.push(',');
+                }
+                match id {
+                    Some(id) => ids.push_str(&id.to_string()),
+                    None => ids.push_str("null"),
+                }
+            }
+            ids.push(']');
+        }
+        ids.push(']');
+        let body = self.body;
+        let mut out = String::with_capacity(body.len() + ids.len() + 12);
+        match &self.existing_tag_ids {
+            Some(range) => {
+                out.push_str(&body[..range.start]);
+                out.push_str(&ids);
+                out.push_str(&body[range.end..]);
+            }
+            None => {
+                // Decoding checked the body is an object with fields: it ends in `}`.
+                let close = body.rfind('}').unwrap_or(body.len());
+                out.push_str(&body[..close]);
+                out.push_str(",\"tag_ids\":");
+                out.push_str(&ids);
+                out.push_str(&body[close..]);
+            }
+        }
+        Cow::Owned(out)
+    }
 }
 
 /// Why a body is not a valid event. Each has a stable [`reason`](DecodeError::reason)
@@ -94,6 +147,8 @@ struct Head<'a> {
     organization_id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     tags: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tag_ids: Option<&'a RawValue>,
 }
 
 /// Tags in either accepted shape, in their order: a list of `[key, value]` pairs, or an
@@ -160,7 +215,15 @@ pub fn decode(body: &str) -> Result<Event<'_>, DecodeError> {
         organization_id: positive_id("organization_id", head.organization_id)?,
         tags: tags(head.tags)?,
         body,
+        tag_ids: None,
+        existing_tag_ids: head.tag_ids.map(|raw| span_in(body, raw.get())),
     })
+}
+
+/// Where `part`, a slice of `body`, lies in it.
+fn span_in(body: &str, part: &str) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
+    start..start + part.len()
 }
 
 fn present<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<&'a str, DecodeError> {
@@ -189,9 +252,10 @@ fn event_id<'a>(raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, DecodeError> 
 
 fn positive_id(field: &'static str, raw: Option<&RawValue>) -> Result<u64, DecodeError> {
     let text = present(field, raw)?;
+    // Stores and Sentry keep ids as signed 64-bit integers.
     match serde_json::from_str::<u64>(text) {
-        Ok(0) | Err(_) => Err(invalid(field, "must be a positive integer below 2^64")),
-        Ok(id) => Ok(id),
+        Ok(id) if id > 0 && id <= i64::MAX as u64 => Ok(id),
+        _ => Err(invalid(field, "must be a positive integer below 2^63")),
     }
 }
 
@@ -295,6 +359,7 @@ mod tests {
             (format!(r#"{{"event_id":"{ID}","project_id":1.5,"organization_id":1}}"#), "invalid_project_id"),
             (format!(r#"{{"event_id":"{ID}","project_id":0,"organization_id":1}}"#), "invalid_project_id"),
             (format!(r#"{{"event_id":"{ID}","project_id":1,"organization_id":18446744073709551616}}"#), "invalid_organization_id"),
+            (format!(r#"{{"event_id":"{ID}","project_id":1,"organization_id":9223372036854775808}}"#), "invalid_organization_id"),
             (format!(r#"{{{head},"tags":"a"}}"#), "invalid_tags"),
             (format!(r#"{{{head},"tags":[["a"]]}}"#), "invalid_tags"),
             (format!(r#"{{{head},"tags":[["a","b","c"]]}}"#), "invalid_tags"),
@@ -316,6 +381,34 @@ mod tests {
             "[".repeat(5000) + &"]".repeat(5000)
         );
         assert_eq!(ok(&body).body, body);
+    }
+
+    #[test]
+    fn tag_ids_are_added_and_the_rest_is_untouched() {
+        let body = format!(
+            "{{\"event_id\":\"{ID}\",\"project_id\":1,\"organization_id\":1,\"tags\":[[\"a\",\"b\"],[\"\",\"c\"]]}}\n"
+        );
+        let mut e = ok(&body);
+        assert_eq!(e.encoded(), body, "no indexer: unchanged");
+        e.tag_ids = Some(vec![[Some(70000), Some(1)], [None, Some(70001)]]);
+        let out = e.encoded().into_owned();
+        assert_eq!(
+            out,
+            body.replace("]]}", "]],\"tag_ids\":[[70000,1],[null,70001]]}")
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["tag_ids"], serde_json::json!([[70000, 1], [null, 70001]]));
+    }
+
+    #[test]
+    fn an_incoming_tag_ids_field_is_replaced_not_repeated() {
+        let body = format!(
+            r#"{{"event_id":"{ID}","tag_ids":[[1,2]],"project_id":1,"organization_id":1,"tags":{{"a":"b"}}}}"#
+        );
+        let mut e = ok(&body);
+        e.tag_ids = Some(vec![[Some(70000), None]]);
+        let out = e.encoded().into_owned();
+        assert_eq!(out, body.replace("[[1,2]]", "[[70000,null]]"));
     }
 
     #[test]

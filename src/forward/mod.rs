@@ -84,7 +84,8 @@ impl Forwarder {
     }
 
     async fn send_all(&self, events: &[Event<'_>]) -> Vec<Delivery> {
-        let sizes: Vec<usize> = events.iter().map(|e| e.body.len()).collect();
+        let bodies: Vec<std::borrow::Cow<'_, str>> = events.iter().map(Event::encoded).collect();
+        let sizes: Vec<usize> = bodies.iter().map(|b| b.len()).collect();
         let plan = batch::plan(&sizes, self.max_message_bytes);
         let mut deliveries: Vec<Option<Delivery>> = vec![None; events.len()];
         for &i in &plan.oversized {
@@ -99,7 +100,7 @@ impl Forwarder {
             }));
         }
         for indices in plan.batches {
-            let outcomes = self.send_batch(events, &indices).await;
+            let outcomes = self.send_batch(&bodies, &indices).await;
             for (i, outcome) in indices.into_iter().zip(outcomes) {
                 deliveries[i] = Some(outcome);
             }
@@ -120,14 +121,18 @@ impl Forwarder {
     }
 
     /// One batch of at most ten events, retried entry by entry.
-    async fn send_batch(&self, events: &[Event<'_>], indices: &[usize]) -> Vec<Delivery> {
+    async fn send_batch(
+        &self,
+        bodies: &[std::borrow::Cow<'_, str>],
+        indices: &[usize],
+    ) -> Vec<Delivery> {
         let mut entries = Vec::with_capacity(indices.len());
         let mut unbuilt = Vec::new();
         for (n, &i) in indices.iter().enumerate() {
             let id = n.to_string();
             match SendMessageBatchRequestEntry::builder()
                 .id(&id)
-                .message_body(events[i].body)
+                .message_body(bodies[i].as_ref())
                 .build()
             {
                 Ok(entry) => entries.push((id, entry)),

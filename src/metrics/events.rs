@@ -4,6 +4,7 @@
 use super::{Counter, Metrics};
 use crate::aws::SqsError;
 use crate::event::DecodeError;
+use crate::pipeline::Failure;
 
 /// A message whose body is not a valid event. The worker leaves it in the source queue,
 /// where the queue's redrive policy moves it to the queue's dead-letter queue.
@@ -20,11 +21,13 @@ pub fn invalid_event(metrics: &Metrics, message_id: &str, receive_count: u32, er
     });
 }
 
-/// An event whose forward failed for good; its message stays in the source queue.
-pub fn forward_failed(metrics: &Metrics, message_id: &str, event_id: &str, err: &SqsError) {
+/// An event not forwarded (indexing or sending failed for good); the worker leaves its
+/// message in the source queue.
+pub fn forward_failed(metrics: &Metrics, message_id: &str, event_id: &str, err: &Failure) {
     tracing::error!(
         message_id,
         event_id,
+        stage = err.stage,
         class = err.class.as_str(),
         code = err.code.as_deref().unwrap_or(""),
         error = %err,

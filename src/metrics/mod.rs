@@ -52,6 +52,15 @@ pub enum Counter {
     MessagesReceived,
     /// `forwarder.messages.deleted`: source messages deleted after their event was accepted.
     MessagesDeleted,
+    /// `forwarder.indexer.lookup`: strings looked up by the indexer, by where the id came
+    /// from.
+    ///
+    /// Tags: `fetch_type` (`shared`, `cache`, `db`, `first_seen`, `limited`).
+    IndexerLookup { fetch_type: &'static str },
+    /// `forwarder.indexer.refused`: strings given no id.
+    ///
+    /// Tags: `reason` (`write_limit`, `too_long`, `empty_key`).
+    IndexerRefused { reason: &'static str },
     /// `forwarder.sqs.error`: an SQS call that failed for good (after retries).
     ///
     /// Tags: `operation` (as for `forwarder.retry`), `class`.
@@ -71,6 +80,8 @@ impl Counter {
             Counter::MessagesReceived => "forwarder.messages.received",
             Counter::MessagesDeleted => "forwarder.messages.deleted",
             Counter::SqsError { .. } => "forwarder.sqs.error",
+            Counter::IndexerLookup { .. } => "forwarder.indexer.lookup",
+            Counter::IndexerRefused { .. } => "forwarder.indexer.refused",
         }
     }
 
@@ -80,7 +91,10 @@ impl Counter {
                 ("plugin", PLUGIN),
                 ("success", if success { "true" } else { "false" }),
             ],
-            Counter::InvalidEvent { reason } => vec![("reason", reason)],
+            Counter::InvalidEvent { reason } | Counter::IndexerRefused { reason } => {
+                vec![("reason", reason)]
+            }
+            Counter::IndexerLookup { fetch_type } => vec![("fetch_type", fetch_type)],
             Counter::ForwardFailed { class } => vec![("class", class)],
             Counter::Retry { operation, class } | Counter::SqsError { operation, class } => {
                 vec![("operation", operation), ("class", class)]
@@ -100,6 +114,8 @@ impl Counter {
 pub enum Timer {
     /// `forwarder.send_batch.duration`: one SendMessageBatch call, retries excluded.
     BatchSend,
+    /// `forwarder.indexer.store.duration`: one store query of the indexer.
+    IndexerStore,
     /// `forwarder.event.latency`: from the source message's `SentTimestamp` to the
     /// destination's acceptance of its event.
     EndToEnd,
@@ -110,6 +126,7 @@ impl Timer {
         match self {
             Timer::BatchSend => "forwarder.send_batch.duration",
             Timer::EndToEnd => "forwarder.event.latency",
+            Timer::IndexerStore => "forwarder.indexer.store.duration",
         }
     }
 }
@@ -119,12 +136,15 @@ impl Timer {
 pub enum Gauge {
     /// `forwarder.events.in_flight`: events received and not yet settled, over all workers.
     InFlight,
+    /// `forwarder.indexer.cache.size`: entries in the indexer's in-process cache.
+    IndexerCacheSize,
 }
 
 impl Gauge {
     fn name(&self) -> &'static str {
         match self {
             Gauge::InFlight => "forwarder.events.in_flight",
+            Gauge::IndexerCacheSize => "forwarder.indexer.cache.size",
         }
     }
 }

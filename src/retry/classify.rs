@@ -32,6 +32,9 @@ pub enum FailureKind<'a> {
         /// HTTP status of that response.
         status: u16,
     },
+    /// The other side is up but temporarily unable: a database restarting, a terminated
+    /// connection, a lock held, too many connections.
+    Unavailable,
     /// The request could not even be built or sent (bad endpoint, missing region): a
     /// configuration problem that no retry fixes.
     Local,
@@ -162,6 +165,7 @@ pub fn classify(kind: FailureKind<'_>) -> ErrorClass {
         FailureKind::Timeout => ErrorClass::Timeout,
         FailureKind::Connection => ErrorClass::Connection,
         FailureKind::Local => ErrorClass::Local,
+        FailureKind::Unavailable => ErrorClass::ServerError,
         FailureKind::BadResponse { status } => {
             if status == 429 {
                 ErrorClass::Throttled

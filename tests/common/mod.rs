@@ -121,7 +121,26 @@ pub fn test_config(source: &str, dest: &str, statsd: Option<SocketAddr>) -> Conf
         request_timeout: Duration::from_secs(10),
         shutdown_timeout: Duration::from_secs(20),
         exit_when_idle: Some(Duration::from_secs(2)),
+        indexer: None,
     }
+}
+
+/// The PostgreSQL the indexer tests use (`make test` sets it; the machine's default).
+pub fn postgres_url() -> String {
+    std::env::var("FORWARDER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh SQLite file URL in a temporary directory.
+pub fn sqlite_url() -> String {
+    let dir = std::env::temp_dir().join(unique("ix"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    format!("sqlite:{}", dir.join("indexer.sqlite3").display())
+}
+
+/// A random organization id, so tests sharing a PostgreSQL never share strings.
+pub fn random_org() -> u64 {
+    fastrand::u64(1..i64::MAX as u64)
 }
 
 /// A valid event with a given id.

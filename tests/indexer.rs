@@ -1,0 +1,300 @@
+//! The indexer against SQLite and the real PostgreSQL: stable ids, races between
+//! processes, limits, the shared range, and the CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use sqs_forwarder::indexer::shared::MAX_SHARED_ID;
+use sqs_forwarder::indexer::{FetchType, Indexer, IndexerSettings, Store, WriteLimit};
+use sqs_forwarder::metrics::Metrics;
+use sqs_forwarder::retry::RetryPolicy;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sqs-forwarder");
+
+async fn indexer(url: &str, write_limit: Option<WriteLimit>) -> Indexer {
+    let store = Store::connect(url, 4)
+        .await
+        .expect("store (is PostgreSQL up?)");
+    Indexer::new(
+        store,
+        &IndexerSettings {
+            cache_size: 10_000,
+            write_limit,
+        },
+        RetryPolicy::default(),
+        Metrics::disabled(),
+    )
+}
+
+fn backends() -> Vec<(&'static str, String)> {
+    vec![("sqlite", sqlite_url()), ("postgres", postgres_url())]
+}
+
+fn request(org: u64, strings: &[String]) -> HashMap<u64, HashSet<&str>> {
+    HashMap::from([(org, strings.iter().map(String::as_str).collect())])
+}
+
+#[tokio::test]
+async fn ids_are_stable_across_restarts_and_come_from_each_layer() {
+    for (name, url) in backends() {
+        let org = random_org();
+        let strings: Vec<String> = (0..50).map(|i| format!("checkout-{i}")).collect();
+
+        let first = indexer(&url, None).await;
+        let created = first.bulk_record(&request(org, &strings)).await.unwrap();
+        let ids: HashMap<&str, u64> = created[&org]
+            .iter()
+            .map(|(s, l)| (*s, l.id.unwrap()))
+            .collect();
+        assert!(
+            created[&org]
+                .values()
+                .all(|l| l.fetch_type == FetchType::FirstSeen),
+            "{name}"
+        );
+        assert!(
+            ids.values().all(|&id| id > MAX_SHARED_ID),
+            "{name}: a stored id in the shared range"
+        );
+        assert_eq!(
+            ids.values().collect::<HashSet<_>>().len(),
+            50,
+            "{name}: ids are distinct"
+        );
+
+        let cached = first.bulk_record(&request(org, &strings)).await.unwrap();
+        assert!(
+            cached[&org]
+                .values()
+                .all(|l| l.fetch_type == FetchType::Cache),
+            "{name}"
+        );
+        first.store().close().await;
+
+        // A restart: new pool, cold cache. Same ids, read from the store.
+        let second = indexer(&url, None).await;
+        let read = second.bulk_record(&request(org, &strings)).await.unwrap();
+        for (s, lookup) in &read[&org] {
+            assert_eq!(lookup.fetch_type, FetchType::Db, "{name}");
+            assert_eq!(lookup.id, Some(ids[s]), "{name}: {s} changed id");
+        }
+        assert_eq!(
+            second.resolve(org, "checkout-7").await.unwrap(),
+            Some(ids["checkout-7"])
+        );
+        assert_eq!(
+            second
+                .reverse_resolve(org, ids["checkout-7"])
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("checkout-7")
+        );
+        // Organizations do not share stored strings.
+        assert_eq!(
+            second
+                .resolve(org.wrapping_add(1), "checkout-7")
+                .await
+                .unwrap(),
+            None
+        );
+        second.store().close().await;
+    }
+}
+
+#[tokio::test]
+async fn shared_strings_take_the_reserved_range_and_are_never_stored() {
+    for (name, url) in backends() {
+        let org = random_org();
+        let ix = indexer(&url, None).await;
+        let strings = vec!["environment".to_string(), "production".to_string()];
+        let found = ix.bulk_record(&request(org, &strings)).await.unwrap();
+        for s in &strings {
+            let l = found[&org][s.as_str()];
+            assert_eq!(l.fetch_type, FetchType::Shared, "{name}");
+            assert!(l.id.unwrap() <= MAX_SHARED_ID);
+        }
+        assert_eq!(found[&org]["environment"].id, Some(1));
+        let stored = ix
+            .store()
+            .fetch(&[(org, "environment"), (org, "production")])
+            .await
+            .unwrap();
+        assert!(stored.is_empty(), "{name}: shared strings were stored");
+        assert_eq!(
+            ix.reverse_resolve(org, 1).await.unwrap().as_deref(),
+            Some("environment")
+        );
+        ix.store().close().await;
+    }
+}
+
+#[tokio::test]
+async fn limits_hold_and_refused_strings_get_no_id() {
+    for (name, url) in backends() {
+        let org = random_org();
+        let limit = WriteLimit {
+            max: 5,
+            window: Duration::from_secs(60),
+        };
+        let ix = indexer(&url, Some(limit)).await;
+        let strings: Vec<String> = (0..8).map(|i| format!("new-{i}")).collect();
+        let found = ix.bulk_record(&request(org, &strings)).await.unwrap();
+        let first_seen = found[&org]
+            .values()
+            .filter(|l| l.fetch_type == FetchType::FirstSeen)
+            .count();
+        let limited: Vec<_> = found[&org]
+            .values()
+            .filter(|l| l.fetch_type == FetchType::Limited)
+            .collect();
+        assert_eq!((first_seen, limited.len()), (5, 3), "{name}");
+        assert!(limited.iter().all(|l| l.id.is_none()));
+
+        // Known strings are still answered past the limit; new ones are not.
+        let again = ix.bulk_record(&request(org, &strings)).await.unwrap();
+        assert_eq!(
+            again[&org].values().filter(|l| l.id.is_some()).count(),
+            5,
+            "{name}"
+        );
+        // Another organization has its own budget.
+        let other = random_org();
+        assert!(ix.record(other, "new-0").await.unwrap().is_some(), "{name}");
+
+        // Length is counted in characters, at most 200.
+        let unlimited = indexer(&url, None).await;
+        let ok = "é".repeat(200);
+        let long = "x".repeat(201);
+        assert!(
+            unlimited.record(org, &ok).await.unwrap().is_some(),
+            "{name}: 200 characters"
+        );
+        let found = unlimited
+            .bulk_record(&request(org, std::slice::from_ref(&long)))
+            .await
+            .unwrap();
+        assert_eq!(
+            found[&org][long.as_str()].fetch_type,
+            FetchType::Limited,
+            "{name}"
+        );
+        assert_eq!(found[&org][long.as_str()].id, None);
+        ix.store().close().await;
+        unlimited.store().close().await;
+    }
+}
+
+#[tokio::test]
+async fn resolve_reads_only() {
+    for (name, url) in backends() {
+        let org = random_org();
+        let ix = indexer(&url, None).await;
+        assert_eq!(ix.resolve(org, "never-seen").await.unwrap(), None, "{name}");
+        assert!(
+            ix.store()
+                .fetch(&[(org, "never-seen")])
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
+        ix.store().close().await;
+    }
+}
+
+/// Runs `indexer record` in a process of its own; returns string → id.
+fn record_in_process(url: &str, org: u64, strings: &[String]) -> std::process::Child {
+    let mut child = Command::new(BIN)
+        .args(["indexer", "record", "--org", &org.to_string()])
+        .env("FORWARDER_INDEXER_DATABASE_URL", url)
+        .env("FORWARDER_INDEXER_WRITE_LIMIT", "off")
+        .env("FORWARDER_INDEXER_POOL_SIZE", "2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = strings.join("\n");
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    child
+}
+
+fn ids_of(child: std::process::Child) -> HashMap<String, u64> {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (s, id) = l.rsplit_once('\t').unwrap();
+            (s.to_string(), id.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn two_processes_racing_on_the_same_new_strings_get_identical_ids() {
+    for (name, url) in backends() {
+        let org = random_org();
+        let strings: Vec<String> = (0..10_000).map(|i| format!("release-{i}")).collect();
+        let mut reversed = strings.clone();
+        reversed.reverse();
+        let a = record_in_process(&url, org, &strings);
+        let b = record_in_process(&url, org, &reversed);
+        let (a, b) = (ids_of(a), ids_of(b));
+        assert_eq!(a.len(), 10_000, "{name}");
+        assert_eq!(a, b, "{name}: the two processes disagree");
+        assert_eq!(
+            a.values().collect::<HashSet<_>>().len(),
+            10_000,
+            "{name}: ids collide"
+        );
+    }
+}
+
+#[test]
+fn indexer_cli_resolves_and_reverses() {
+    for (name, url) in backends() {
+        let org = random_org().to_string();
+        let run = |args: &[&str]| {
+            Command::new(BIN)
+                .args(args)
+                .env("FORWARDER_INDEXER_DATABASE_URL", &url)
+                .output()
+                .unwrap()
+        };
+        let out = run(&["indexer", "record", "--org", &org, "web@2.0.1"]);
+        assert!(out.status.success(), "{name}");
+        let id = String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .rsplit('\t')
+            .next()
+            .unwrap()
+            .to_string();
+        let out = run(&["indexer", "resolve", "--org", &org, "web@2.0.1"]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id, "{name}");
+        let out = run(&["indexer", "reverse", "--org", &org, &id]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "web@2.0.1",
+            "{name}"
+        );
+        let out = run(&["indexer", "reverse", "--org", &org, "999999999"]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+    }
+}
