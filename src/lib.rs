@@ -4,10 +4,10 @@
 //! # The flow
 //!
 //! ```text
-//! source queue ──► worker pool ──► decode ──► forward ──► destination queue
-//!  (source)         (worker)       (event)    (forward)
-//!                                     every send inside track_response_metric:
-//!                                     data-forwarding.http_response{plugin, success}
+//! source queue ──► worker pool ──► decode ──► indexer ──► forward ──► destination queue
+//!  (source)         (worker)       (event)    (indexer)   (forward)
+//!                                                 every send inside track_response_metric:
+//!                                                 data-forwarding.http_response{plugin, success}
 //! ```
 //!
 //! A message is deleted from the source only after the destination accepted its event.
@@ -22,8 +22,11 @@
 //!   extending visibility.
 //! - [`worker`]: the pool of pollers; [`worker::Worker::run_once`] is one step and
 //!   [`worker::run`] takes its shutdown signal as an argument.
-//! - [`pipeline`]: decode then forward, settling each message; shared by `run` and `replay`.
-//! - [`event`]: the event and its decoder.
+//! - [`pipeline`]: decode, index, forward, settling each message; shared by `run` and
+//!   `replay`.
+//! - [`event`]: the event, its decoder, and the encoder that adds `tag_ids`.
+//! - [`indexer`]: tag strings interned per organization into stable ids (shared strings,
+//!   cache, store, limits).
 //! - [`forward`]: where events go: batching within SQS limits and `track_response_metric`.
 //! - [`retry`]: the one retry layer: what is retryable, and the backoff schedule.
 //! - [`aws`]: SDK clients (SDK retries off) and classified SQS errors.

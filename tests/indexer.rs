@@ -298,3 +298,64 @@ fn indexer_cli_resolves_and_reverses() {
         assert_eq!(out.status.code(), Some(1), "{name}");
     }
 }
+
+#[tokio::test]
+async fn lookups_are_counted_by_fetch_type() {
+    let statsd = StatsdCapture::start();
+    let metrics =
+        sqs_forwarder::metrics::sink::udp(&sqs_forwarder::metrics::sink::StatsdSettings {
+            addr: statsd.addr,
+            prefix: String::new(),
+            tags: Vec::new(),
+            sample_rate: 1.0,
+        })
+        .unwrap();
+    let store = Store::connect(&sqlite_url(), 2).await.unwrap();
+    let limit = WriteLimit {
+        max: 3,
+        window: Duration::from_secs(60),
+    };
+    let ix = Indexer::new(
+        store,
+        &IndexerSettings {
+            cache_size: 100,
+            write_limit: Some(limit),
+        },
+        RetryPolicy::default(),
+        metrics.clone(),
+    );
+    let org = random_org();
+    let strings: Vec<String> = ["environment", "production", "a", "b", "c", "d"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(std::iter::once("x".repeat(201)))
+        .collect();
+    let first = ix.bulk_record(&request(org, &strings)).await.unwrap();
+    let created: Vec<String> = first[&org]
+        .iter()
+        .filter(|(_, l)| l.fetch_type == FetchType::FirstSeen)
+        .map(|(s, _)| s.to_string())
+        .collect();
+    ix.bulk_record(&request(org, &created)).await.unwrap();
+    metrics.flush(Duration::from_secs(1));
+    let want = [
+        "forwarder.indexer.lookup:2|c|#fetch_type:shared",
+        "forwarder.indexer.lookup:3|c|#fetch_type:first_seen",
+        "forwarder.indexer.lookup:2|c|#fetch_type:limited",
+        "forwarder.indexer.refused:1|c|#reason:write_limit",
+        "forwarder.indexer.refused:1|c|#reason:too_long",
+        "forwarder.indexer.lookup:3|c|#fetch_type:cache",
+    ];
+    let lines = statsd.wait_for(Duration::from_secs(5), |l| {
+        want.iter().all(|w| l.iter().any(|x| x == w))
+    });
+    for w in want {
+        assert!(lines.iter().any(|l| l == w), "{w} missing from {lines:#?}");
+    }
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("forwarder.indexer.store.duration:")));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("forwarder.indexer.cache.size:")));
+}

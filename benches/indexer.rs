@@ -1,0 +1,97 @@
+//! `bulk_record` on the hot path (everything cached) and the cold path (everything new),
+//! for SQLite and PostgreSQL. A batch is 10 events of 6 tags: 120 strings, 66 distinct
+//! and not shared, in one organization.
+//!
+//! Run: `cargo bench --bench indexer` (PostgreSQL from FORWARDER_TEST_POSTGRES_URL).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use sqs_forwarder::indexer::{Indexer, IndexerSettings, Store};
+use sqs_forwarder::metrics::Metrics;
+use sqs_forwarder::retry::RetryPolicy;
+
+fn backends() -> Vec<(&'static str, String)> {
+    let dir = std::env::temp_dir().join(format!("ix-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    vec![
+        (
+            "sqlite",
+            format!("sqlite:{}", dir.join("bench.sqlite3").display()),
+        ),
+        (
+            "postgres",
+            std::env::var("FORWARDER_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        ),
+    ]
+}
+
+/// The strings of one batch: per event, 6 tags; keys repeat across events, values vary.
+fn batch(seed: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for event in 0..10 {
+        for tag in 0..6 {
+            out.push(format!("bench-key-{tag}"));
+            out.push(format!("bench-value-{seed}-{event}-{tag}"));
+        }
+    }
+    out
+}
+
+fn request(org: u64, strings: &[String]) -> HashMap<u64, HashSet<&str>> {
+    HashMap::from([(org, strings.iter().map(String::as_str).collect())])
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (name, url) in backends() {
+        let indexer = rt.block_on(async {
+            let store = Store::connect(&url, 4).await.unwrap();
+            Indexer::new(
+                store,
+                &IndexerSettings {
+                    cache_size: 1_000_000,
+                    write_limit: None,
+                },
+                RetryPolicy::default(),
+                Metrics::disabled(),
+            )
+        });
+        let org = fastrand::u64(1..i64::MAX as u64);
+
+        let hot = batch(0);
+        rt.block_on(indexer.bulk_record(&request(org, &hot)))
+            .unwrap();
+        c.bench_function(&format!("bulk_record/hot/{name}"), |b| {
+            b.to_async(&rt)
+                .iter(|| async { indexer.bulk_record(&request(org, &hot)).await.unwrap() })
+        });
+
+        let seed = AtomicU64::new(1);
+        let ix = &indexer;
+        c.bench_function(&format!("bulk_record/cold/{name}"), |b| {
+            b.to_async(&rt).iter_batched(
+                || batch(seed.fetch_add(1, Ordering::Relaxed)),
+                |strings| async move {
+                    let found = ix.bulk_record(&request(org, &strings)).await.unwrap();
+                    assert_eq!(found[&org].len(), 66);
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        rt.block_on(indexer.store().close());
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(30)
+        .measurement_time(std::time::Duration::from_secs(4))
+        .warm_up_time(std::time::Duration::from_secs(1));
+    targets = bench
+}
+criterion_main!(benches);
