@@ -359,3 +359,48 @@ async fn lookups_are_counted_by_fetch_type() {
         .iter()
         .any(|l| l.starts_with("forwarder.indexer.cache.size:")));
 }
+
+#[tokio::test]
+async fn reading_a_string_refreshes_a_stale_last_seen() {
+    for (name, url) in backends() {
+        let org = random_org();
+        let ix = indexer(&url, None).await;
+        ix.record(org, "old-release").await.unwrap();
+        let org_i = org as i64;
+        let two_days_ago = |store: &Store| {
+            let store = store.clone();
+            async move {
+                match store {
+                    Store::Postgres(pool) => sqlx::query(
+                        "UPDATE indexer_strings SET last_seen = now() - interval '2 days' WHERE organization_id = $1",
+                    )
+                    .bind(org_i)
+                    .execute(&pool)
+                    .await
+                    .map(drop),
+                    Store::Sqlite(pool) => sqlx::query(
+                        "UPDATE indexer_strings SET last_seen = last_seen - 172800 WHERE organization_id = ?1",
+                    )
+                    .bind(org_i)
+                    .execute(&pool)
+                    .await
+                    .map(drop),
+                }
+                .unwrap()
+            }
+        };
+        two_days_ago(ix.store()).await;
+        let stale = ix.store().fetch(&[(org, "old-release")]).await.unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(stale[0].last_seen < now - 86_400, "{name}: {stale:?}");
+        let fresh = ix.store().fetch(&[(org, "old-release")]).await.unwrap();
+        assert!(
+            fresh[0].last_seen >= now - 60,
+            "{name}: last_seen not refreshed: {fresh:?}"
+        );
+        ix.store().close().await;
+    }
+}

@@ -74,6 +74,9 @@ fn failure_kind(err: &sqlx::Error) -> FailureKind<'static> {
     }
 }
 
+/// `last_seen` is refreshed when a read finds it older than this (Sentry: a day).
+pub const LAST_SEEN_RESOLUTION_SECS: i64 = 24 * 3600;
+
 /// One stored string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row3 {
@@ -83,6 +86,8 @@ pub struct Row3 {
     pub string: String,
     /// Its id.
     pub id: u64,
+    /// When it was last seen, unix seconds.
+    pub last_seen: i64,
 }
 
 /// A connection pool to the store.
@@ -157,7 +162,9 @@ impl Store {
             Store::Postgres(pool) => {
                 let (orgs, strings) = columns(keys);
                 let rows = sqlx::query(
-                    "SELECT s.organization_id, s.string, s.id FROM indexer_strings s \
+                    "SELECT s.organization_id, s.string, s.id, \
+                            EXTRACT(EPOCH FROM s.last_seen)::bigint \
+                     FROM indexer_strings s \
                      JOIN UNNEST($1::bigint[], $2::text[]) AS k(org, string) \
                        ON s.organization_id = k.org AND s.string = k.string",
                 )
@@ -166,11 +173,16 @@ impl Store {
                 .fetch_all(pool)
                 .await
                 .map_err(err)?;
-                rows.iter().map(|r| row(r).map_err(err)).collect()
+                let rows = rows
+                    .iter()
+                    .map(|r| row(r).map_err(err))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.touch(&rows).await?;
+                Ok(rows)
             }
             Store::Sqlite(pool) => {
                 let rows = sqlx::query(
-                    "SELECT s.organization_id, s.string, s.id FROM indexer_strings s \
+                    "SELECT s.organization_id, s.string, s.id, s.last_seen FROM indexer_strings s \
                      JOIN json_each(?1) k \
                        ON s.organization_id = json_extract(k.value, '$[0]') \
                       AND s.string = json_extract(k.value, '$[1]')",
@@ -179,9 +191,50 @@ impl Store {
                 .fetch_all(pool)
                 .await
                 .map_err(err)?;
-                rows.iter().map(|r| row(r).map_err(err)).collect()
+                let rows = rows
+                    .iter()
+                    .map(|r| row(r).map_err(err))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.touch(&rows).await?;
+                Ok(rows)
             }
         }
+    }
+
+    /// Refreshes `last_seen` of rows read that were last seen over a day ago, as Sentry
+    /// does: one statement, only when some row is stale.
+    async fn touch(&self, rows: &[Row3]) -> Result<(), StoreError> {
+        let now = unix_now();
+        let stale: Vec<i64> = rows
+            .iter()
+            .filter(|r| r.last_seen < now - LAST_SEEN_RESOLUTION_SECS)
+            .map(|r| r.id as i64)
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let err = |e| StoreError::new("touch", e);
+        match self {
+            Store::Postgres(pool) => {
+                sqlx::query("UPDATE indexer_strings SET last_seen = now() WHERE id = ANY($1)")
+                    .bind(&stale)
+                    .execute(pool)
+                    .await
+                    .map_err(err)?;
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query(
+                    "UPDATE indexer_strings SET last_seen = ?2 \
+                     WHERE id IN (SELECT value FROM json_each(?1))",
+                )
+                .bind(serde_json::to_string(&stale).unwrap_or_else(|_| "[]".into()))
+                .bind(now)
+                .execute(pool)
+                .await
+                .map_err(err)?;
+            }
+        }
+        Ok(())
     }
 
     /// Gives ids to strings: inserts those missing (ignoring any a concurrent writer
@@ -280,10 +333,12 @@ where
     let org: i64 = r.try_get(0)?;
     let string: String = r.try_get(1)?;
     let id: i64 = r.try_get(2)?;
+    let last_seen: i64 = r.try_get(3)?;
     Ok(Row3 {
         org: org as u64,
         string,
         id: id as u64,
+        last_seen,
     })
 }
 
