@@ -7,8 +7,8 @@ use std::sync::Arc;
 use aws_config::SdkConfig;
 
 use crate::aws::{self, SqsError};
-use crate::config::{Config, ConfigError, IndexerConfig};
-use crate::forward::Forwarder;
+use crate::config::{check_message_group, Config, ConfigError, IndexerConfig};
+use crate::forward::{DeadLetterQueue, Forwarder, SqsSender};
 use crate::indexer::{Indexer, Store, StoreError};
 use crate::metrics::{sink, Metrics};
 use crate::pipeline::Pipeline;
@@ -137,11 +137,38 @@ impl App {
             self.config.retry.clone(),
             self.metrics.clone(),
         )
+        .with_group(self.config.message_group.clone())
     }
 
-    /// Decode and forward.
-    pub fn pipeline(&self) -> Pipeline {
-        Pipeline::new(self.forwarder(), self.indexer.clone(), self.metrics.clone())
+    /// Decode, index, forward, dead-letter: after reaching the destination (and checking
+    /// its message group against its type) and the dead-letter queue.
+    pub async fn pipeline(&self) -> Result<Pipeline, StartError> {
+        let dest = self
+            .reach("FORWARDER_DEST_QUEUE_URL", &self.config.dest_queue_url)
+            .await?;
+        check_message_group(dest.fifo, self.config.message_group.as_ref())?;
+        let dead_letter = match &self.config.dlq_url {
+            Some(url) => {
+                let info = self.reach("FORWARDER_DLQ_URL", url).await?;
+                let sender = SqsSender::new(
+                    self.sqs.clone(),
+                    url,
+                    self.config.max_message_bytes,
+                    self.config.retry.clone(),
+                    self.metrics.clone(),
+                );
+                Some(DeadLetterQueue::new(
+                    sender,
+                    info.fifo,
+                    self.metrics.clone(),
+                ))
+            }
+            None => None,
+        };
+        Ok(
+            Pipeline::new(self.forwarder(), self.indexer.clone(), self.metrics.clone())
+                .with_dead_letter(dead_letter),
+        )
     }
 
     /// Healthcheck of one queue.
@@ -155,7 +182,7 @@ impl App {
             })
     }
 
-    /// A worker on the source queue, after reaching both queues.
+    /// A worker on the source queue, after reaching every configured queue.
     pub async fn worker(&self) -> Result<Worker, StartError> {
         let Some(source_url) = self.config.source_queue_url.clone() else {
             return Err(ConfigError {
@@ -167,8 +194,7 @@ impl App {
         let info = self
             .reach("FORWARDER_SOURCE_QUEUE_URL", &source_url)
             .await?;
-        self.reach("FORWARDER_DEST_QUEUE_URL", &self.config.dest_queue_url)
-            .await?;
+        let pipeline = self.pipeline().await?;
         let source = SqsSource::new(
             self.sqs.clone(),
             source_url,
@@ -179,7 +205,7 @@ impl App {
         );
         Ok(Worker::new(
             source,
-            self.pipeline(),
+            pipeline,
             info.visibility_timeout,
             self.metrics.clone(),
         ))

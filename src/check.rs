@@ -2,7 +2,7 @@
 
 use crate::app::App;
 use crate::aws;
-use crate::config::{Needs, Settings};
+use crate::config::{check_message_group, Needs, Settings};
 use crate::metrics::Metrics;
 
 /// What `check` found: lines that are fine, and one line per problem.
@@ -58,11 +58,20 @@ pub async fn check(settings: &Settings) -> Report {
     for (var, url) in queues {
         let Some(url) = url else { continue };
         match app.reach(var, &url).await {
-            Ok(info) => report.ok.push(format!(
-                "{var}: reached {url} (visibility timeout {}s{})",
-                info.visibility_timeout.as_secs(),
-                if info.fifo { ", FIFO" } else { "" }
-            )),
+            Ok(info) => {
+                report.ok.push(format!(
+                    "{var}: reached {url} (visibility timeout {}s{})",
+                    info.visibility_timeout.as_secs(),
+                    if info.fifo { ", FIFO" } else { "" }
+                ));
+                if var == "FORWARDER_DEST_QUEUE_URL" {
+                    if let Err(err) =
+                        check_message_group(info.fifo, app.config.message_group.as_ref())
+                    {
+                        report.problems.push(err.to_string());
+                    }
+                }
+            }
             Err(err) => report.problems.push(err.to_string()),
         }
     }

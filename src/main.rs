@@ -136,14 +136,14 @@ async fn replay(cli: &Cli, input: &str) -> ExitCode {
         Ok(app) => app,
         Err(code) => return code,
     };
-    if let Err(err) = app
-        .reach("FORWARDER_DEST_QUEUE_URL", &app.config.dest_queue_url)
-        .await
-    {
-        eprintln!("error: {err}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    let result = replay::replay(&app.pipeline(), input).await;
+    let pipeline = match app.pipeline().await {
+        Ok(pipeline) => pipeline,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = replay::replay(&pipeline, input).await;
     app.metrics.flush(std::time::Duration::from_secs(2));
     match result {
         Ok(summary) => {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use crate::aws::SqsError;
 use crate::event::{decode, DecodeError, Event};
-use crate::forward::Forwarder;
+use crate::forward::{DeadLetter, DeadLetterQueue, Forwarder, Reason};
 use crate::indexer::{Indexer, IndexerError};
 use crate::metrics::{events, Counter, Metrics, Timer};
 use crate::retry::ErrorClass;
@@ -69,12 +69,41 @@ pub enum Settlement {
     Invalid(DecodeError),
     /// The event was not forwarded; the message stays for a later try.
     Failed(Failure),
+    /// It can never be forwarded, and the dead-letter queue accepted it: the message may
+    /// be deleted.
+    DeadLettered(Reason),
 }
 
 impl Settlement {
     /// Whether the message's event reached the destination.
     pub fn is_forwarded(&self) -> bool {
         matches!(self, Settlement::Forwarded)
+    }
+
+    /// Whether the message is settled for good (forwarded or dead-lettered) and may be
+    /// deleted from the source.
+    pub fn is_done(&self) -> bool {
+        matches!(self, Settlement::Forwarded | Settlement::DeadLettered(_))
+    }
+
+    /// Why the message would be dead-lettered: an invalid body, or a permanent failure.
+    /// Transient failures whose retries ran out are not: a later try may succeed.
+    fn dead_letter_reason(&self) -> Option<Reason> {
+        match self {
+            Settlement::Invalid(err) => Some(Reason {
+                stage: "decode",
+                reason: err.reason(),
+                error_code: None,
+                detail: err.to_string(),
+            }),
+            Settlement::Failed(f) if !f.class.is_retryable() => Some(Reason {
+                stage: f.stage,
+                reason: f.class.as_str(),
+                error_code: f.code.clone(),
+                detail: f.message.clone(),
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -85,6 +114,9 @@ pub struct Pipeline {
     forwarder: Forwarder,
     /// Interns tag strings; `None` when the stage is off.
     indexer: Option<Arc<Indexer>>,
+    /// Takes what can never be forwarded (`FORWARDER_DLQ_URL`); `None`: such messages
+    /// stay in the source queue for its redrive policy.
+    dead_letter: Option<DeadLetterQueue>,
     /// Where outcomes are counted.
     metrics: Metrics,
 }
@@ -95,8 +127,15 @@ impl Pipeline {
         Self {
             forwarder,
             indexer,
+            dead_letter: None,
             metrics,
         }
+    }
+
+    /// Sends what can never be forwarded to this dead-letter queue.
+    pub fn with_dead_letter(mut self, dead_letter: Option<DeadLetterQueue>) -> Self {
+        self.dead_letter = dead_letter;
+        self
     }
 
     /// The forwarder.
@@ -171,7 +210,7 @@ impl Pipeline {
                 });
             }
         }
-        settlements
+        let mut settlements: Vec<Settlement> = settlements
             .into_iter()
             .map(|s| {
                 s.unwrap_or_else(|| {
@@ -183,7 +222,47 @@ impl Pipeline {
                     })
                 })
             })
-            .collect()
+            .collect();
+        if let Some(dlq) = &self.dead_letter {
+            self.dead_letter(dlq, messages, &mut settlements).await;
+        }
+        settlements
+    }
+
+    /// Sends the messages that can never be forwarded to the DLQ, with their original
+    /// bodies; those it accepts become [`Settlement::DeadLettered`].
+    async fn dead_letter(
+        &self,
+        dlq: &DeadLetterQueue,
+        messages: &[SourceMessage],
+        settlements: &mut [Settlement],
+    ) {
+        let (positions, letters): (Vec<usize>, Vec<DeadLetter<'_>>) = settlements
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.dead_letter_reason().map(|reason| {
+                    (
+                        i,
+                        DeadLetter {
+                            body: &messages[i].body,
+                            source_message_id: &messages[i].message_id,
+                            reason,
+                        },
+                    )
+                })
+            })
+            .unzip();
+        if letters.is_empty() {
+            return;
+        }
+        let deliveries = dlq.send(&letters).await;
+        for ((i, letter), delivery) in positions.into_iter().zip(letters).zip(deliveries) {
+            match delivery {
+                Ok(()) => settlements[i] = Settlement::DeadLettered(letter.reason),
+                Err(err) => events::dead_letter_failed(&messages[i].message_id, &err),
+            }
+        }
     }
 
     /// One `bulk_record` for every tag of every event; sets each event's `tag_ids`.

@@ -150,6 +150,19 @@ async fn flush(
                 summary.failed += 1;
                 bar.suspend(|| eprintln!("line {number}: not forwarded: {err}"));
             }
+            Settlement::DeadLettered(reason) => {
+                if reason.stage == "decode" {
+                    summary.invalid += 1;
+                } else {
+                    summary.failed += 1;
+                }
+                bar.suspend(|| {
+                    eprintln!(
+                        "line {number}: sent to the dead-letter queue ({}): {}",
+                        reason.reason, reason.detail
+                    )
+                });
+            }
         }
     }
     bar.set_message(format!("{} forwarded", summary.forwarded));

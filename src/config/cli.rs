@@ -179,6 +179,21 @@ pub struct Settings {
     )]
     pub dest_queue_url: Option<String>,
 
+    /// Dead-letter queue for events that can never be forwarded (invalid bodies, permanent
+    /// errors); unset leaves them in the source queue for its redrive policy.
+    #[arg(long, env = "FORWARDER_DLQ_URL", value_name = "URL", global = true)]
+    pub dlq_url: Option<String>,
+
+    /// Message group of a FIFO destination: a literal, or a template with {project_id}
+    /// and {organization_id}. Required for a .fifo destination, refused for a standard one.
+    #[arg(
+        long,
+        env = "FORWARDER_MESSAGE_GROUP_ID",
+        value_name = "TEMPLATE",
+        global = true
+    )]
+    pub message_group_id: Option<crate::forward::GroupTemplate>,
+
     /// Concurrent pollers of the source queue.
     #[arg(long, env = "FORWARDER_WORKERS", value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from), global = true)]

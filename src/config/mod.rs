@@ -69,6 +69,10 @@ pub struct Config {
     pub source_queue_url: Option<String>,
     /// The queue forwarded to (`FORWARDER_DEST_QUEUE_URL`).
     pub dest_queue_url: String,
+    /// Where what can never be forwarded goes (`FORWARDER_DLQ_URL`).
+    pub dlq_url: Option<String>,
+    /// FIFO destinations: the message group (`FORWARDER_MESSAGE_GROUP_ID`).
+    pub message_group: Option<crate::forward::GroupTemplate>,
     /// Concurrent pollers (`FORWARDER_WORKERS`).
     pub workers: usize,
     /// Messages per receive, 1 to 10 (`FORWARDER_BATCH_SIZE`).
@@ -156,6 +160,10 @@ impl Settings {
             self.dest_queue_url.as_deref(),
             &mut errors,
         );
+        let dlq_url = self
+            .dlq_url
+            .as_deref()
+            .and_then(|url| queue_url("FORWARDER_DLQ_URL", Some(url), &mut errors));
         let statsd = match self.statsd_addr.as_deref().map(resolve) {
             None => None,
             Some(Ok(addr)) => Some(StatsdSettings {
@@ -186,6 +194,8 @@ impl Settings {
         Ok(Config {
             source_queue_url: source,
             dest_queue_url: dest,
+            dlq_url,
+            message_group: self.message_group_id.clone(),
             workers: self.workers,
             batch_size: usize::from(self.batch_size),
             // Exiting when idle needs a receive that returns within the idle time.
@@ -199,6 +209,25 @@ impl Settings {
             exit_when_idle,
             indexer: (self.indexer == Switch::On).then(|| self.indexer_config()),
         })
+    }
+}
+
+/// A FIFO destination needs a message group; a standard one must not have one. Checked
+/// at start, against what GetQueueAttributes says of the destination.
+pub fn check_message_group(
+    dest_is_fifo: bool,
+    group: Option<&crate::forward::GroupTemplate>,
+) -> Result<(), ConfigError> {
+    match (dest_is_fifo, group) {
+        (true, None) => Err(ConfigError::new(
+            "FORWARDER_MESSAGE_GROUP_ID",
+            "is not set, but FORWARDER_DEST_QUEUE_URL is a FIFO queue; set a group such as project-{project_id}",
+        )),
+        (false, Some(_)) => Err(ConfigError::new(
+            "FORWARDER_MESSAGE_GROUP_ID",
+            "is set, but FORWARDER_DEST_QUEUE_URL is a standard queue; message groups apply to .fifo queues only",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -258,12 +287,14 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "source={} dest={} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
+            "source={} dest={} dlq={} message_group={} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
              statsd={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
              retry_max_interval={} retry_max_elapsed={} request_timeout={} shutdown_timeout={} \
              exit_when_idle={} indexer={}",
             self.source_queue_url.as_deref().unwrap_or("-"),
             self.dest_queue_url,
+            self.dlq_url.as_deref().unwrap_or("-"),
+            self.message_group.as_ref().map_or("-", |g| g.as_str()),
             self.workers,
             self.batch_size,
             self.receive_wait.as_secs(),

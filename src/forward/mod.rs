@@ -2,27 +2,30 @@
 //!
 //! Events are packed into batches of at most ten within SQS's byte limits
 //! ([`batch::plan`]); a batch's transiently failed entries are sent again on their own
-//! with backoff ([`crate::aws::retry_batch`]). Every forward runs inside
+//! with backoff ([`crate::aws::retry_batch`]); [`sender`] does both, for the destination
+//! and for the dead-letter queue ([`dead_letter`]). Every forward runs inside
 //! [`track_response_metric`], which counts one `data-forwarding.http_response` per event.
+//! FIFO destinations get a message group ([`fifo`]) and the event id as deduplication id.
 
 pub mod batch;
+pub mod dead_letter;
+pub mod fifo;
+pub mod sender;
 
 use std::future::Future;
-use std::time::Instant;
 
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
 
-use crate::aws::{retry_batch, BatchReply, EntryFailure, SqsError};
 use crate::event::Event;
-use crate::metrics::{Counter, Metrics, Timer};
-use crate::retry::{ErrorClass, RetryPolicy};
+use crate::metrics::{Counter, Metrics};
+use crate::retry::RetryPolicy;
+
+pub use dead_letter::{DeadLetter, DeadLetterQueue, Reason};
+pub use fifo::GroupTemplate;
+pub use sender::{Attribute, Delivery, Outgoing, SqsSender};
 
 /// SQS's message size limit (1 MiB), the default of `FORWARDER_MAX_MESSAGE_BYTES`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
-
-/// The result of forwarding one event: accepted by the destination, or why not.
-pub type Delivery = Result<(), SqsError>;
 
 /// Counts exactly one `data-forwarding.http_response` per event forwarded by `send`,
 /// tagged `success:true` if the destination accepted it and `success:false` otherwise,
@@ -40,23 +43,19 @@ where
     deliveries
 }
 
-/// Sends events to one destination queue.
+/// Sends events to the destination queue.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
-    /// Shared SQS client.
-    client: Client,
-    /// The destination queue.
-    queue_url: String,
-    /// Bound on each message and each batch, in bytes (`FORWARDER_MAX_MESSAGE_BYTES`).
-    max_message_bytes: usize,
-    /// Retry bounds for sends.
-    policy: RetryPolicy,
-    /// Where sends are timed and counted.
+    /// Sends to the destination.
+    sender: SqsSender,
+    /// FIFO destinations: the message group of each event. `None` for a standard queue.
+    group: Option<GroupTemplate>,
+    /// Where `data-forwarding.http_response` is counted.
     metrics: Metrics,
 }
 
 impl Forwarder {
-    /// A forwarder to `queue_url`.
+    /// A forwarder to `queue_url`; `group` for a FIFO destination.
     pub fn new(
         client: Client,
         queue_url: impl Into<String>,
@@ -65,116 +64,48 @@ impl Forwarder {
         metrics: Metrics,
     ) -> Self {
         Self {
-            client,
-            queue_url: queue_url.into(),
-            max_message_bytes,
-            policy,
+            sender: SqsSender::new(
+                client,
+                queue_url,
+                max_message_bytes,
+                policy,
+                metrics.clone(),
+            ),
+            group: None,
             metrics,
         }
     }
 
+    /// Sends to a FIFO destination with this message group.
+    pub fn with_group(mut self, group: Option<GroupTemplate>) -> Self {
+        self.group = group;
+        self
+    }
+
     /// The destination queue's URL.
     pub fn queue_url(&self) -> &str {
-        &self.queue_url
+        self.sender.queue_url()
     }
 
     /// Forwards events; returns one delivery per event, in order.
+    ///
+    /// Each message carries the attributes `event_id`, `project_id` and
+    /// `organization_id`. To a FIFO queue, its deduplication id is the event id, so a
+    /// resent event is not delivered twice within SQS's deduplication window.
     pub async fn forward(&self, events: &[Event<'_>]) -> Vec<Delivery> {
-        track_response_metric(&self.metrics, self.send_all(events)).await
-    }
-
-    async fn send_all(&self, events: &[Event<'_>]) -> Vec<Delivery> {
-        let bodies: Vec<std::borrow::Cow<'_, str>> = events.iter().map(Event::encoded).collect();
-        let sizes: Vec<usize> = bodies.iter().map(|b| b.len()).collect();
-        let plan = batch::plan(&sizes, self.max_message_bytes);
-        let mut deliveries: Vec<Option<Delivery>> = vec![None; events.len()];
-        for &i in &plan.oversized {
-            deliveries[i] = Some(Err(SqsError {
-                operation: "send",
-                class: ErrorClass::MessageRejected,
-                code: Some("MessageTooLong".into()),
-                message: format!(
-                    "event is {} bytes, over the {}-byte limit",
-                    sizes[i], self.max_message_bytes
-                ),
-            }));
-        }
-        for indices in plan.batches {
-            let outcomes = self.send_batch(&bodies, &indices).await;
-            for (i, outcome) in indices.into_iter().zip(outcomes) {
-                deliveries[i] = Some(outcome);
-            }
-        }
-        deliveries
-            .into_iter()
-            .map(|d| {
-                d.unwrap_or_else(|| {
-                    Err(SqsError {
-                        operation: "send",
-                        class: ErrorClass::Local,
-                        code: None,
-                        message: "event was not planned into a batch".into(),
-                    })
-                })
+        let outgoing: Vec<Outgoing<'_>> = events
+            .iter()
+            .map(|e| Outgoing {
+                body: e.encoded(),
+                attributes: vec![
+                    Attribute::string("event_id", e.event_id.as_ref()),
+                    Attribute::number("project_id", e.project_id),
+                    Attribute::number("organization_id", e.organization_id),
+                ],
+                group_id: self.group.as_ref().map(|g| g.render(e)),
+                dedup_id: self.group.as_ref().map(|_| e.event_id.to_string()),
             })
-            .collect()
-    }
-
-    /// One batch of at most ten events, retried entry by entry.
-    async fn send_batch(
-        &self,
-        bodies: &[std::borrow::Cow<'_, str>],
-        indices: &[usize],
-    ) -> Vec<Delivery> {
-        let mut entries = Vec::with_capacity(indices.len());
-        let mut unbuilt = Vec::new();
-        for (n, &i) in indices.iter().enumerate() {
-            let id = n.to_string();
-            match SendMessageBatchRequestEntry::builder()
-                .id(&id)
-                .message_body(bodies[i].as_ref())
-                .build()
-            {
-                Ok(entry) => entries.push((id, entry)),
-                Err(e) => unbuilt.push((id, e.to_string())),
-            }
-        }
-        let outcomes = retry_batch(&self.policy, "send", &self.metrics, entries, |req| {
-            let call = self
-                .client
-                .send_message_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(req));
-            let metrics = self.metrics.clone();
-            async move {
-                let started = Instant::now();
-                let out = call.send().await;
-                metrics.timing(Timer::BatchSend, started.elapsed());
-                let out = out.map_err(|e| SqsError::from_sdk("send", e))?;
-                Ok(BatchReply {
-                    successful: out.successful.into_iter().map(|s| s.id).collect(),
-                    failed: out.failed.into_iter().map(EntryFailure::from).collect(),
-                })
-            }
-        })
-        .await;
-        (0..indices.len())
-            .map(|n| {
-                let id = n.to_string();
-                match outcomes.get(&id) {
-                    Some(outcome) => outcome.clone(),
-                    None => Err(SqsError {
-                        operation: "send",
-                        class: ErrorClass::Local,
-                        code: None,
-                        message: unbuilt
-                            .iter()
-                            .find(|(u, _)| *u == id)
-                            .map(|(_, e)| e.clone())
-                            .unwrap_or_else(|| "no outcome for the entry".into()),
-                    }),
-                }
-            })
-            .collect()
+            .collect();
+        track_response_metric(&self.metrics, self.sender.send(&outgoing)).await
     }
 }

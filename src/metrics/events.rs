@@ -57,3 +57,13 @@ pub fn receive_failed(metrics: &Metrics, err: &SqsError) {
         class: err.class.as_str(),
     });
 }
+
+/// The dead-letter queue refused a message: it stays in the source queue.
+pub fn dead_letter_failed(message_id: &str, err: &SqsError) {
+    tracing::error!(
+        message_id,
+        class = err.class.as_str(),
+        error = %err,
+        "dead-letter queue did not accept the message: left in the source queue"
+    );
+}

@@ -52,6 +52,15 @@ pub enum Counter {
     MessagesReceived,
     /// `forwarder.messages.deleted`: source messages deleted after their event was accepted.
     MessagesDeleted,
+    /// `forwarder.dead_letter`: a message sent to the dead-letter queue (then deleted
+    /// from the source).
+    ///
+    /// Tags: `stage` (`decode`, `index`, `forward`), `reason` (a decode reason or an error
+    /// class).
+    DeadLettered {
+        stage: &'static str,
+        reason: &'static str,
+    },
     /// `forwarder.indexer.lookup`: strings looked up by the indexer, by where the id came
     /// from.
     ///
@@ -81,6 +90,7 @@ impl Counter {
             Counter::MessagesDeleted => "forwarder.messages.deleted",
             Counter::SqsError { .. } => "forwarder.sqs.error",
             Counter::IndexerLookup { .. } => "forwarder.indexer.lookup",
+            Counter::DeadLettered { .. } => "forwarder.dead_letter",
             Counter::IndexerRefused { .. } => "forwarder.indexer.refused",
         }
     }
@@ -95,6 +105,7 @@ impl Counter {
                 vec![("reason", reason)]
             }
             Counter::IndexerLookup { fetch_type } => vec![("fetch_type", fetch_type)],
+            Counter::DeadLettered { stage, reason } => vec![("stage", stage), ("reason", reason)],
             Counter::ForwardFailed { class } => vec![("class", class)],
             Counter::Retry { operation, class } | Counter::SqsError { operation, class } => {
                 vec![("operation", operation), ("class", class)]

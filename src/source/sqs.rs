@@ -192,9 +192,11 @@ impl SqsSource {
         failed
     }
 
-    /// Hides messages for `timeout` more (ChangeMessageVisibilityBatch), so a slow batch
-    /// is not handed to another consumer. Best effort: one try, failures logged.
-    pub async fn extend_visibility(&self, messages: &[&SourceMessage], timeout: Duration) {
+    /// Sets how long messages stay hidden from now (ChangeMessageVisibilityBatch): longer,
+    /// so a slow batch is not handed to another consumer; or zero, to hand a batch back at
+    /// once. Best effort: one try, failures logged (the messages then reappear when their
+    /// current timeout ends).
+    pub async fn change_visibility(&self, messages: &[&SourceMessage], timeout: Duration) {
         for chunk in messages.chunks(MAX_BATCH) {
             let entries: Vec<_> = chunk
                 .iter()

@@ -28,6 +28,8 @@ pub struct BatchOutcome {
     pub invalid: usize,
     /// Events that could not be forwarded (left in the queue).
     pub failed: usize,
+    /// Messages sent to the dead-letter queue (then deleted from the source).
+    pub dead_lettered: usize,
     /// Source messages deleted.
     pub deleted: usize,
 }
@@ -38,6 +40,7 @@ impl std::ops::AddAssign for BatchOutcome {
         self.forwarded += o.forwarded;
         self.invalid += o.invalid;
         self.failed += o.failed;
+        self.dead_lettered += o.dead_lettered;
         self.deleted += o.deleted;
     }
 }
@@ -123,6 +126,15 @@ impl Worker {
                     outcome.forwarded += 1;
                     done.push(message);
                 }
+                Settlement::DeadLettered(reason) => {
+                    if reason.stage == "decode" {
+                        outcome.invalid += 1;
+                    } else {
+                        outcome.failed += 1;
+                    }
+                    outcome.dead_lettered += 1;
+                    done.push(message);
+                }
                 Settlement::Invalid(_) => outcome.invalid += 1,
                 Settlement::Failed(_) => outcome.failed += 1,
             }
@@ -147,7 +159,7 @@ impl Worker {
                 messages = all.len(),
                 "batch still in work; extending visibility"
             );
-            self.source.extend_visibility(&all, extend_to).await;
+            self.source.change_visibility(&all, extend_to).await;
         }
     }
 }
@@ -237,10 +249,25 @@ async fn poll(
         }
     };
     loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let receive = worker.source.receive();
+        tokio::pin!(receive);
         let received = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            received = worker.source.receive() => received,
+            received = &mut receive => received,
+            _ = stop.cancelled() => {
+                // SQS may already have handed this poll messages: dropping it would hide
+                // them for a whole visibility timeout. Let it end, and hand them back.
+                if let Ok(messages) = receive.await {
+                    if !messages.is_empty() {
+                        let all: Vec<&SourceMessage> = messages.iter().collect();
+                        worker.source.change_visibility(&all, Duration::ZERO).await;
+                        tracing::info!(worker = id, messages = all.len(), "stopping: returned a received batch to the queue");
+                    }
+                }
+                break;
+            }
         };
         match received {
             Ok(messages) if messages.is_empty() => {

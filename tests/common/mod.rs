@@ -81,6 +81,65 @@ impl Queues {
     }
 }
 
+/// Creates a FIFO queue (content-based deduplication off) and returns its URL.
+pub async fn create_fifo_queue(client: &Client, name: &str) -> String {
+    client
+        .create_queue()
+        .queue_name(format!("{name}.fifo"))
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .attributes(QueueAttributeName::ContentBasedDeduplication, "false")
+        .attributes(QueueAttributeName::VisibilityTimeout, "30")
+        .send()
+        .await
+        .expect("create FIFO queue in LocalStack")
+        .queue_url
+        .expect("queue url")
+}
+
+/// Receives (and deletes) whole messages, attributes included; every receive waits at
+/// most one second.
+pub async fn drain_messages(
+    client: &Client,
+    queue: &str,
+    want: usize,
+    timeout: Duration,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let deadline = Instant::now() + timeout;
+    let mut messages = Vec::new();
+    while messages.len() < want && Instant::now() < deadline {
+        let out = client
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("receive from LocalStack");
+        for m in out.messages.unwrap_or_default() {
+            client
+                .delete_message()
+                .queue_url(queue)
+                .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
+                .send()
+                .await
+                .expect("delete");
+            messages.push(m);
+        }
+    }
+    messages
+}
+
+/// A message attribute's value.
+pub fn attribute(m: &aws_sdk_sqs::types::Message, name: &str) -> Option<String> {
+    m.message_attributes
+        .as_ref()?
+        .get(name)?
+        .string_value
+        .clone()
+}
+
 /// Creates a queue and returns its URL.
 pub async fn create_queue(client: &Client, name: &str, visibility: u32) -> String {
     client
@@ -102,6 +161,8 @@ pub fn test_config(source: &str, dest: &str, statsd: Option<SocketAddr>) -> Conf
     Config {
         source_queue_url: Some(source.to_string()),
         dest_queue_url: dest.to_string(),
+        dlq_url: None,
+        message_group: None,
         workers: 2,
         batch_size: 10,
         receive_wait: Duration::from_secs(1),

@@ -1,0 +1,108 @@
+//! The dead-letter destination (`FORWARDER_DLQ_URL`): where what can never be forwarded
+//! goes, with its original body unchanged and attributes that say why.
+
+use super::sender::{Attribute, Delivery, Outgoing, SqsSender};
+use crate::metrics::{Counter, Metrics};
+
+/// Why a message is dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    /// `decode`, `index` or `forward`.
+    pub stage: &'static str,
+    /// Stable label: a decode reason (`invalid_json`, …) or an error class
+    /// (`queue_not_found`, `access_token_invalid`, …).
+    pub reason: &'static str,
+    /// The service's error code, if any.
+    pub error_code: Option<String>,
+    /// Human-readable detail, shortened.
+    pub detail: String,
+}
+
+/// One message to dead-letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    /// The original body, unchanged.
+    pub body: &'a str,
+    /// The source message's id, to trace it back.
+    pub source_message_id: &'a str,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// The dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct DeadLetterQueue {
+    /// Sends to the DLQ.
+    sender: SqsSender,
+    /// Whether the DLQ is FIFO (it then needs group and deduplication ids).
+    fifo: bool,
+    /// `forwarder.dead_letter{stage, reason}`.
+    metrics: Metrics,
+}
+
+/// Longest `detail` attribute kept.
+const MAX_DETAIL: usize = 1024;
+
+impl DeadLetterQueue {
+    /// A DLQ sending with `sender`.
+    pub fn new(sender: SqsSender, fifo: bool, metrics: Metrics) -> Self {
+        Self {
+            sender,
+            fifo,
+            metrics,
+        }
+    }
+
+    /// The DLQ's URL.
+    pub fn queue_url(&self) -> &str {
+        self.sender.queue_url()
+    }
+
+    /// Sends each message with attributes `reason`, `stage`, `error_code`, `detail` and
+    /// `source_message_id`; one delivery per message, in order.
+    pub async fn send(&self, letters: &[DeadLetter<'_>]) -> Vec<Delivery> {
+        let outgoing: Vec<Outgoing<'_>> = letters
+            .iter()
+            .map(|l| {
+                let mut attributes = vec![
+                    Attribute::string("reason", l.reason.reason),
+                    Attribute::string("stage", l.reason.stage),
+                    Attribute::string("source_message_id", l.source_message_id),
+                ];
+                if let Some(code) = &l.reason.error_code {
+                    attributes.push(Attribute::string("error_code", code.clone()));
+                }
+                if !l.reason.detail.is_empty() {
+                    attributes.push(Attribute::string("detail", truncate(&l.reason.detail)));
+                }
+                Outgoing {
+                    body: l.body.into(),
+                    attributes,
+                    group_id: self.fifo.then(|| "dead-letter".to_string()),
+                    dedup_id: self.fifo.then(|| l.source_message_id.to_string()),
+                }
+            })
+            .collect();
+        let deliveries = self.sender.send(&outgoing).await;
+        for (l, d) in letters.iter().zip(&deliveries) {
+            if d.is_ok() {
+                self.metrics.incr(Counter::DeadLettered {
+                    stage: l.reason.stage,
+                    reason: l.reason.reason,
+                });
+            }
+        }
+        deliveries
+    }
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= MAX_DETAIL {
+        return s.to_string();
+    }
+    let mut end = MAX_DETAIL;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
