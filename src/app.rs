@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use aws_config::SdkConfig;
 
-use crate::aws::{self, SqsError};
+use crate::aws::{self, AwsError};
 use crate::config::{check_message_group, Config, ConfigError, IndexerConfig};
-use crate::forward::{DeadLetterQueue, Forwarder, SqsSender};
+use crate::forward::{DeadLetterQueue, Forwarder, Offloader, SqsSender, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::indexer::{Indexer, Store, StoreError};
 use crate::metrics::{sink, Metrics};
 use crate::pipeline::Pipeline;
@@ -40,7 +40,7 @@ pub enum StartError {
         /// The queue.
         url: String,
         /// Why.
-        source: SqsError,
+        source: AwsError,
     },
 }
 
@@ -64,7 +64,7 @@ pub async fn connect_indexer(
     ))
 }
 
-fn one_line(err: &SqsError) -> String {
+fn one_line(err: &AwsError) -> String {
     err.to_string().replace('\n', " ")
 }
 
@@ -79,6 +79,8 @@ pub struct App {
     pub metrics: Metrics,
     /// The indexer stage, once connected ([`App::connect_indexer`]).
     pub indexer: Option<Arc<Indexer>>,
+    /// Stores oversized events, with `FORWARDER_S3_BUCKET`.
+    pub offloader: Option<Offloader>,
 }
 
 impl App {
@@ -120,11 +122,22 @@ impl App {
             aws_endpoint = sdk.endpoint_url().unwrap_or("default"),
             "effective configuration"
         );
+        let offloader = config.s3_bucket.as_ref().map(|bucket| {
+            Offloader::new(
+                aws::s3_client(sdk),
+                bucket,
+                sdk.region().map(|r| r.as_ref()).unwrap_or("us-east-1"),
+                config.s3_pointer_format,
+                config.retry.clone(),
+                metrics.clone(),
+            )
+        });
         Ok(App {
             sqs: aws::sqs_client(sdk),
             config,
             metrics,
             indexer: None,
+            offloader,
         })
     }
 
@@ -138,6 +151,7 @@ impl App {
             self.metrics.clone(),
         )
         .with_group(self.config.message_group.clone())
+        .with_offloader(self.offloader.clone())
     }
 
     /// Decode, index, forward, dead-letter: after reaching the destination (and checking
@@ -150,10 +164,12 @@ impl App {
         let dead_letter = match &self.config.dlq_url {
             Some(url) => {
                 let info = self.reach("FORWARDER_DLQ_URL", url).await?;
+                // SQS's own limit, not FORWARDER_MAX_MESSAGE_BYTES: an event too large
+                // to forward may still fit in the dead-letter queue.
                 let sender = SqsSender::new(
                     self.sqs.clone(),
                     url,
-                    self.config.max_message_bytes,
+                    DEFAULT_MAX_MESSAGE_BYTES,
                     self.config.retry.clone(),
                     self.metrics.clone(),
                 );

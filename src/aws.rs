@@ -45,10 +45,26 @@ pub fn sqs_client(sdk: &SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(sdk)
 }
 
+/// The S3 client for a loaded configuration. Path-style addressing when a custom
+/// endpoint is set (LocalStack and other S3-compatible stores), with a longer attempt
+/// bound for uploads.
+pub fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(sdk.endpoint_url().is_some())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(crate::forward::offload::S3_ATTEMPT_TIMEOUT)
+                .build(),
+        )
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
 /// A failed SQS call or batch entry, classified once.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("SQS {operation} failed ({}{}): {message}", class.as_str(), code.as_deref().map(|c| format!(", {c}")).unwrap_or_default())]
-pub struct SqsError {
+#[error("AWS {operation} failed ({}{}): {message}", class.as_str(), code.as_deref().map(|c| format!(", {c}")).unwrap_or_default())]
+pub struct AwsError {
     /// The API call: `receive`, `send`, `delete`, `change_visibility`, `get_attributes`.
     pub operation: &'static str,
     /// What kind of failure, hence whether it was retried.
@@ -59,7 +75,7 @@ pub struct SqsError {
     pub message: String,
 }
 
-impl SqsError {
+impl AwsError {
     /// Classifies an SDK error.
     pub fn from_sdk<E>(operation: &'static str, err: SdkError<E, Response>) -> Self
     where
@@ -84,7 +100,7 @@ impl SqsError {
     }
 }
 
-impl Classified for SqsError {
+impl Classified for AwsError {
     fn class(&self) -> ErrorClass {
         self.class
     }
@@ -148,25 +164,25 @@ pub async fn retry_batch<T, F, Fut>(
     metrics: &Metrics,
     entries: Vec<(String, T)>,
     mut call: F,
-) -> HashMap<String, Result<(), SqsError>>
+) -> HashMap<String, Result<(), AwsError>>
 where
     T: Clone,
     F: FnMut(Vec<T>) -> Fut,
-    Fut: Future<Output = Result<BatchReply, SqsError>>,
+    Fut: Future<Output = Result<BatchReply, AwsError>>,
 {
     let mut outcomes = HashMap::with_capacity(entries.len());
     let mut pending = entries;
     let mut schedule = policy.schedule();
     while !pending.is_empty() {
         let request = pending.iter().map(|(_, entry)| entry.clone()).collect();
-        let mut transient: HashMap<String, SqsError> = HashMap::new();
+        let mut transient: HashMap<String, AwsError> = HashMap::new();
         match call(request).await {
             Ok(reply) => {
                 for id in reply.successful {
                     outcomes.insert(id, Ok(()));
                 }
                 for failure in &reply.failed {
-                    let err = SqsError::from_entry(operation, failure);
+                    let err = AwsError::from_entry(operation, failure);
                     if err.class.is_retryable() {
                         transient.insert(failure.id.clone(), err);
                     } else {
@@ -188,7 +204,7 @@ where
         // Entries the reply did not mention are settled as failures of the service.
         pending.retain(|(id, _)| !outcomes.contains_key(id));
         for (id, _) in &pending {
-            transient.entry(id.clone()).or_insert_with(|| SqsError {
+            transient.entry(id.clone()).or_insert_with(|| AwsError {
                 operation,
                 class: ErrorClass::ServerError,
                 code: None,
@@ -204,7 +220,7 @@ where
                 tokio::time::sleep(wait).await;
             }
             None => {
-                metrics.incr(Counter::SqsError {
+                metrics.incr(Counter::AwsError {
                     operation,
                     class: first.class.as_str(),
                 });
@@ -286,7 +302,7 @@ mod tests {
         let out = retry_batch(&fast(), "send", &Metrics::disabled(), entries, |_req| {
             calls.fetch_add(1, Ordering::SeqCst);
             async {
-                Err::<BatchReply, _>(SqsError {
+                Err::<BatchReply, _>(AwsError {
                     operation: "send",
                     class: ErrorClass::Throttled,
                     code: Some("Throttling".into()),
@@ -313,7 +329,7 @@ mod tests {
             |_req| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 async {
-                    Err::<BatchReply, _>(SqsError {
+                    Err::<BatchReply, _>(AwsError {
                         operation: "send",
                         class: ErrorClass::QueueNotFound,
                         code: Some("QueueDoesNotExist".into()),

@@ -43,6 +43,18 @@ pub async fn check(settings: &Settings) -> Report {
             Some(app.config.dest_queue_url.clone()),
         ),
     ];
+    if let Some(offloader) = &app.offloader {
+        match offloader.check().await {
+            Ok(()) => report.ok.push(format!(
+                "FORWARDER_S3_BUCKET: reached {}",
+                offloader.bucket()
+            )),
+            Err(err) => report.problems.push(format!(
+                "FORWARDER_S3_BUCKET: bucket {} is not reachable: {err}",
+                offloader.bucket()
+            )),
+        }
+    }
     if let Some(ix) = &app.config.indexer {
         match crate::app::connect_indexer(ix, &app.config.retry, &Metrics::disabled()).await {
             Ok(indexer) => {

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::aws::SqsError;
+use crate::aws::AwsError;
 use crate::event::{decode, DecodeError, Event};
 use crate::forward::{DeadLetter, DeadLetterQueue, Forwarder, Reason};
 use crate::indexer::{Indexer, IndexerError};
@@ -38,8 +38,8 @@ impl fmt::Display for Failure {
     }
 }
 
-impl From<&SqsError> for Failure {
-    fn from(e: &SqsError) -> Self {
+impl From<&AwsError> for Failure {
+    fn from(e: &AwsError) -> Self {
         Failure {
             stage: "forward",
             class: e.class,

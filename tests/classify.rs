@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_smithy_http_client::test_util::infallible_client_fn;
-use sqs_forwarder::aws::SqsError;
+use sqs_forwarder::aws::AwsError;
 use sqs_forwarder::retry::ErrorClass;
 
 /// A client whose every call gets this recorded response.
@@ -39,7 +39,7 @@ fn replaying(
     aws_sdk_sqs::Client::from_conf(config)
 }
 
-async fn send_error(client: &aws_sdk_sqs::Client) -> SqsError {
+async fn send_error(client: &aws_sdk_sqs::Client) -> AwsError {
     let err = client
         .send_message()
         .queue_url("https://sqs.us-east-1.amazonaws.com/123456789012/q")
@@ -47,7 +47,7 @@ async fn send_error(client: &aws_sdk_sqs::Client) -> SqsError {
         .send()
         .await
         .expect_err("the recorded response is an error");
-    SqsError::from_sdk("send", err)
+    AwsError::from_sdk("send", err)
 }
 
 #[tokio::test]
@@ -120,7 +120,7 @@ async fn recorded_sqs_errors_are_classified_by_code() {
             400,
             Some("MissingParameter;Sender"),
             r#"{"__type":"com.amazon.coral.service#MissingParameter","message":"The request must contain the parameter MessageGroupId."}"#,
-            ErrorClass::Rejected,
+            ErrorClass::MissingMessageGroupId,
             "MissingParameter",
         ),
     ];

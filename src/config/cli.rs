@@ -194,6 +194,22 @@ pub struct Settings {
     )]
     pub message_group_id: Option<crate::forward::GroupTemplate>,
 
+    /// S3 bucket for events over FORWARDER_MAX_MESSAGE_BYTES; a pointer is sent instead.
+    /// Unset: such events are not forwarded (and go to the dead-letter queue, if any).
+    #[arg(
+        long,
+        env = "FORWARDER_S3_BUCKET",
+        value_name = "BUCKET",
+        global = true
+    )]
+    pub s3_bucket: Option<String>,
+
+    /// The pointer sent for an event stored in S3: Sentry's, or the AWS SQS Extended
+    /// Client Library's.
+    #[arg(long, env = "FORWARDER_S3_POINTER_FORMAT", value_enum,
+          default_value_t = crate::forward::PointerFormat::Sentry, global = true)]
+    pub s3_pointer_format: crate::forward::PointerFormat,
+
     /// Concurrent pollers of the source queue.
     #[arg(long, env = "FORWARDER_WORKERS", value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from), global = true)]

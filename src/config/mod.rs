@@ -73,6 +73,10 @@ pub struct Config {
     pub dlq_url: Option<String>,
     /// FIFO destinations: the message group (`FORWARDER_MESSAGE_GROUP_ID`).
     pub message_group: Option<crate::forward::GroupTemplate>,
+    /// Where oversized events are stored (`FORWARDER_S3_BUCKET`).
+    pub s3_bucket: Option<String>,
+    /// The pointer's shape (`FORWARDER_S3_POINTER_FORMAT`).
+    pub s3_pointer_format: crate::forward::PointerFormat,
     /// Concurrent pollers (`FORWARDER_WORKERS`).
     pub workers: usize,
     /// Messages per receive, 1 to 10 (`FORWARDER_BATCH_SIZE`).
@@ -196,6 +200,8 @@ impl Settings {
             dest_queue_url: dest,
             dlq_url,
             message_group: self.message_group_id.clone(),
+            s3_bucket: self.s3_bucket.clone().filter(|b| !b.trim().is_empty()),
+            s3_pointer_format: self.s3_pointer_format,
             workers: self.workers,
             batch_size: usize::from(self.batch_size),
             // Exiting when idle needs a receive that returns within the idle time.
@@ -287,7 +293,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "source={} dest={} dlq={} message_group={} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
+            "source={} dest={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
              statsd={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
              retry_max_interval={} retry_max_elapsed={} request_timeout={} shutdown_timeout={} \
              exit_when_idle={} indexer={}",
@@ -295,6 +301,8 @@ impl fmt::Display for Config {
             self.dest_queue_url,
             self.dlq_url.as_deref().unwrap_or("-"),
             self.message_group.as_ref().map_or("-", |g| g.as_str()),
+            self.s3_bucket.as_deref().unwrap_or("-"),
+            self.s3_pointer_format,
             self.workers,
             self.batch_size,
             self.receive_wait.as_secs(),

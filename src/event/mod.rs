@@ -25,6 +25,10 @@ pub struct Event<'a> {
     pub organization_id: u64,
     /// Tags in the order they were given, unescaped.
     pub tags: Vec<Tag<'a>>,
+    /// `timestamp`, in unix seconds, if present and readable (a number of seconds, or an
+    /// RFC 3339 string; without an offset, UTC). It dates the S3 key of an oversized
+    /// event; an unreadable one is not an error, the field passes through as it is.
+    pub timestamp: Option<i64>,
     /// The original JSON, forwarded unchanged but for `tag_ids`.
     pub body: &'a str,
     /// Ids of the tags, `[key_id, value_id]` in tag order (`None`: no id), set by the
@@ -149,6 +153,8 @@ struct Head<'a> {
     tags: Option<&'a RawValue>,
     #[serde(borrow, default)]
     tag_ids: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
 }
 
 /// Tags in either accepted shape, in their order: a list of `[key, value]` pairs, or an
@@ -214,10 +220,25 @@ pub fn decode(body: &str) -> Result<Event<'_>, DecodeError> {
         project_id: positive_id("project_id", head.project_id)?,
         organization_id: positive_id("organization_id", head.organization_id)?,
         tags: tags(head.tags)?,
+        timestamp: head.timestamp.and_then(timestamp),
         body,
         tag_ids: None,
         existing_tag_ids: head.tag_ids.map(|raw| span_in(body, raw.get())),
     })
+}
+
+/// Unix seconds of a `timestamp` value: a number, or an RFC 3339 string.
+fn timestamp(raw: &RawValue) -> Option<i64> {
+    if let Ok(secs) = serde_json::from_str::<f64>(raw.get()) {
+        return (secs.is_finite() && secs.abs() < 1e12).then_some(secs.floor() as i64);
+    }
+    let Text(text) = serde_json::from_str(raw.get()).ok()?;
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&text) {
+        return Some(t.timestamp());
+    }
+    chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc().timestamp())
 }
 
 /// Where `part`, a slice of `body`, lies in it.
@@ -409,6 +430,25 @@ mod tests {
         e.tag_ids = Some(vec![[Some(70000), None]]);
         let out = e.encoded().into_owned();
         assert_eq!(out, body.replace("[[1,2]]", "[[70000,null]]"));
+    }
+
+    #[test]
+    fn timestamps_are_read_in_either_form() {
+        let with = |ts: &str| {
+            let body = format!(
+                r#"{{"event_id":"{ID}","project_id":1,"organization_id":1,"timestamp":{ts}}}"#
+            );
+            decode(&body).map(|e| e.timestamp).ok().flatten()
+        };
+        assert_eq!(with("1763807400.25"), Some(1763807400));
+        assert_eq!(with(r#""2025-11-22T10:30:00Z""#), Some(1763807400));
+        assert_eq!(with(r#""2025-11-22T12:30:00+02:00""#), Some(1763807400));
+        assert_eq!(with(r#""2025-11-22T10:30:00.123456""#), Some(1763807400));
+        assert_eq!(
+            with(r#""yesterday""#),
+            None,
+            "unreadable: no error, no date"
+        );
     }
 
     #[test]

@@ -10,18 +10,22 @@
 pub mod batch;
 pub mod dead_letter;
 pub mod fifo;
+pub mod offload;
 pub mod sender;
 
+use std::borrow::Cow;
 use std::future::Future;
 
 use aws_sdk_sqs::Client;
 
+use crate::aws::AwsError;
 use crate::event::Event;
-use crate::metrics::{Counter, Metrics};
-use crate::retry::RetryPolicy;
+use crate::metrics::{events as metrics_events, Counter, Metrics};
+use crate::retry::{ErrorClass, RetryPolicy};
 
 pub use dead_letter::{DeadLetter, DeadLetterQueue, Reason};
 pub use fifo::GroupTemplate;
+pub use offload::{Offloader, PointerFormat};
 pub use sender::{Attribute, Delivery, Outgoing, SqsSender};
 
 /// SQS's message size limit (1 MiB), the default of `FORWARDER_MAX_MESSAGE_BYTES`.
@@ -50,6 +54,9 @@ pub struct Forwarder {
     sender: SqsSender,
     /// FIFO destinations: the message group of each event. `None` for a standard queue.
     group: Option<GroupTemplate>,
+    /// Where events over the size limit go (`FORWARDER_S3_BUCKET`); `None`: they are
+    /// not forwarded (and dead-lettered, if there is a dead-letter queue).
+    offloader: Option<Offloader>,
     /// Where `data-forwarding.http_response` is counted.
     metrics: Metrics,
 }
@@ -72,8 +79,15 @@ impl Forwarder {
                 metrics.clone(),
             ),
             group: None,
+            offloader: None,
             metrics,
         }
+    }
+
+    /// Stores events over the size limit in S3 and sends pointers instead.
+    pub fn with_offloader(mut self, offloader: Option<Offloader>) -> Self {
+        self.offloader = offloader;
+        self
     }
 
     /// Sends to a FIFO destination with this message group.
@@ -93,9 +107,15 @@ impl Forwarder {
     /// `organization_id`. To a FIFO queue, its deduplication id is the event id, so a
     /// resent event is not delivered twice within SQS's deduplication window.
     pub async fn forward(&self, events: &[Event<'_>]) -> Vec<Delivery> {
-        let outgoing: Vec<Outgoing<'_>> = events
-            .iter()
-            .map(|e| Outgoing {
+        track_response_metric(&self.metrics, self.send_events(events)).await
+    }
+
+    async fn send_events(&self, events: &[Event<'_>]) -> Vec<Delivery> {
+        let mut deliveries: Vec<Option<Delivery>> = vec![None; events.len()];
+        let mut outgoing = Vec::with_capacity(events.len());
+        let mut positions = Vec::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            let mut message = Outgoing {
                 body: e.encoded(),
                 attributes: vec![
                     Attribute::string("event_id", e.event_id.as_ref()),
@@ -104,8 +124,52 @@ impl Forwarder {
                 ],
                 group_id: self.group.as_ref().map(|g| g.render(e)),
                 dedup_id: self.group.as_ref().map(|_| e.event_id.to_string()),
+            };
+            let size = message.size();
+            if size > self.sender.max_message_bytes() {
+                let Some(offloader) = &self.offloader else {
+                    metrics_events::oversized_skipped(&self.metrics, &e.event_id, size);
+                    deliveries[i] = Some(Err(AwsError {
+                        operation: "send",
+                        class: ErrorClass::Oversized,
+                        code: None,
+                        message: format!(
+                            "event is {size} bytes, over the {}-byte limit, and no S3 bucket is configured",
+                            self.sender.max_message_bytes()
+                        ),
+                    }));
+                    continue;
+                };
+                match offloader.offload(e, &message.body).await {
+                    Ok(pointer) => {
+                        message.body = Cow::Owned(pointer.body);
+                        message.attributes.extend(pointer.attributes);
+                    }
+                    Err(err) => {
+                        deliveries[i] = Some(Err(err));
+                        continue;
+                    }
+                }
+            }
+            outgoing.push(message);
+            positions.push(i);
+        }
+        let sent = self.sender.send(&outgoing).await;
+        for (i, delivery) in positions.into_iter().zip(sent) {
+            deliveries[i] = Some(delivery);
+        }
+        deliveries
+            .into_iter()
+            .map(|d| {
+                d.unwrap_or_else(|| {
+                    Err(AwsError {
+                        operation: "send",
+                        class: ErrorClass::Local,
+                        code: None,
+                        message: "no outcome for the event".into(),
+                    })
+                })
             })
-            .collect();
-        track_response_metric(&self.metrics, self.sender.send(&outgoing)).await
+            .collect()
     }
 }

@@ -9,12 +9,12 @@ use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 
 use super::batch;
-use crate::aws::{retry_batch, BatchReply, EntryFailure, SqsError};
+use crate::aws::{retry_batch, AwsError, BatchReply, EntryFailure};
 use crate::metrics::{Metrics, Timer};
 use crate::retry::{ErrorClass, RetryPolicy};
 
 /// The result of sending one message: accepted by the queue, or why not.
-pub type Delivery = Result<(), SqsError>;
+pub type Delivery = Result<(), AwsError>;
 
 /// A message attribute: name, SQS data type (`String` or `Number`), value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +111,11 @@ impl SqsSender {
         &self.queue_url
     }
 
+    /// The bound on a message, in bytes.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
     /// Sends messages; one delivery per message, in order. Order is kept across
     /// batches, which are sent one after the other.
     pub async fn send(&self, messages: &[Outgoing<'_>]) -> Vec<Delivery> {
@@ -118,7 +123,7 @@ impl SqsSender {
         let plan = batch::plan(&sizes, self.max_message_bytes);
         let mut deliveries: Vec<Option<Delivery>> = vec![None; messages.len()];
         for &i in &plan.oversized {
-            deliveries[i] = Some(Err(SqsError {
+            deliveries[i] = Some(Err(AwsError {
                 operation: "send",
                 class: ErrorClass::MessageRejected,
                 code: Some("MessageTooLong".into()),
@@ -162,7 +167,7 @@ impl SqsSender {
                 let started = Instant::now();
                 let out = call.send().await;
                 metrics.timing(Timer::BatchSend, started.elapsed());
-                let out = out.map_err(|e| SqsError::from_sdk("send", e))?;
+                let out = out.map_err(|e| AwsError::from_sdk("send", e))?;
                 Ok(BatchReply {
                     successful: out.successful.into_iter().map(|s| s.id).collect(),
                     failed: out.failed.into_iter().map(EntryFailure::from).collect(),
@@ -204,8 +209,8 @@ fn entry(id: &str, m: &Outgoing<'_>) -> Result<SendMessageBatchRequestEntry, Str
     builder.build().map_err(|e| e.to_string())
 }
 
-fn local(message: &str) -> SqsError {
-    SqsError {
+fn local(message: &str) -> AwsError {
+    AwsError {
         operation: "send",
         class: ErrorClass::Local,
         code: None,

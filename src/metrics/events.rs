@@ -2,7 +2,7 @@
 //! disagree (as vector's `internal_events`).
 
 use super::{Counter, Metrics};
-use crate::aws::SqsError;
+use crate::aws::AwsError;
 use crate::event::DecodeError;
 use crate::pipeline::Failure;
 
@@ -40,7 +40,7 @@ pub fn forward_failed(metrics: &Metrics, message_id: &str, event_id: &str, err: 
 
 /// A forwarded event whose source message could not be deleted: it will be delivered
 /// again, so the destination may see it twice.
-pub fn delete_failed(message_id: &str, err: &SqsError) {
+pub fn delete_failed(message_id: &str, err: &AwsError) {
     tracing::warn!(
         message_id,
         class = err.class.as_str(),
@@ -50,20 +50,33 @@ pub fn delete_failed(message_id: &str, err: &SqsError) {
 }
 
 /// A receive that failed after its retries; the worker pauses and polls again.
-pub fn receive_failed(metrics: &Metrics, err: &SqsError) {
+pub fn receive_failed(metrics: &Metrics, err: &AwsError) {
     tracing::error!(class = err.class.as_str(), error = %err, "receive failed");
-    metrics.incr(Counter::SqsError {
+    metrics.incr(Counter::AwsError {
         operation: "receive",
         class: err.class.as_str(),
     });
 }
 
 /// The dead-letter queue refused a message: it stays in the source queue.
-pub fn dead_letter_failed(message_id: &str, err: &SqsError) {
+pub fn dead_letter_failed(message_id: &str, err: &AwsError) {
     tracing::error!(
         message_id,
         class = err.class.as_str(),
         error = %err,
         "dead-letter queue did not accept the message: left in the source queue"
     );
+}
+
+/// An event over the size limit with no S3 bucket to offload it to: not forwarded (as
+/// Sentry does); dead-lettered if there is a dead-letter queue.
+pub fn oversized_skipped(metrics: &Metrics, event_id: &str, bytes: usize) {
+    tracing::warn!(
+        event_id,
+        bytes,
+        "event over the size limit and no S3 bucket configured: not forwarded"
+    );
+    metrics.incr(Counter::EventSkipped {
+        reason: "oversized",
+    });
 }

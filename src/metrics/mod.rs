@@ -40,6 +40,10 @@ pub enum Counter {
     ///
     /// Tags: `class`, the [`crate::retry::ErrorClass`] of the last failure.
     ForwardFailed { class: &'static str },
+    /// `forwarder.event.skipped`: an event not forwarded on purpose, as Sentry skips it.
+    ///
+    /// Tags: `reason` (`oversized`: over the size limit with no S3 bucket).
+    EventSkipped { reason: &'static str },
     /// `forwarder.retry`: one retry of an SQS call, before its backoff sleep.
     ///
     /// Tags: `operation` (`receive`, `send`, `delete`, `change_visibility`), `class`
@@ -73,7 +77,7 @@ pub enum Counter {
     /// `forwarder.sqs.error`: an SQS call that failed for good (after retries).
     ///
     /// Tags: `operation` (as for `forwarder.retry`), `class`.
-    SqsError {
+    AwsError {
         operation: &'static str,
         class: &'static str,
     },
@@ -85,10 +89,11 @@ impl Counter {
             Counter::HttpResponse { .. } => "data-forwarding.http_response",
             Counter::InvalidEvent { .. } => "forwarder.event.invalid",
             Counter::ForwardFailed { .. } => "forwarder.event.failed",
+            Counter::EventSkipped { .. } => "forwarder.event.skipped",
             Counter::Retry { .. } => "forwarder.retry",
             Counter::MessagesReceived => "forwarder.messages.received",
             Counter::MessagesDeleted => "forwarder.messages.deleted",
-            Counter::SqsError { .. } => "forwarder.sqs.error",
+            Counter::AwsError { .. } => "forwarder.sqs.error",
             Counter::IndexerLookup { .. } => "forwarder.indexer.lookup",
             Counter::DeadLettered { .. } => "forwarder.dead_letter",
             Counter::IndexerRefused { .. } => "forwarder.indexer.refused",
@@ -101,13 +106,15 @@ impl Counter {
                 ("plugin", PLUGIN),
                 ("success", if success { "true" } else { "false" }),
             ],
-            Counter::InvalidEvent { reason } | Counter::IndexerRefused { reason } => {
+            Counter::InvalidEvent { reason }
+            | Counter::IndexerRefused { reason }
+            | Counter::EventSkipped { reason } => {
                 vec![("reason", reason)]
             }
             Counter::IndexerLookup { fetch_type } => vec![("fetch_type", fetch_type)],
             Counter::DeadLettered { stage, reason } => vec![("stage", stage), ("reason", reason)],
             Counter::ForwardFailed { class } => vec![("class", class)],
-            Counter::Retry { operation, class } | Counter::SqsError { operation, class } => {
+            Counter::Retry { operation, class } | Counter::AwsError { operation, class } => {
                 vec![("operation", operation), ("class", class)]
             }
             Counter::MessagesReceived | Counter::MessagesDeleted => Vec::new(),

@@ -58,6 +58,14 @@ pub enum ErrorClass {
     /// The message itself is refused (too large, invalid characters, bad attributes).
     /// Not retried.
     MessageRejected,
+    /// A FIFO send without a message group. Not retried.
+    MissingMessageGroupId,
+    /// The S3 bucket for oversized events does not exist or is in another region. Not
+    /// retried.
+    BucketInvalid,
+    /// The event is over the size limit and there is no S3 bucket to offload it to.
+    /// Not retried.
+    Oversized,
     /// Any other client error the service blames on the request. Not retried.
     Rejected,
     /// A local problem: the request could not be built. Not retried.
@@ -86,6 +94,9 @@ impl ErrorClass {
             ErrorClass::AccessDenied => "access_token_invalid",
             ErrorClass::QueueNotFound => "queue_not_found",
             ErrorClass::MessageRejected => "message_rejected",
+            ErrorClass::MissingMessageGroupId => "missing_message_group_id",
+            ErrorClass::BucketInvalid => "s3_bucket_invalid",
+            ErrorClass::Oversized => "oversized",
             ErrorClass::Rejected => "rejected",
             ErrorClass::Local => "local",
         }
@@ -159,6 +170,15 @@ const MESSAGE_REJECTED: &[&str] = &[
     "InvalidParameterValue",
 ];
 
+/// The S3 bucket is wrong: missing, misnamed, or in another region.
+const BUCKET_INVALID: &[&str] = &[
+    "NoSuchBucket",
+    "IllegalLocationConstraintException",
+    "InvalidBucketName",
+    "PermanentRedirect",
+    "AuthorizationHeaderMalformed",
+];
+
 /// The one decision: what class a failure is, hence whether it is retried.
 pub fn classify(kind: FailureKind<'_>) -> ErrorClass {
     match kind {
@@ -193,6 +213,12 @@ pub fn classify(kind: FailureKind<'_>) -> ErrorClass {
                 ErrorClass::QueueNotFound
             } else if is(MESSAGE_REJECTED) {
                 ErrorClass::MessageRejected
+            } else if is(BUCKET_INVALID) {
+                ErrorClass::BucketInvalid
+            } else if code == "MissingParameter" {
+                // The only parameter of a send that can be missing is a FIFO queue's
+                // MessageGroupId: body and queue URL are always set.
+                ErrorClass::MissingMessageGroupId
             } else if matches!(status, Some(500..=599)) || sender_fault == Some(false) {
                 // The service says the fault is its own.
                 ErrorClass::ServerError
@@ -293,11 +319,23 @@ mod tests {
             ErrorClass::MessageRejected
         );
         assert_eq!(service("SomethingNew", 400), ErrorClass::Rejected);
+        assert_eq!(service("NoSuchBucket", 404), ErrorClass::BucketInvalid);
+        assert_eq!(
+            service("IllegalLocationConstraintException", 400),
+            ErrorClass::BucketInvalid
+        );
+        assert_eq!(
+            service("MissingParameter", 400),
+            ErrorClass::MissingMessageGroupId
+        );
         assert_eq!(classify(FailureKind::Local), ErrorClass::Local);
         for class in [
             ErrorClass::AccessDenied,
             ErrorClass::QueueNotFound,
             ErrorClass::MessageRejected,
+            ErrorClass::MissingMessageGroupId,
+            ErrorClass::BucketInvalid,
+            ErrorClass::Oversized,
             ErrorClass::Rejected,
             ErrorClass::Local,
         ] {

@@ -9,7 +9,7 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 
 use super::SourceMessage;
-use crate::aws::{retry_batch, BatchReply, EntryFailure, SqsError};
+use crate::aws::{retry_batch, AwsError, BatchReply, EntryFailure};
 use crate::metrics::{Counter, Metrics};
 use crate::retry::{retry, RetryPolicy};
 
@@ -30,7 +30,7 @@ pub struct QueueInfo {
 }
 
 /// Reads queue attributes; used as the healthcheck of every configured queue.
-pub async fn queue_info(client: &Client, queue_url: &str) -> Result<QueueInfo, SqsError> {
+pub async fn queue_info(client: &Client, queue_url: &str) -> Result<QueueInfo, AwsError> {
     let out = client
         .get_queue_attributes()
         .queue_url(queue_url)
@@ -38,7 +38,7 @@ pub async fn queue_info(client: &Client, queue_url: &str) -> Result<QueueInfo, S
         .attribute_names(QueueAttributeName::FifoQueue)
         .send()
         .await
-        .map_err(|e| SqsError::from_sdk("get_attributes", e))?;
+        .map_err(|e| AwsError::from_sdk("get_attributes", e))?;
     let attrs = out.attributes();
     let visibility = attrs
         .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
@@ -96,13 +96,13 @@ impl SqsSource {
     }
 
     /// Healthcheck: the queue's attributes.
-    pub async fn info(&self) -> Result<QueueInfo, SqsError> {
+    pub async fn info(&self) -> Result<QueueInfo, AwsError> {
         queue_info(&self.client, &self.queue_url).await
     }
 
     /// One long poll, retried on transient failures. An empty result means the queue
     /// stayed empty for the whole wait.
-    pub async fn receive(&self) -> Result<Vec<SourceMessage>, SqsError> {
+    pub async fn receive(&self) -> Result<Vec<SourceMessage>, AwsError> {
         let attempt_timeout = self.wait + RECEIVE_GRACE;
         let messages = retry(&self.policy, "receive", &self.metrics, || async {
             self.client
@@ -122,7 +122,7 @@ impl SqsSource {
                 )
                 .send()
                 .await
-                .map_err(|e| SqsError::from_sdk("receive", e))
+                .map_err(|e| AwsError::from_sdk("receive", e))
         })
         .await?
         .messages
@@ -138,7 +138,7 @@ impl SqsSource {
     /// Deletes messages (DeleteMessageBatch), retrying entries that fail transiently.
     /// Returns the message ids that could not be deleted, with why: those messages will
     /// be delivered again (a duplicate, never a loss).
-    pub async fn delete(&self, messages: &[&SourceMessage]) -> Vec<(String, SqsError)> {
+    pub async fn delete(&self, messages: &[&SourceMessage]) -> Vec<(String, AwsError)> {
         let mut failed = Vec::new();
         for chunk in messages.chunks(MAX_BATCH) {
             let entries = chunk
@@ -163,7 +163,7 @@ impl SqsSource {
                     let out = call
                         .send()
                         .await
-                        .map_err(|e| SqsError::from_sdk("delete", e))?;
+                        .map_err(|e| AwsError::from_sdk("delete", e))?;
                     Ok(BatchReply {
                         successful: out.successful.into_iter().map(|s| s.id).collect(),
                         failed: out.failed.into_iter().map(EntryFailure::from).collect(),
@@ -178,7 +178,7 @@ impl SqsSource {
                     Some(Err(e)) => failed.push((m.message_id.clone(), e.clone())),
                     None => failed.push((
                         m.message_id.clone(),
-                        SqsError {
+                        AwsError {
                             operation: "delete",
                             class: crate::retry::ErrorClass::Local,
                             code: None,
@@ -227,7 +227,7 @@ impl SqsSource {
                     }
                 }
                 Err(e) => {
-                    let err = SqsError::from_sdk("change_visibility", e);
+                    let err = AwsError::from_sdk("change_visibility", e);
                     tracing::warn!(error = %err, "visibility not extended");
                 }
             }

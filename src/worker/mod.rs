@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::SqsError;
+use crate::aws::AwsError;
 use crate::metrics::{events, Gauge, Metrics};
 use crate::pipeline::{Pipeline, Settlement};
 use crate::source::{SourceMessage, SqsSource};
@@ -84,7 +84,7 @@ impl Worker {
     }
 
     /// One step: receive a batch (long poll) and settle it.
-    pub async fn run_once(&self) -> Result<BatchOutcome, SqsError> {
+    pub async fn run_once(&self) -> Result<BatchOutcome, AwsError> {
         let messages = self.source.receive().await?;
         Ok(self.handle(messages).await)
     }

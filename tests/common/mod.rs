@@ -163,6 +163,8 @@ pub fn test_config(source: &str, dest: &str, statsd: Option<SocketAddr>) -> Conf
         dest_queue_url: dest.to_string(),
         dlq_url: None,
         message_group: None,
+        s3_bucket: None,
+        s3_pointer_format: sqs_forwarder::forward::PointerFormat::Sentry,
         workers: 2,
         batch_size: 10,
         receive_wait: Duration::from_secs(1),

@@ -1,0 +1,161 @@
+//! Oversized events: stored in S3, and a pointer sent in their place.
+//!
+//! The key is `{project_id}/{YYYY-MM-DD}/{event_id}`, dated by the event's timestamp in
+//! UTC (or the time of forwarding if it has none), so a retry writes the same key and no
+//! orphan is left. The pointer is Sentry's (`{"s3Url": …, "eventID": …}`) or that of the
+//! AWS SQS Extended Client Library, whose consumers then read the payload transparently.
+
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use chrono::{DateTime, Utc};
+
+use super::sender::Attribute;
+use crate::aws::AwsError;
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::retry::{retry, RetryPolicy};
+
+/// How the pointer message looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PointerFormat {
+    /// Sentry's: `{"s3Url": "https://BUCKET.s3.REGION.amazonaws.com/KEY", "eventID": "…"}`.
+    Sentry,
+    /// The AWS SQS Extended Client Library's:
+    /// `["software.amazon.payloadoffloading.PayloadS3Pointer", {"s3BucketName": …, "s3Key": …}]`
+    /// with the attribute `ExtendedPayloadSize`.
+    Extended,
+}
+
+/// The S3 side of oversized events.
+#[derive(Debug, Clone)]
+pub struct Offloader {
+    /// S3 client (path-style addressing when a custom endpoint is set, as for LocalStack).
+    s3: aws_sdk_s3::Client,
+    /// The bucket (`FORWARDER_S3_BUCKET`).
+    bucket: String,
+    /// The bucket's region, for Sentry's `s3Url`.
+    region: String,
+    /// The pointer's shape (`FORWARDER_S3_POINTER_FORMAT`).
+    format: PointerFormat,
+    /// Retry bounds of PutObject.
+    policy: RetryPolicy,
+    /// Where retries are counted.
+    metrics: Metrics,
+}
+
+/// What replaces an oversized event in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointer {
+    /// The pointer's body.
+    pub body: String,
+    /// Extra attributes (the Extended Client Library's payload size).
+    pub attributes: Vec<Attribute>,
+}
+
+impl Offloader {
+    /// An offloader to `bucket`.
+    pub fn new(
+        s3: aws_sdk_s3::Client,
+        bucket: impl Into<String>,
+        region: impl Into<String>,
+        format: PointerFormat,
+        policy: RetryPolicy,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            s3,
+            bucket: bucket.into(),
+            region: region.into(),
+            format,
+            policy,
+            metrics,
+        }
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Healthcheck: the bucket exists and is reachable (HeadBucket).
+    pub async fn check(&self) -> Result<(), AwsError> {
+        self.s3
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| AwsError::from_sdk("s3_head_bucket", e))
+    }
+
+    /// The key of an event.
+    pub fn key(event: &Event<'_>, now: DateTime<Utc>) -> String {
+        let date = event
+            .timestamp
+            .and_then(|secs| DateTime::<Utc>::from_timestamp(secs, 0))
+            .unwrap_or(now)
+            .format("%Y-%m-%d");
+        format!("{}/{}/{}", event.project_id, date, event.event_id)
+    }
+
+    /// Stores `body` (the event as it would have been sent) and returns the pointer.
+    pub async fn offload(&self, event: &Event<'_>, body: &str) -> Result<Pointer, AwsError> {
+        let key = Self::key(event, Utc::now());
+        retry(&self.policy, "s3_put", &self.metrics, || async {
+            self.s3
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .content_type("application/json")
+                .body(ByteStream::from(body.as_bytes().to_vec()))
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("s3_put", e))
+        })
+        .await?;
+        tracing::debug!(event_id = %event.event_id, key, bytes = body.len(), "oversized event stored in S3");
+        Ok(match self.format {
+            PointerFormat::Sentry => Pointer {
+                body: serde_json::json!({
+                    "s3Url": format!("https://{}.s3.{}.amazonaws.com/{}", self.bucket, self.region, key),
+                    "eventID": event.event_id,
+                })
+                .to_string(),
+                attributes: Vec::new(),
+            },
+            PointerFormat::Extended => Pointer {
+                body: serde_json::json!([
+                    "software.amazon.payloadoffloading.PayloadS3Pointer",
+                    {"s3BucketName": self.bucket, "s3Key": key}
+                ])
+                .to_string(),
+                attributes: vec![Attribute::number("ExtendedPayloadSize", body.len() as u64)],
+            },
+        })
+    }
+}
+
+/// S3 calls need a longer attempt bound than SQS sends: a megabyte upload.
+pub const S3_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_dated_by_the_event_in_utc() {
+        let body = r#"{"event_id":"0123456789abcdef0123456789abcdef","project_id":42,"organization_id":1,"timestamp":"2026-01-31T23:30:00-02:00"}"#;
+        let event = crate::event::decode(body).unwrap();
+        let now = DateTime::<Utc>::from_timestamp(0, 0).unwrap();
+        assert_eq!(
+            Offloader::key(&event, now),
+            "42/2026-02-01/0123456789abcdef0123456789abcdef"
+        );
+        let undated = crate::event::decode(r#"{"event_id":"0123456789abcdef0123456789abcdef","project_id":42,"organization_id":1}"#).unwrap();
+        assert_eq!(
+            Offloader::key(&undated, now),
+            "42/1970-01-01/0123456789abcdef0123456789abcdef"
+        );
+    }
+}
