@@ -8,7 +8,9 @@ use aws_config::SdkConfig;
 
 use crate::aws::{self, AwsError};
 use crate::config::{check_message_group, Config, ConfigError, IndexerConfig};
-use crate::forward::{DeadLetterQueue, Forwarder, Offloader, SqsSender, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::forward::{
+    DeadLetterQueue, Forwarder, Offloader, OrgRateLimiter, SqsSender, DEFAULT_MAX_MESSAGE_BYTES,
+};
 use crate::indexer::{Indexer, Store, StoreError};
 use crate::metrics::{sink, Metrics};
 use crate::pipeline::Pipeline;
@@ -81,6 +83,8 @@ pub struct App {
     pub indexer: Option<Arc<Indexer>>,
     /// Stores oversized events, with `FORWARDER_S3_BUCKET`.
     pub offloader: Option<Offloader>,
+    /// The per-organization rate limit, shared by every worker of the process.
+    pub rate_limit: Option<Arc<OrgRateLimiter>>,
 }
 
 impl App {
@@ -132,12 +136,17 @@ impl App {
                 metrics.clone(),
             )
         });
+        let rate_limit = config
+            .rate_limit
+            .and_then(|limit| OrgRateLimiter::new(limit, metrics.clone()))
+            .map(Arc::new);
         Ok(App {
             sqs: aws::sqs_client(sdk),
             config,
             metrics,
             indexer: None,
             offloader,
+            rate_limit,
         })
     }
 
@@ -152,6 +161,7 @@ impl App {
         )
         .with_group(self.config.message_group.clone())
         .with_offloader(self.offloader.clone())
+        .with_rate_limit(self.rate_limit.clone())
     }
 
     /// Decode, index, forward, dead-letter: after reaching the destination (and checking

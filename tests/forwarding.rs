@@ -262,3 +262,43 @@ async fn message_group_and_queue_type_must_agree_at_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn events_over_an_organizations_rate_wait_and_all_arrive() {
+    let q = Queues::create(30).await;
+    let bodies: Vec<String> = (1..=15).map(|i| event(i, 1)).collect();
+    send_bodies(&q.client, &q.source, &bodies).await;
+    let statsd = StatsdCapture::start();
+    let mut config = q.config(Some(statsd.addr));
+    config.rate_limit = Some("5/1s".parse().unwrap());
+    let app = app(config).await;
+    let worker = app.worker().await.unwrap();
+    let started = std::time::Instant::now();
+    let mut totals = sqs_forwarder::worker::BatchOutcome::default();
+    while totals.forwarded < 15 && started.elapsed() < Duration::from_secs(30) {
+        totals += worker.run_once().await.unwrap();
+    }
+    // A burst of 5, then one every 200 ms: the last of 15 waits about 2 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(totals.forwarded, 15, "none dropped");
+    assert_eq!(
+        drain(&q.client, &q.dest, 16, Duration::from_secs(5))
+            .await
+            .len(),
+        15
+    );
+    app.metrics.flush(Duration::from_secs(1));
+    let lines = statsd.wait_for(Duration::from_secs(3), |l| {
+        l.iter().any(|l| l.starts_with("forwarder.rate_limited"))
+    });
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("forwarder.rate_limited:1|c")),
+        "{lines:#?}"
+    );
+}

@@ -210,6 +210,16 @@ pub struct Settings {
           default_value_t = crate::forward::PointerFormat::Sentry, global = true)]
     pub s3_pointer_format: crate::forward::PointerFormat,
 
+    /// Per-organization rate limit, N/DURATION (Sentry: 50/1s); events over it wait.
+    /// Unset: no limit.
+    #[arg(
+        long,
+        env = "FORWARDER_RATE_LIMIT",
+        value_name = "N/DURATION",
+        global = true
+    )]
+    pub rate_limit: Option<crate::forward::RateLimit>,
+
     /// Concurrent pollers of the source queue.
     #[arg(long, env = "FORWARDER_WORKERS", value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from), global = true)]

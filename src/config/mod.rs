@@ -77,6 +77,8 @@ pub struct Config {
     pub s3_bucket: Option<String>,
     /// The pointer's shape (`FORWARDER_S3_POINTER_FORMAT`).
     pub s3_pointer_format: crate::forward::PointerFormat,
+    /// Per-organization rate limit (`FORWARDER_RATE_LIMIT`).
+    pub rate_limit: Option<crate::forward::RateLimit>,
     /// Concurrent pollers (`FORWARDER_WORKERS`).
     pub workers: usize,
     /// Messages per receive, 1 to 10 (`FORWARDER_BATCH_SIZE`).
@@ -202,6 +204,7 @@ impl Settings {
             message_group: self.message_group_id.clone(),
             s3_bucket: self.s3_bucket.clone().filter(|b| !b.trim().is_empty()),
             s3_pointer_format: self.s3_pointer_format,
+            rate_limit: self.rate_limit,
             workers: self.workers,
             batch_size: usize::from(self.batch_size),
             // Exiting when idle needs a receive that returns within the idle time.
@@ -293,7 +296,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "source={} dest={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
+            "source={} dest={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} rate_limit={} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
              statsd={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
              retry_max_interval={} retry_max_elapsed={} request_timeout={} shutdown_timeout={} \
              exit_when_idle={} indexer={}",
@@ -303,6 +306,7 @@ impl fmt::Display for Config {
             self.message_group.as_ref().map_or("-", |g| g.as_str()),
             self.s3_bucket.as_deref().unwrap_or("-"),
             self.s3_pointer_format,
+            self.rate_limit.map_or("off".to_string(), |r| r.to_string()),
             self.workers,
             self.batch_size,
             self.receive_wait.as_secs(),

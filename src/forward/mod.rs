@@ -11,6 +11,7 @@ pub mod batch;
 pub mod dead_letter;
 pub mod fifo;
 pub mod offload;
+pub mod rate_limit;
 pub mod sender;
 
 use std::borrow::Cow;
@@ -26,6 +27,7 @@ use crate::retry::{ErrorClass, RetryPolicy};
 pub use dead_letter::{DeadLetter, DeadLetterQueue, Reason};
 pub use fifo::GroupTemplate;
 pub use offload::{Offloader, PointerFormat};
+pub use rate_limit::{OrgRateLimiter, RateLimit};
 pub use sender::{Attribute, Delivery, Outgoing, SqsSender};
 
 /// SQS's message size limit (1 MiB), the default of `FORWARDER_MAX_MESSAGE_BYTES`.
@@ -57,6 +59,8 @@ pub struct Forwarder {
     /// Where events over the size limit go (`FORWARDER_S3_BUCKET`); `None`: they are
     /// not forwarded (and dead-lettered, if there is a dead-letter queue).
     offloader: Option<Offloader>,
+    /// Keeps each organization within `FORWARDER_RATE_LIMIT`; shared by every worker.
+    rate_limit: Option<std::sync::Arc<OrgRateLimiter>>,
     /// Where `data-forwarding.http_response` is counted.
     metrics: Metrics,
 }
@@ -80,8 +84,15 @@ impl Forwarder {
             ),
             group: None,
             offloader: None,
+            rate_limit: None,
             metrics,
         }
+    }
+
+    /// Holds each organization to a rate: events over it wait.
+    pub fn with_rate_limit(mut self, limiter: Option<std::sync::Arc<OrgRateLimiter>>) -> Self {
+        self.rate_limit = limiter;
+        self
     }
 
     /// Stores events over the size limit in S3 and sends pointers instead.
@@ -115,6 +126,9 @@ impl Forwarder {
         let mut outgoing = Vec::with_capacity(events.len());
         let mut positions = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
+            if let Some(limiter) = &self.rate_limit {
+                limiter.until_ready(e.organization_id).await;
+            }
             let mut message = Outgoing {
                 body: e.encoded(),
                 attributes: vec![

@@ -52,6 +52,8 @@ pub enum Counter {
         operation: &'static str,
         class: &'static str,
     },
+    /// `forwarder.rate_limited`: an event that waited for its organization's rate limit.
+    RateLimited,
     /// `forwarder.messages.received`: messages received from the source queue.
     MessagesReceived,
     /// `forwarder.messages.deleted`: source messages deleted after their event was accepted.
@@ -92,6 +94,7 @@ impl Counter {
             Counter::EventSkipped { .. } => "forwarder.event.skipped",
             Counter::Retry { .. } => "forwarder.retry",
             Counter::MessagesReceived => "forwarder.messages.received",
+            Counter::RateLimited => "forwarder.rate_limited",
             Counter::MessagesDeleted => "forwarder.messages.deleted",
             Counter::AwsError { .. } => "forwarder.sqs.error",
             Counter::IndexerLookup { .. } => "forwarder.indexer.lookup",
@@ -117,7 +120,9 @@ impl Counter {
             Counter::Retry { operation, class } | Counter::AwsError { operation, class } => {
                 vec![("operation", operation), ("class", class)]
             }
-            Counter::MessagesReceived | Counter::MessagesDeleted => Vec::new(),
+            Counter::MessagesReceived | Counter::MessagesDeleted | Counter::RateLimited => {
+                Vec::new()
+            }
         }
     }
 

@@ -165,6 +165,7 @@ pub fn test_config(source: &str, dest: &str, statsd: Option<SocketAddr>) -> Conf
         message_group: None,
         s3_bucket: None,
         s3_pointer_format: sqs_forwarder::forward::PointerFormat::Sentry,
+        rate_limit: None,
         workers: 2,
         batch_size: 10,
         receive_wait: Duration::from_secs(1),
