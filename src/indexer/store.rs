@@ -158,7 +158,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let err = |e| StoreError::new("fetch", e);
-        match self {
+        let rows = match self {
             Store::Postgres(pool) => {
                 let (orgs, strings) = columns(keys);
                 let rows = sqlx::query(
@@ -173,12 +173,7 @@ impl Store {
                 .fetch_all(pool)
                 .await
                 .map_err(err)?;
-                let rows = rows
-                    .iter()
-                    .map(|r| row(r).map_err(err))
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.touch(&rows).await?;
-                Ok(rows)
+                rows.iter().map(row).collect::<Result<Vec<_>, _>>()
             }
             Store::Sqlite(pool) => {
                 let rows = sqlx::query(
@@ -191,14 +186,12 @@ impl Store {
                 .fetch_all(pool)
                 .await
                 .map_err(err)?;
-                let rows = rows
-                    .iter()
-                    .map(|r| row(r).map_err(err))
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.touch(&rows).await?;
-                Ok(rows)
+                rows.iter().map(row).collect::<Result<Vec<_>, _>>()
             }
         }
+        .map_err(err)?;
+        self.touch(&rows).await?;
+        Ok(rows)
     }
 
     /// Refreshes `last_seen` of rows read that were last seen over a day ago, as Sentry

@@ -242,29 +242,11 @@ pub async fn send_bodies(client: &Client, queue: &str, bodies: &[String]) {
 /// Receives (and deletes) until `want` messages arrived or `timeout` passed; every
 /// receive waits at most one second. Returns the bodies.
 pub async fn drain(client: &Client, queue: &str, want: usize, timeout: Duration) -> Vec<String> {
-    let deadline = Instant::now() + timeout;
-    let mut bodies = Vec::new();
-    while bodies.len() < want && Instant::now() < deadline {
-        let out = client
-            .receive_message()
-            .queue_url(queue)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .expect("receive from LocalStack");
-        for m in out.messages.unwrap_or_default() {
-            client
-                .delete_message()
-                .queue_url(queue)
-                .receipt_handle(m.receipt_handle.unwrap_or_default())
-                .send()
-                .await
-                .expect("delete");
-            bodies.push(m.body.unwrap_or_default());
-        }
-    }
-    bodies
+    drain_messages(client, queue, want, timeout)
+        .await
+        .into_iter()
+        .map(|m| m.body.unwrap_or_default())
+        .collect()
 }
 
 /// Visible plus in-flight messages of a queue.
