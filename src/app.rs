@@ -4,12 +4,19 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
+use aws_config::profile::ProfileFileCredentialsProvider;
+use aws_config::sts::AssumeRoleProvider;
 use aws_config::SdkConfig;
+use aws_sdk_sqs::config::{Region, SharedCredentialsProvider};
 
 use crate::aws::{self, AwsError};
+use crate::config::routes::{CredentialSource, Route};
 use crate::config::{check_message_group, Config, ConfigError, IndexerConfig};
 use crate::forward::{
-    DeadLetterQueue, Forwarder, Offloader, OrgRateLimiter, SqsSender, DEFAULT_MAX_MESSAGE_BYTES,
+    DeadLetterQueue, Forwarder, Offloader, OrgRateLimiter, Router, SqsSender,
+    DEFAULT_MAX_MESSAGE_BYTES,
 };
 use crate::indexer::{Indexer, Store, StoreError};
 use crate::metrics::{sink, Metrics};
@@ -81,8 +88,8 @@ pub struct App {
     pub metrics: Metrics,
     /// The indexer stage, once connected ([`App::connect_indexer`]).
     pub indexer: Option<Arc<Indexer>>,
-    /// Stores oversized events, with `FORWARDER_S3_BUCKET`.
-    pub offloader: Option<Offloader>,
+    /// The SDK configuration loaded at start; routes derive theirs from it.
+    pub sdk: SdkConfig,
     /// The per-organization rate limit, shared by every worker of the process.
     pub rate_limit: Option<Arc<OrgRateLimiter>>,
 }
@@ -126,16 +133,6 @@ impl App {
             aws_endpoint = sdk.endpoint_url().unwrap_or("default"),
             "effective configuration"
         );
-        let offloader = config.s3_bucket.as_ref().map(|bucket| {
-            Offloader::new(
-                aws::s3_client(sdk),
-                bucket,
-                sdk.region().map(|r| r.as_ref()).unwrap_or("us-east-1"),
-                config.s3_pointer_format,
-                config.retry.clone(),
-                metrics.clone(),
-            )
-        });
         let rate_limit = config
             .rate_limit
             .and_then(|limit| OrgRateLimiter::new(limit, metrics.clone()))
@@ -145,32 +142,156 @@ impl App {
             config,
             metrics,
             indexer: None,
-            offloader,
+            sdk: sdk.clone(),
             rate_limit,
         })
     }
 
-    /// The forwarder to the destination queue.
-    pub fn forwarder(&self) -> Forwarder {
-        Forwarder::new(
-            self.sqs.clone(),
-            &self.config.dest_queue_url,
+    /// The SDK configuration of a route: the worker's, or with the route's region and
+    /// credentials (a named profile, or a role assumed with STS).
+    async fn sdk_for(&self, route: &Route) -> SdkConfig {
+        if route.region.is_none() && route.credentials == CredentialSource::DefaultChain {
+            return self.sdk.clone();
+        }
+        let mut builder = self.sdk.to_builder();
+        if let Some(region) = &route.region {
+            builder = builder.region(Region::new(region.clone()));
+        }
+        match &route.credentials {
+            CredentialSource::DefaultChain => {}
+            CredentialSource::Profile(name) => {
+                let provider = ProfileFileCredentialsProvider::builder()
+                    .profile_name(name)
+                    .build();
+                builder = builder.credentials_provider(SharedCredentialsProvider::new(provider));
+            }
+            CredentialSource::AssumeRole {
+                role_arn,
+                external_id,
+            } => {
+                let mut assume = AssumeRoleProvider::builder(role_arn)
+                    .session_name("sqs-forwarder")
+                    .configure(&self.sdk);
+                if let Some(id) = external_id {
+                    assume = assume.external_id(id);
+                }
+                if let Some(region) = &route.region {
+                    assume = assume.region(Region::new(region.clone()));
+                }
+                builder = builder
+                    .credentials_provider(SharedCredentialsProvider::new(assume.build().await));
+            }
+        }
+        builder.build()
+    }
+
+    /// A forwarder for one route, after reaching its queue and checking its message
+    /// group against the queue's type. `var` names the setting the route came from.
+    async fn forwarder_for(
+        &self,
+        var: &'static str,
+        route: &Route,
+        sdk: &SdkConfig,
+    ) -> Result<Forwarder, StartError> {
+        let sqs = aws::sqs_client(sdk);
+        let info =
+            queue_info(&sqs, &route.queue_url)
+                .await
+                .map_err(|source| StartError::Unreachable {
+                    var,
+                    url: route.queue_url.clone(),
+                    source,
+                })?;
+        check_message_group(info.fifo, route.message_group.as_ref()).map_err(|e| {
+            if var == "FORWARDER_DEST_QUEUE_URL" {
+                e
+            } else {
+                ConfigError {
+                    var,
+                    problem: format!("route to {}: {}: {}", route.queue_url, e.var, e.problem),
+                }
+            }
+        })?;
+        let offloader = route
+            .s3_bucket
+            .as_ref()
+            .map(|bucket| self.offloader(sdk, bucket));
+        Ok(Forwarder::new(
+            sqs,
+            &route.queue_url,
             self.config.max_message_bytes,
             self.config.retry.clone(),
             self.metrics.clone(),
         )
-        .with_group(self.config.message_group.clone())
-        .with_offloader(self.offloader.clone())
-        .with_rate_limit(self.rate_limit.clone())
+        .with_group(route.message_group.clone())
+        .with_offloader(offloader)
+        .with_rate_limit(self.rate_limit.clone()))
     }
 
-    /// Decode, index, forward, dead-letter: after reaching the destination (and checking
-    /// its message group against its type) and the dead-letter queue.
+    /// The S3 side of oversized events, for a bucket.
+    pub fn offloader(&self, sdk: &SdkConfig, bucket: &str) -> Offloader {
+        Offloader::new(
+            aws::s3_client(sdk),
+            bucket,
+            sdk.region().map(|r| r.as_ref()).unwrap_or("us-east-1"),
+            self.config.s3_pointer_format,
+            self.config.retry.clone(),
+            self.metrics.clone(),
+        )
+    }
+
+    /// One forwarder per destination of the effective routes, each built once (clients
+    /// included) and shared by the projects routed to it; every destination reached.
+    pub async fn router(&self) -> Result<Router, StartError> {
+        let routes = self.config.effective_routes();
+        let from_file = |is_default: bool| {
+            let file_default = self
+                .config
+                .routes
+                .as_ref()
+                .is_some_and(|r| r.default.is_some());
+            if is_default && !file_default {
+                "FORWARDER_DEST_QUEUE_URL"
+            } else {
+                "FORWARDER_ROUTES_FILE"
+            }
+        };
+        let mut sdks: HashMap<String, SdkConfig> = HashMap::new();
+        let mut built: HashMap<String, Arc<Forwarder>> = HashMap::new();
+        let mut build =
+            async |route: &Route, var: &'static str| -> Result<Arc<Forwarder>, StartError> {
+                let key = format!("{route:?}");
+                if let Some(f) = built.get(&key) {
+                    return Ok(f.clone());
+                }
+                let sdk_key = format!("{:?}/{:?}", route.region, route.credentials);
+                let sdk = match sdks.get(&sdk_key) {
+                    Some(sdk) => sdk.clone(),
+                    None => {
+                        let sdk = self.sdk_for(route).await;
+                        sdks.insert(sdk_key, sdk.clone());
+                        sdk
+                    }
+                };
+                let forwarder = Arc::new(self.forwarder_for(var, route, &sdk).await?);
+                built.insert(key, forwarder.clone());
+                Ok(forwarder)
+            };
+        let default = match &routes.default {
+            Some(route) => Some(build(route, from_file(true)).await?),
+            None => None,
+        };
+        let mut projects = HashMap::new();
+        for (project, route) in &routes.projects {
+            projects.insert(*project, build(route, from_file(false)).await?);
+        }
+        Ok(Router::new(default, projects))
+    }
+
+    /// Decode, index, forward, dead-letter: after reaching every destination (and
+    /// checking each message group against its queue's type) and the dead-letter queue.
     pub async fn pipeline(&self) -> Result<Pipeline, StartError> {
-        let dest = self
-            .reach("FORWARDER_DEST_QUEUE_URL", &self.config.dest_queue_url)
-            .await?;
-        check_message_group(dest.fifo, self.config.message_group.as_ref())?;
+        let router = self.router().await?;
         let dead_letter = match &self.config.dlq_url {
             Some(url) => {
                 let info = self.reach("FORWARDER_DLQ_URL", url).await?;
@@ -192,7 +313,7 @@ impl App {
             None => None,
         };
         Ok(
-            Pipeline::new(self.forwarder(), self.indexer.clone(), self.metrics.clone())
+            Pipeline::new(router, self.indexer.clone(), self.metrics.clone())
                 .with_dead_letter(dead_letter),
         )
     }

@@ -1,8 +1,10 @@
-//! `sqs-forwarder check`: validate the configuration and reach every configured queue.
+//! `sqs-forwarder check`: validate the configuration and reach everything it names: the
+//! source, every destination route (with its message group checked against its queue's
+//! type), the dead-letter queue, the S3 buckets, and the indexer's store.
 
 use crate::app::App;
 use crate::aws;
-use crate::config::{check_message_group, Needs, Settings};
+use crate::config::{Needs, Settings};
 use crate::metrics::Metrics;
 
 /// What `check` found: lines that are fine, and one line per problem.
@@ -14,7 +16,7 @@ pub struct Report {
     pub problems: Vec<String>,
 }
 
-/// Checks the settings and reaches the source and destination queues.
+/// Checks the settings and reaches what they name.
 pub async fn check(settings: &Settings) -> Report {
     let mut report = Report::default();
     let config = match settings.validate(Needs::SourceAndDestination, None) {
@@ -33,28 +35,78 @@ pub async fn check(settings: &Settings) -> Report {
             return report;
         }
     };
+
     let queues = [
         (
             "FORWARDER_SOURCE_QUEUE_URL",
             app.config.source_queue_url.clone(),
         ),
-        (
-            "FORWARDER_DEST_QUEUE_URL",
-            Some(app.config.dest_queue_url.clone()),
-        ),
+        ("FORWARDER_DLQ_URL", app.config.dlq_url.clone()),
     ];
-    if let Some(offloader) = &app.offloader {
-        match offloader.check().await {
-            Ok(()) => report.ok.push(format!(
-                "FORWARDER_S3_BUCKET: reached {}",
-                offloader.bucket()
+    for (var, url) in queues {
+        let Some(url) = url else { continue };
+        match app.reach(var, &url).await {
+            Ok(info) => report.ok.push(format!(
+                "{var}: reached {url} (visibility timeout {}s{})",
+                info.visibility_timeout.as_secs(),
+                if info.fifo { ", FIFO" } else { "" }
             )),
+            Err(err) => report.problems.push(err.to_string()),
+        }
+    }
+
+    let routes = app.config.effective_routes();
+    match app.router().await {
+        Ok(_) => {
+            for (name, route) in routes
+                .default
+                .iter()
+                .map(|r| ("default".to_string(), r))
+                .chain(
+                    routes
+                        .projects
+                        .iter()
+                        .map(|(p, r)| (format!("project {p}"), r)),
+                )
+            {
+                report.ok.push(format!(
+                    "route {name}: reached {}{}",
+                    route.queue_url,
+                    route
+                        .message_group
+                        .as_ref()
+                        .map(|g| format!(" (FIFO, group {})", g.as_str()))
+                        .unwrap_or_default()
+                ));
+            }
+            if routes.default.is_none() {
+                report
+                    .ok
+                    .push("no default route: events of other projects are skipped".into());
+            }
+        }
+        Err(err) => report.problems.push(err.to_string()),
+    }
+
+    let mut buckets: Vec<&str> = routes
+        .default
+        .iter()
+        .chain(routes.projects.values())
+        .filter_map(|r| r.s3_bucket.as_deref())
+        .collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    for bucket in buckets {
+        match app.offloader(&app.sdk, bucket).check().await {
+            Ok(()) => report
+                .ok
+                .push(format!("FORWARDER_S3_BUCKET: reached {bucket}")),
             Err(err) => report.problems.push(format!(
-                "FORWARDER_S3_BUCKET: bucket {} is not reachable: {err}",
-                offloader.bucket()
+                "FORWARDER_S3_BUCKET: bucket {bucket} is not reachable: {err}"
             )),
         }
     }
+
     if let Some(ix) = &app.config.indexer {
         match crate::app::connect_indexer(ix, &app.config.retry, &Metrics::disabled()).await {
             Ok(indexer) => {
@@ -63,26 +115,6 @@ pub async fn check(settings: &Settings) -> Report {
                     ix.database_url
                 ));
                 indexer.store().close().await;
-            }
-            Err(err) => report.problems.push(err.to_string()),
-        }
-    }
-    for (var, url) in queues {
-        let Some(url) = url else { continue };
-        match app.reach(var, &url).await {
-            Ok(info) => {
-                report.ok.push(format!(
-                    "{var}: reached {url} (visibility timeout {}s{})",
-                    info.visibility_timeout.as_secs(),
-                    if info.fifo { ", FIFO" } else { "" }
-                ));
-                if var == "FORWARDER_DEST_QUEUE_URL" {
-                    if let Err(err) =
-                        check_message_group(info.fifo, app.config.message_group.as_ref())
-                    {
-                        report.problems.push(err.to_string());
-                    }
-                }
             }
             Err(err) => report.problems.push(err.to_string()),
         }

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use crate::aws::AwsError;
 use crate::event::{decode, DecodeError, Event};
-use crate::forward::{DeadLetter, DeadLetterQueue, Forwarder, Reason};
+use crate::forward::{DeadLetter, DeadLetterQueue, Forwarder, Reason, Router};
 use crate::indexer::{Indexer, IndexerError};
 use crate::metrics::{events, Counter, Metrics, Timer};
 use crate::retry::ErrorClass;
@@ -72,6 +72,9 @@ pub enum Settlement {
     /// It can never be forwarded, and the dead-letter queue accepted it: the message may
     /// be deleted.
     DeadLettered(Reason),
+    /// Not to be forwarded: its project has no route (`skip_unconfigured`). Counted;
+    /// the message may be deleted.
+    Skipped(&'static str),
 }
 
 impl Settlement {
@@ -83,7 +86,10 @@ impl Settlement {
     /// Whether the message is settled for good (forwarded or dead-lettered) and may be
     /// deleted from the source.
     pub fn is_done(&self) -> bool {
-        matches!(self, Settlement::Forwarded | Settlement::DeadLettered(_))
+        matches!(
+            self,
+            Settlement::Forwarded | Settlement::DeadLettered(_) | Settlement::Skipped(_)
+        )
     }
 
     /// Why the message would be dead-lettered: an invalid body, or a permanent failure.
@@ -110,8 +116,8 @@ impl Settlement {
 /// Decode, index, forward.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
-    /// Sends events to the destination.
-    forwarder: Forwarder,
+    /// The forwarder of each project.
+    router: Router,
     /// Interns tag strings; `None` when the stage is off.
     indexer: Option<Arc<Indexer>>,
     /// Takes what can never be forwarded (`FORWARDER_DLQ_URL`); `None`: such messages
@@ -122,10 +128,10 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// A pipeline forwarding with `forwarder`, indexing with `indexer` if given.
-    pub fn new(forwarder: Forwarder, indexer: Option<Arc<Indexer>>, metrics: Metrics) -> Self {
+    /// A pipeline forwarding through `router`, indexing with `indexer` if given.
+    pub fn new(router: Router, indexer: Option<Arc<Indexer>>, metrics: Metrics) -> Self {
         Self {
-            forwarder,
+            router,
             indexer,
             dead_letter: None,
             metrics,
@@ -138,9 +144,9 @@ impl Pipeline {
         self
     }
 
-    /// The forwarder.
-    pub fn forwarder(&self) -> &Forwarder {
-        &self.forwarder
+    /// The router.
+    pub fn router(&self) -> &Router {
+        &self.router
     }
 
     /// Processes a batch; returns one settlement per message, in order.
@@ -182,10 +188,27 @@ impl Pipeline {
             }
         }
 
-        if !events.is_empty() {
-            let deliveries = self.forwarder.forward(&events).await;
+        // Group the events by destination, keeping their order within each.
+        let mut groups: Vec<(Arc<Forwarder>, Vec<usize>)> = Vec::new();
+        for (k, event) in events.iter().enumerate() {
+            match self.router.route(event.project_id) {
+                Some(forwarder) => match groups.iter_mut().find(|(f, _)| Arc::ptr_eq(f, forwarder))
+                {
+                    Some((_, members)) => members.push(k),
+                    None => groups.push((forwarder.clone(), vec![k])),
+                },
+                None => {
+                    events::skipped_unconfigured(&self.metrics, &event.event_id, event.project_id);
+                    settlements[positions[k]] = Some(Settlement::Skipped("unconfigured"));
+                }
+            }
+        }
+        for (forwarder, members) in groups {
+            let batch: Vec<&Event<'_>> = members.iter().map(|&k| &events[k]).collect();
+            let deliveries = forwarder.forward(&batch).await;
             let accepted_at = SystemTime::now();
-            for ((event, &i), delivery) in events.iter().zip(&positions).zip(deliveries) {
+            for (&k, delivery) in members.iter().zip(deliveries) {
+                let (event, i) = (&events[k], positions[k]);
                 let message = &messages[i];
                 settlements[i] = Some(match delivery {
                     Ok(()) => {

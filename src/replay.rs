@@ -20,12 +20,14 @@ pub struct ReplaySummary {
     pub invalid: usize,
     /// Events that could not be forwarded.
     pub failed: usize,
+    /// Events skipped: their project has no route.
+    pub skipped: usize,
 }
 
 impl ReplaySummary {
-    /// Whether every line was forwarded.
+    /// Whether every line was forwarded (or skipped on purpose: no route).
     pub fn all_forwarded(&self) -> bool {
-        self.forwarded == self.lines
+        self.forwarded + self.skipped == self.lines
     }
 }
 
@@ -35,7 +37,11 @@ impl fmt::Display for ReplaySummary {
             f,
             "replayed {} events: {} forwarded, {} invalid, {} failed",
             self.lines, self.forwarded, self.invalid, self.failed
-        )
+        )?;
+        if self.skipped > 0 {
+            write!(f, ", {} skipped (no route)", self.skipped)?;
+        }
+        Ok(())
     }
 }
 
@@ -150,6 +156,7 @@ async fn flush(
                 summary.failed += 1;
                 bar.suspend(|| eprintln!("line {number}: not forwarded: {err}"));
             }
+            Settlement::Skipped(_) => summary.skipped += 1,
             Settlement::DeadLettered(reason) => {
                 if reason.stage == "decode" {
                     summary.invalid += 1;

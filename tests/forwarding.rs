@@ -182,7 +182,9 @@ async fn fifo_destination_gets_groups_keeps_order_and_deduplicates_resends() {
         .iter()
         .map(|b| sqs_forwarder::event::decode(b).unwrap())
         .collect();
-    let resent = app.forwarder().forward(&events[..5]).await;
+    let router = app.router().await.unwrap();
+    let first_five: Vec<_> = events[..5].iter().collect();
+    let resent = router.default_route().unwrap().forward(&first_five).await;
     assert!(resent.iter().all(Result::is_ok));
 
     let got = drain_messages(&client, &dest, 36, Duration::from_secs(5)).await;

@@ -120,8 +120,9 @@ async fn a_resent_event_overwrites_its_key_and_leaves_no_orphan() {
     let (app, _) = run(config(&q, Some(&bucket), PointerFormat::Sentry)).await;
     let body = big_event(4);
     let event = sqs_forwarder::event::decode(&body).unwrap();
+    let router = app.router().await.unwrap();
     for _ in 0..3 {
-        assert!(app.forwarder().forward(std::slice::from_ref(&event)).await[0].is_ok());
+        assert!(router.default_route().unwrap().forward(&[&event]).await[0].is_ok());
     }
     let listed = s3()
         .await

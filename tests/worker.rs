@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use sqs_forwarder::app::App;
-use sqs_forwarder::forward::Forwarder;
+use sqs_forwarder::forward::{Forwarder, Router};
 use sqs_forwarder::metrics::Metrics;
 use sqs_forwarder::pipeline::Pipeline;
 use sqs_forwarder::worker::Worker;
@@ -210,7 +210,7 @@ async fn a_slow_batch_stays_invisible_until_settled() {
     );
     let worker = Arc::new(Worker::new(
         source_worker.source().clone(),
-        Pipeline::new(forwarder, None, Metrics::disabled()),
+        Pipeline::new(Router::single(forwarder), None, Metrics::disabled()),
         Duration::from_secs(2),
         Metrics::disabled(),
     ));

@@ -179,6 +179,16 @@ pub struct Settings {
     )]
     pub dest_queue_url: Option<String>,
 
+    /// Per-project routes, a TOML or JSON file: destination, region, message group, S3
+    /// bucket and credentials per project, and a default.
+    #[arg(
+        long,
+        env = "FORWARDER_ROUTES_FILE",
+        value_name = "PATH",
+        global = true
+    )]
+    pub routes_file: Option<std::path::PathBuf>,
+
     /// Dead-letter queue for events that can never be forwarded (invalid bodies, permanent
     /// errors); unset leaves them in the source queue for its redrive policy.
     #[arg(long, env = "FORWARDER_DLQ_URL", value_name = "URL", global = true)]

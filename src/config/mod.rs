@@ -6,6 +6,7 @@
 //! credentials and endpoint are the SDK's own variables and are not repeated here.
 
 pub mod cli;
+pub mod routes;
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -67,8 +68,11 @@ pub enum Needs {
 pub struct Config {
     /// The queue consumed (`FORWARDER_SOURCE_QUEUE_URL`); `None` for `replay`.
     pub source_queue_url: Option<String>,
-    /// The queue forwarded to (`FORWARDER_DEST_QUEUE_URL`).
-    pub dest_queue_url: String,
+    /// The queue forwarded to (`FORWARDER_DEST_QUEUE_URL`): the default route. May be
+    /// unset when a routes file is given.
+    pub dest_queue_url: Option<String>,
+    /// Per-project routes (`FORWARDER_ROUTES_FILE`).
+    pub routes: Option<routes::Routes>,
     /// Where what can never be forwarded goes (`FORWARDER_DLQ_URL`).
     pub dlq_url: Option<String>,
     /// FIFO destinations: the message group (`FORWARDER_MESSAGE_GROUP_ID`).
@@ -116,6 +120,24 @@ pub struct IndexerConfig {
     pub settings: crate::indexer::IndexerSettings,
 }
 
+impl Config {
+    /// Every project's destination: the routes file's, with `FORWARDER_DEST_QUEUE_URL`
+    /// (and the global message group and bucket) as the default when the file has none.
+    pub fn effective_routes(&self) -> routes::Routes {
+        let mut effective = self.routes.clone().unwrap_or_default();
+        if effective.default.is_none() {
+            effective.default = self.dest_queue_url.as_ref().map(|url| routes::Route {
+                queue_url: url.clone(),
+                region: None,
+                message_group: self.message_group.clone(),
+                s3_bucket: self.s3_bucket.clone(),
+                credentials: routes::CredentialSource::DefaultChain,
+            });
+        }
+        effective
+    }
+}
+
 impl Settings {
     /// The retry bounds.
     pub fn retry_policy(&self) -> RetryPolicy {
@@ -161,11 +183,22 @@ impl Settings {
             ),
             Needs::Destination => None,
         };
-        let dest = queue_url(
-            "FORWARDER_DEST_QUEUE_URL",
-            self.dest_queue_url.as_deref(),
-            &mut errors,
-        );
+        let routes = match &self.routes_file {
+            Some(path) => match routes::load(path) {
+                Ok(routes) => Some(routes),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            },
+            None => None,
+        };
+        // With a routes file, the destination variable is optional: it is the default
+        // route if the file has none.
+        let dest = match (&self.dest_queue_url, &self.routes_file) {
+            (None, Some(_)) => None,
+            (value, _) => queue_url("FORWARDER_DEST_QUEUE_URL", value.as_deref(), &mut errors),
+        };
         let dlq_url = self
             .dlq_url
             .as_deref()
@@ -193,13 +226,14 @@ impl Settings {
                 ),
             ));
         }
-        let (Some(dest), true) = (dest, errors.is_empty()) else {
+        if !errors.is_empty() {
             return Err(ConfigErrors(errors));
-        };
+        }
         let receive_wait = Duration::from_secs(u64::from(self.receive_wait_seconds));
         Ok(Config {
             source_queue_url: source,
             dest_queue_url: dest,
+            routes,
             dlq_url,
             message_group: self.message_group_id.clone(),
             s3_bucket: self.s3_bucket.clone().filter(|b| !b.trim().is_empty()),
@@ -241,7 +275,7 @@ pub fn check_message_group(
 }
 
 /// A required queue URL: present and shaped like `https://host/account/queue`.
-fn queue_url(
+pub(crate) fn queue_url(
     var: &'static str,
     value: Option<&str>,
     errors: &mut Vec<ConfigError>,
@@ -296,12 +330,17 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "source={} dest={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} rate_limit={} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
+            "source={} dest={} routes={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} rate_limit={} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
              statsd={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
              retry_max_interval={} retry_max_elapsed={} request_timeout={} shutdown_timeout={} \
              exit_when_idle={} indexer={}",
             self.source_queue_url.as_deref().unwrap_or("-"),
-            self.dest_queue_url,
+            self.dest_queue_url.as_deref().unwrap_or("-"),
+            self.routes.as_ref().map_or("-".to_string(), |r| format!(
+                "{} projects{}",
+                r.projects.len(),
+                if r.default.is_some() { " and a default" } else { "" }
+            )),
             self.dlq_url.as_deref().unwrap_or("-"),
             self.message_group.as_ref().map_or("-", |g| g.as_str()),
             self.s3_bucket.as_deref().unwrap_or("-"),

@@ -12,6 +12,7 @@ pub mod dead_letter;
 pub mod fifo;
 pub mod offload;
 pub mod rate_limit;
+pub mod router;
 pub mod sender;
 
 use std::borrow::Cow;
@@ -28,6 +29,7 @@ pub use dead_letter::{DeadLetter, DeadLetterQueue, Reason};
 pub use fifo::GroupTemplate;
 pub use offload::{Offloader, PointerFormat};
 pub use rate_limit::{OrgRateLimiter, RateLimit};
+pub use router::Router;
 pub use sender::{Attribute, Delivery, Outgoing, SqsSender};
 
 /// SQS's message size limit (1 MiB), the default of `FORWARDER_MAX_MESSAGE_BYTES`.
@@ -117,11 +119,11 @@ impl Forwarder {
     /// Each message carries the attributes `event_id`, `project_id` and
     /// `organization_id`. To a FIFO queue, its deduplication id is the event id, so a
     /// resent event is not delivered twice within SQS's deduplication window.
-    pub async fn forward(&self, events: &[Event<'_>]) -> Vec<Delivery> {
+    pub async fn forward(&self, events: &[&Event<'_>]) -> Vec<Delivery> {
         track_response_metric(&self.metrics, self.send_events(events)).await
     }
 
-    async fn send_events(&self, events: &[Event<'_>]) -> Vec<Delivery> {
+    async fn send_events(&self, events: &[&Event<'_>]) -> Vec<Delivery> {
         let mut deliveries: Vec<Option<Delivery>> = vec![None; events.len()];
         let mut outgoing = Vec::with_capacity(events.len());
         let mut positions = Vec::with_capacity(events.len());

@@ -80,3 +80,12 @@ pub fn oversized_skipped(metrics: &Metrics, event_id: &str, bytes: usize) {
         reason: "oversized",
     });
 }
+
+/// An event whose project has no route, and no default route: skipped, as Sentry skips
+/// projects without the plugin configured.
+pub fn skipped_unconfigured(metrics: &Metrics, event_id: &str, project_id: u64) {
+    tracing::debug!(event_id, project_id, "no route for the project: skipped");
+    metrics.incr(Counter::EventSkipped {
+        reason: "skip_unconfigured",
+    });
+}

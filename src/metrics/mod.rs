@@ -42,7 +42,8 @@ pub enum Counter {
     ForwardFailed { class: &'static str },
     /// `forwarder.event.skipped`: an event not forwarded on purpose, as Sentry skips it.
     ///
-    /// Tags: `reason` (`oversized`: over the size limit with no S3 bucket).
+    /// Tags: `reason` (`oversized`: over the size limit with no S3 bucket;
+    /// `skip_unconfigured`: the project has no route).
     EventSkipped { reason: &'static str },
     /// `forwarder.retry`: one retry of an SQS call, before its backoff sleep.
     ///

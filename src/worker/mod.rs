@@ -30,6 +30,8 @@ pub struct BatchOutcome {
     pub failed: usize,
     /// Messages sent to the dead-letter queue (then deleted from the source).
     pub dead_lettered: usize,
+    /// Events skipped because their project has no route (deleted from the source).
+    pub skipped: usize,
     /// Source messages deleted.
     pub deleted: usize,
 }
@@ -41,6 +43,7 @@ impl std::ops::AddAssign for BatchOutcome {
         self.invalid += o.invalid;
         self.failed += o.failed;
         self.dead_lettered += o.dead_lettered;
+        self.skipped += o.skipped;
         self.deleted += o.deleted;
     }
 }
@@ -133,6 +136,10 @@ impl Worker {
                         outcome.failed += 1;
                     }
                     outcome.dead_lettered += 1;
+                    done.push(message);
+                }
+                Settlement::Skipped(_) => {
+                    outcome.skipped += 1;
                     done.push(message);
                 }
                 Settlement::Invalid(_) => outcome.invalid += 1,

@@ -160,7 +160,8 @@ pub async fn create_queue(client: &Client, name: &str, visibility: u32) -> Strin
 pub fn test_config(source: &str, dest: &str, statsd: Option<SocketAddr>) -> Config {
     Config {
         source_queue_url: Some(source.to_string()),
-        dest_queue_url: dest.to_string(),
+        dest_queue_url: Some(dest.to_string()),
+        routes: None,
         dlq_url: None,
         message_group: None,
         s3_bucket: None,

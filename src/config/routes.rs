@@ -1,0 +1,288 @@
+//! Per-project routes (`FORWARDER_ROUTES_FILE`): which destination each project's events
+//! go to, as Sentry's per-project plugin configuration, on one worker.
+//!
+//! ```toml
+//! [default]                      # optional: projects not listed below
+//! queue_url = "https://sqs.us-east-1.amazonaws.com/123456789012/events"
+//!
+//! [projects.42]
+//! queue_url = "https://sqs.eu-west-1.amazonaws.com/210987654321/acme.fifo"
+//! region = "eu-west-1"
+//! message_group_id = "project-{project_id}"
+//! s3_bucket = "acme-large-events"
+//! credentials = { role_arn = "arn:aws:iam::210987654321:role/forwarder", external_id = "x" }
+//!
+//! [projects.43]
+//! queue_url = "https://sqs.us-east-1.amazonaws.com/123456789012/other"
+//! credentials = { profile = "other-account" }
+//! ```
+//!
+//! The same in JSON: `{"default": {...}, "projects": {"42": {...}}}`. Without a default,
+//! events of projects not listed are skipped and counted (`skip_unconfigured`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+use crate::forward::GroupTemplate;
+
+const VAR: &str = "FORWARDER_ROUTES_FILE";
+
+/// Where a route's credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CredentialSource {
+    /// The default AWS chain (environment, profile, web identity, instance role).
+    DefaultChain,
+    /// A named profile of the AWS config files.
+    Profile(String),
+    /// A role assumed with STS, from the default chain's credentials.
+    AssumeRole {
+        /// The role's ARN.
+        role_arn: String,
+        /// The external id the role's trust policy asks for, if any.
+        external_id: Option<String>,
+    },
+}
+
+/// One destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The queue.
+    pub queue_url: String,
+    /// Its region; `None`: the worker's (`AWS_REGION`).
+    pub region: Option<String>,
+    /// FIFO queues: the message group.
+    pub message_group: Option<GroupTemplate>,
+    /// Where oversized events go.
+    pub s3_bucket: Option<String>,
+    /// Whose credentials send.
+    pub credentials: CredentialSource,
+}
+
+/// Every project's destination.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Routes {
+    /// Projects not listed; `None`: they are skipped.
+    pub default: Option<Route>,
+    /// Listed projects.
+    pub projects: HashMap<u64, Route>,
+}
+
+impl Routes {
+    /// The route of a project.
+    pub fn route(&self, project_id: u64) -> Option<&Route> {
+        self.projects.get(&project_id).or(self.default.as_ref())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    #[serde(default)]
+    default: Option<RouteSpec>,
+    #[serde(default)]
+    projects: BTreeMap<String, RouteSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteSpec {
+    queue_url: String,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    message_group_id: Option<String>,
+    #[serde(default)]
+    s3_bucket: Option<String>,
+    #[serde(default)]
+    credentials: Option<CredentialsSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsSpec {
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    role_arn: Option<String>,
+    #[serde(default)]
+    external_id: Option<String>,
+}
+
+fn error(path: &Path, problem: impl std::fmt::Display) -> ConfigError {
+    ConfigError {
+        var: VAR,
+        problem: format!("{}: {problem}", path.display()).replace('\n', " "),
+    }
+}
+
+/// Reads and validates a routes file (`.toml` or `.json`).
+pub fn load(path: &Path) -> Result<Routes, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| error(path, format!("cannot be read: {e}")))?;
+    parse(path, &text)
+}
+
+/// Validates the text of a routes file; `path` decides the format and names errors.
+pub fn parse(path: &Path, text: &str) -> Result<Routes, ConfigError> {
+    let spec: FileSpec = match path.extension().and_then(|e| e.to_str()) {
+        Some("toml") => toml::from_str(text).map_err(|e| error(path, e.message()))?,
+        Some("json") => serde_json::from_str(text).map_err(|e| error(path, e))?,
+        _ => return Err(error(path, "must end in .toml or .json")),
+    };
+    let default = spec
+        .default
+        .map(|r| route(path, "default", r))
+        .transpose()?;
+    let mut projects = HashMap::new();
+    for (key, spec) in spec.projects {
+        let id = key
+            .parse::<u64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| {
+                error(
+                    path,
+                    format!("projects.{key}: a project id must be a positive integer"),
+                )
+            })?;
+        projects.insert(id, route(path, &format!("projects.{key}"), spec)?);
+    }
+    if default.is_none() && projects.is_empty() {
+        return Err(error(path, "has no route: give [default] or [projects.ID]"));
+    }
+    Ok(Routes { default, projects })
+}
+
+fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
+    let mut problems = Vec::new();
+    let queue_url =
+        super::queue_url(VAR, Some(&spec.queue_url), &mut problems).ok_or_else(|| {
+            error(
+                path,
+                format!("{at}.queue_url: {:?} is not a queue URL", spec.queue_url),
+            )
+        })?;
+    let message_group = spec
+        .message_group_id
+        .map(|g| g.parse::<GroupTemplate>())
+        .transpose()
+        .map_err(|e| error(path, format!("{at}.message_group_id: {e}")))?;
+    let credentials = match spec.credentials {
+        None => CredentialSource::DefaultChain,
+        Some(CredentialsSpec {
+            profile: Some(p),
+            role_arn: None,
+            external_id: None,
+        }) => CredentialSource::Profile(p),
+        Some(CredentialsSpec {
+            profile: None,
+            role_arn: Some(role_arn),
+            external_id,
+        }) => {
+            if !role_arn.starts_with("arn:") {
+                return Err(error(
+                    path,
+                    format!("{at}.credentials.role_arn: {role_arn:?} is not an ARN"),
+                ));
+            }
+            CredentialSource::AssumeRole {
+                role_arn,
+                external_id,
+            }
+        }
+        Some(CredentialsSpec {
+            profile: None,
+            role_arn: None,
+            external_id: None,
+        }) => CredentialSource::DefaultChain,
+        Some(_) => return Err(error(
+            path,
+            format!(
+                "{at}.credentials: give either profile, or role_arn (with an optional external_id)"
+            ),
+        )),
+    };
+    Ok(Route {
+        queue_url,
+        region: spec.region.filter(|r| !r.is_empty()),
+        message_group,
+        s3_bucket: spec.s3_bucket.filter(|b| !b.is_empty()),
+        credentials,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Q: &str = "https://sqs.us-east-1.amazonaws.com/1/q";
+
+    #[test]
+    fn toml_and_json_give_the_same_routes() {
+        let toml = format!(
+            r#"
+[default]
+queue_url = "{Q}"
+
+[projects.42]
+queue_url = "{Q}.fifo"
+region = "eu-west-1"
+message_group_id = "p-{{project_id}}"
+s3_bucket = "big"
+credentials = {{ role_arn = "arn:aws:iam::1:role/r", external_id = "x" }}
+
+[projects.43]
+queue_url = "{Q}"
+credentials = {{ profile = "other" }}
+"#
+        );
+        let json = format!(
+            r#"{{"default":{{"queue_url":"{Q}"}},"projects":{{
+                "42":{{"queue_url":"{Q}.fifo","region":"eu-west-1","message_group_id":"p-{{project_id}}","s3_bucket":"big",
+                       "credentials":{{"role_arn":"arn:aws:iam::1:role/r","external_id":"x"}}}},
+                "43":{{"queue_url":"{Q}","credentials":{{"profile":"other"}}}}}}}}"#
+        );
+        let a = parse(Path::new("r.toml"), &toml).unwrap();
+        let b = parse(Path::new("r.json"), &json).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.route(42).unwrap().region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            a.route(42).unwrap().credentials,
+            CredentialSource::AssumeRole {
+                role_arn: "arn:aws:iam::1:role/r".into(),
+                external_id: Some("x".into())
+            }
+        );
+        assert_eq!(
+            a.route(43).unwrap().credentials,
+            CredentialSource::Profile("other".into())
+        );
+        assert_eq!(a.route(7).unwrap().queue_url, Q, "the default");
+    }
+
+    #[test]
+    fn invalid_files_fail_in_one_line_naming_the_variable() {
+        let cases = [
+            ("r.toml", "[default]\nqueue_url = 1\n"),
+            ("r.toml", "[default]\nqueue = \"x\"\n"),
+            ("r.toml", format!("[projects.abc]\nqueue_url = \"{Q}\"\n").leak() as &str),
+            ("r.toml", "[default]\nqueue_url = \"not-a-url\"\n"),
+            ("r.toml", format!("[default]\nqueue_url = \"{Q}\"\nmessage_group_id = \"{{team}}\"\n").leak()),
+            ("r.toml", format!("[default]\nqueue_url = \"{Q}\"\ncredentials = {{ profile = \"a\", role_arn = \"arn:x\" }}\n").leak()),
+            ("r.json", "{\"default\": "),
+            ("r.yaml", "default: {}"),
+            ("r.toml", ""),
+        ];
+        for (name, text) in cases {
+            let err = parse(Path::new(name), text)
+                .err()
+                .unwrap_or_else(|| panic!("{text} parsed"));
+            let line = err.to_string();
+            assert!(line.starts_with("FORWARDER_ROUTES_FILE: "), "{line}");
+            assert_eq!(line.lines().count(), 1, "{line}");
+        }
+    }
+}

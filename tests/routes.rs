@@ -1,0 +1,170 @@
+//! Per-project routes against LocalStack: each project to its destination, a default,
+//! projects without a route skipped, one forwarder per destination, invalid files.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use sqs_forwarder::app::App;
+use sqs_forwarder::config::routes;
+use sqs_forwarder::metrics::Metrics;
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique("routes"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn each_project_goes_to_its_route_and_the_rest_to_the_default() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let name = unique("t");
+    let source = create_queue(&client, &format!("{name}-src"), 30).await;
+    let acme = create_fifo_queue(&client, &format!("{name}-acme")).await;
+    let shared = create_queue(&client, &format!("{name}-shared"), 30).await;
+    let fallback = create_queue(&client, &format!("{name}-default"), 30).await;
+    let path = write(
+        "routes.toml",
+        &format!(
+            "[default]\nqueue_url = \"{fallback}\"\n\n\
+             [projects.1]\nqueue_url = \"{acme}\"\nmessage_group_id = \"p-{{project_id}}\"\nregion = \"us-east-1\"\n\n\
+             [projects.2]\nqueue_url = \"{shared}\"\n\n\
+             [projects.3]\nqueue_url = \"{shared}\"\n"
+        ),
+    );
+    let bodies: Vec<String> = [1u64, 2, 3, 4, 1]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| event(i as u128 + 1, *p))
+        .collect();
+    send_bodies(&client, &source, &bodies).await;
+
+    let mut config = test_config(&source, &fallback, None);
+    config.dest_queue_url = None;
+    config.routes = Some(routes::load(&path).unwrap());
+    let app = App::from_sdk(config, &sdk().await, Metrics::disabled()).unwrap();
+    let router = app.router().await.unwrap();
+    assert!(
+        Arc::ptr_eq(router.route(2).unwrap(), router.route(3).unwrap()),
+        "one forwarder per destination"
+    );
+    assert!(!Arc::ptr_eq(
+        router.route(1).unwrap(),
+        router.route(2).unwrap()
+    ));
+    let summary = tokio::time::timeout(Duration::from_secs(60), app.run(std::future::pending()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.totals.forwarded, 5);
+
+    let ids = |bodies: Vec<String>| -> Vec<String> {
+        let mut ids: Vec<String> = bodies.iter().map(|b| event_id_of(b)).collect();
+        ids.sort();
+        ids
+    };
+    let want = |projects: &[u64]| -> Vec<String> {
+        let mut ids: Vec<String> = bodies
+            .iter()
+            .filter(|b| projects.contains(&sqs_forwarder::event::decode(b).unwrap().project_id))
+            .map(|b| event_id_of(b))
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(drain(&client, &acme, 3, Duration::from_secs(5)).await),
+        want(&[1])
+    );
+    assert_eq!(
+        ids(drain(&client, &shared, 3, Duration::from_secs(5)).await),
+        want(&[2, 3])
+    );
+    assert_eq!(
+        ids(drain(&client, &fallback, 2, Duration::from_secs(5)).await),
+        want(&[4])
+    );
+}
+
+#[tokio::test]
+async fn without_a_default_unrouted_projects_are_skipped_and_counted() {
+    let q = Queues::create(1).await;
+    let path = write(
+        "routes.json",
+        &format!(r#"{{"projects": {{"1": {{"queue_url": "{}"}}}}}}"#, q.dest),
+    );
+    send_bodies(&q.client, &q.source, &[event(1, 1), event(2, 9)]).await;
+    let statsd = StatsdCapture::start();
+    let mut config = q.config(Some(statsd.addr));
+    config.dest_queue_url = None;
+    config.routes = Some(routes::load(&path).unwrap());
+    let metrics = sqs_forwarder::metrics::sink::udp(config.statsd.as_ref().unwrap()).unwrap();
+    let app = App::from_sdk(config, &sdk().await, metrics).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(60), app.run(std::future::pending()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            summary.totals.forwarded,
+            summary.totals.skipped,
+            summary.totals.deleted
+        ),
+        (1, 1, 2)
+    );
+    let arrived = drain(&q.client, &q.dest, 2, Duration::from_secs(3)).await;
+    assert_eq!(
+        arrived.iter().map(|b| event_id_of(b)).collect::<Vec<_>>(),
+        vec![format!("{:032x}", 1)]
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(depth(&q.client, &q.source).await, 0);
+    let lines = statsd.wait_for(Duration::from_secs(5), |l| {
+        l.iter().any(|l| l.contains("skip_unconfigured"))
+    });
+    assert!(
+        lines.contains(&"forwarder.event.skipped:1|c|#reason:skip_unconfigured".to_string()),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn the_binary_takes_a_routes_file_and_refuses_an_invalid_one_at_start() {
+    let q = Queues::create(30).await;
+    let good = write(
+        "routes.json",
+        &format!(r#"{{"default": {{"queue_url": "{}"}}}}"#, q.dest),
+    );
+    let bad = write("routes.toml", "[projects.x]\nqueue_url = 1\n");
+    let run = |routes: &std::path::Path, command: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"))
+            .args([command])
+            .envs(aws_env())
+            .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+            .env("FORWARDER_ROUTES_FILE", routes)
+            .env("FORWARDER_INDEXER", "off")
+            .env("FORWARDER_EXIT_WHEN_IDLE", "1")
+            .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+            .output()
+            .unwrap()
+    };
+    let out = run(&good, "check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains(&format!("route default: reached {}", q.dest)));
+
+    let out = run(&bad, "run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: FORWARDER_ROUTES_FILE: "), "{err}");
+}
