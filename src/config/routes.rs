@@ -198,12 +198,14 @@ fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
             role_arn: None,
             external_id: None,
         }) => CredentialSource::DefaultChain,
-        Some(_) => return Err(error(
-            path,
-            format!(
+        Some(_) => {
+            return Err(error(
+                path,
+                format!(
                 "{at}.credentials: give either profile, or role_arn (with an optional external_id)"
             ),
-        )),
+            ))
+        }
     };
     Ok(Route {
         queue_url,
