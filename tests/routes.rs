@@ -168,3 +168,54 @@ async fn the_binary_takes_a_routes_file_and_refuses_an_invalid_one_at_start() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("error: FORWARDER_ROUTES_FILE: "), "{err}");
 }
+
+#[tokio::test]
+async fn routes_send_with_a_named_profile_and_with_an_assumed_role() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let name = unique("t");
+    let source = create_queue(&client, &format!("{name}-src"), 30).await;
+    let by_profile = create_queue(&client, &format!("{name}-profile"), 30).await;
+    let by_role = create_queue(&client, &format!("{name}-role"), 30).await;
+    send_bodies(&client, &source, &[event(1, 1), event(2, 2)]).await;
+    let dir = std::env::temp_dir().join(unique("aws"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config"), "[profile other]\nregion = us-east-1\n").unwrap();
+    std::fs::write(
+        dir.join("credentials"),
+        "[other]\naws_access_key_id = other\naws_secret_access_key = other-secret\n",
+    )
+    .unwrap();
+    let routes = write(
+        "routes.toml",
+        &format!(
+            "[projects.1]\nqueue_url = \"{by_profile}\"\ncredentials = {{ profile = \"other\" }}\n\n\
+             [projects.2]\nqueue_url = \"{by_role}\"\n\
+             credentials = {{ role_arn = \"arn:aws:iam::000000000000:role/forwarder\", external_id = \"acme\" }}\n"
+        ),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"))
+        .arg("run")
+        .envs(aws_env())
+        .env("AWS_CONFIG_FILE", dir.join("config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("credentials"))
+        .env("FORWARDER_SOURCE_QUEUE_URL", &source)
+        .env("FORWARDER_ROUTES_FILE", &routes)
+        .env("FORWARDER_INDEXER", "off")
+        .env("FORWARDER_EXIT_WHEN_IDLE", "2")
+        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("other-secret"), "a secret reached the log");
+    let got = drain(&client, &by_profile, 2, Duration::from_secs(3)).await;
+    assert_eq!(
+        got.iter().map(|b| event_id_of(b)).collect::<Vec<_>>(),
+        vec![format!("{:032x}", 1)]
+    );
+    let got = drain(&client, &by_role, 2, Duration::from_secs(3)).await;
+    assert_eq!(
+        got.iter().map(|b| event_id_of(b)).collect::<Vec<_>>(),
+        vec![format!("{:032x}", 2)]
+    );
+}
