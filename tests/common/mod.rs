@@ -117,16 +117,29 @@ pub async fn drain_messages(
             .send()
             .await
             .expect("receive from LocalStack");
-        for m in out.messages.unwrap_or_default() {
-            client
-                .delete_message()
-                .queue_url(queue)
-                .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
-                .send()
-                .await
-                .expect("delete");
-            messages.push(m);
+        let received = out.messages.unwrap_or_default();
+        if received.is_empty() {
+            continue;
         }
+        let entries = received
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
+                    .build()
+                    .expect("entry")
+            })
+            .collect();
+        client
+            .delete_message_batch()
+            .queue_url(queue)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .expect("delete");
+        messages.extend(received);
     }
     messages
 }
