@@ -318,9 +318,22 @@ impl App {
         )
     }
 
+    /// GetQueueAttributes, with transient failures retried within the retry bound: a
+    /// blip at start does not stop the worker, a missing queue stops it at once.
+    async fn queue_info_retried(
+        &self,
+        sqs: &aws_sdk_sqs::Client,
+        url: &str,
+    ) -> Result<QueueInfo, crate::aws::AwsError> {
+        crate::retry::retry(&self.config.retry, "get_attributes", &self.metrics, || {
+            queue_info(sqs, url)
+        })
+        .await
+    }
+
     /// Healthcheck of one queue.
     pub async fn reach(&self, var: &'static str, url: &str) -> Result<QueueInfo, StartError> {
-        queue_info(&self.sqs, url)
+        self.queue_info_retried(&self.sqs, url)
             .await
             .map_err(|source| StartError::Unreachable {
                 var,

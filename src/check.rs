@@ -27,6 +27,12 @@ pub async fn check(settings: &Settings) -> Report {
         }
     };
     report.ok.push("configuration is valid".into());
+    // A check answers quickly: transient failures are retried for a few seconds only.
+    let mut config = config;
+    config.retry.max_elapsed = config
+        .retry
+        .max_elapsed
+        .min(std::time::Duration::from_secs(5));
     let sdk = aws::load_sdk_config(config.request_timeout).await;
     let app = match App::from_sdk(config, &sdk, Metrics::disabled()) {
         Ok(app) => app,
