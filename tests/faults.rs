@@ -1,0 +1,190 @@
+//! Throttling, server errors, slow answers and connection resets, injected by an HTTP
+//! proxy on 127.0.0.1 between the worker and LocalStack. Every event still arrives, and
+//! the retries show in the metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the proxy did, by kind.
+#[derive(Default)]
+struct Counts {
+    forwarded: AtomicU64,
+    throttled: AtomicU64,
+    server_error: AtomicU64,
+    /// Connections closed with no answer.
+    reset: AtomicU64,
+    slow: AtomicU64,
+}
+
+/// Reads one HTTP/1.1 message (headers, then a Content-Length body).
+async fn read_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let header_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let headers = String::from_utf8_lossy(&buf[..header_end]).to_lowercase();
+    let length: usize = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < header_end + length {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(buf)
+}
+
+fn error_response(status: &str, code: &str) -> Vec<u8> {
+    let body = format!(r#"{{"__type":"com.amazonaws.sqs#{code}","message":"injected"}}"#);
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.0\r\nx-amzn-query-error: {code};Sender\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Starts the proxy; one request per connection, then it closes.
+async fn faulty_proxy(counts: Arc<Counts>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = endpoint().trim_start_matches("http://").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (counts, upstream) = (counts.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let Some(request) = read_message(&mut inbound).await else {
+                    return;
+                };
+                match fastrand::u32(0..100) {
+                    0..=9 => {
+                        counts.throttled.fetch_add(1, Ordering::Relaxed);
+                        let _ = inbound
+                            .write_all(&error_response("400 Bad Request", "RequestThrottled"))
+                            .await;
+                    }
+                    10..=19 => {
+                        counts.server_error.fetch_add(1, Ordering::Relaxed);
+                        let _ = inbound
+                            .write_all(&error_response(
+                                "503 Service Unavailable",
+                                "ServiceUnavailable",
+                            ))
+                            .await;
+                    }
+                    20..=24 => {
+                        counts.reset.fetch_add(1, Ordering::Relaxed);
+                        drop(inbound); // the connection closes with no answer
+                    }
+                    n => {
+                        if n < 30 {
+                            counts.slow.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(1500)).await;
+                        }
+                        counts.forwarded.fetch_add(1, Ordering::Relaxed);
+                        let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                            return;
+                        };
+                        if outbound.write_all(&request).await.is_err() {
+                            return;
+                        }
+                        if let Some(response) = read_message(&mut outbound).await {
+                            let _ = inbound.write_all(&response).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+// Multi-threaded: the proxy must run while this thread waits for the worker process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_faults_are_retried_and_every_event_arrives() {
+    let q = Queues::create(30).await;
+    let bodies: Vec<String> = (1..=200).map(|i| event(i, 1)).collect();
+    send_bodies(&q.client, &q.source, &bodies).await;
+    let counts = Arc::new(Counts::default());
+    let proxy = faulty_proxy(counts.clone()).await;
+    let statsd = StatsdCapture::start();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"))
+        .arg("run")
+        .envs(aws_env())
+        .env("AWS_ENDPOINT_URL", &proxy)
+        .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+        .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
+        .env("FORWARDER_INDEXER", "off")
+        .env("FORWARDER_STATSD_ADDR", statsd.addr.to_string())
+        .env("FORWARDER_RETRY_INITIAL_INTERVAL", "20ms")
+        .env("FORWARDER_RETRY_MAX_INTERVAL", "500ms")
+        .env("FORWARDER_REQUEST_TIMEOUT", "1s")
+        .env("FORWARDER_EXIT_WHEN_IDLE", "3")
+        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Faults on deletes mean redeliveries: at least once, possibly more.
+    let mut arrived = drain(&q.client, &q.dest, 400, Duration::from_secs(5)).await;
+    if depth(&q.client, &q.source).await > 0 {
+        // Anything not yet deleted is still in the source: nothing is lost.
+        arrived.extend(drain(&q.client, &q.source, 400, Duration::from_secs(40)).await);
+    }
+    let ids: HashSet<String> = arrived.iter().map(|b| event_id_of(b)).collect();
+    let want: HashSet<String> = bodies.iter().map(|b| event_id_of(b)).collect();
+    assert!(
+        want.is_subset(&ids),
+        "{} of 200 events missing",
+        want.difference(&ids).count()
+    );
+
+    let (t, e, r, s) = (
+        counts.throttled.load(Ordering::Relaxed),
+        counts.server_error.load(Ordering::Relaxed),
+        counts.reset.load(Ordering::Relaxed),
+        counts.slow.load(Ordering::Relaxed),
+    );
+    println!(
+        "faults injected: {t} throttled, {e} server errors, {r} dropped connections, {s} slow"
+    );
+    assert!(
+        t > 0 && e > 0 && r > 0,
+        "the proxy injected too little to test anything"
+    );
+    let lines = statsd.wait_for(Duration::from_secs(3), |l| {
+        l.iter().any(|l| l.contains("class:throttled"))
+    });
+    for class in ["throttled", "server_error", "connection"] {
+        assert!(
+            lines.iter().any(|l| l.starts_with("forwarder.retry:") && l.contains(&format!("class:{class}"))),
+            "no retry counted for {class}: {lines:#?}"
+        );
+    }
+}
