@@ -10,16 +10,6 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 use common::*;
 use sqs_forwarder::app::App;
-use sqs_forwarder::config::Config;
-use sqs_forwarder::metrics::Metrics;
-
-async fn app(config: Config) -> App {
-    let metrics = match &config.statsd {
-        Some(s) => sqs_forwarder::metrics::sink::udp(s).unwrap(),
-        None => Metrics::disabled(),
-    };
-    App::from_sdk(config, &sdk().await, metrics).unwrap()
-}
 
 async fn run_until_idle(app: &App) -> sqs_forwarder::worker::RunSummary {
     tokio::time::timeout(Duration::from_secs(60), app.run(std::future::pending()))

@@ -15,14 +15,6 @@ use sqs_forwarder::metrics::Metrics;
 use sqs_forwarder::pipeline::Pipeline;
 use sqs_forwarder::worker::Worker;
 
-async fn app(config: sqs_forwarder::config::Config) -> App {
-    let metrics = match &config.statsd {
-        Some(s) => sqs_forwarder::metrics::sink::udp(s).unwrap(),
-        None => Metrics::disabled(),
-    };
-    App::from_sdk(config, &sdk().await, metrics).unwrap()
-}
-
 #[tokio::test]
 async fn forwards_every_event_once_and_deletes_the_source() {
     let q = Queues::create(30).await;

@@ -35,6 +35,15 @@ pub async fn sdk_at(endpoint: &str) -> SdkConfig {
         .await
 }
 
+/// The app for a configuration, on LocalStack, with metrics to the configured statsd.
+pub async fn app(config: Config) -> sqs_forwarder::app::App {
+    let metrics = match &config.statsd {
+        Some(s) => sqs_forwarder::metrics::sink::udp(s).expect("statsd socket"),
+        None => sqs_forwarder::metrics::Metrics::disabled(),
+    };
+    sqs_forwarder::app::App::from_sdk(config, &sdk().await, metrics).expect("app")
+}
+
 /// The environment the binary needs to reach LocalStack.
 pub fn aws_env() -> Vec<(&'static str, String)> {
     vec![
