@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
-use crate::retry::{classify, ErrorClass, FailureKind};
+use crate::retry::{classify, ErrorClass, FailureKind, RetryPolicy};
 
 /// A store error, classified for the retry layer.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +105,37 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 impl Store {
     /// Connects (`sqlite:PATH`, `sqlite::memory:`, or `postgres://…`) and migrates.
     pub async fn connect(url: &str, pool_size: u32) -> Result<Store, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // PostgreSQL's migrator holds an advisory lock: concurrent starts are safe.
+            return Self::connect_once(url, pool_size).await;
+        }
+        // Several processes may open a new SQLite file at once. Switching it to WAL can
+        // answer "locked" at once, and SQLite migrations take no lock across processes,
+        // so one may see the other's half-made schema. Both settle once the first is
+        // done: retry, within a bound.
+        let mut schedule = RetryPolicy {
+            initial_interval: Duration::from_millis(50),
+            max_interval: Duration::from_secs(1),
+            max_elapsed: Duration::from_secs(15),
+        }
+        .schedule();
+        loop {
+            match Self::connect_once(url, pool_size).await {
+                Err(err) if err.class.is_retryable() || err.operation == "migrate" => {
+                    match schedule.next_delay() {
+                        Some(wait) => {
+                            tracing::debug!(error = %err, ?wait, "SQLite store busy at start; retrying");
+                            tokio::time::sleep(wait).await;
+                        }
+                        None => return Err(err),
+                    }
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn connect_once(url: &str, pool_size: u32) -> Result<Store, StoreError> {
         let connect = |e| StoreError::new("connect", e);
         let migrate = |e: sqlx::migrate::MigrateError| StoreError::new("migrate", e.into());
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
