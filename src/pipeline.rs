@@ -78,9 +78,22 @@ pub enum Settlement {
 }
 
 impl Settlement {
-    /// Whether the message's event reached the destination.
-    pub fn is_forwarded(&self) -> bool {
-        matches!(self, Settlement::Forwarded)
+    /// Whether the body was not a valid event (dead-lettered or not).
+    pub fn is_invalid(&self) -> bool {
+        match self {
+            Settlement::Invalid(_) => true,
+            Settlement::DeadLettered(reason) => reason.stage == "decode",
+            _ => false,
+        }
+    }
+
+    /// Whether a valid event could not be forwarded (dead-lettered or not).
+    pub fn is_failed(&self) -> bool {
+        match self {
+            Settlement::Failed(_) => true,
+            Settlement::DeadLettered(reason) => reason.stage != "decode",
+            _ => false,
+        }
     }
 
     /// Whether the message is settled for good (forwarded or dead-lettered) and may be

@@ -146,23 +146,18 @@ async fn flush(
     }
     let settlements = pipeline.process(&batch.messages).await;
     for (number, settlement) in batch.numbers.iter().zip(settlements) {
+        summary.invalid += usize::from(settlement.is_invalid());
+        summary.failed += usize::from(settlement.is_failed());
         match settlement {
             Settlement::Forwarded => summary.forwarded += 1,
+            Settlement::Skipped(_) => summary.skipped += 1,
             Settlement::Invalid(err) => {
-                summary.invalid += 1;
                 bar.suspend(|| eprintln!("line {number}: invalid event ({}): {err}", err.reason()));
             }
             Settlement::Failed(err) => {
-                summary.failed += 1;
                 bar.suspend(|| eprintln!("line {number}: not forwarded: {err}"));
             }
-            Settlement::Skipped(_) => summary.skipped += 1,
             Settlement::DeadLettered(reason) => {
-                if reason.stage == "decode" {
-                    summary.invalid += 1;
-                } else {
-                    summary.failed += 1;
-                }
                 bar.suspend(|| {
                     eprintln!(
                         "line {number}: sent to the dead-letter queue ({}): {}",

@@ -16,9 +16,7 @@ pub struct RateLimit(pub WriteLimit);
 impl std::str::FromStr for RateLimit {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let limit: WriteLimit = s
-            .parse()
-            .map_err(|e: String| e.replace("1000/10s", "50/1s"))?;
+        let limit = WriteLimit::parse_with_example(s, "50/1s")?;
         if limit.max == 0 || limit.max > u64::from(u32::MAX) {
             return Err(
                 "the count must be between 1 and 4294967295; expected N/DURATION, like 50/1s"

@@ -16,14 +16,11 @@ pub struct WriteLimit {
     pub window: Duration,
 }
 
-impl std::str::FromStr for WriteLimit {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let expected = "expected N/DURATION, like 1000/10s";
-        let (max, window) = s
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| expected.to_string())?;
+impl WriteLimit {
+    /// Parses `N/DURATION`; `example` shows the expected form in errors.
+    pub fn parse_with_example(s: &str, example: &str) -> Result<Self, String> {
+        let expected = format!("expected N/DURATION, like {example}");
+        let (max, window) = s.trim().split_once('/').ok_or_else(|| expected.clone())?;
         let max: u64 = max
             .trim()
             .parse()
@@ -34,6 +31,13 @@ impl std::str::FromStr for WriteLimit {
             return Err(format!("the window must be longer than zero; {expected}"));
         }
         Ok(WriteLimit { max, window })
+    }
+}
+
+impl std::str::FromStr for WriteLimit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse_with_example(s, "1000/10s")
     }
 }
 

@@ -124,26 +124,14 @@ impl Worker {
         };
         let mut done = Vec::with_capacity(messages.len());
         for (message, settlement) in messages.iter().zip(&settlements) {
-            match settlement {
-                Settlement::Forwarded => {
-                    outcome.forwarded += 1;
-                    done.push(message);
-                }
-                Settlement::DeadLettered(reason) => {
-                    if reason.stage == "decode" {
-                        outcome.invalid += 1;
-                    } else {
-                        outcome.failed += 1;
-                    }
-                    outcome.dead_lettered += 1;
-                    done.push(message);
-                }
-                Settlement::Skipped(_) => {
-                    outcome.skipped += 1;
-                    done.push(message);
-                }
-                Settlement::Invalid(_) => outcome.invalid += 1,
-                Settlement::Failed(_) => outcome.failed += 1,
+            let is = |yes: bool| usize::from(yes);
+            outcome.forwarded += is(matches!(settlement, Settlement::Forwarded));
+            outcome.invalid += is(settlement.is_invalid());
+            outcome.failed += is(settlement.is_failed());
+            outcome.dead_lettered += is(matches!(settlement, Settlement::DeadLettered(_)));
+            outcome.skipped += is(matches!(settlement, Settlement::Skipped(_)));
+            if settlement.is_done() {
+                done.push(message);
             }
         }
         let not_deleted = self.source.delete(&done).await;
