@@ -379,7 +379,7 @@ impl App {
             workers: self.config.workers,
             exit_when_idle: self.config.exit_when_idle,
             shutdown_timeout: self.config.shutdown_timeout,
-            receive_error_pause: self.config.retry.max_interval,
+            receive_backoff: self.config.retry.clone(),
         };
         tracing::info!(workers = options.workers, "polling the source queue");
         let summary = worker::run(worker, options, shutdown).await;

@@ -48,6 +48,14 @@ impl RetryPolicy {
         Schedule(self.backoff())
     }
 
+    /// A schedule with no time bound, for a loop that must outlast any outage (the
+    /// receive loop): the waits grow to `max_interval` and stay there.
+    pub fn endless(&self) -> Schedule {
+        let mut backoff = self.backoff();
+        backoff.max_elapsed_time = None;
+        Schedule(backoff)
+    }
+
     fn backoff(&self) -> ExponentialBackoff {
         ExponentialBackoff {
             current_interval: self.initial_interval,
@@ -156,6 +164,31 @@ mod tests {
             max_interval: Duration::from_millis(5),
             max_elapsed: Duration::from_millis(200),
         }
+    }
+
+    #[test]
+    fn an_endless_schedule_grows_to_the_cap_and_never_ends() {
+        let policy = RetryPolicy {
+            initial_interval: Duration::from_millis(100),
+            max_interval: Duration::from_secs(2),
+            max_elapsed: Duration::from_millis(1),
+        };
+        let mut bounded = policy.schedule();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(bounded.next_delay(), None, "the bounded schedule ends");
+        let mut endless = policy.endless();
+        std::thread::sleep(Duration::from_millis(5));
+        let waits: Vec<Duration> = (0..20).map(|_| endless.next_delay().unwrap()).collect();
+        assert!(waits[0] <= Duration::from_millis(150), "{waits:?}");
+        // Jitter is ±50% around an interval capped at 2 s.
+        assert!(
+            waits.iter().all(|w| *w <= Duration::from_secs(3)),
+            "{waits:?}"
+        );
+        assert!(
+            waits[10..].iter().all(|w| *w >= Duration::from_secs(1)),
+            "{waits:?}"
+        );
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::aws::AwsError;
 use crate::metrics::{events, Gauge, Metrics};
 use crate::pipeline::{Pipeline, Settlement};
+use crate::retry::{RetryPolicy, Schedule};
 use crate::source::{SourceMessage, SqsSource};
 
 /// What became of one received batch.
@@ -178,8 +179,10 @@ pub struct PoolOptions {
     pub exit_when_idle: Option<Duration>,
     /// How long in-flight batches may take to finish once stopping.
     pub shutdown_timeout: Duration,
-    /// Pause after a receive failed past its retries, before polling again.
-    pub receive_error_pause: Duration,
+    /// Waits between failed receives: exponential from the initial to the largest
+    /// interval, with jitter, and never giving up. An outage of the source is waited out
+    /// without spinning, and polling resumes once a receive succeeds.
+    pub receive_backoff: RetryPolicy,
 }
 
 /// Runs `options.workers` pollers until `shutdown` completes or the source stays idle.
@@ -243,6 +246,8 @@ async fn poll(
             *t = Instant::now();
         }
     };
+    // Waits after consecutive failed receives; reset by the first one that succeeds.
+    let mut failing: Option<Schedule> = None;
     loop {
         if stop.is_cancelled() {
             break;
@@ -266,6 +271,7 @@ async fn poll(
         };
         match received {
             Ok(messages) if messages.is_empty() => {
+                failing = None;
                 let idle_for = last_activity
                     .lock()
                     .map(|t| t.elapsed())
@@ -279,6 +285,7 @@ async fn poll(
                 }
             }
             Ok(messages) => {
+                failing = None;
                 touch();
                 let outcome = worker.handle(messages).await;
                 tracing::debug!(worker = id, ?outcome, "batch settled");
@@ -287,9 +294,16 @@ async fn poll(
             }
             Err(err) => {
                 events::receive_failed(&worker.metrics, &err);
+                // A failed receive says nothing about the queue being empty: an outage
+                // must not end an `exit_when_idle` run while messages are in flight.
+                touch();
+                let pause = failing
+                    .get_or_insert_with(|| options.receive_backoff.endless())
+                    .next_delay()
+                    .unwrap_or(options.receive_backoff.max_interval);
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(options.receive_error_pause) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
             }
         }
