@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# A bounded fuzz of every target: `fuzz/run.sh [SECONDS]` (default 20 per target).
+# cargo-fuzz comes from tools/ (a prebuilt binary from PyPI). libFuzzer needs nightly
+# flags; RUSTC_BOOTSTRAP=1 lets the machine's stable toolchain accept them.
+# The corpus grows in fuzz/corpus/<target> (not committed); it starts from fuzz/seeds.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+seconds="${1:-20}"
+bin="$(../tools/install.sh)"
+export PATH="$bin:$PATH" RUSTC_BOOTSTRAP=1
+for target in decode encode_tag_ids; do
+  mkdir -p "corpus/$target"
+  echo "fuzz $target: ${seconds}s"
+  log="$(mktemp)"
+  if ! cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
+      -max_total_time="$seconds" -print_final_stats=1 -max_len=65536 >"$log" 2>&1; then
+    # A crash leaves its input in fuzz/artifacts/<target>/.
+    grep -vE "^#[0-9]+" "$log" | tail -40 >&2
+    echo "fuzz $target: FAILED (inputs, if any, in fuzz/artifacts/$target/)" >&2
+    exit 1
+  fi
+  grep -E "^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)|DONE" "$log"
+done
