@@ -42,6 +42,7 @@ pub mod config;
 pub mod event;
 pub mod forward;
 pub mod indexer;
+pub mod lambda;
 pub mod metrics;
 pub mod pipeline;
 pub mod replay;

@@ -12,7 +12,12 @@ const EXIT_CONFIG: u8 = 2;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::parse_or_one_line(std::env::args_os()) {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 1 && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        // Lambda starts `bootstrap` with no arguments: that is Lambda mode.
+        args.push("lambda".into());
+    }
+    let cli = match Cli::parse_or_one_line(args) {
         Ok(cli) => cli,
         Err(line) => {
             eprintln!("error: {line}");
@@ -24,6 +29,7 @@ async fn main() -> ExitCode {
         Command::Run { exit_when_idle } => run(&cli, exit_when_idle).await,
         Command::Replay { ref input } => replay(&cli, input).await,
         Command::Check => check(&cli).await,
+        Command::Lambda => lambda(&cli).await,
         Command::Indexer(ref command) => indexer(&cli, command).await,
     }
 }
@@ -154,6 +160,43 @@ async fn replay(cli: &Cli, input: &str) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Lambda mode: built once per cold start, then one batch per invocation.
+async fn lambda(cli: &Cli) -> ExitCode {
+    use sqs_forwarder::lambda;
+    if let Err(err) = lambda::check_environment() {
+        eprintln!("error: {err}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let built = match cli.settings.validate(Needs::Destination, None) {
+        Ok(config) => match App::build(config).await {
+            Ok(app) => app.pipeline().await.map(|p| (p, app.metrics.clone())),
+            Err(err) => Err(err),
+        }
+        .map_err(|err| err.to_string()),
+        Err(errors) => Err(errors
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")),
+    };
+    let (pipeline, metrics) = match built {
+        Ok(built) => built,
+        Err(message) => {
+            eprintln!("error: {message}");
+            lambda::report_init_error(&message).await;
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match lambda::serve(pipeline, metrics).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE

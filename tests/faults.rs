@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// What the proxy did, by kind.
@@ -23,36 +23,6 @@ struct Counts {
     /// Connections closed with no answer.
     reset: AtomicU64,
     slow: AtomicU64,
-}
-
-/// Reads one HTTP/1.1 message (headers, then a Content-Length body).
-async fn read_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let header_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos + 4;
-        }
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let headers = String::from_utf8_lossy(&buf[..header_end]).to_lowercase();
-    let length: usize = headers
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buf.len() < header_end + length {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some(buf)
 }
 
 fn error_response(status: &str, code: &str) -> Vec<u8> {
@@ -73,7 +43,7 @@ async fn faulty_proxy(counts: Arc<Counts>) -> String {
         while let Ok((mut inbound, _)) = listener.accept().await {
             let (counts, upstream) = (counts.clone(), upstream.clone());
             tokio::spawn(async move {
-                let Some(request) = read_message(&mut inbound).await else {
+                let Some(request) = read_http_message(&mut inbound).await else {
                     return;
                 };
                 match fastrand::u32(0..100) {
@@ -108,7 +78,7 @@ async fn faulty_proxy(counts: Arc<Counts>) -> String {
                         if outbound.write_all(&request).await.is_err() {
                             return;
                         }
-                        if let Some(response) = read_message(&mut outbound).await {
+                        if let Some(response) = read_http_message(&mut outbound).await {
                             let _ = inbound.write_all(&response).await;
                         }
                     }

@@ -40,6 +40,9 @@ pub enum Command {
     },
     /// Validate the configuration and reach every configured queue.
     Check,
+    /// Serve AWS Lambda SQS batches (the default inside Lambda, where
+    /// AWS_LAMBDA_RUNTIME_API is set); answers with partial batch failures.
+    Lambda,
     /// Look up the indexer's store.
     #[command(subcommand)]
     Indexer(IndexerCommand),

@@ -362,3 +362,38 @@ impl StatsdCapture {
 pub const HTTP_OK: &str = "data-forwarding.http_response:1|c|#plugin:amazon-sqs,success:true";
 /// The exact line for one event that failed.
 pub const HTTP_FAILED: &str = "data-forwarding.http_response:1|c|#plugin:amazon-sqs,success:false";
+
+/// Reads one HTTP/1.1 message (headers, then a Content-Length body); `None` once the
+/// peer closes. For the in-test servers and proxies.
+pub async fn read_http_message(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let header_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let n = tokio::io::AsyncReadExt::read(stream, &mut chunk)
+            .await
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let headers = String::from_utf8_lossy(&buf[..header_end]).to_lowercase();
+    let length: usize = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < header_end + length {
+        let n = tokio::io::AsyncReadExt::read(stream, &mut chunk)
+            .await
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(buf)
+}

@@ -1,0 +1,200 @@
+//! A Lambda SQS batch as [`SourceMessage`]s, and the partial batch response.
+//!
+//! Lambda's event source mapping receives and deletes; the function only says which
+//! messages were not settled (`batchItemFailures`). Those come back after their
+//! visibility timeout, and the queue's redrive policy ends their tries.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+
+use super::SourceMessage;
+use crate::pipeline::Settlement;
+
+/// One record of the batch, with what the response needs to know about it.
+#[derive(Debug, Clone)]
+pub struct LambdaRecord {
+    /// The message, as the pipeline sees it.
+    pub message: SourceMessage,
+    /// `MessageGroupId` of a FIFO source: ordering is per group, so a failure holds back
+    /// the rest of its group.
+    pub group: Option<String>,
+}
+
+/// Why a record could not be taken from the batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// A record without `messageId` cannot be reported, so the whole batch must fail.
+    #[error("record {0} has no messageId")]
+    NoMessageId(usize),
+}
+
+/// The batch's records, in order. A record without a body is kept with an empty body:
+/// the decoder refuses it, so it is counted and dead-lettered like any invalid body.
+pub fn records(event: SqsEvent) -> Result<Vec<LambdaRecord>, RecordError> {
+    event
+        .records
+        .into_iter()
+        .enumerate()
+        .map(|(i, record)| record_of(i, record))
+        .collect()
+}
+
+fn record_of(i: usize, record: SqsMessage) -> Result<LambdaRecord, RecordError> {
+    let message_id = record.message_id.ok_or(RecordError::NoMessageId(i))?;
+    let attrs = &record.attributes;
+    let sent_at = attrs
+        .get("SentTimestamp")
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+    let receive_count = attrs
+        .get("ApproximateReceiveCount")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    Ok(LambdaRecord {
+        message: SourceMessage {
+            message_id,
+            receipt_handle: record.receipt_handle.unwrap_or_default(),
+            body: record.body.unwrap_or_default(),
+            sent_at: sent_at.or_else(|| Some(SystemTime::now())),
+            receive_count,
+        },
+        group: attrs.get("MessageGroupId").cloned(),
+    })
+}
+
+/// The partial batch response: every message not settled for good (neither forwarded,
+/// dead-lettered nor skipped on purpose). For a FIFO source, a failure also fails every
+/// later message of its group, so the group's order is kept when Lambda retries.
+pub fn batch_response(records: &[LambdaRecord], settlements: &[Settlement]) -> SqsBatchResponse {
+    let mut failed_groups: HashSet<&str> = HashSet::new();
+    let mut failures = Vec::new();
+    for (record, settlement) in records.iter().zip(settlements) {
+        let held_back = record
+            .group
+            .as_deref()
+            .is_some_and(|g| failed_groups.contains(g));
+        if held_back || !settlement.is_done() {
+            if let Some(group) = record.group.as_deref() {
+                failed_groups.insert(group);
+            }
+            failures.push(record.message.message_id.clone());
+        }
+    }
+    let mut response = SqsBatchResponse::default();
+    response.set_failures(failures);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Failure;
+    use crate::retry::ErrorClass;
+
+    fn event(json: serde_json::Value) -> SqsEvent {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn record(id: &str, group: Option<&str>) -> LambdaRecord {
+        LambdaRecord {
+            message: SourceMessage {
+                message_id: id.into(),
+                receipt_handle: String::new(),
+                body: String::new(),
+                sent_at: None,
+                receive_count: 1,
+            },
+            group: group.map(str::to_string),
+        }
+    }
+
+    fn failed() -> Settlement {
+        Settlement::Failed(Failure {
+            stage: "forward",
+            class: ErrorClass::Throttled,
+            code: None,
+            message: "throttled".into(),
+        })
+    }
+
+    fn ids(response: &SqsBatchResponse) -> Vec<&str> {
+        response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn records_carry_ids_bodies_counts_and_groups() {
+        let records = records(event(serde_json::json!({"Records": [
+            {"messageId": "a", "receiptHandle": "h", "body": "{}", "attributes": {
+                "ApproximateReceiveCount": "3", "SentTimestamp": "1700000000000",
+                "MessageGroupId": "g1"}, "messageAttributes": {}, "eventSource": "aws:sqs"},
+            {"messageId": "b", "attributes": {}, "messageAttributes": {}}
+        ]})))
+        .unwrap();
+        assert_eq!(records[0].message.message_id, "a");
+        assert_eq!(records[0].message.body, "{}");
+        assert_eq!(records[0].message.receive_count, 3);
+        assert_eq!(
+            records[0].message.sent_at,
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(records[0].group.as_deref(), Some("g1"));
+        assert_eq!(
+            records[1].message.body, "",
+            "no body: refused by the decoder"
+        );
+        assert_eq!(records[1].group, None);
+    }
+
+    #[test]
+    fn a_record_without_a_message_id_fails_the_batch() {
+        let err = records(event(serde_json::json!({"Records": [
+            {"messageId": "a", "body": "x"}, {"body": "y"}
+        ]})))
+        .unwrap_err();
+        assert_eq!(err, RecordError::NoMessageId(1));
+    }
+
+    #[test]
+    fn only_unsettled_messages_are_reported() {
+        let records = [record("a", None), record("b", None), record("c", None)];
+        let settlements = [Settlement::Forwarded, failed(), Settlement::Skipped("x")];
+        assert_eq!(ids(&batch_response(&records, &settlements)), ["b"]);
+        let all_done = [
+            Settlement::Forwarded,
+            Settlement::Forwarded,
+            Settlement::Forwarded,
+        ];
+        assert!(batch_response(&records, &all_done)
+            .batch_item_failures
+            .is_empty());
+    }
+
+    #[test]
+    fn a_fifo_failure_holds_back_the_rest_of_its_group_only() {
+        let records = [
+            record("a1", Some("a")),
+            record("b1", Some("b")),
+            record("a2", Some("a")),
+            record("b2", Some("b")),
+            record("a3", Some("a")),
+        ];
+        let settlements = [
+            Settlement::Forwarded,
+            Settlement::Forwarded,
+            failed(),
+            Settlement::Forwarded,
+            Settlement::Forwarded,
+        ];
+        assert_eq!(
+            ids(&batch_response(&records, &settlements)),
+            ["a2", "a3"],
+            "a3 follows a failure in its group; group b is unaffected"
+        );
+    }
+}

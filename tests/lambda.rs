@@ -1,0 +1,360 @@
+//! Lambda mode end to end: the real binary against the Lambda Runtime API, served by
+//! this test on 127.0.0.1 (next invocation, invocation response, invocation error, init
+//! error), with SQS event batches whose events go to LocalStack.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Mutex};
+
+/// What the function posted back to the Runtime API.
+#[derive(Debug, Clone, PartialEq)]
+enum Posted {
+    Response { request_id: String, body: Value },
+    Error { request_id: String, body: Value },
+    InitError { body: Value },
+}
+
+/// A Lambda Runtime API: hands out the invocations it is given, in order, and records
+/// what the function posts. With nothing to hand out, `next` waits, as in Lambda.
+struct RuntimeApi {
+    addr: String,
+    invoke: mpsc::UnboundedSender<(String, String)>,
+    posted: mpsc::UnboundedReceiver<Posted>,
+}
+
+impl RuntimeApi {
+    async fn start() -> RuntimeApi {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (invoke, pending) = mpsc::unbounded_channel::<(String, String)>();
+        let pending = Arc::new(Mutex::new(pending));
+        let (post, posted) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (pending, post) = (pending.clone(), post.clone());
+                tokio::spawn(async move {
+                    // Keep-alive: one request after another on the connection.
+                    while let Some(request) = read_http_message(&mut conn).await {
+                        let text = String::from_utf8_lossy(&request).into_owned();
+                        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+                        let line = head.lines().next().unwrap_or("").to_string();
+                        let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                        let parsed = || serde_json::from_str(body).unwrap_or(Value::Null);
+                        let reply = if path == "/2018-06-01/runtime/invocation/next" {
+                            let Some((id, payload)) = pending.lock().await.recv().await else {
+                                return;
+                            };
+                            let deadline = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap()
+                                .as_millis()
+                                + 60_000;
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                 lambda-runtime-aws-request-id: {id}\r\n\
+                                 lambda-runtime-deadline-ms: {deadline}\r\n\
+                                 lambda-runtime-invoked-function-arn: arn:aws:lambda:us-east-1:000000000000:function:forwarder\r\n\
+                                 lambda-runtime-trace-id: Root=1-00000000-000000000000000000000000\r\n\
+                                 content-length: {}\r\n\r\n{payload}",
+                                payload.len()
+                            )
+                        } else {
+                            let posted = if path == "/2018-06-01/runtime/init/error" {
+                                Posted::InitError { body: parsed() }
+                            } else if let Some(rest) =
+                                path.strip_prefix("/2018-06-01/runtime/invocation/")
+                            {
+                                let (id, kind) = rest.split_once('/').unwrap_or((rest, ""));
+                                let request_id = id.to_string();
+                                match kind {
+                                    "response" => Posted::Response {
+                                        request_id,
+                                        body: parsed(),
+                                    },
+                                    "error" => Posted::Error {
+                                        request_id,
+                                        body: parsed(),
+                                    },
+                                    other => panic!("unexpected runtime call {other}"),
+                                }
+                            } else {
+                                panic!("unexpected runtime call {line}")
+                            };
+                            let _ = post.send(posted);
+                            "HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: 16\r\n\r\n{\"status\":\"OK\"}".to_string()
+                        };
+                        if conn.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RuntimeApi {
+            addr,
+            invoke,
+            posted,
+        }
+    }
+
+    /// One invocation; what the function posted for it.
+    async fn invoke(&mut self, request_id: &str, payload: Value) -> Posted {
+        self.invoke
+            .send((request_id.to_string(), payload.to_string()))
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(60), self.posted.recv())
+            .await
+            .expect("the function answered within 60 s")
+            .expect("runtime api running")
+    }
+}
+
+/// The binary in Lambda mode: started as Lambda starts `bootstrap`, with no arguments.
+fn function(api: &RuntimeApi, env: &[(&str, String)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"))
+        .envs(aws_env())
+        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "forwarder")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("FORWARDER_INDEXER", "off")
+        .env("FORWARDER_RETRY_MAX_ELAPSED", "2s")
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// An SQS event-source record as Lambda delivers it.
+fn record(id: &str, body: &str, group: Option<&str>) -> Value {
+    let mut attributes = json!({
+        "ApproximateReceiveCount": "1",
+        "SentTimestamp": "1700000000000",
+        "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+        "ApproximateFirstReceiveTimestamp": "1700000000001"
+    });
+    if let Some(group) = group {
+        attributes["MessageGroupId"] = json!(group);
+        attributes["SequenceNumber"] = json!("18849496460467696128");
+    }
+    json!({
+        "messageId": id,
+        "receiptHandle": format!("handle-{id}"),
+        "body": body,
+        "attributes": attributes,
+        "messageAttributes": {},
+        "md5OfBody": "0",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:source",
+        "awsRegion": "us-east-1"
+    })
+}
+
+fn batch(records: Vec<Value>) -> Value {
+    json!({ "Records": records })
+}
+
+/// The message ids in a partial batch response.
+fn failures(posted: &Posted) -> HashSet<String> {
+    match posted {
+        Posted::Response { body, .. } => body["batchItemFailures"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no batchItemFailures in {body}"))
+            .iter()
+            .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
+            .collect(),
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+fn set(ids: &[&str]) -> HashSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_get_partial_responses_and_events_arrive() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let dest = create_queue(&client, &unique("lambda-dest"), 30).await;
+    let statsd = StatsdCapture::start();
+    let mut api = RuntimeApi::start().await;
+    let mut child = function(
+        &api,
+        &[
+            ("FORWARDER_DEST_QUEUE_URL", dest.clone()),
+            ("FORWARDER_STATSD_ADDR", statsd.addr.to_string()),
+        ],
+    );
+
+    // Valid events and a bad body: only the bad one is reported (no DLQ here).
+    let posted = api
+        .invoke(
+            "req-1",
+            batch(vec![
+                record("m1", &event(1, 1), None),
+                record("m2", &event(2, 1), None),
+                record("m3", "not json", None),
+            ]),
+        )
+        .await;
+    assert!(matches!(&posted, Posted::Response { request_id, .. } if request_id == "req-1"));
+    assert_eq!(failures(&posted), set(&["m3"]));
+    // Metrics leave before the invocation returns (the periodic flush is every second).
+    let lines = statsd.wait_for(Duration::from_millis(300), |l| {
+        l.iter().filter(|l| *l == HTTP_OK).count() >= 2
+    });
+    assert_eq!(
+        lines.iter().filter(|l| *l == HTTP_OK).count(),
+        2,
+        "{lines:#?}"
+    );
+
+    // FIFO: a failure in group a holds back the rest of group a, not group b.
+    let posted = api
+        .invoke(
+            "req-2",
+            batch(vec![
+                record("a1", &event(3, 1), Some("a")),
+                record("a2", "{\"truncated\":", Some("a")),
+                record("b1", &event(4, 1), Some("b")),
+                record("a3", &event(5, 1), Some("a")),
+            ]),
+        )
+        .await;
+    assert_eq!(failures(&posted), set(&["a2", "a3"]));
+
+    // Not an SQS event at all: an invocation error, and the function goes on.
+    let posted = api.invoke("req-3", json!({"Records": 5})).await;
+    assert!(
+        matches!(&posted, Posted::Error { request_id, .. } if request_id == "req-3"),
+        "{posted:?}"
+    );
+    // A record without a messageId cannot be reported alone: the batch fails.
+    let posted = api
+        .invoke("req-4", json!({"Records": [{"body": event(9, 1)}]}))
+        .await;
+    assert!(
+        matches!(&posted, Posted::Error { ref body, .. } if body["errorType"] == "InvalidBatch"),
+        "{posted:?}"
+    );
+
+    // The destination goes away: its events are reported for a retry.
+    client.delete_queue().queue_url(&dest).send().await.unwrap();
+    let posted = api
+        .invoke(
+            "req-5",
+            batch(vec![
+                record("d1", &event(6, 1), None),
+                record("d2", &event(7, 1), None),
+            ]),
+        )
+        .await;
+    assert_eq!(failures(&posted), set(&["d1", "d2"]));
+    assert!(child.try_wait().unwrap().is_none(), "the function stopped");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_arrives_and_what_is_dead_lettered() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let dest = create_queue(&client, &unique("lambda-dest"), 30).await;
+    let dlq = create_queue(&client, &unique("lambda-dlq"), 30).await;
+    let mut api = RuntimeApi::start().await;
+    let mut child = function(
+        &api,
+        &[
+            ("FORWARDER_DEST_QUEUE_URL", dest.clone()),
+            ("FORWARDER_DLQ_URL", dlq.clone()),
+        ],
+    );
+    let posted = api
+        .invoke(
+            "req-1",
+            batch(vec![
+                record("m1", &event(11, 1), None),
+                record("m2", "[1,2,3]", None),
+                record("m3", &event(12, 1), None),
+            ]),
+        )
+        .await;
+    // Dead-lettered is settled: nothing for Lambda to retry.
+    assert_eq!(failures(&posted), set(&[]));
+    let arrived = drain(&client, &dest, 2, Duration::from_secs(10)).await;
+    let ids: HashSet<String> = arrived.iter().map(|b| event_id_of(b)).collect();
+    assert_eq!(
+        ids,
+        set(&[&format!("{:032x}", 11), &format!("{:032x}", 12)])
+    );
+    assert_eq!(
+        arrived[0],
+        event(11, 1).to_string(),
+        "forwarded byte for byte"
+    );
+    let dead = drain_messages(&client, &dlq, 1, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body(), Some("[1,2,3]"));
+    assert_eq!(
+        attribute(&dead[0], "reason").as_deref(),
+        Some("not_an_object")
+    );
+    assert_eq!(
+        attribute(&dead[0], "source_message_id").as_deref(),
+        Some("m2")
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_up_failure_is_reported_as_an_init_error() {
+    let mut api = RuntimeApi::start().await;
+    let missing = format!(
+        "{}/queue/us-east-1/000000000000/{}",
+        endpoint(),
+        unique("missing")
+    );
+    let child = function(&api, &[("FORWARDER_DEST_QUEUE_URL", missing)]);
+    let posted = tokio::time::timeout(Duration::from_secs(60), api.posted.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let Posted::InitError { body } = posted else {
+        panic!("expected an init error, got {posted:?}");
+    };
+    assert_eq!(body["errorType"], "Runtime.InitError");
+    let message = body["errorMessage"].as_str().unwrap();
+    assert!(message.contains("FORWARDER_DEST_QUEUE_URL"), "{message}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn lambda_outside_lambda_names_the_missing_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"))
+        .arg("lambda")
+        .env_remove("AWS_LAMBDA_RUNTIME_API")
+        .env(
+            "FORWARDER_DEST_QUEUE_URL",
+            "http://127.0.0.1:4566/queue/us-east-1/000000000000/x",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: AWS_LAMBDA_RUNTIME_API: is not set"),
+        "{stderr}"
+    );
+}
