@@ -18,11 +18,13 @@ use crate::forward::{
     DeadLetterQueue, Forwarder, Offloader, OrgRateLimiter, Router, SqsSender,
     DEFAULT_MAX_MESSAGE_BYTES,
 };
+use crate::health::Health;
 use crate::indexer::{Indexer, Store, StoreError};
 use crate::metrics::{sink, Metrics};
 use crate::pipeline::Pipeline;
 use crate::source::{queue_info, QueueInfo, SqsSource};
 use crate::worker::{self, PoolOptions, RunSummary, Worker};
+use tokio_util::sync::CancellationToken;
 
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,9 @@ pub enum StartError {
         /// Why.
         source: StoreError,
     },
+    /// The health listener could not start.
+    #[error(transparent)]
+    Health(#[from] crate::health::HealthError),
     /// A configured queue could not be reached.
     #[error("{var}: queue {url} is not reachable: {}", one_line(.source))]
     Unreachable {
@@ -373,13 +378,23 @@ impl App {
 
     /// Runs the worker pool until `shutdown` completes (or the source stays idle, with
     /// `exit_when_idle`), then flushes metrics.
+    ///
+    /// The health listener, if configured, starts first: liveness answers while the
+    /// queues are being reached (with retries), readiness waits for the first receive.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<RunSummary, StartError> {
+        let health = Health::default();
+        let listener = CancellationToken::new();
+        let _stop_listener = listener.clone().drop_guard();
+        if let Some(addr) = self.config.health_addr {
+            crate::health::serve(addr, health.clone(), listener).await?;
+        }
         let worker = Arc::new(self.worker().await?);
         let options = PoolOptions {
             workers: self.config.workers,
             exit_when_idle: self.config.exit_when_idle,
             shutdown_timeout: self.config.shutdown_timeout,
             receive_backoff: self.config.retry.clone(),
+            health,
         };
         tracing::info!(workers = options.workers, "polling the source queue");
         let summary = worker::run(worker, options, shutdown).await;

@@ -41,6 +41,7 @@ pub mod check;
 pub mod config;
 pub mod event;
 pub mod forward;
+pub mod health;
 pub mod indexer;
 pub mod lambda;
 pub mod metrics;

@@ -262,6 +262,16 @@ pub struct Settings {
     )]
     pub statsd_addr: Option<String>,
 
+    /// Address of the health listener (GET /healthz, GET /readyz), host:port, for
+    /// Kubernetes probes; unset: no listener.
+    #[arg(
+        long,
+        env = "FORWARDER_HEALTH_ADDR",
+        value_name = "HOST:PORT",
+        global = true
+    )]
+    pub health_addr: Option<String>,
+
     /// Prefix of every metric name.
     #[arg(
         long,

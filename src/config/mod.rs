@@ -93,6 +93,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Where metrics go; `None` turns them off (`FORWARDER_STATSD_ADDR`).
     pub statsd: Option<StatsdSettings>,
+    /// Where the health listener serves the probes; `None`: no listener
+    /// (`FORWARDER_HEALTH_ADDR`).
+    pub health_addr: Option<SocketAddr>,
     /// `pretty` or `json` (`FORWARDER_LOG_FORMAT`).
     pub log_format: LogFormat,
     /// Backoff bounds (`FORWARDER_RETRY_*`).
@@ -203,6 +206,14 @@ impl Settings {
             .dlq_url
             .as_deref()
             .and_then(|url| queue_url("FORWARDER_DLQ_URL", Some(url), &mut errors));
+        let health_addr = match self.health_addr.as_deref().map(resolve) {
+            None => None,
+            Some(Ok(addr)) => Some(addr),
+            Some(Err(problem)) => {
+                errors.push(ConfigError::new("FORWARDER_HEALTH_ADDR", problem));
+                None
+            }
+        };
         let statsd = match self.statsd_addr.as_deref().map(resolve) {
             None => None,
             Some(Ok(addr)) => Some(StatsdSettings {
@@ -245,6 +256,7 @@ impl Settings {
             receive_wait: exit_when_idle.map_or(receive_wait, |idle| receive_wait.min(idle)),
             max_message_bytes: self.max_message_bytes,
             statsd,
+            health_addr,
             log_format: self.log_format,
             retry: self.retry_policy(),
             request_timeout: self.request_timeout,
@@ -333,7 +345,7 @@ impl fmt::Display for Config {
             "source={} dest={} routes={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} rate_limit={} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
              statsd={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
              retry_max_interval={} retry_max_elapsed={} request_timeout={} shutdown_timeout={} \
-             exit_when_idle={} indexer={}",
+             exit_when_idle={} health={} indexer={}",
             self.source_queue_url.as_deref().unwrap_or("-"),
             self.dest_queue_url.as_deref().unwrap_or("-"),
             self.routes.as_ref().map_or("-".to_string(), |r| format!(
@@ -370,6 +382,8 @@ impl fmt::Display for Config {
             self.exit_when_idle
                 .map_or("off".to_string(), |d| humantime::format_duration(d)
                     .to_string()),
+            self.health_addr
+                .map_or("off".to_string(), |a| a.to_string()),
             self.indexer.as_ref().map_or("off".to_string(), |i| format!(
                 "{} pool={} cache={} write_limit={}",
                 i.database_url,

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::aws::AwsError;
+use crate::health::Health;
 use crate::metrics::{events, Gauge, Metrics};
 use crate::pipeline::{Pipeline, Settlement};
 use crate::retry::{RetryPolicy, Schedule};
@@ -183,6 +184,9 @@ pub struct PoolOptions {
     /// interval, with jitter, and never giving up. An outage of the source is waited out
     /// without spinning, and polling resumes once a receive succeeds.
     pub receive_backoff: RetryPolicy,
+    /// What the readiness probe reports: ready after the first successful receive, not
+    /// ready once stopping.
+    pub health: Health,
 }
 
 /// Runs `options.workers` pollers until `shutdown` completes or the source stays idle.
@@ -211,6 +215,7 @@ pub async fn run(
         _ = stop.cancelled() => {}
     }
     stop.cancel();
+    options.health.stopping();
 
     let mut summary = RunSummary::default();
     let drained = tokio::time::timeout(options.shutdown_timeout, async {
@@ -269,6 +274,9 @@ async fn poll(
                 break;
             }
         };
+        if received.is_ok() {
+            options.health.received();
+        }
         match received {
             Ok(messages) if messages.is_empty() => {
                 failing = None;

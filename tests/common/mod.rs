@@ -199,6 +199,7 @@ pub fn test_config(source: &str, dest: &str, statsd: Option<SocketAddr>) -> Conf
             tags: Vec::new(),
             sample_rate: 1.0,
         }),
+        health_addr: None,
         log_format: LogFormat::Pretty,
         retry: RetryPolicy {
             initial_interval: Duration::from_millis(50),

@@ -1,0 +1,129 @@
+//! The health listener for Kubernetes probes (`FORWARDER_HEALTH_ADDR`).
+//!
+//! - `GET /healthz` (liveness): 200 while the process serves requests.
+//! - `GET /readyz` (readiness): 200 once a receive from the source queue has succeeded,
+//!   503 before that and from the moment shutdown begins. A pod that cannot reach its
+//!   queue (credentials, network) never turns ready, so a rollout stops there.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const STOPPING: u8 = 2;
+
+/// The worker's state as the probes see it; cheap to clone and share.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<AtomicU8>);
+
+impl Health {
+    /// A receive succeeded: ready, unless already stopping.
+    pub fn received(&self) {
+        let _ = self
+            .0
+            .compare_exchange(STARTING, READY, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Shutdown began: not ready from now on.
+    pub fn stopping(&self) {
+        self.0.store(STOPPING, Ordering::SeqCst);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == READY
+    }
+}
+
+/// Why the listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("FORWARDER_HEALTH_ADDR: cannot listen on {addr}: {source}")]
+pub struct HealthError {
+    /// The address asked for.
+    addr: SocketAddr,
+    /// Why.
+    source: std::io::Error,
+}
+
+/// Binds `addr` and serves the probes until `stop` is cancelled. Returns the bound
+/// address (port 0 picks one).
+pub async fn serve(
+    addr: SocketAddr,
+    health: Health,
+    stop: CancellationToken,
+) -> Result<SocketAddr, HealthError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| HealthError { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| HealthError { addr, source })?;
+    tracing::info!(%bound, "health listener: /healthz, /readyz");
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(err) => {
+                        tracing::warn!(%err, "health listener: accept failed");
+                        continue;
+                    }
+                },
+            };
+            let health = health.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let health = health.clone();
+                    async move { Ok::<_, Infallible>(answer(&health, &req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+fn answer(health: &Health, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/readyz") if health.is_ready() => {
+            (StatusCode::OK, "ready\n")
+        }
+        (&Method::GET | &Method::HEAD, "/readyz") => {
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        }
+        _ => (StatusCode::NOT_FOUND, "not found\n"),
+    };
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_after_a_receive_and_never_again_once_stopping() {
+        let health = Health::default();
+        assert!(!health.is_ready());
+        health.received();
+        assert!(health.is_ready());
+        health.stopping();
+        assert!(!health.is_ready());
+        health.received();
+        assert!(!health.is_ready(), "a late receive does not undo stopping");
+    }
+}
