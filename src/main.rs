@@ -13,9 +13,12 @@ const EXIT_CONFIG: u8 = 2;
 #[tokio::main]
 async fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.len() == 1 && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-        // Lambda starts `bootstrap` with no arguments: that is Lambda mode.
-        args.push("lambda".into());
+    if args.len() == 1 {
+        // No command: inside Lambda (which starts `bootstrap` or the image's entrypoint
+        // with no arguments) serve batches; anywhere else, run the worker. One image
+        // serves both.
+        let in_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+        args.push(if in_lambda { "lambda" } else { "run" }.into());
     }
     let cli = match Cli::parse_or_one_line(args) {
         Ok(cli) => cli,
