@@ -19,11 +19,13 @@
 //! - [`config`]: every setting, as a flag and an environment variable, validated at start.
 //! - [`app`]: start-up: clients, metrics, and the healthcheck of each queue.
 //! - [`source`]: where events come from: long-polling the source queue, deleting,
-//!   extending visibility.
+//!   extending visibility; or a Lambda SQS batch, as the same messages.
 //! - [`worker`]: the pool of pollers; [`worker::Worker::run_once`] is one step and
 //!   [`worker::run`] takes its shutdown signal as an argument.
-//! - [`pipeline`]: decode, index, forward, settling each message; shared by `run` and
-//!   `replay`.
+//! - [`pipeline`]: decode, index, forward, settling each message; shared by `run`,
+//!   `replay` and Lambda mode.
+//! - [`lambda`]: Lambda mode: one SQS batch per invocation, a partial batch response.
+//! - [`health`]: the liveness and readiness listener for Kubernetes probes.
 //! - [`event`]: the event, its decoder, and the encoder that adds `tag_ids`.
 //! - [`indexer`]: tag strings interned per organization into stable ids (shared strings,
 //!   cache, store, limits).
