@@ -303,45 +303,55 @@ impl Pipeline {
 
     /// One `bulk_record` for every tag of every event; sets each event's `tag_ids`.
     async fn index(&self, indexer: &Indexer, events: &mut [Event<'_>]) -> Result<(), IndexerError> {
-        let ids: Vec<Vec<[Option<u64>; 2]>> = {
-            let mut request: HashMap<u64, HashSet<&str>> = HashMap::new();
-            let mut empty_keys = 0u64;
-            for event in events.iter() {
-                let strings = request.entry(event.organization_id).or_default();
-                for (key, value) in &event.tags {
-                    if key.is_empty() {
-                        empty_keys += 1;
-                    } else {
-                        strings.insert(key);
-                    }
-                    strings.insert(value);
-                }
-            }
-            if empty_keys > 0 {
-                self.metrics.count(
-                    Counter::IndexerRefused {
-                        reason: "empty_key",
-                    },
-                    empty_keys,
-                );
-            }
-            let found = indexer.bulk_record(&request).await?;
-            events
-                .iter()
-                .map(|event| {
-                    let org = found.get(&event.organization_id);
-                    let id = |s: &str| org.and_then(|m| m.get(s)).and_then(|l| l.id);
-                    event
-                        .tags
-                        .iter()
-                        .map(|(k, v)| [if k.is_empty() { None } else { id(k) }, id(v)])
-                        .collect()
-                })
-                .collect()
-        };
-        for (event, ids) in events.iter_mut().zip(ids) {
-            event.tag_ids = Some(ids);
-        }
-        Ok(())
+        index_events(indexer, &self.metrics, events).await
     }
+}
+
+/// The indexer stage for a batch: one `bulk_record` for every tag string of every
+/// event, then each event's `tag_ids` in tag order. Public for the per-event benchmark.
+pub async fn index_events(
+    indexer: &Indexer,
+    metrics: &Metrics,
+    events: &mut [Event<'_>],
+) -> Result<(), IndexerError> {
+    let ids: Vec<Vec<[Option<u64>; 2]>> = {
+        let mut request: HashMap<u64, HashSet<&str>> = HashMap::new();
+        let mut empty_keys = 0u64;
+        for event in events.iter() {
+            let strings = request.entry(event.organization_id).or_default();
+            for (key, value) in &event.tags {
+                if key.is_empty() {
+                    empty_keys += 1;
+                } else {
+                    strings.insert(key);
+                }
+                strings.insert(value);
+            }
+        }
+        if empty_keys > 0 {
+            metrics.count(
+                Counter::IndexerRefused {
+                    reason: "empty_key",
+                },
+                empty_keys,
+            );
+        }
+        let found = indexer.bulk_record(&request).await?;
+        events
+            .iter()
+            .map(|event| {
+                let org = found.get(&event.organization_id);
+                let id = |s: &str| org.and_then(|m| m.get(s)).and_then(|l| l.id);
+                event
+                    .tags
+                    .iter()
+                    .map(|(k, v)| [if k.is_empty() { None } else { id(k) }, id(v)])
+                    .collect()
+            })
+            .collect()
+    };
+    for (event, ids) in events.iter_mut().zip(ids) {
+        event.tag_ids = Some(ids);
+    }
+    Ok(())
 }

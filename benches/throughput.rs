@@ -1,0 +1,486 @@
+//! Throughput against LocalStack, beside its ceiling.
+//!
+//! For each worker count, two fresh queue pairs get the same N events. The ceiling is a
+//! bare loop of W tasks doing receive (10) → SendMessageBatch → DeleteMessageBatch with
+//! no processing. The forwarder is W tasks calling `Worker::run_once` (receive, decode,
+//! index on SQLite, forward, delete: the worker's real step) with default settings.
+//! Both stop when all N events are forwarded. Every SQS call goes through a counting
+//! HTTP client, which gives the calls per event. Finally the release binary forwards N
+//! events once more as a child process, for its peak RSS.
+//!
+//! `cargo bench --bench throughput` (needs `make localstack`): N=5000 (BENCH_EVENTS),
+//! workers 1, 2, 4, 8, 16 (BENCH_WORKERS), and writes docs/throughput.svg.
+//! Under `cargo test` it runs once with 200 events and 4 workers, as a smoke test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::config::{Credentials, Region};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::Client;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use sqs_forwarder::config::{Config, LogFormat};
+use sqs_forwarder::metrics::Metrics;
+use sqs_forwarder::retry::RetryPolicy;
+
+fn endpoint() -> String {
+    std::env::var("FORWARDER_TEST_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+}
+
+/// SQS calls by operation.
+#[derive(Debug, Default)]
+struct Calls {
+    receive: AtomicU64,
+    send: AtomicU64,
+    delete: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Calls {
+    fn take(&self) -> [u64; 4] {
+        [
+            self.receive.swap(0, Ordering::Relaxed),
+            self.send.swap(0, Ordering::Relaxed),
+            self.delete.swap(0, Ordering::Relaxed),
+            self.other.swap(0, Ordering::Relaxed),
+        ]
+    }
+}
+
+/// The SDK's own HTTPS client, counting each request by its `X-Amz-Target`.
+#[derive(Debug, Clone)]
+struct Counting {
+    inner: SharedHttpClient,
+    calls: Arc<Calls>,
+}
+
+#[derive(Debug)]
+struct CountingConnector {
+    inner: SharedHttpConnector,
+    calls: Arc<Calls>,
+}
+
+impl HttpClient for Counting {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(CountingConnector {
+            inner: self.inner.http_connector(settings, components),
+            calls: self.calls.clone(),
+        })
+    }
+}
+
+impl HttpConnector for CountingConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let target = request.headers().get("x-amz-target").unwrap_or("");
+        let counter = match target.rsplit('.').next() {
+            Some("ReceiveMessage") => &self.calls.receive,
+            Some("SendMessageBatch") => &self.calls.send,
+            Some("DeleteMessageBatch") => &self.calls.delete,
+            _ => &self.calls.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.inner.call(request)
+    }
+}
+
+async fn sdk(calls: Arc<Calls>) -> aws_config::SdkConfig {
+    let inner = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .build_https();
+    sqs_forwarder::aws::sdk_loader(Duration::from_secs(30))
+        .endpoint_url(endpoint())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "bench"))
+        .http_client(Counting { inner, calls })
+        .load()
+        .await
+}
+
+fn event(n: usize) -> String {
+    format!(
+        r#"{{"event_id":"{n:032x}","project_id":42,"organization_id":7,"platform":"python","level":"error","message":"ZeroDivisionError: division by zero","tags":[["environment","production"],["level","error"],["release","backend@24.11.0"],["server_name","web-{}"],["user","id:{}"]],"extra":{{"n":{n}}}}}"#,
+        n % 8,
+        n % 100
+    )
+}
+
+async fn create_queue(client: &Client, name: &str) -> String {
+    client
+        .create_queue()
+        .queue_name(name)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "60",
+        )
+        .send()
+        .await
+        .expect("LocalStack is not running: start it with `make localstack`")
+        .queue_url
+        .unwrap()
+}
+
+/// Fills a queue with `n` events, 16 batches at a time.
+async fn fill(client: &Client, queue: &str, n: usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (client, queue, next) = (client.clone(), queue.to_string(), next.clone());
+        tasks.spawn(async move {
+            loop {
+                let start = next.fetch_add(10, Ordering::SeqCst);
+                if start >= n {
+                    return;
+                }
+                let entries = (start..(start + 10).min(n))
+                    .map(|i| {
+                        SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(event(i))
+                            .build()
+                            .unwrap()
+                    })
+                    .collect();
+                client
+                    .send_message_batch()
+                    .queue_url(&queue)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// The ceiling: receive → send → delete, nothing else. Events per second.
+async fn ceiling(client: &Client, source: &str, dest: &str, n: usize, workers: usize) -> f64 {
+    let done = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(std::sync::OnceLock::new());
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (client, source, dest, done, finished) = (
+            client.clone(),
+            source.to_string(),
+            dest.to_string(),
+            done.clone(),
+            finished.clone(),
+        );
+        tasks.spawn(async move {
+            while done.load(Ordering::SeqCst) < n {
+                let received = client
+                    .receive_message()
+                    .queue_url(&source)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await
+                    .unwrap();
+                let messages = received.messages.unwrap_or_default();
+                if messages.is_empty() {
+                    continue;
+                }
+                let entries = messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(m.body().unwrap_or_default())
+                            .build()
+                            .unwrap()
+                    })
+                    .collect();
+                client
+                    .send_message_batch()
+                    .queue_url(&dest)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .unwrap();
+                let deletes = messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(m.receipt_handle().unwrap_or_default())
+                            .build()
+                            .unwrap()
+                    })
+                    .collect();
+                client
+                    .delete_message_batch()
+                    .queue_url(&source)
+                    .set_entries(Some(deletes))
+                    .send()
+                    .await
+                    .unwrap();
+                if done.fetch_add(messages.len(), Ordering::SeqCst) + messages.len() >= n {
+                    let _ = finished.set(Instant::now());
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    rate(n, started, &finished)
+}
+
+/// Events per second up to the moment the last event was forwarded (not counting the
+/// tail of long polls still waiting on an empty queue).
+fn rate(n: usize, started: Instant, finished: &std::sync::OnceLock<Instant>) -> f64 {
+    let end = finished.get().copied().unwrap_or_else(Instant::now);
+    n as f64 / (end - started).as_secs_f64()
+}
+
+fn config(source: &str, dest: &str, data_dir: &std::path::Path, workers: usize) -> Config {
+    let settings = sqs_forwarder::config::cli::Cli::parse_or_one_line([
+        "sqs-forwarder".to_string(),
+        "--source-queue-url".into(),
+        source.into(),
+        "--dest-queue-url".into(),
+        dest.into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--workers".into(),
+        workers.to_string(),
+        "--receive-wait-seconds".into(),
+        "1".into(),
+        "run".into(),
+    ])
+    .unwrap()
+    .settings;
+    let mut config = settings
+        .validate(sqs_forwarder::config::Needs::SourceAndDestination, None)
+        .unwrap();
+    config.log_format = LogFormat::Pretty;
+    config.retry = RetryPolicy::default();
+    config
+}
+
+/// The forwarder's worker step in `workers` tasks. Events per second.
+async fn forwarder(
+    sdk: &aws_config::SdkConfig,
+    source: &str,
+    dest: &str,
+    n: usize,
+    workers: usize,
+) -> f64 {
+    let dir = std::env::temp_dir().join(format!(
+        "throughput-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let mut app = sqs_forwarder::app::App::from_sdk(
+        config(source, dest, &dir, workers),
+        sdk,
+        Metrics::disabled(),
+    )
+    .unwrap();
+    app.connect_indexer().await.unwrap();
+    let worker = Arc::new(app.worker().await.unwrap());
+    let done = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(std::sync::OnceLock::new());
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (worker, done, finished) = (worker.clone(), done.clone(), finished.clone());
+        tasks.spawn(async move {
+            while done.load(Ordering::SeqCst) < n {
+                let outcome = worker.run_once().await.unwrap();
+                assert_eq!(outcome.forwarded, outcome.received, "{outcome:?}");
+                let k = outcome.forwarded;
+                if done.fetch_add(k, Ordering::SeqCst) + k >= n && k > 0 {
+                    let _ = finished.set(Instant::now());
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    rate(n, started, &finished)
+}
+
+/// The release binary on `n` events, as a child; its peak RSS in KiB.
+async fn binary_rss(client: &Client, n: usize, workers: usize) -> Option<u64> {
+    let tag = format!("tp-rss-{:08x}", fastrand::u32(..));
+    let source = create_queue(client, &format!("{tag}-src")).await;
+    let dest = create_queue(client, &format!("{tag}-dst")).await;
+    fill(client, &source, n).await;
+    let dir = std::env::temp_dir().join(&tag);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"))
+        .arg("run")
+        .env("AWS_ENDPOINT_URL", endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("FORWARDER_SOURCE_QUEUE_URL", &source)
+        .env("FORWARDER_DEST_QUEUE_URL", &dest)
+        .env("FORWARDER_DATA_DIR", &dir)
+        .env("FORWARDER_WORKERS", workers.to_string())
+        .env("FORWARDER_EXIT_WHEN_IDLE", "2")
+        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .ok()?;
+    // VmHWM (the peak resident set) only grows: its last reading before exit is the peak.
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = None;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            peak = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .or(peak);
+        }
+        if let Some(status) = child.try_wait().ok()? {
+            assert!(status.success());
+            return peak;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A line plot of events/s against workers, forwarder and ceiling, as SVG.
+fn svg(rows: &[(usize, f64, f64)]) -> String {
+    let (w, h, pad) = (640.0, 400.0, 60.0);
+    let max = rows.iter().map(|r| r.1.max(r.2)).fold(1.0, f64::max) * 1.1;
+    let x = |i: usize| pad + (w - 2.0 * pad) * i as f64 / (rows.len().max(2) - 1) as f64;
+    let y = |v: f64| h - pad - (h - 2.0 * pad) * v / max;
+    let line = |pick: fn(&(usize, f64, f64)) -> f64| {
+        rows.iter()
+            .enumerate()
+            .map(|(i, r)| format!("{:.1},{:.1}", x(i), y(pick(r))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut out = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{}" y="24" text-anchor="middle" font-size="15">events/s by worker count (LocalStack, batches of 10)</text>
+<line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/>
+<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{}" stroke="black"/>
+<polyline fill="none" stroke="#999" stroke-width="2" stroke-dasharray="6 4" points="{}"/>
+<polyline fill="none" stroke="#1f77b4" stroke-width="2.5" points="{}"/>
+<text x="{}" y="{}" fill="#999">ceiling: receive → send → delete</text>
+<text x="{}" y="{}" fill="#1f77b4">sqs-forwarder</text>
+<text x="{}" y="{}" text-anchor="middle">workers</text>
+"##,
+        w / 2.0,
+        h - pad,
+        w - pad,
+        h - pad,
+        h - pad,
+        line(|r| r.2),
+        line(|r| r.1),
+        pad + 10.0,
+        pad + 14.0,
+        pad + 10.0,
+        pad + 30.0,
+        w / 2.0,
+        h - 15.0,
+    );
+    for (i, r) in rows.iter().enumerate() {
+        out.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#1f77b4\"/>\n",
+            x(i),
+            h - pad + 18.0,
+            r.0,
+            x(i),
+            y(r.1)
+        ));
+    }
+    for k in 0..=4 {
+        let v = max * k as f64 / 4.0;
+        out.push_str(&format!(
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text>\n",
+            pad - 6.0,
+            y(v) + 4.0,
+            v
+        ));
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let n: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 5000 } else { 200 });
+    let workers: Vec<usize> = std::env::var("BENCH_WORKERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|w| w.trim().parse().ok()).collect())
+        .unwrap_or_else(|| if full { vec![1, 2, 4, 8, 16] } else { vec![4] });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let calls = Arc::new(Calls::default());
+        let sdk = sdk(calls.clone()).await;
+        let client = Client::new(&sdk);
+        println!("{n} events per run, batches of 10, LocalStack at {}", endpoint());
+        println!("workers | ceiling ev/s | forwarder ev/s | ratio | calls/event (receive, send, delete): ceiling | forwarder");
+        let mut rows = Vec::new();
+        for &w in &workers {
+            let tag = format!("tp-{:08x}", fastrand::u32(..));
+            let queues = [
+                create_queue(&client, &format!("{tag}-c-src")).await,
+                create_queue(&client, &format!("{tag}-c-dst")).await,
+                create_queue(&client, &format!("{tag}-f-src")).await,
+                create_queue(&client, &format!("{tag}-f-dst")).await,
+            ];
+            fill(&client, &queues[0], n).await;
+            fill(&client, &queues[2], n).await;
+            calls.take();
+            let bare = ceiling(&client, &queues[0], &queues[1], n, w).await;
+            let bare_calls = calls.take();
+            let ours = forwarder(&sdk, &queues[2], &queues[3], n, w).await;
+            let our_calls = calls.take();
+            let per = |c: [u64; 4]| {
+                format!(
+                    "{:.3}, {:.3}, {:.3}",
+                    c[0] as f64 / n as f64,
+                    c[1] as f64 / n as f64,
+                    c[2] as f64 / n as f64
+                )
+            };
+            println!(
+                "{w:>7} | {bare:>12.0} | {ours:>14.0} | {:>4.0}% | {} | {} (+{} start-up calls)",
+                100.0 * ours / bare,
+                per(bare_calls),
+                per(our_calls),
+                our_calls[3]
+            );
+            rows.push((w, ours, bare));
+            for q in &queues {
+                let _ = client.delete_queue().queue_url(q).send().await;
+            }
+        }
+        if let Some(kib) = binary_rss(&client, n, 4).await {
+            println!(
+                "peak RSS of `sqs-forwarder run` (4 workers, {n} events, indexer on SQLite): {:.1} MiB",
+                kib as f64 / 1024.0
+            );
+        }
+        if full && rows.len() > 1 {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/throughput.svg");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, svg(&rows)).unwrap();
+            println!("plot: {}", path.display());
+        }
+    });
+}
