@@ -199,14 +199,15 @@ impl App {
         sdk: &SdkConfig,
     ) -> Result<Forwarder, StartError> {
         let sqs = aws::sqs_client(sdk);
-        let info =
-            queue_info(&sqs, &route.queue_url)
-                .await
-                .map_err(|source| StartError::Unreachable {
-                    var,
-                    url: route.queue_url.clone(),
-                    source,
-                })?;
+        // Retried like every other healthcheck: a throttled start-up call is not fatal.
+        let info = self
+            .queue_info_retried(&sqs, &route.queue_url)
+            .await
+            .map_err(|source| StartError::Unreachable {
+                var,
+                url: route.queue_url.clone(),
+                source,
+            })?;
         check_message_group(info.fifo, route.message_group.as_ref()).map_err(|e| {
             if var == "FORWARDER_DEST_QUEUE_URL" {
                 e
