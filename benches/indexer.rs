@@ -5,11 +5,10 @@
 //! Run: `cargo bench --bench indexer` (PostgreSQL from FORWARDER_TEST_POSTGRES_URL).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use sqs_forwarder::indexer::{Indexer, IndexerSettings, Store};
+use sqs_forwarder::indexer::{BulkRequest, Indexer, IndexerSettings, Store};
 use sqs_forwarder::metrics::Metrics;
 use sqs_forwarder::retry::RetryPolicy;
 
@@ -41,8 +40,10 @@ fn batch(seed: u64) -> Vec<String> {
     out
 }
 
-fn request(org: u64, strings: &[String]) -> HashMap<u64, HashSet<&str>> {
-    HashMap::from([(org, strings.iter().map(String::as_str).collect())])
+fn request(org: u64, strings: &[String]) -> BulkRequest<'_> {
+    [(org, strings.iter().map(String::as_str).collect())]
+        .into_iter()
+        .collect()
 }
 
 fn bench(c: &mut Criterion) {

@@ -15,7 +15,7 @@ use crate::aws::{self, AwsError};
 use crate::config::routes::{CredentialSource, Route};
 use crate::config::{check_message_group, Config, ConfigError, IndexerConfig};
 use crate::forward::{
-    DeadLetterQueue, Forwarder, Offloader, OrgRateLimiter, Router, SqsSender,
+    DeadLetterQueue, Forwarder, Offloader, OrgRateLimiter, Pauses, Router, SqsSender,
     DEFAULT_MAX_MESSAGE_BYTES,
 };
 use crate::health::Health;
@@ -97,6 +97,8 @@ pub struct App {
     pub sdk: SdkConfig,
     /// The per-organization rate limit, shared by every worker of the process.
     pub rate_limit: Option<Arc<OrgRateLimiter>>,
+    /// Which routes are paused, for the readiness probe.
+    pub pauses: Arc<Pauses>,
 }
 
 impl App {
@@ -140,8 +142,7 @@ impl App {
         );
         let rate_limit = config
             .rate_limit
-            .and_then(|limit| OrgRateLimiter::new(limit, metrics.clone()))
-            .map(Arc::new);
+            .map(|limit| Arc::new(OrgRateLimiter::new(limit, metrics.clone())));
         Ok(App {
             sqs: aws::sqs_client(sdk),
             config,
@@ -149,6 +150,7 @@ impl App {
             indexer: None,
             sdk: sdk.clone(),
             rate_limit,
+            pauses: Arc::new(Pauses::default()),
         })
     }
 
@@ -231,7 +233,8 @@ impl App {
         )
         .with_group(route.message_group.clone())
         .with_offloader(offloader)
-        .with_rate_limit(self.rate_limit.clone()))
+        .with_rate_limit(self.rate_limit.clone())
+        .with_pauses(self.pauses.clone()))
     }
 
     /// The S3 side of oversized events, for a bucket.
@@ -368,7 +371,8 @@ impl App {
             self.config.receive_wait,
             self.config.retry.clone(),
             self.metrics.clone(),
-        );
+        )
+        .with_fifo(info.fifo);
         Ok(Worker::new(
             source,
             pipeline,
@@ -383,7 +387,7 @@ impl App {
     /// The health listener, if configured, starts first: liveness answers while the
     /// queues are being reached (with retries), readiness waits for the first receive.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<RunSummary, StartError> {
-        let health = Health::default();
+        let health = Health::default().with_pauses(self.pauses.clone());
         let listener = CancellationToken::new();
         let _stop_listener = listener.clone().drop_guard();
         if let Some(addr) = self.config.health_addr {

@@ -2,20 +2,32 @@
 //!
 //! - `GET /healthz` (liveness): 200 while the process serves requests.
 //! - `GET /readyz` (readiness): 200 once a receive from the source queue has succeeded,
-//!   503 before that and from the moment shutdown begins. A pod that cannot reach its
-//!   queue (credentials, network) never turns ready, so a rollout stops there.
+//!   503 before that, while every route is paused, and from the moment shutdown begins.
+//!   A pod that cannot reach its queue (credentials, network) never turns ready, so a
+//!   rollout stops there.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use crate::forward::Pauses;
+
+/// Connections served at once at most.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send its request's headers.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may stay open.
+const CONNECTION_BOUND: Duration = Duration::from_secs(30);
 
 const STARTING: u8 = 0;
 const READY: u8 = 1;
@@ -23,24 +35,37 @@ const STOPPING: u8 = 2;
 
 /// The worker's state as the probes see it; cheap to clone and share.
 #[derive(Debug, Clone, Default)]
-pub struct Health(Arc<AtomicU8>);
+pub struct Health {
+    /// Starting, ready or stopping.
+    state: Arc<AtomicU8>,
+    /// The routes' pauses: while every route is paused, nothing can be forwarded, so
+    /// the pod is not ready (and a rollout stops there).
+    pauses: Option<Arc<Pauses>>,
+}
 
 impl Health {
+    /// Not ready while every route in `pauses` is paused.
+    pub fn with_pauses(mut self, pauses: Arc<Pauses>) -> Self {
+        self.pauses = Some(pauses);
+        self
+    }
+
     /// A receive succeeded: ready, unless already stopping.
     pub fn received(&self) {
         let _ = self
-            .0
+            .state
             .compare_exchange(STARTING, READY, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Shutdown began: not ready from now on.
     pub fn stopping(&self) {
-        self.0.store(STOPPING, Ordering::SeqCst);
+        self.state.store(STOPPING, Ordering::SeqCst);
     }
 
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst) == READY
+        self.state.load(Ordering::SeqCst) == READY
+            && !self.pauses.as_ref().is_some_and(|p| p.all_paused())
     }
 }
 
@@ -68,6 +93,7 @@ pub async fn serve(
         .local_addr()
         .map_err(|source| HealthError { addr, source })?;
     tracing::info!(%bound, "health listener: /healthz, /readyz");
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -80,15 +106,24 @@ pub async fn serve(
                     }
                 },
             };
+            // A probe is one small request: past the cap, a connection is closed at
+            // once, and none is kept longer than the bound, so a slow or hostile
+            // client cannot pile up tasks.
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                continue;
+            };
             let health = health.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let health = health.clone();
                     async move { Ok::<_, Infallible>(answer(&health, &req)) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_BOUND, connection).await;
+                drop(permit);
             });
         }
     });

@@ -70,12 +70,11 @@ pub async fn handle(
     metrics: &Metrics,
     event: SqsEvent,
 ) -> Result<SqsBatchResponse, RecordError> {
-    let records = records(event)?;
-    let messages: Vec<_> = records.iter().map(|r| r.message.clone()).collect();
+    let messages = records(event)?;
     let settlements = pipeline.process(&messages).await;
-    let response = batch_response(&records, &settlements);
+    let response = batch_response(&messages, &settlements);
     tracing::info!(
-        messages = records.len(),
+        messages = messages.len(),
         failures = response.batch_item_failures.len(),
         "batch settled"
     );

@@ -92,20 +92,38 @@ async fn record(
     strings: &[String],
 ) -> Result<bool, sqs_forwarder::indexer::IndexerError> {
     use std::io::{BufRead, Write};
+    let mut all = true;
     let strings: Vec<String> = if strings.is_empty() {
-        std::io::stdin()
-            .lock()
-            .lines()
-            .map_while(Result::ok)
-            .collect()
+        let mut lines = Vec::new();
+        for (n, line) in std::io::stdin().lock().split(b'\n').enumerate() {
+            let line = match line {
+                Ok(line) => line,
+                Err(err) => {
+                    eprintln!("error: reading stdin: {err}");
+                    all = false;
+                    break;
+                }
+            };
+            let line = line.strip_suffix(b"\r").unwrap_or(&line).to_vec();
+            match String::from_utf8(line) {
+                Ok(s) => lines.push(s),
+                Err(_) => {
+                    // Reported and skipped; the rest is still recorded; the exit says so.
+                    eprintln!("line {}: not UTF-8: skipped", n + 1);
+                    all = false;
+                }
+            }
+        }
+        lines
     } else {
         strings.to_vec()
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut all = true;
     for chunk in strings.chunks(1000) {
-        let request =
-            std::collections::HashMap::from([(org, chunk.iter().map(String::as_str).collect())]);
+        let request: sqs_forwarder::indexer::BulkRequest<'_> =
+            [(org, chunk.iter().map(String::as_str).collect())]
+                .into_iter()
+                .collect();
         let found = indexer.bulk_record(&request).await?;
         for s in chunk {
             let id = found

@@ -1,16 +1,17 @@
-//! The core shared by `run`, `replay` and (later) Lambda: decode a batch of messages,
-//! index the tags of its events (one `bulk_record` for the whole batch), forward the
-//! valid events, and settle each message.
+//! The core shared by `run`, `replay` and Lambda: decode a batch of messages, index the
+//! tags of its events (one `bulk_record` for the whole batch), forward the valid events,
+//! and settle each message.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::aws::AwsError;
 use crate::event::{decode, DecodeError, Event};
-use crate::forward::{DeadLetter, DeadLetterQueue, Forwarder, Reason, Router};
-use crate::indexer::{Indexer, IndexerError};
+use crate::forward::{
+    DeadLetter, DeadLetterQueue, DeferCause, Deferral, Forwarder, Outcome, Reason, Routed, Router,
+};
+use crate::indexer::{BulkRequest, Indexer, IndexerError};
 use crate::metrics::{events, Counter, Metrics, Timer};
 use crate::retry::ErrorClass;
 use crate::source::SourceMessage;
@@ -75,6 +76,10 @@ pub enum Settlement {
     /// Not to be forwarded: its project has no route (`skip_unconfigured`). Counted;
     /// the message may be deleted.
     Skipped(&'static str),
+    /// Not sent now, on purpose (its organization over its rate limit, its route
+    /// paused, an earlier event of its group not accepted): the message stays, hidden
+    /// for the deferral's delay.
+    Deferred(Deferral),
 }
 
 impl Settlement {
@@ -105,8 +110,9 @@ impl Settlement {
         )
     }
 
-    /// Why the message would be dead-lettered: an invalid body, or a permanent failure.
-    /// Transient failures whose retries ran out are not: a later try may succeed.
+    /// Why the message would be dead-lettered: an invalid body, or a failure of the
+    /// message itself. Nothing else is: not transient failures whose retries ran out,
+    /// not an unusable destination, not the indexer's store. A later try may succeed.
     fn dead_letter_reason(&self) -> Option<Reason> {
         match self {
             Settlement::Invalid(err) => Some(Reason {
@@ -115,7 +121,7 @@ impl Settlement {
                 error_code: None,
                 detail: err.to_string(),
             }),
-            Settlement::Failed(f) if !f.class.is_retryable() => Some(Reason {
+            Settlement::Failed(f) if f.class.is_message_level() => Some(Reason {
                 stage: f.stage,
                 reason: f.class.as_str(),
                 error_code: f.code.clone(),
@@ -123,6 +129,33 @@ impl Settlement {
             }),
             _ => None,
         }
+    }
+}
+
+/// The events of a batch on their way, and the index of each one's message.
+#[derive(Debug, Default)]
+struct Decoded<'m> {
+    /// The index of each event's message in the batch.
+    at: Vec<usize>,
+    /// The events, in the batch's order.
+    events: Vec<Event<'m>>,
+}
+
+impl Decoded<'_> {
+    /// Keeps the events for which `keep(message index, event)` holds.
+    fn retain(&mut self, mut keep: impl FnMut(usize, &Event<'_>) -> bool) {
+        let mut k = 0;
+        let mut n = 0;
+        while k < self.events.len() {
+            if keep(self.at[k], &self.events[k]) {
+                self.at.swap(n, k);
+                self.events.swap(n, k);
+                n += 1;
+            }
+            k += 1;
+        }
+        self.at.truncate(n);
+        self.events.truncate(n);
     }
 }
 
@@ -163,15 +196,48 @@ impl Pipeline {
     }
 
     /// Processes a batch; returns one settlement per message, in order.
+    ///
+    /// The steps: decode; dead-letter the invalid bodies; hold back what follows a
+    /// message that stays, in its group; index; route and forward; dead-letter what
+    /// failed for good on its own account.
     pub async fn process(&self, messages: &[SourceMessage]) -> Vec<Settlement> {
         let mut settlements: Vec<Option<Settlement>> = vec![None; messages.len()];
-        let mut events: Vec<Event<'_>> = Vec::with_capacity(messages.len());
-        let mut positions = Vec::with_capacity(messages.len());
+        let mut events = self.decode(messages, &mut settlements);
+        self.dead_letter(messages, &mut settlements).await;
+        hold_back_groups(messages, &mut settlements, &mut events, &self.metrics);
+        self.index(messages, &mut events, &mut settlements).await;
+        self.forward(messages, events, &mut settlements).await;
+        self.dead_letter(messages, &mut settlements).await;
+        settlements
+            .into_iter()
+            .map(|s| {
+                s.unwrap_or_else(|| {
+                    Settlement::Failed(Failure {
+                        stage: "forward",
+                        class: ErrorClass::Local,
+                        code: None,
+                        message: "no outcome for the message".into(),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Step 1: decode each body; an invalid one is logged, counted and settled.
+    fn decode<'m>(
+        &self,
+        messages: &'m [SourceMessage],
+        settlements: &mut [Option<Settlement>],
+    ) -> Decoded<'m> {
+        let mut events = Decoded {
+            at: Vec::with_capacity(messages.len()),
+            events: Vec::with_capacity(messages.len()),
+        };
         for (i, message) in messages.iter().enumerate() {
             match decode(&message.body) {
                 Ok(event) => {
-                    events.push(event);
-                    positions.push(i);
+                    events.at.push(i);
+                    events.events.push(event);
                 }
                 Err(err) => {
                     events::invalid_event(
@@ -184,47 +250,78 @@ impl Pipeline {
                 }
             }
         }
+        events
+    }
 
-        if let (Some(indexer), false) = (&self.indexer, events.is_empty()) {
-            if let Err(err) = self.index(indexer, &mut events).await {
-                let failure = Failure::from(&err);
-                for (event, &i) in events.iter().zip(&positions) {
-                    events::forward_failed(
-                        &self.metrics,
-                        &messages[i].message_id,
-                        &event.event_id,
-                        &failure,
-                    );
-                    settlements[i] = Some(Settlement::Failed(failure.clone()));
-                }
-                events.clear();
+    /// Step 3: one `bulk_record` for every tag of every event. The store failing (after
+    /// its retries) fails every event of the batch, which stays in the source; a string
+    /// it cannot hold only loses its own id.
+    async fn index(
+        &self,
+        messages: &[SourceMessage],
+        events: &mut Decoded<'_>,
+        settlements: &mut [Option<Settlement>],
+    ) {
+        let Some(indexer) = &self.indexer else {
+            return;
+        };
+        if events.events.is_empty() {
+            return;
+        }
+        if let Err(err) = index_events(indexer, &self.metrics, &mut events.events).await {
+            let failure = Failure::from(&err);
+            for (i, event) in std::mem::take(&mut events.at)
+                .into_iter()
+                .zip(std::mem::take(&mut events.events))
+            {
+                events::forward_failed(
+                    &self.metrics,
+                    &messages[i].message_id,
+                    &event.event_id,
+                    &failure,
+                );
+                settlements[i] = Some(Settlement::Failed(failure.clone()));
             }
         }
+    }
 
-        // Group the events by destination, keeping their order within each.
-        let mut groups: Vec<(Arc<Forwarder>, Vec<usize>)> = Vec::new();
-        for (k, event) in events.iter().enumerate() {
+    /// Step 4: each event to its route's forwarder, the routes one after the other, in
+    /// the order of the batch within each.
+    async fn forward(
+        &self,
+        messages: &[SourceMessage],
+        events: Decoded<'_>,
+        settlements: &mut [Option<Settlement>],
+    ) {
+        let mut routes: Vec<(Arc<Forwarder>, Vec<usize>)> = Vec::new();
+        for (k, (i, event)) in events.at.iter().zip(&events.events).enumerate() {
             match self.router.route(event.project_id) {
-                Some(forwarder) => match groups.iter_mut().find(|(f, _)| Arc::ptr_eq(f, forwarder))
+                Some(forwarder) => match routes.iter_mut().find(|(f, _)| Arc::ptr_eq(f, forwarder))
                 {
                     Some((_, members)) => members.push(k),
-                    None => groups.push((forwarder.clone(), vec![k])),
+                    None => routes.push((forwarder.clone(), vec![k])),
                 },
                 None => {
                     events::skipped_unconfigured(&self.metrics, &event.event_id, event.project_id);
-                    settlements[positions[k]] = Some(Settlement::Skipped("unconfigured"));
+                    settlements[*i] = Some(Settlement::Skipped("unconfigured"));
                 }
             }
         }
-        for (forwarder, members) in groups {
-            let batch: Vec<&Event<'_>> = members.iter().map(|&k| &events[k]).collect();
-            let deliveries = forwarder.forward(&batch).await;
+        for (forwarder, members) in routes {
+            let batch: Vec<Routed<'_, '_>> = members
+                .iter()
+                .map(|&k| Routed {
+                    event: &events.events[k],
+                    source_group: messages[events.at[k]].group.as_deref(),
+                })
+                .collect();
+            let outcomes = forwarder.forward(&batch).await;
             let accepted_at = SystemTime::now();
-            for (&k, delivery) in members.iter().zip(deliveries) {
-                let (event, i) = (&events[k], positions[k]);
+            for (&k, outcome) in members.iter().zip(outcomes) {
+                let (i, event) = (events.at[k], &events.events[k]);
                 let message = &messages[i];
-                settlements[i] = Some(match delivery {
-                    Ok(()) => {
+                settlements[i] = Some(match outcome {
+                    Outcome::Accepted => {
                         if let Some(latency) = message
                             .sent_at
                             .and_then(|sent| accepted_at.duration_since(sent).ok())
@@ -233,7 +330,7 @@ impl Pipeline {
                         }
                         Settlement::Forwarded
                     }
-                    Err(err) => {
+                    Outcome::Failed(err) => {
                         let failure = Failure::from(&err);
                         events::forward_failed(
                             &self.metrics,
@@ -241,52 +338,56 @@ impl Pipeline {
                             &event.event_id,
                             &failure,
                         );
-                        Settlement::Failed(failure)
+                        if err.class.is_route_level() {
+                            // The route paused on it: kept, and back with the probe.
+                            Settlement::Deferred(Deferral {
+                                cause: DeferCause::RoutePaused,
+                                delay: forwarder.gate().retry_in(),
+                            })
+                        } else {
+                            Settlement::Failed(failure)
+                        }
+                    }
+                    Outcome::Deferred(deferral) => {
+                        events::deferred(
+                            &self.metrics,
+                            &message.message_id,
+                            &event.event_id,
+                            deferral.cause.as_str(),
+                            deferral.delay,
+                        );
+                        Settlement::Deferred(deferral)
                     }
                 });
             }
         }
-        let mut settlements: Vec<Settlement> = settlements
-            .into_iter()
-            .map(|s| {
-                s.unwrap_or_else(|| {
-                    Settlement::Failed(Failure {
-                        stage: "forward",
-                        class: ErrorClass::Local,
-                        code: None,
-                        message: "no outcome for the message".into(),
-                    })
-                })
-            })
-            .collect();
-        if let Some(dlq) = &self.dead_letter {
-            self.dead_letter(dlq, messages, &mut settlements).await;
-        }
-        settlements
     }
 
-    /// Sends the messages that can never be forwarded to the DLQ, with their original
-    /// bodies; those it accepts become [`Settlement::DeadLettered`].
+    /// Sends the messages that can never be forwarded and are not yet tried there to
+    /// the DLQ, with their original bodies; those it accepts become
+    /// [`Settlement::DeadLettered`]. Those it refuses stay in the source (and are
+    /// not offered again in the same batch).
     async fn dead_letter(
         &self,
-        dlq: &DeadLetterQueue,
         messages: &[SourceMessage],
-        settlements: &mut [Settlement],
+        settlements: &mut [Option<Settlement>],
     ) {
+        let Some(dlq) = &self.dead_letter else {
+            return;
+        };
         let (positions, letters): (Vec<usize>, Vec<DeadLetter<'_>>) = settlements
             .iter()
             .enumerate()
             .filter_map(|(i, s)| {
-                s.dead_letter_reason().map(|reason| {
-                    (
-                        i,
-                        DeadLetter {
-                            body: &messages[i].body,
-                            source_message_id: &messages[i].message_id,
-                            reason,
-                        },
-                    )
-                })
+                let reason = s.as_ref()?.dead_letter_reason()?;
+                Some((
+                    i,
+                    DeadLetter {
+                        body: &messages[i].body,
+                        source_message_id: &messages[i].message_id,
+                        reason,
+                    },
+                ))
             })
             .unzip();
         if letters.is_empty() {
@@ -295,16 +396,67 @@ impl Pipeline {
         let deliveries = dlq.send(&letters).await;
         for ((i, letter), delivery) in positions.into_iter().zip(letters).zip(deliveries) {
             match delivery {
-                Ok(()) => settlements[i] = Settlement::DeadLettered(letter.reason),
-                Err(err) => events::dead_letter_failed(&messages[i].message_id, &err),
+                Ok(()) => settlements[i] = Some(Settlement::DeadLettered(letter.reason)),
+                Err(err) => {
+                    events::dead_letter_failed(&messages[i].message_id, &err);
+                    // Kept in the source; marked so it is not offered twice.
+                    if let Some(Settlement::Invalid(_)) = &settlements[i] {
+                        settlements[i] = Some(Settlement::Failed(Failure {
+                            stage: "decode",
+                            class: err.class,
+                            code: err.code.clone(),
+                            message: format!(
+                                "invalid, and the dead-letter queue refused it: {err}"
+                            ),
+                        }));
+                    } else if let Some(Settlement::Failed(f)) = &mut settlements[i] {
+                        f.class = err.class;
+                    }
+                }
             }
         }
     }
+}
 
-    /// One `bulk_record` for every tag of every event; sets each event's `tag_ids`.
-    async fn index(&self, indexer: &Indexer, events: &mut [Event<'_>]) -> Result<(), IndexerError> {
-        index_events(indexer, &self.metrics, events).await
+/// Step 2, for sources with message groups (FIFO, fair queues): a message that stays
+/// in the source (invalid, and not dead-lettered) holds back the later events of its
+/// group, which stay too and come back after it, in their order.
+fn hold_back_groups(
+    messages: &[SourceMessage],
+    settlements: &mut [Option<Settlement>],
+    events: &mut Decoded<'_>,
+    metrics: &Metrics,
+) {
+    let stuck = messages
+        .iter()
+        .zip(settlements.iter())
+        .any(|(m, s)| m.group.is_some() && matches!(s, Some(s) if !s.is_done()));
+    if !stuck {
+        return;
     }
+    events.retain(|i, event| {
+        let message = &messages[i];
+        let behind = message.group.as_deref().is_some_and(|g| {
+            messages[..i]
+                .iter()
+                .zip(settlements.iter())
+                .any(|(m, s)| m.group.as_deref() == Some(g) && matches!(s, Some(s) if !s.is_done()))
+        });
+        if behind {
+            events::deferred(
+                metrics,
+                &message.message_id,
+                &event.event_id,
+                DeferCause::HeldBack.as_str(),
+                None,
+            );
+            settlements[i] = Some(Settlement::Deferred(Deferral {
+                cause: DeferCause::HeldBack,
+                delay: None,
+            }));
+        }
+        !behind
+    });
 }
 
 /// The indexer stage for a batch: one `bulk_record` for every tag string of every
@@ -315,7 +467,7 @@ pub async fn index_events(
     events: &mut [Event<'_>],
 ) -> Result<(), IndexerError> {
     let ids: Vec<Vec<[Option<u64>; 2]>> = {
-        let mut request: HashMap<u64, HashSet<&str>> = HashMap::new();
+        let mut request = BulkRequest::default();
         let mut empty_keys = 0u64;
         for event in events.iter() {
             let strings = request.entry(event.organization_id).or_default();

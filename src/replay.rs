@@ -2,10 +2,12 @@
 //! pipeline as `run` (backfills, demos).
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 
+use crate::forward::DeferCause;
 use crate::pipeline::{Pipeline, Settlement};
 use crate::source::{SourceMessage, MAX_BATCH};
 
@@ -22,6 +24,9 @@ pub struct ReplaySummary {
     pub failed: usize,
     /// Events skipped: their project has no route.
     pub skipped: usize,
+    /// A route stayed paused past the bound once: later lines deferred for a paused
+    /// route fail at once instead of waiting again.
+    gave_up_on_paused: bool,
 }
 
 impl ReplaySummary {
@@ -96,12 +101,20 @@ pub async fn replay_from<R: AsyncRead + Unpin>(
     let mut number = 0;
     loop {
         line.clear();
-        let read = reader.read_until(b'\n', &mut line).await?;
+        let (read, whole) = read_line_capped(&mut reader, &mut line, MAX_LINE_BYTES).await?;
         if read == 0 {
             break;
         }
         number += 1;
         bar.inc(read as u64);
+        if !whole {
+            summary.lines += 1;
+            summary.invalid += 1;
+            bar.suspend(|| {
+                eprintln!("line {number}: invalid event (too_long): over {MAX_LINE_BYTES} bytes")
+            });
+            continue;
+        }
         let text = trim_line(&line);
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -144,32 +157,114 @@ async fn flush(
     if batch.messages.is_empty() {
         return;
     }
-    let settlements = pipeline.process(&batch.messages).await;
-    for (number, settlement) in batch.numbers.iter().zip(settlements) {
-        summary.invalid += usize::from(settlement.is_invalid());
-        summary.failed += usize::from(settlement.is_failed());
-        match settlement {
-            Settlement::Forwarded => summary.forwarded += 1,
-            Settlement::Skipped(_) => summary.skipped += 1,
-            Settlement::Invalid(err) => {
-                bar.suspend(|| eprintln!("line {number}: invalid event ({}): {err}", err.reason()));
+    // Deferred lines (an organization over its rate limit, a paused route) are sent
+    // again once their delay is over: there is no queue to leave them in. A route still
+    // paused past the bound fails its lines, and the later batches' at once.
+    let started = Instant::now();
+    let mut pending: Vec<usize> = (0..batch.messages.len()).collect();
+    while !pending.is_empty() {
+        let messages: Vec<SourceMessage> =
+            pending.iter().map(|&k| batch.messages[k].clone()).collect();
+        let settlements = pipeline.process(&messages).await;
+        let mut again = Vec::new();
+        let mut wait = Duration::ZERO;
+        for (&k, settlement) in pending.iter().zip(settlements) {
+            let number = batch.numbers[k];
+            if let Settlement::Deferred(deferral) = &settlement {
+                let paused = deferral.cause == DeferCause::RoutePaused;
+                if !(paused && (summary.gave_up_on_paused || started.elapsed() >= DEFER_BOUND)) {
+                    again.push(k);
+                    wait = wait.max(deferral.delay.unwrap_or(MIN_WAIT));
+                    continue;
+                }
+                summary.gave_up_on_paused = true;
             }
-            Settlement::Failed(err) => {
-                bar.suspend(|| eprintln!("line {number}: not forwarded: {err}"));
-            }
-            Settlement::DeadLettered(reason) => {
-                bar.suspend(|| {
-                    eprintln!(
-                        "line {number}: sent to the dead-letter queue ({}): {}",
-                        reason.reason, reason.detail
-                    )
-                });
-            }
+            report(number, settlement, summary, bar);
         }
+        if !again.is_empty() {
+            tokio::time::sleep(wait.clamp(MIN_WAIT, MAX_WAIT)).await;
+        }
+        pending = again;
     }
     bar.set_message(format!("{} forwarded", summary.forwarded));
     batch.numbers.clear();
     batch.messages.clear();
+}
+
+/// How long a batch's lines may wait for a paused route.
+const DEFER_BOUND: Duration = Duration::from_secs(60);
+/// Shortest and longest wait before deferred lines are sent again.
+const MIN_WAIT: Duration = Duration::from_millis(50);
+const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// Counts and prints what became of one line.
+fn report(number: usize, settlement: Settlement, summary: &mut ReplaySummary, bar: &ProgressBar) {
+    summary.invalid += usize::from(settlement.is_invalid());
+    summary.failed += usize::from(settlement.is_failed());
+    match settlement {
+        Settlement::Forwarded => summary.forwarded += 1,
+        Settlement::Skipped(_) => summary.skipped += 1,
+        Settlement::Invalid(err) => {
+            bar.suspend(|| eprintln!("line {number}: invalid event ({}): {err}", err.reason()));
+        }
+        Settlement::Failed(err) => {
+            bar.suspend(|| eprintln!("line {number}: not forwarded: {err}"));
+        }
+        Settlement::DeadLettered(reason) => {
+            bar.suspend(|| {
+                eprintln!(
+                    "line {number}: sent to the dead-letter queue ({}): {}",
+                    reason.reason, reason.detail
+                )
+            });
+        }
+        Settlement::Deferred(deferral) => {
+            summary.failed += 1;
+            bar.suspend(|| {
+                eprintln!(
+                    "line {number}: not forwarded: deferred ({}) past {DEFER_BOUND:?}",
+                    deferral.cause.as_str()
+                )
+            });
+        }
+    }
+}
+
+/// The longest line read: longer ones are reported and skipped, never held in memory.
+pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads one line (through its `\n`) into `line`, keeping at most `cap` bytes. Returns
+/// the bytes consumed (0 at the end) and whether the line fit: the rest of a longer one
+/// is read and dropped.
+async fn read_line_capped<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<(usize, bool)> {
+    let mut consumed = 0;
+    let mut whole = true;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok((consumed, whole));
+        }
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(end) => (&available[..=end], true),
+            None => (available, false),
+        };
+        let n = chunk.len();
+        if whole && line.len() + n <= cap {
+            line.extend_from_slice(chunk);
+        } else {
+            whole = false;
+            line.clear();
+        }
+        reader.consume(n);
+        consumed += n;
+        if done {
+            return Ok((consumed, whole));
+        }
+    }
 }
 
 fn trim_line(line: &[u8]) -> &[u8] {
@@ -184,5 +279,40 @@ fn message(number: usize, body: String) -> SourceMessage {
         body,
         sent_at: None,
         receive_count: 1,
+        group: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_line_over_the_cap_is_skipped_whole_and_the_next_one_read() {
+        let input = format!("short\n{}\nnext\nlast", "x".repeat(100));
+        let mut reader = BufReader::with_capacity(16, input.as_bytes());
+        let mut line = Vec::new();
+        let mut lines = Vec::new();
+        loop {
+            line.clear();
+            let (read, whole) = read_line_capped(&mut reader, &mut line, 32).await.unwrap();
+            if read == 0 {
+                break;
+            }
+            lines.push((
+                read,
+                whole,
+                String::from_utf8(trim_line(&line).to_vec()).unwrap(),
+            ));
+        }
+        assert_eq!(
+            lines,
+            [
+                (6, true, "short".to_string()),
+                (101, false, String::new()),
+                (5, true, "next".to_string()),
+                (4, true, "last".to_string()),
+            ]
+        );
     }
 }

@@ -131,7 +131,7 @@ fn invalid() -> Vec<(String, &'static str)> {
         ),
         (format!("{{{ok},\"tags\":{deep}}}"), "invalid_tags"),
         (
-            format!("{{{ok},\"tags\":[[\"\\ud800\",\"lone surrogate\"]]}}"),
+            format!("{{{ok},\"tags\":[[\"\\ud800\",1]]}}"),
             "invalid_tags",
         ),
     ]
@@ -166,6 +166,11 @@ fn hostile_valid() -> Vec<String> {
             "a".repeat(50_000)
         ),
         format!(r#"{{"tags":[["level","error"]],{}}}"#, head(10)),
+        // JSON allows a lone surrogate escape; the tag gets no id, the event goes.
+        format!(
+            r#"{{{},"tags":[["\ud800","lone surrogate"],["k","a\u0000b"]]}}"#,
+            head(11)
+        ),
     ]
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 use common::*;
 use sqs_forwarder::app::App;
+use sqs_forwarder::forward::{Outcome, Routed};
 
 async fn run_until_idle(app: &App) -> sqs_forwarder::worker::RunSummary {
     tokio::time::timeout(Duration::from_secs(60), app.run(std::future::pending()))
@@ -99,7 +100,53 @@ async fn what_can_never_be_forwarded_goes_to_the_dlq_with_why_and_leaves_the_sou
 }
 
 #[tokio::test]
-async fn a_permanent_send_error_is_dead_lettered_with_its_code() {
+async fn a_message_the_destination_refuses_is_dead_lettered_with_its_code() {
+    let q = Queues::create(1).await;
+    let dlq = create_queue(&q.client, &unique("t-dlq"), 30).await;
+    // The destination takes at most 1 KiB: a larger event is refused on its own account.
+    q.client
+        .set_queue_attributes()
+        .queue_url(&q.dest)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+            "1024",
+        )
+        .send()
+        .await
+        .unwrap();
+    let big = event(5, 1).replace(
+        "\"platform\"",
+        &format!("\"pad\":\"{}\",\"platform\"", "x".repeat(2000)),
+    );
+    send_bodies(&q.client, &q.source, &[big.clone(), event(6, 1)]).await;
+    let mut config = q.config(None);
+    config.dlq_url = Some(dlq.clone());
+    let app = app(config).await;
+    let worker = app.worker().await.unwrap();
+    let mut totals = sqs_forwarder::worker::BatchOutcome::default();
+    for _ in 0..10 {
+        totals += worker.run_once().await.unwrap();
+        if totals.received >= 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        (totals.forwarded, totals.dead_lettered, totals.deleted),
+        (1, 1, 2),
+        "{totals:?}"
+    );
+    let letters = drain_messages(&q.client, &dlq, 1, Duration::from_secs(5)).await;
+    assert_eq!(letters[0].body.as_deref(), Some(big.as_str()));
+    assert_eq!(
+        attribute(&letters[0], "reason").as_deref(),
+        Some("message_rejected")
+    );
+    assert_eq!(attribute(&letters[0], "stage").as_deref(), Some("forward"));
+    assert!(attribute(&letters[0], "error_code").is_some());
+}
+
+#[tokio::test]
+async fn a_missing_destination_dead_letters_nothing_and_keeps_its_events() {
     let q = Queues::create(1).await;
     let dlq = create_queue(&q.client, &unique("t-dlq"), 30).await;
     send_bodies(&q.client, &q.source, &[event(5, 1)]).await;
@@ -120,17 +167,16 @@ async fn a_permanent_send_error_is_dead_lettered_with_its_code() {
             break;
         }
     }
-    assert_eq!((totals.dead_lettered, totals.deleted), (1, 1));
-    let letters = drain_messages(&q.client, &dlq, 1, Duration::from_secs(5)).await;
-    assert_eq!(letters[0].body.as_deref(), Some(event(5, 1).as_str()));
     assert_eq!(
-        attribute(&letters[0], "reason").as_deref(),
-        Some("queue_not_found")
+        (totals.deferred, totals.dead_lettered, totals.deleted),
+        (1, 0, 0),
+        "{totals:?}"
     );
-    assert_eq!(attribute(&letters[0], "stage").as_deref(), Some("forward"));
-    assert!(attribute(&letters[0], "error_code")
-        .unwrap()
-        .contains("NonExistentQueue"));
+    assert!(drain_messages(&q.client, &dlq, 1, Duration::from_secs(2))
+        .await
+        .is_empty());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(depth(&q.client, &q.source).await, 1, "kept in the source");
 }
 
 #[tokio::test]
@@ -173,9 +219,9 @@ async fn fifo_destination_gets_groups_keeps_order_and_deduplicates_resends() {
         .map(|b| sqs_forwarder::event::decode(b).unwrap())
         .collect();
     let router = app.router().await.unwrap();
-    let first_five: Vec<_> = events[..5].iter().collect();
+    let first_five: Vec<Routed<'_, '_>> = events[..5].iter().map(Routed::from).collect();
     let resent = router.default_route().unwrap().forward(&first_five).await;
-    assert!(resent.iter().all(Result::is_ok));
+    assert!(resent.iter().all(Outcome::is_accepted), "{resent:?}");
 
     let got = drain_messages(&client, &dest, 36, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 30, "each event once, the resend deduplicated");

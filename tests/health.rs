@@ -5,44 +5,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A free port on 127.0.0.1.
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-/// The status of `GET path`, or `None` if nothing listens.
-fn status(addr: &str, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split(' ').nth(1)?.parse().ok()
-}
-
-/// Polls until `GET path` answers `want`, or 20 s.
-fn wait_status(addr: &str, path: &str, want: u16) -> Option<u16> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = status(addr, path);
-        if got == Some(want) || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn worker(endpoint: &str, q: &Queues, health: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"))

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use sqs_forwarder::indexer::shared::MAX_SHARED_ID;
-use sqs_forwarder::indexer::{FetchType, Indexer, IndexerSettings, Store, WriteLimit};
+use sqs_forwarder::indexer::{BulkRequest, FetchType, Indexer, IndexerSettings, Store, WriteLimit};
 use sqs_forwarder::metrics::Metrics;
 use sqs_forwarder::retry::RetryPolicy;
 
@@ -35,8 +35,10 @@ fn backends() -> Vec<(&'static str, String)> {
     vec![("sqlite", sqlite_url()), ("postgres", postgres_url())]
 }
 
-fn request(org: u64, strings: &[String]) -> HashMap<u64, HashSet<&str>> {
-    HashMap::from([(org, strings.iter().map(String::as_str).collect())])
+fn request(org: u64, strings: &[String]) -> BulkRequest<'_> {
+    [(org, strings.iter().map(String::as_str).collect())]
+        .into_iter()
+        .collect()
 }
 
 #[tokio::test]
@@ -361,7 +363,7 @@ async fn lookups_are_counted_by_fetch_type() {
 }
 
 #[tokio::test]
-async fn reading_a_string_refreshes_a_stale_last_seen() {
+async fn a_stale_last_seen_is_refreshed_after_the_read_never_by_it() {
     for (name, url) in backends() {
         let org = random_org();
         let ix = indexer(&url, None).await;
@@ -390,17 +392,139 @@ async fn reading_a_string_refreshes_a_stale_last_seen() {
             }
         };
         two_days_ago(ix.store()).await;
-        let stale = ix.store().fetch(&[(org, "old-release")]).await.unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
-        assert!(stale[0].last_seen < now - 86_400, "{name}: {stale:?}");
-        let fresh = ix.store().fetch(&[(org, "old-release")]).await.unwrap();
-        assert!(
-            fresh[0].last_seen >= now - 60,
-            "{name}: last_seen not refreshed: {fresh:?}"
-        );
+        // A store read never writes.
+        let stale = ix.store().fetch(&[(org, "old-release")]).await.unwrap();
+        let again = ix.store().fetch(&[(org, "old-release")]).await.unwrap();
+        assert!(again[0].last_seen < now - 86_400, "{name}: {stale:?}");
+        // A lookup that reads it from the store refreshes it after the fact.
+        let cold = indexer(&url, None).await;
+        cold.record(org, "old-release").await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let fresh = ix.store().fetch(&[(org, "old-release")]).await.unwrap();
+            if fresh[0].last_seen >= now - 60 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: last_seen not refreshed: {fresh:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cold.store().close().await;
         ix.store().close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_string_the_store_cannot_hold_gets_no_id_and_fails_nothing_else() {
+    for (name, url) in backends() {
+        let org = random_org();
+        let ix = indexer(&url, None).await;
+        let nul = "a\0b".to_string();
+        let surrogate = format!("{}\"\\ud944\"", sqs_forwarder::event::UNREPRESENTABLE);
+        let strings = vec![
+            "good-1".to_string(),
+            nul.clone(),
+            "good-2".to_string(),
+            surrogate.clone(),
+        ];
+        let found = ix.bulk_record(&request(org, &strings)).await.unwrap();
+        for good in ["good-1", "good-2"] {
+            assert!(found[&org][good].id.is_some(), "{name}: {good}");
+        }
+        for bad in [&nul, &surrogate] {
+            assert_eq!(found[&org][bad.as_str()].id, None, "{name}");
+        }
+        assert_eq!(ix.resolve(org, &nul).await.unwrap(), None, "{name}");
+        ix.store().close().await;
+    }
+}
+
+/// A store that refuses every write, as a replica or a primary turned read-only in a
+/// failover does: reads still answer (a read never writes), and a new string fails the
+/// call with a transient class after retries, so the batch stays in the source.
+#[tokio::test]
+async fn a_read_only_store_answers_reads_and_fails_writes_transiently() {
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    use std::str::FromStr;
+    for (name, url) in backends() {
+        let org = random_org();
+        let writer = indexer(&url, None).await;
+        let known = writer.record(org, "known-release").await.unwrap().unwrap();
+        let org_i = org as i64;
+        // Make it stale, so a read would once have written.
+        match writer.store() {
+            Store::Postgres(pool) => sqlx::query(
+                "UPDATE indexer_strings SET last_seen = now() - interval '2 days' WHERE organization_id = $1",
+            )
+            .bind(org_i)
+            .execute(pool)
+            .await
+            .map(drop),
+            Store::Sqlite(pool) => sqlx::query(
+                "UPDATE indexer_strings SET last_seen = last_seen - 172800 WHERE organization_id = ?1",
+            )
+            .bind(org_i)
+            .execute(pool)
+            .await
+            .map(drop),
+        }
+        .unwrap();
+        let read_only = match writer.store() {
+            Store::Postgres(_) => Store::Postgres(
+                PgPoolOptions::new()
+                    .connect_with(
+                        PgConnectOptions::from_str(&url)
+                            .unwrap()
+                            .options([("default_transaction_read_only", "on")]),
+                    )
+                    .await
+                    .unwrap(),
+            ),
+            Store::Sqlite(_) => Store::Sqlite(
+                SqlitePoolOptions::new()
+                    .connect_with(
+                        SqliteConnectOptions::from_str(&url)
+                            .unwrap()
+                            .read_only(true),
+                    )
+                    .await
+                    .unwrap(),
+            ),
+        };
+        let policy = RetryPolicy {
+            initial_interval: Duration::from_millis(10),
+            max_interval: Duration::from_millis(50),
+            max_elapsed: Duration::from_millis(300),
+        };
+        let reader = Indexer::new(
+            read_only,
+            &IndexerSettings {
+                cache_size: 100,
+                write_limit: None,
+            },
+            policy,
+            Metrics::disabled(),
+        );
+        let strings = vec!["known-release".to_string()];
+        let found = reader.bulk_record(&request(org, &strings)).await.unwrap();
+        assert_eq!(found[&org]["known-release"].id, Some(known), "{name}");
+        assert_eq!(found[&org]["known-release"].fetch_type, FetchType::Db);
+
+        let started = std::time::Instant::now();
+        let new = vec!["never-seen".to_string()];
+        let err = reader.bulk_record(&request(org, &new)).await.unwrap_err();
+        assert!(err.class().is_retryable(), "{name}: {err}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "{name}: not retried"
+        );
+        writer.store().close().await;
     }
 }

@@ -122,7 +122,12 @@ async fn a_resent_event_overwrites_its_key_and_leaves_no_orphan() {
     let event = sqs_forwarder::event::decode(&body).unwrap();
     let router = app.router().await.unwrap();
     for _ in 0..3 {
-        assert!(router.default_route().unwrap().forward(&[&event]).await[0].is_ok());
+        assert!(router
+            .default_route()
+            .unwrap()
+            .forward(&[(&event).into()])
+            .await[0]
+            .is_accepted());
     }
     let listed = s3()
         .await
@@ -167,30 +172,45 @@ async fn without_a_bucket_an_oversized_event_is_skipped_and_dead_lettered() {
 }
 
 #[tokio::test]
-async fn a_bucket_that_does_not_exist_is_a_permanent_error() {
+async fn a_bucket_that_does_not_exist_pauses_the_route_until_it_exists() {
     let q = Queues::create(1).await;
     let dlq = create_queue(&q.client, &unique("t-dlq"), 30).await;
     send_bodies(&q.client, &q.source, &[big_event(6)]).await;
-    let mut c = config(
-        &q,
-        Some("no-such-bucket-for-sqs-forwarder"),
-        PointerFormat::Sentry,
-    );
+    let name = unique("late-bucket").to_lowercase();
+    let mut c = config(&q, Some(&name), PointerFormat::Sentry);
     c.dlq_url = Some(dlq.clone());
+    let app = App::from_sdk(c, &sdk().await, Metrics::disabled()).unwrap();
+    let worker = app.worker().await.unwrap();
+    let mut totals = sqs_forwarder::worker::BatchOutcome::default();
     let started = std::time::Instant::now();
-    let (_, summary) = run(c).await;
-    assert_eq!(summary.totals.dead_lettered, 1);
+    while totals.received == 0 && started.elapsed() < Duration::from_secs(10) {
+        totals += worker.run_once().await.unwrap();
+    }
+    assert_eq!(
+        (totals.deferred, totals.dead_lettered, totals.deleted),
+        (1, 0, 0),
+        "{totals:?}"
+    );
     assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "retried a permanent error"
+        started.elapsed() < Duration::from_secs(5),
+        "NoSuchBucket was retried"
     );
-    let letters = drain_messages(&q.client, &dlq, 1, Duration::from_secs(5)).await;
-    assert_eq!(
-        attribute(&letters[0], "reason").as_deref(),
-        Some("s3_bucket_invalid")
-    );
-    assert_eq!(
-        attribute(&letters[0], "error_code").as_deref(),
-        Some("NoSuchBucket")
-    );
+    assert!(drain(&q.client, &dlq, 1, Duration::from_secs(1))
+        .await
+        .is_empty());
+
+    // The bucket appears: the route's probe (HeadBucket) passes and the event goes.
+    s3().await
+        .create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    while totals.forwarded == 0 && started.elapsed() < Duration::from_secs(30) {
+        totals += worker.run_once().await.unwrap();
+    }
+    assert_eq!(totals.forwarded, 1, "{totals:?}");
+    let got = drain(&q.client, &q.dest, 1, Duration::from_secs(5)).await;
+    assert!(got[0].contains(&name), "{got:?}");
 }

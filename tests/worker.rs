@@ -117,7 +117,7 @@ async fn invalid_messages_are_counted_and_left_in_the_queue() {
 }
 
 #[tokio::test]
-async fn a_missing_destination_fails_events_without_retrying_and_keeps_messages() {
+async fn a_missing_destination_pauses_its_route_without_retrying_and_keeps_messages() {
     let q = Queues::create(1).await;
     let statsd = StatsdCapture::start();
     send_bodies(&q.client, &q.source, &[event(1, 1), event(2, 1)]).await;
@@ -134,12 +134,21 @@ async fn a_missing_destination_fails_events_without_retrying_and_keeps_messages(
     let mut totals = sqs_forwarder::worker::BatchOutcome::default();
     for _ in 0..10 {
         totals += worker.run_once().await.unwrap();
-        if totals.failed >= 2 {
+        if totals.deferred >= 2 {
             break;
         }
     }
-    assert_eq!((totals.failed, totals.forwarded, totals.deleted), (2, 0, 0));
-    // QueueDoesNotExist is permanent: no backoff (the policy allows up to 5 s).
+    // The route pauses: both events stay in the source, deferred until its probe.
+    assert_eq!(
+        (
+            totals.deferred,
+            totals.failed,
+            totals.forwarded,
+            totals.deleted
+        ),
+        (2, 0, 0, 0)
+    );
+    // QueueDoesNotExist is not retried: no backoff (the policy allows up to 5 s).
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "{:?}",

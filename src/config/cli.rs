@@ -96,25 +96,68 @@ impl SecretUrl {
     /// The URL with any password replaced by `***`.
     pub fn redacted(&self) -> String {
         let url = &self.0;
-        let Some(scheme_end) = url.find("://") else {
-            return url.clone();
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (url.as_str(), None),
         };
-        let rest = &url[scheme_end + 3..];
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let authority = &rest[..authority_end];
-        match authority.rfind('@') {
-            Some(at) => {
-                let userinfo = &authority[..at];
-                let user = userinfo.split(':').next().unwrap_or("");
-                let masked = if userinfo.contains(':') {
-                    format!("{user}:***")
-                } else {
-                    user.to_string()
-                };
-                format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
-            }
-            None => url.clone(),
+        let mut out = redact_userinfo(base);
+        if let Some(query) = query {
+            out.push('?');
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((name, _))
+                        if !SAFE_PARAMS.contains(&name.to_ascii_lowercase().as_str()) =>
+                    {
+                        format!("{name}=***")
+                    }
+                    _ => param.to_string(),
+                })
+                .collect();
+            out.push_str(&params.join("&"));
         }
+        out
+    }
+}
+
+/// Query parameters of a database URL shown as they are; any other (`password`,
+/// `sslpassword`, a token…) has its value masked.
+const SAFE_PARAMS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "mode",
+    "cache",
+    "immutable",
+    "application_name",
+    "connect_timeout",
+    "host",
+    "port",
+    "dbname",
+    "user",
+    "target_session_attrs",
+    "statement-cache-capacity",
+];
+
+/// `scheme://user:***@host/…`: the password of the userinfo masked.
+fn redact_userinfo(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
+        }
+        None => url.to_string(),
     }
 }
 
@@ -530,6 +573,17 @@ mod tests {
             SecretUrl::new("sqlite:data/x.db").redacted(),
             "sqlite:data/x.db"
         );
+        let q = SecretUrl::new(
+            "postgres://forwarder@db/indexer?sslmode=require&password=hunter2&sslpassword=s3cret",
+        );
+        for shown in [format!("{q:?}"), q.to_string(), q.redacted()] {
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("s3cret"),
+                "{shown}"
+            );
+            assert!(shown.contains("sslmode=require"), "{shown}");
+            assert!(shown.contains("password=***"), "{shown}");
+        }
         let err = parse(&["run", "--indexer-database-url", "mysql://u:hunter2@h/d"])
             .err()
             .unwrap_or_default();

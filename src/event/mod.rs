@@ -285,8 +285,70 @@ fn tags<'a>(raw: Option<&'a RawValue>) -> Result<Vec<Tag<'a>>, DecodeError> {
         return Ok(Vec::new());
     };
     let shape = "must be a list of [key, value] string pairs or an object of strings";
-    let Tags(pairs) = serde_json::from_str(text).map_err(|_| invalid("tags", shape))?;
-    Ok(pairs)
+    match serde_json::from_str(text) {
+        Ok(Tags(pairs)) => Ok(pairs),
+        // The fast path refuses a lone surrogate escape (`"\ud944"`), which JSON allows
+        // but a Rust string cannot hold: read the tags again, keeping such strings marked.
+        Err(_) => match serde_json::from_str::<Vec<(&RawValue, &RawValue)>>(text) {
+            Ok(pairs) => pairs
+                .into_iter()
+                .map(|(k, v)| Some((lenient_text(k)?, lenient_text(v)?)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| invalid("tags", shape)),
+            Err(_) => match serde_json::from_str::<RawEntries<'a>>(text) {
+                Ok(RawEntries(pairs)) => pairs
+                    .into_iter()
+                    .map(|(k, v)| Some((lenient_text(k)?, lenient_text(v)?)))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| invalid("tags", shape)),
+                Err(_) => Err(invalid("tags", shape)),
+            },
+        },
+    }
+}
+
+/// Marks a tag string that JSON allows but Unicode does not (a lone surrogate escape):
+/// U+0000 followed by its JSON text. The indexer refuses any string holding U+0000 (as
+/// PostgreSQL's text does), so such a tag gets no id and its event is still forwarded.
+pub const UNREPRESENTABLE: char = '\0';
+
+/// A tag string from its raw JSON: its text, or the [`UNREPRESENTABLE`] mark when it
+/// holds a lone surrogate; `None` when it is not a string at all.
+fn lenient_text<'a>(raw: &'a RawValue) -> Option<Cow<'a, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    match serde_json::from_str::<Text<'a>>(text) {
+        Ok(Text(s)) => Some(s),
+        Err(_) => Some(Cow::Owned(format!("{UNREPRESENTABLE}{text}"))),
+    }
+}
+
+/// The entries of a tags object, as raw values in their order (for [`lenient_text`]).
+struct RawEntries<'a>(Vec<(&'a RawValue, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for RawEntries<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawEntries<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawEntries<'de>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<&RawValue, &RawValue>()? {
+                    out.push(entry);
+                }
+                Ok(RawEntries(out))
+            }
+        }
+        de.deserialize_map(Visitor)
+    }
 }
 
 #[cfg(test)]
@@ -307,6 +369,31 @@ mod tests {
             Ok(e) => panic!("{body} decoded: {e:?}"),
             Err(e) => e.reason(),
         }
+    }
+
+    #[test]
+    fn a_lone_surrogate_in_a_tag_is_kept_marked_and_the_event_is_valid() {
+        let head = format!(r#""event_id":"{ID}","project_id":1,"organization_id":1"#);
+        let list = format!(r#"{{{head},"tags":[["k","\ud944"],["env","prod"]]}}"#);
+        let e = ok(&list);
+        let marked = format!("{UNREPRESENTABLE}\"\\ud944\"");
+        assert_eq!(e.tags[0], ("k".into(), marked.clone().into()));
+        assert_eq!(e.tags[1], ("env".into(), "prod".into()));
+        assert_eq!(e.encoded(), list, "forwarded byte for byte");
+        let object = format!(r#"{{{head},"tags":{{"\udc00x":"v","a":"\ud944"}}}}"#);
+        let e = ok(&object);
+        assert!(e.tags[0].0.starts_with(UNREPRESENTABLE));
+        assert_eq!(e.tags[0].1, "v");
+        assert_eq!(e.tags[1].1, marked);
+        // Still refused: a tag that is not a string, surrogate or not.
+        assert_eq!(
+            reason(&format!(r#"{{{head},"tags":[["\ud944",1]]}}"#)),
+            "invalid_tags"
+        );
+        assert_eq!(
+            reason(&format!(r#"{{{head},"tags":{{"\ud944":null}}}}"#)),
+            "invalid_tags"
+        );
     }
 
     #[test]

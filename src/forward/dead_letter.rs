@@ -1,7 +1,7 @@
 //! The dead-letter destination (`FORWARDER_DLQ_URL`): where what can never be forwarded
 //! goes, with its original body unchanged and attributes that say why.
 
-use super::sender::{Attribute, Delivery, Outgoing, SqsSender};
+use super::sender::{Attribute, Delivery, Outgoing, SendOutcome, SqsSender};
 use crate::metrics::{Counter, Metrics};
 
 /// Why a message is dead-lettered.
@@ -79,11 +79,18 @@ impl DeadLetterQueue {
                     body: l.body.into(),
                     attributes,
                     group_id: self.fifo.then(|| "dead-letter".to_string()),
-                    dedup_id: self.fifo.then(|| l.source_message_id.to_string()),
+                    dedup_id: self.fifo.then(|| deduplication_id(l.source_message_id)),
+                    after: None,
                 }
             })
             .collect();
-        let deliveries = self.sender.send(&outgoing).await;
+        let deliveries: Vec<Delivery> = self
+            .sender
+            .send(&outgoing)
+            .await
+            .into_iter()
+            .map(SendOutcome::delivery)
+            .collect();
         for (l, d) in letters.iter().zip(&deliveries) {
             if d.is_ok() {
                 self.metrics.incr(Counter::DeadLettered {
@@ -96,6 +103,21 @@ impl DeadLetterQueue {
     }
 }
 
+/// A FIFO deduplication id from a source message id: SQS takes 1 to 128 characters
+/// from `!` to `~`, so anything else (the space of replay's `line 3`) becomes `_`.
+fn deduplication_id(source_message_id: &str) -> String {
+    let id: String = source_message_id
+        .chars()
+        .take(128)
+        .map(|c| if ('!'..='~').contains(&c) { c } else { '_' })
+        .collect();
+    if id.is_empty() {
+        "_".into()
+    } else {
+        id
+    }
+}
+
 fn truncate(s: &str) -> String {
     if s.len() <= MAX_DETAIL {
         return s.to_string();
@@ -105,4 +127,17 @@ fn truncate(s: &str) -> String {
         end -= 1;
     }
     s[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deduplication_ids_are_what_sqs_accepts() {
+        assert_eq!(deduplication_id("line 3"), "line_3");
+        assert_eq!(deduplication_id("0a1b-c2"), "0a1b-c2");
+        assert_eq!(deduplication_id(""), "_");
+        assert_eq!(deduplication_id(&"é".repeat(200)).len(), 128);
+    }
 }

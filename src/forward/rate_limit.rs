@@ -1,13 +1,28 @@
 //! The per-organization rate limit (`FORWARDER_RATE_LIMIT`): at most N events per window
-//! for each organization, as Sentry's data-forwarding base (50 per second). Events over
-//! the limit wait for their turn; none is dropped.
+//! for each organization, as Sentry's data-forwarding base (50 per second).
+//!
+//! The check never waits: an event over its organization's limit is deferred by itself
+//! (its source message hidden until the organization's tokens are back), and every other
+//! organization's events go out at once. None is dropped.
+//!
+//! The limit is a generic cell rate (GCRA): one "theoretical arrival time" per
+//! organization, kept in a bounded cache. However many organizations appear, memory
+//! stays within [`MAX_ORGANIZATIONS`] entries: the least recently used are evicted
+//! (an evicted organization starts again with a full burst, which is all an idle one
+//! has anyway), and no call ever scans the map.
 
-use std::num::NonZeroU32;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use governor::{DefaultKeyedRateLimiter, Quota};
+use quick_cache::sync::Cache;
 
 use crate::indexer::WriteLimit;
 use crate::metrics::{Counter, Metrics};
+
+/// Organizations whose state is kept at most.
+pub const MAX_ORGANIZATIONS: usize = 100_000;
 
 /// `N/DURATION`, e.g. `50/1s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +38,11 @@ impl std::str::FromStr for RateLimit {
                     .into(),
             );
         }
+        if limit.window.as_nanos() / u128::from(limit.max) == 0 {
+            return Err(format!(
+                "{limit} allows more than one event per nanosecond; expected N/DURATION, like 50/1s"
+            ));
+        }
         Ok(RateLimit(limit))
     }
 }
@@ -34,71 +54,126 @@ impl std::fmt::Display for RateLimit {
 }
 
 /// Keeps each organization within its rate.
-#[derive(Debug)]
 pub struct OrgRateLimiter {
-    /// One generic cell rate per organization: `max` at once, then one every
-    /// `window / max`.
-    limiter: DefaultKeyedRateLimiter<u64>,
+    /// Per organization: its theoretical arrival time, in nanoseconds since `epoch`.
+    cells: Cache<u64, Arc<AtomicU64>>,
+    /// Nanoseconds between two events at the steady rate (`window / max`).
+    interval: u64,
+    /// How far ahead of now the arrival time may run: the burst (`max` intervals).
+    tolerance: u64,
+    /// The clock's zero.
+    epoch: Instant,
     /// `forwarder.rate_limited`.
     metrics: Metrics,
 }
 
+impl std::fmt::Debug for OrgRateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrgRateLimiter")
+            .field("interval_ns", &self.interval)
+            .field("organizations", &self.cells.len())
+            .finish()
+    }
+}
+
 impl OrgRateLimiter {
-    /// A limiter for `limit`.
-    pub fn new(limit: RateLimit, metrics: Metrics) -> Option<Self> {
-        let max = NonZeroU32::new(u32::try_from(limit.0.max).ok()?)?;
-        let quota = Quota::with_period(limit.0.window / max.get())?.allow_burst(max);
-        Some(Self {
-            limiter: DefaultKeyedRateLimiter::keyed(quota),
-            metrics,
-        })
+    /// A limiter for `limit` (refused at start when it rounds to nothing).
+    pub fn new(limit: RateLimit, metrics: Metrics) -> Self {
+        Self::with_capacity(limit, MAX_ORGANIZATIONS, metrics)
     }
 
-    /// Waits until `org` may send one more event.
-    pub async fn until_ready(&self, org: u64) {
-        if self.limiter.check_key(&org).is_ok() {
-            return;
+    /// A limiter keeping at most `capacity` organizations.
+    pub fn with_capacity(limit: RateLimit, capacity: usize, metrics: Metrics) -> Self {
+        let max = limit.0.max.max(1);
+        let interval = u64::try_from(limit.0.window.as_nanos() / u128::from(max))
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Self {
+            cells: Cache::new(capacity.max(1)),
+            interval,
+            tolerance: interval.saturating_mul(max),
+            epoch: Instant::now(),
+            metrics,
         }
-        self.metrics.incr(Counter::RateLimited);
-        self.limiter.until_key_ready(&org).await;
-        if self.limiter.len() > 100_000 {
-            self.limiter.retain_recent();
+    }
+
+    /// Takes one token of `org` if it has one; otherwise counts `forwarder.rate_limited`
+    /// and says how long until it has one again. Never waits.
+    pub fn check(&self, org: u64) -> Result<(), Duration> {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let cell = self
+            .cells
+            .get_or_insert_with(&org, || Ok::<_, Infallible>(Arc::new(AtomicU64::new(0))))
+            .unwrap_or_else(|never| match never {});
+        let mut tat = cell.load(Ordering::Acquire);
+        loop {
+            let next = tat.max(now).saturating_add(self.interval);
+            if next - now > self.tolerance {
+                self.metrics.incr(Counter::RateLimited);
+                return Err(Duration::from_nanos(next - now - self.tolerance));
+            }
+            match cell.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(current) => tat = current,
+            }
         }
+    }
+
+    /// Organizations whose state is kept now (at most the capacity).
+    pub fn organizations(&self) -> usize {
+        self.cells.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
-    #[tokio::test]
-    async fn an_organization_over_its_rate_waits_and_others_do_not() {
-        let limit: RateLimit = "4/200ms".parse().unwrap();
-        let l = OrgRateLimiter::new(limit, Metrics::disabled()).unwrap();
-        let started = Instant::now();
+    fn limiter(limit: &str) -> OrgRateLimiter {
+        OrgRateLimiter::new(limit.parse().unwrap(), Metrics::disabled())
+    }
+
+    #[test]
+    fn an_organization_over_its_rate_is_told_when_and_others_are_not_held() {
+        let l = limiter("4/200ms");
         for _ in 0..4 {
-            l.until_ready(1).await;
+            assert_eq!(l.check(1), Ok(()), "the burst passes at once");
         }
+        let wait = l.check(1).unwrap_err();
         assert!(
-            started.elapsed() < Duration::from_millis(40),
-            "the burst passes at once"
+            wait > Duration::ZERO && wait <= Duration::from_millis(50),
+            "{wait:?}: one interval is 50 ms"
         );
         for _ in 0..4 {
-            l.until_ready(2).await;
+            assert_eq!(l.check(2), Ok(()), "organizations are apart");
         }
-        assert!(
-            started.elapsed() < Duration::from_millis(40),
-            "organizations are apart"
-        );
-        for _ in 0..4 {
-            l.until_ready(1).await;
+        std::thread::sleep(wait + Duration::from_millis(5));
+        assert_eq!(l.check(1), Ok(()), "a token is back after the wait");
+        assert!(l.check(1).is_err());
+    }
+
+    #[test]
+    fn state_stays_bounded_however_many_organizations_arrive() {
+        let l = OrgRateLimiter::with_capacity("1/1h".parse().unwrap(), 1_000, Metrics::disabled());
+        assert_eq!(l.check(7), Ok(()));
+        for org in 1_000..51_000 {
+            assert_eq!(l.check(org), Ok(()), "a new organization has its burst");
+            if org % 100 == 0 {
+                // A busy organization keeps its state among the churn.
+                assert!(
+                    l.check(7).is_err(),
+                    "organization 7 lost its state at {org}"
+                );
+            }
         }
-        assert!(
-            started.elapsed() >= Duration::from_millis(150),
-            "over the rate it waits"
-        );
+        assert!(l.organizations() <= 1_000, "{}", l.organizations());
+    }
+
+    #[test]
+    fn limits_that_round_to_nothing_are_refused() {
         assert!("0/1s".parse::<RateLimit>().is_err());
         assert!("50".parse::<RateLimit>().is_err());
+        assert!("4000000000/1s".parse::<RateLimit>().is_err());
+        assert!("50/1s".parse::<RateLimit>().is_ok());
     }
 }

@@ -1,6 +1,13 @@
 //! Sending messages to one queue with SendMessageBatch: batches within SQS's limits,
 //! only transiently failed entries sent again. The destination and the dead-letter
 //! queue both send through it.
+//!
+//! Order: a message may name the one it must follow ([`Outgoing::after`]). It is sent
+//! only once that one was accepted, and never in the same call, so a failed message is
+//! never overtaken by a later one of its group: if it is not accepted, the later ones
+//! are not sent at all ([`SendOutcome::HeldBack`]). Sending stops at the first error
+//! that makes the queue unusable ([`ErrorClass::is_route_level`]): what is left is
+//! [`SendOutcome::NotSent`].
 
 use std::borrow::Cow;
 use std::time::Instant;
@@ -15,6 +22,31 @@ use crate::retry::{ErrorClass, RetryPolicy};
 
 /// The result of sending one message: accepted by the queue, or why not.
 pub type Delivery = Result<(), AwsError>;
+
+/// What became of one message given to [`SqsSender::send`].
+#[derive(Debug, Clone)]
+pub enum SendOutcome {
+    /// The queue accepted it.
+    Accepted,
+    /// It was sent and not accepted (after retries, if transient).
+    Failed(AwsError),
+    /// Not sent: the message it must follow was not accepted.
+    HeldBack,
+    /// Not sent: an earlier call found the queue unusable.
+    NotSent,
+}
+
+impl SendOutcome {
+    /// As a [`Delivery`], for callers that only care whether it was accepted.
+    pub fn delivery(self) -> Delivery {
+        match self {
+            SendOutcome::Accepted => Ok(()),
+            SendOutcome::Failed(err) => Err(err),
+            SendOutcome::HeldBack => Err(local("held back behind an earlier message of its group")),
+            SendOutcome::NotSent => Err(local("not sent: the queue is unusable for now")),
+        }
+    }
+}
 
 /// A message attribute: name, SQS data type (`String` or `Number`), value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +91,9 @@ pub struct Outgoing<'a> {
     /// FIFO queues: the deduplication id; a resend with the same id within SQS's
     /// five-minute window is not delivered twice.
     pub dedup_id: Option<String>,
+    /// The index (in the same [`SqsSender::send`] call) of the message this one must
+    /// follow: the previous one of its message group on a FIFO queue.
+    pub after: Option<usize>,
 }
 
 impl Outgoing<'_> {
@@ -116,32 +151,82 @@ impl SqsSender {
         self.max_message_bytes
     }
 
-    /// Sends messages; one delivery per message, in order. Order is kept across
-    /// batches, which are sent one after the other.
-    pub async fn send(&self, messages: &[Outgoing<'_>]) -> Vec<Delivery> {
+    /// Whether the queue is usable again: GetQueueAttributes, one try (the probe of a
+    /// paused route).
+    pub async fn probe(&self) -> Result<(), AwsError> {
+        self.client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| AwsError::from_sdk("get_attributes", e))
+    }
+
+    /// Sends messages; one outcome per message, in order. Calls go one after the
+    /// other; each takes the messages whose predecessor is accepted (see the module).
+    pub async fn send(&self, messages: &[Outgoing<'_>]) -> Vec<SendOutcome> {
         let sizes: Vec<usize> = messages.iter().map(Outgoing::size).collect();
-        let plan = batch::plan(&sizes, self.max_message_bytes);
-        let mut deliveries: Vec<Option<Delivery>> = vec![None; messages.len()];
-        for &i in &plan.oversized {
-            deliveries[i] = Some(Err(AwsError {
-                operation: "send",
-                class: ErrorClass::MessageRejected,
-                code: Some("MessageTooLong".into()),
-                message: format!(
-                    "message is {} bytes, over the {}-byte limit",
-                    sizes[i], self.max_message_bytes
-                ),
-            }));
-        }
-        for indices in plan.batches {
-            let outcomes = self.send_batch(messages, &indices).await;
-            for (i, outcome) in indices.into_iter().zip(outcomes) {
-                deliveries[i] = Some(outcome);
+        let mut outcomes: Vec<Option<SendOutcome>> = vec![None; messages.len()];
+        loop {
+            // This round: every message not settled whose predecessor is accepted. One
+            // whose predecessor failed or was held is held in turn (in order, so a
+            // chain is held back whole).
+            let mut ready = Vec::new();
+            for i in 0..messages.len() {
+                if outcomes[i].is_some() {
+                    continue;
+                }
+                match messages[i]
+                    .after
+                    .map(|j| outcomes.get(j).cloned().flatten())
+                {
+                    None | Some(Some(SendOutcome::Accepted)) => ready.push(i),
+                    Some(None) => {} // its predecessor goes first, in an earlier call
+                    Some(Some(_)) => outcomes[i] = Some(SendOutcome::HeldBack),
+                }
+            }
+            if ready.is_empty() {
+                break;
+            }
+            let round: Vec<usize> = ready.iter().map(|&i| sizes[i]).collect();
+            let plan = batch::plan(&round, self.max_message_bytes);
+            for &k in &plan.oversized {
+                let i = ready[k];
+                outcomes[i] = Some(SendOutcome::Failed(AwsError {
+                    operation: "send",
+                    class: ErrorClass::MessageRejected,
+                    code: Some("MessageTooLong".into()),
+                    message: format!(
+                        "message is {} bytes, over the {}-byte limit",
+                        sizes[i], self.max_message_bytes
+                    ),
+                }));
+            }
+            for batch in plan.batches {
+                let indices: Vec<usize> = batch.into_iter().map(|k| ready[k]).collect();
+                let sent = self.send_batch(messages, &indices).await;
+                let unusable = sent
+                    .iter()
+                    .any(|d| matches!(d, Err(e) if e.class.is_route_level()));
+                for (&i, delivery) in indices.iter().zip(sent) {
+                    outcomes[i] = Some(match delivery {
+                        Ok(()) => SendOutcome::Accepted,
+                        Err(err) => SendOutcome::Failed(err),
+                    });
+                }
+                if unusable {
+                    return outcomes
+                        .into_iter()
+                        .map(|o| o.unwrap_or(SendOutcome::NotSent))
+                        .collect();
+                }
             }
         }
-        deliveries
+        outcomes
             .into_iter()
-            .map(|d| d.unwrap_or_else(|| Err(local("message was not planned into a batch"))))
+            .map(|o| o.unwrap_or(SendOutcome::HeldBack))
             .collect()
     }
 

@@ -1,11 +1,45 @@
 //! The per-organization write limit: at most `max` new strings per `window`.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use quick_cache::sync::Cache;
 
 /// Longest string the store takes, in characters (Sentry's limit).
 pub const MAX_STRING_CHARS: usize = 200;
+
+/// Why a string gets no id before the store is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over [`MAX_STRING_CHARS`] characters.
+    TooLong,
+    /// A string the store's schema cannot hold: U+0000 (PostgreSQL's text refuses it),
+    /// or a lone surrogate escape (see [`crate::event::UNREPRESENTABLE`]).
+    InvalidString,
+}
+
+impl Refusal {
+    /// The `reason` tag of `forwarder.indexer.refused`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::TooLong => "too_long",
+            Refusal::InvalidString => "invalid_string",
+        }
+    }
+}
+
+/// Whether the store can hold `s`; checked for every string before the store sees it,
+/// so one bad string never fails the statement that carries its batch.
+pub fn refusal(s: &str) -> Option<Refusal> {
+    if s.len() > MAX_STRING_CHARS && s.chars().count() > MAX_STRING_CHARS {
+        Some(Refusal::TooLong)
+    } else if s.as_bytes().contains(&0) {
+        Some(Refusal::InvalidString)
+    } else {
+        None
+    }
+}
 
 /// `N/DURATION`, e.g. `1000/10s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,21 +86,39 @@ impl std::fmt::Display for WriteLimit {
     }
 }
 
+/// Organizations whose write window is kept at most: past it the least recently used
+/// are evicted (an evicted organization starts a fresh window), so memory stays bounded
+/// however many organization ids arrive, and no call scans the map.
+pub const MAX_ORGANIZATIONS: usize = 100_000;
+
 /// Counts new strings per organization in fixed windows.
-#[derive(Debug)]
 pub struct WriteLimiter {
     /// `None`: no limit.
     limit: Option<WriteLimit>,
     /// Per organization: when its window started, and how many it used.
-    windows: Mutex<HashMap<u64, (Instant, u64)>>,
+    windows: Cache<u64, Arc<Mutex<(Instant, u64)>>>,
+}
+
+impl std::fmt::Debug for WriteLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteLimiter")
+            .field("limit", &self.limit)
+            .field("organizations", &self.windows.len())
+            .finish()
+    }
 }
 
 impl WriteLimiter {
     /// A limiter; `None` admits everything.
     pub fn new(limit: Option<WriteLimit>) -> Self {
+        Self::with_capacity(limit, MAX_ORGANIZATIONS)
+    }
+
+    /// A limiter keeping at most `capacity` organizations' windows.
+    pub fn with_capacity(limit: Option<WriteLimit>, capacity: usize) -> Self {
         Self {
             limit,
-            windows: Mutex::new(HashMap::new()),
+            windows: Cache::new(capacity.max(1)),
         }
     }
 
@@ -76,13 +128,14 @@ impl WriteLimiter {
             return wanted;
         };
         let now = Instant::now();
-        let Ok(mut windows) = self.windows.lock() else {
+        let window = self
+            .windows
+            .get_or_insert_with(&org, || Ok::<_, Infallible>(Arc::new(Mutex::new((now, 0)))))
+            .unwrap_or_else(|never| match never {});
+        let Ok(mut window) = window.lock() else {
             return 0;
         };
-        if windows.len() > 100_000 {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < limit.window);
-        }
-        let (start, used) = windows.entry(org).or_insert((now, 0));
+        let (start, used) = &mut *window;
         if now.duration_since(*start) >= limit.window {
             *start = now;
             *used = 0;
@@ -91,11 +144,26 @@ impl WriteLimiter {
         *used += admitted;
         admitted as usize
     }
+
+    /// Organizations whose window is kept now (at most the capacity).
+    pub fn organizations(&self) -> usize {
+        self.windows.len()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_the_store_cannot_hold_are_refused() {
+        assert_eq!(refusal("production"), None);
+        assert_eq!(refusal(&"é".repeat(200)), None, "200 characters, 400 bytes");
+        assert_eq!(refusal(&"a".repeat(201)), Some(Refusal::TooLong));
+        assert_eq!(refusal("a\0b"), Some(Refusal::InvalidString));
+        let marked = format!("{}\"\\ud944\"", crate::event::UNREPRESENTABLE);
+        assert_eq!(refusal(&marked), Some(Refusal::InvalidString));
+    }
 
     #[test]
     fn parses() {
@@ -128,5 +196,18 @@ mod tests {
         std::thread::sleep(Duration::from_millis(250));
         assert_eq!(l.admit(1, 4), 4, "a new window");
         assert_eq!(WriteLimiter::new(None).admit(1, 1_000_000), 1_000_000);
+    }
+
+    #[test]
+    fn state_stays_bounded_however_many_organizations_arrive() {
+        let limit = WriteLimit {
+            max: 1,
+            window: Duration::from_secs(3600),
+        };
+        let l = WriteLimiter::with_capacity(Some(limit), 1_000);
+        for org in 0..50_000 {
+            assert_eq!(l.admit(org, 1), 1);
+        }
+        assert!(l.organizations() <= 1_000, "{}", l.organizations());
     }
 }

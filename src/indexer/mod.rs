@@ -9,8 +9,11 @@
 //! 4. [`store`] create: insert-or-ignore what is still missing, then read back, within
 //!    the per-organization write limit ([`limits`]).
 //!
-//! A string refused (over 200 characters, or past the write limit) gets no id
-//! (`None`); it never stops its event from being forwarded.
+//! A string refused (over 200 characters, one the store cannot hold such as U+0000, or
+//! past the write limit) gets no id (`None`); it never stops its event, or any other,
+//! from being forwarded. An error of the store itself is transient: retried, and past
+//! the bound the batch stays in the source queue, never dead-lettered. A read never
+//! writes: stale `last_seen` values are refreshed after the fact, best effort.
 
 pub mod cache;
 pub mod limits;
@@ -18,6 +21,8 @@ pub mod shared;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::metrics::{Counter, Gauge, Metrics, Timer};
@@ -66,8 +71,37 @@ pub struct Lookup {
     pub fetch_type: FetchType,
 }
 
+impl Lookup {
+    /// No id: refused by a limit or by what the store can hold.
+    const NONE: Lookup = Lookup {
+        id: None,
+        fetch_type: FetchType::Limited,
+    };
+
+    fn found(id: u64, fetch_type: FetchType) -> Lookup {
+        Lookup {
+            id: Some(id),
+            fetch_type,
+        }
+    }
+}
+
+/// The hasher of the per-batch maps: foldhash, seeded per process. These maps are built
+/// and probed about a hundred times per event, and SipHash (std's default) made that
+/// the larger part of the indexer's time on a hot cache (see docs/PERFORMANCE.md).
+pub type BatchHasher = foldhash::fast::RandomState;
+
+/// A map keyed as the per-batch maps are.
+pub type BatchMap<K, V> = HashMap<K, V, BatchHasher>;
+
+/// A set hashed as the per-batch maps are.
+pub type BatchSet<T> = HashSet<T, BatchHasher>;
+
+/// `{organization: {strings}}`: what [`Indexer::bulk_record`] is asked for.
+pub type BulkRequest<'a> = BatchMap<u64, BatchSet<&'a str>>;
+
 /// `{organization: {string: lookup}}`.
-pub type BulkResult<'a> = HashMap<u64, HashMap<&'a str, Lookup>>;
+pub type BulkResult<'a> = BatchMap<u64, BatchMap<&'a str, Lookup>>;
 
 /// Why the indexer could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +117,122 @@ impl IndexerError {
         match self {
             IndexerError::Store(e) => e.class,
         }
+    }
+}
+
+/// The two store statements of a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreOp {
+    /// Which of these strings have ids.
+    Fetch,
+    /// Give these strings ids.
+    Create,
+}
+
+impl StoreOp {
+    /// The `operation` tag of `forwarder.retry`.
+    fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Fetch => "indexer_fetch",
+            StoreOp::Create => "indexer_create",
+        }
+    }
+}
+
+/// What one lookup counted, emitted once at its end.
+#[derive(Debug, Default)]
+struct Tally {
+    /// `forwarder.indexer.lookup{fetch_type}`.
+    lookups: HashMap<FetchType, u64>,
+    /// `forwarder.indexer.refused{reason}`.
+    refused: HashMap<&'static str, u64>,
+}
+
+impl Tally {
+    fn lookup(&mut self, fetch_type: FetchType, n: u64) {
+        *self.lookups.entry(fetch_type).or_default() += n;
+    }
+
+    fn refused(&mut self, reason: &'static str, n: u64) {
+        *self.refused.entry(reason).or_default() += n;
+    }
+
+    fn emit(self, metrics: &Metrics) {
+        for (reason, n) in self.refused {
+            metrics.count(Counter::IndexerRefused { reason }, n);
+        }
+        for (fetch_type, n) in self.lookups {
+            metrics.count(
+                Counter::IndexerLookup {
+                    fetch_type: fetch_type.as_str(),
+                },
+                n,
+            );
+        }
+    }
+}
+
+/// Ids read whose `last_seen` is over a day old, refreshed after the fact in one
+/// statement: a read never writes, so reads work on a replica or for a role without
+/// UPDATE, and a failed refresh fails no event (the ids stay stale and are noted again
+/// at their next read).
+#[derive(Debug, Default)]
+struct Touches {
+    /// Ids waiting for their refresh; at most [`Touches::MAX_PENDING`].
+    pending: Mutex<HashSet<u64>>,
+    /// A refresh is running: at most one at a time.
+    running: Arc<AtomicBool>,
+    /// A refresh failed once already: later failures log at debug, not warn.
+    warned: Arc<AtomicBool>,
+}
+
+impl Touches {
+    /// Ids kept waiting at most; more are dropped (they are noted again when read).
+    const MAX_PENDING: usize = 10_000;
+
+    fn note(&self, ids: impl Iterator<Item = u64>) {
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        for id in ids {
+            if pending.len() >= Self::MAX_PENDING {
+                break;
+            }
+            pending.insert(id);
+        }
+    }
+
+    /// Starts a refresh of what is pending, unless one runs or nothing is pending.
+    fn flush(&self, store: &Store) {
+        let ids: Vec<u64> = {
+            let Ok(mut pending) = self.pending.lock() else {
+                return;
+            };
+            if pending.is_empty()
+                || self
+                    .running
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                return;
+            }
+            pending.drain().collect()
+        };
+        let (store, running, warned) = (store.clone(), self.running.clone(), self.warned.clone());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            running.store(false, Ordering::Release);
+            return;
+        };
+        runtime.spawn(async move {
+            match store.touch(&ids).await {
+                Ok(()) => tracing::debug!(ids = ids.len(), "indexer: last_seen refreshed"),
+                Err(err) if !warned.swap(true, Ordering::Relaxed) => {
+                    tracing::warn!(error = %err, ids = ids.len(), "indexer: last_seen not refreshed (best effort; events are unaffected)");
+                }
+                Err(err) => tracing::debug!(error = %err, "indexer: last_seen not refreshed"),
+            }
+            running.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -108,6 +258,8 @@ pub struct Indexer {
     policy: RetryPolicy,
     /// Lookup counts, cache size, store latency.
     metrics: Metrics,
+    /// Stale `last_seen` values, refreshed after the fact.
+    touches: Touches,
 }
 
 impl Indexer {
@@ -124,6 +276,7 @@ impl Indexer {
             limiter: WriteLimiter::new(settings.write_limit),
             policy,
             metrics,
+            touches: Touches::default(),
         }
     }
 
@@ -133,135 +286,175 @@ impl Indexer {
     }
 
     /// Ids for every string of every organization, creating those never seen.
+    ///
+    /// A string the store cannot hold gets no id and fails nothing else. An error of the
+    /// store itself fails the whole call once its retries are spent: the caller keeps
+    /// the batch for a later try.
     pub async fn bulk_record<'a>(
         &self,
-        request: &HashMap<u64, HashSet<&'a str>>,
+        request: &BulkRequest<'a>,
     ) -> Result<BulkResult<'a>, IndexerError> {
-        let mut result: BulkResult<'a> = HashMap::with_capacity(request.len());
-        let mut counts: HashMap<FetchType, u64> = HashMap::new();
-        let mut refused_long = 0u64;
-        let mut misses: Vec<(u64, &'a str)> = Vec::new();
-        for (&org, strings) in request {
-            let found = result.entry(org).or_default();
-            for &s in strings {
-                let lookup = if let Some(id) = shared::id_of(s) {
-                    Some(Lookup {
-                        id: Some(id),
-                        fetch_type: FetchType::Shared,
-                    })
-                } else if s.chars().count() > MAX_STRING_CHARS {
-                    refused_long += 1;
-                    Some(Lookup {
-                        id: None,
-                        fetch_type: FetchType::Limited,
-                    })
-                } else {
-                    self.cache.get(org, s).map(|id| Lookup {
-                        id: Some(id),
-                        fetch_type: FetchType::Cache,
-                    })
-                };
-                match lookup {
-                    Some(l) => {
-                        *counts.entry(l.fetch_type).or_default() += 1;
-                        found.insert(s, l);
-                    }
-                    None => misses.push((org, s)),
-                }
-            }
-        }
-
-        if !misses.is_empty() {
-            let rows = self
-                .timed(|| self.store.fetch(&misses), "indexer_fetch")
-                .await?;
-            self.fill(&misses, &rows, FetchType::Db, &mut result, &mut counts);
-            misses.retain(|(org, s)| !result.get(org).is_some_and(|m| m.contains_key(s)));
-        }
-
-        if !misses.is_empty() {
-            let mut per_org: HashMap<u64, usize> = HashMap::new();
-            for (org, _) in &misses {
-                *per_org.entry(*org).or_default() += 1;
-            }
-            let mut admitted_per_org: HashMap<u64, usize> = per_org
-                .iter()
-                .map(|(&org, &n)| (org, self.limiter.admit(org, n)))
-                .collect();
-            let mut admitted = Vec::with_capacity(misses.len());
-            let mut refused_limit = 0u64;
-            for (org, s) in misses {
-                let left = admitted_per_org.entry(org).or_default();
-                if *left > 0 {
-                    *left -= 1;
-                    admitted.push((org, s));
-                } else {
-                    refused_limit += 1;
-                    *counts.entry(FetchType::Limited).or_default() += 1;
-                    result.entry(org).or_default().insert(
-                        s,
-                        Lookup {
-                            id: None,
-                            fetch_type: FetchType::Limited,
-                        },
-                    );
-                }
-            }
-            if refused_limit > 0 {
-                self.metrics.count(
-                    Counter::IndexerRefused {
-                        reason: "write_limit",
-                    },
-                    refused_limit,
-                );
-            }
-            let rows = self
-                .timed(|| self.store.create(&admitted), "indexer_create")
-                .await?;
-            self.fill(
-                &admitted,
-                &rows,
-                FetchType::FirstSeen,
-                &mut result,
-                &mut counts,
-            );
-            for (org, s) in admitted {
-                let found = result.entry(org).or_default();
-                if !found.contains_key(s) {
-                    // The store refused it (a constraint); it gets no id, like a limit.
-                    tracing::warn!(org, string = s, "indexer store gave no id");
-                    *counts.entry(FetchType::Limited).or_default() += 1;
-                    found.insert(
-                        s,
-                        Lookup {
-                            id: None,
-                            fetch_type: FetchType::Limited,
-                        },
-                    );
-                }
-            }
-        }
-
-        if refused_long > 0 {
-            self.metrics
-                .count(Counter::IndexerRefused { reason: "too_long" }, refused_long);
-        }
-        for (fetch_type, n) in counts {
-            self.metrics.count(
-                Counter::IndexerLookup {
-                    fetch_type: fetch_type.as_str(),
-                },
-                n,
-            );
-        }
+        let mut tally = Tally::default();
+        let (mut result, misses) = self.look_up_known(request, &mut tally);
+        let misses = self.read_store(misses, &mut result, &mut tally).await?;
+        self.create(misses, &mut result, &mut tally).await?;
+        tally.emit(&self.metrics);
         self.metrics
             .gauge(Gauge::IndexerCacheSize, self.cache.len() as u64);
         Ok(result)
     }
 
+    /// Steps 1 and 2: shared strings and the cache, and strings refused before the
+    /// store. Returns what is found and what is left to ask the store.
+    fn look_up_known<'a>(
+        &self,
+        request: &BulkRequest<'a>,
+        tally: &mut Tally,
+    ) -> (BulkResult<'a>, Vec<(u64, &'a str)>) {
+        let mut result: BulkResult<'a> =
+            BatchMap::with_capacity_and_hasher(request.len(), BatchHasher::default());
+        let mut misses = Vec::new();
+        for (&org, strings) in request {
+            let found = result.entry(org).or_insert_with(|| {
+                BatchMap::with_capacity_and_hasher(strings.len(), BatchHasher::default())
+            });
+            for &s in strings {
+                let lookup = if let Some(id) = shared::id_of(s) {
+                    Lookup::found(id, FetchType::Shared)
+                } else if let Some(refusal) = limits::refusal(s) {
+                    tally.refused(refusal.as_str(), 1);
+                    Lookup::NONE
+                } else if let Some(id) = self.cache.get(org, s) {
+                    Lookup::found(id, FetchType::Cache)
+                } else {
+                    misses.push((org, s));
+                    continue;
+                };
+                tally.lookup(lookup.fetch_type, 1);
+                found.insert(s, lookup);
+            }
+        }
+        (result, misses)
+    }
+
+    /// Step 3: one store read for every miss. Returns what is still missing. Stale
+    /// `last_seen` values are refreshed later ([`Touches`]): a read never writes.
+    async fn read_store<'a>(
+        &self,
+        misses: Vec<(u64, &'a str)>,
+        result: &mut BulkResult<'a>,
+        tally: &mut Tally,
+    ) -> Result<Vec<(u64, &'a str)>, IndexerError> {
+        if misses.is_empty() {
+            return Ok(misses);
+        }
+        let rows = self
+            .store_call(StoreOp::Fetch, &misses, result, tally)
+            .await?;
+        self.touches
+            .note(rows.iter().filter(|r| r.is_stale()).map(|r| r.id));
+        self.touches.flush(&self.store);
+        self.fill(&misses, &rows, FetchType::Db, result, tally);
+        Ok(misses
+            .into_iter()
+            .filter(|(org, s)| !result.get(org).is_some_and(|m| m.contains_key(s)))
+            .collect())
+    }
+
+    /// Step 4: create what is still missing, within each organization's write limit.
+    async fn create<'a>(
+        &self,
+        misses: Vec<(u64, &'a str)>,
+        result: &mut BulkResult<'a>,
+        tally: &mut Tally,
+    ) -> Result<(), IndexerError> {
+        if misses.is_empty() {
+            return Ok(());
+        }
+        let mut per_org: HashMap<u64, usize> = HashMap::new();
+        for (org, _) in &misses {
+            *per_org.entry(*org).or_default() += 1;
+        }
+        let mut admitted_per_org: HashMap<u64, usize> = per_org
+            .iter()
+            .map(|(&org, &n)| (org, self.limiter.admit(org, n)))
+            .collect();
+        let mut admitted = Vec::with_capacity(misses.len());
+        for (org, s) in misses {
+            let left = admitted_per_org.entry(org).or_default();
+            if *left > 0 {
+                *left -= 1;
+                admitted.push((org, s));
+            } else {
+                tally.refused("write_limit", 1);
+                tally.lookup(FetchType::Limited, 1);
+                result.entry(org).or_default().insert(s, Lookup::NONE);
+            }
+        }
+        let rows = self
+            .store_call(StoreOp::Create, &admitted, result, tally)
+            .await?;
+        self.fill(&admitted, &rows, FetchType::FirstSeen, result, tally);
+        for (org, s) in admitted {
+            let found = result.entry(org).or_default();
+            if !found.contains_key(s) {
+                // The store gave it no id (a constraint); it gets none, like a limit.
+                tracing::warn!(
+                    org,
+                    chars = s.chars().count(),
+                    "indexer store gave no id to a string"
+                );
+                tally.lookup(FetchType::Limited, 1);
+                found.insert(s, Lookup::NONE);
+            }
+        }
+        Ok(())
+    }
+
+    /// One store statement for all `keys`, retried. Should the store refuse the
+    /// statement for its data (a string it cannot hold that [`limits::refusal`] let
+    /// through), each key is tried alone: those refused alone get no id
+    /// (`invalid_string`), the rest are answered. So one string never fails its batch.
+    async fn store_call<'a>(
+        &self,
+        op: StoreOp,
+        keys: &[(u64, &'a str)],
+        result: &mut BulkResult<'a>,
+        tally: &mut Tally,
+    ) -> Result<Vec<store::Row3>, IndexerError> {
+        match self.timed(op, keys).await {
+            Err(IndexerError::Store(err)) if err.is_data_error() && keys.len() > 1 => {
+                tracing::warn!(operation = op.as_str(), error = %err, "the store refused a batch for its data; trying each string alone");
+                let mut rows = Vec::with_capacity(keys.len());
+                for key in keys {
+                    match self.timed(op, std::slice::from_ref(key)).await {
+                        Ok(found) => rows.extend(found),
+                        Err(IndexerError::Store(err)) if err.is_data_error() => {
+                            tracing::warn!(org = key.0, chars = key.1.chars().count(), error = %err, "the store cannot hold a string: no id");
+                            tally.refused(limits::Refusal::InvalidString.as_str(), 1);
+                            tally.lookup(FetchType::Limited, 1);
+                            result.entry(key.0).or_default().insert(key.1, Lookup::NONE);
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+                Ok(rows)
+            }
+            Err(IndexerError::Store(err)) if err.is_data_error() => {
+                let (org, s) = keys[0];
+                tracing::warn!(org, chars = s.chars().count(), error = %err, "the store cannot hold a string: no id");
+                tally.refused(limits::Refusal::InvalidString.as_str(), 1);
+                tally.lookup(FetchType::Limited, 1);
+                result.entry(org).or_default().insert(s, Lookup::NONE);
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+
     /// The id of one string, created if never seen.
     pub async fn record(&self, org: u64, s: &str) -> Result<Option<u64>, IndexerError> {
-        let request = HashMap::from([(org, HashSet::from([s]))]);
+        let request: BulkRequest<'_> = [(org, [s].into_iter().collect())].into_iter().collect();
         let result = self.bulk_record(&request).await?;
         Ok(result.get(&org).and_then(|m| m.get(s)).and_then(|l| l.id))
     }
@@ -274,10 +467,10 @@ impl Indexer {
         if let Some(id) = self.cache.get(org, s) {
             return Ok(Some(id));
         }
-        let key = [(org, s)];
-        let rows = self
-            .timed(|| self.store.fetch(&key), "indexer_fetch")
-            .await?;
+        if limits::refusal(s).is_some() {
+            return Ok(None);
+        }
+        let rows = self.timed(StoreOp::Fetch, &[(org, s)]).await?;
         Ok(rows.first().map(|r| {
             self.cache.insert(org, s, r.id);
             r.id
@@ -297,25 +490,29 @@ impl Indexer {
     }
 
     /// A store call with retries, timed as `forwarder.indexer.store.duration`.
-    async fn timed<F, Fut>(
+    async fn timed(
         &self,
-        call: F,
-        operation: &'static str,
-    ) -> Result<Vec<store::Row3>, IndexerError>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<store::Row3>, StoreError>>,
-    {
+        op: StoreOp,
+        keys: &[(u64, &str)],
+    ) -> Result<Vec<store::Row3>, IndexerError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let started = Instant::now();
-        let rows = retry(&self.policy, operation, &self.metrics, || async {
+        let rows = retry(&self.policy, op.as_str(), &self.metrics, || async {
             let attempt = Instant::now();
-            let rows = call().await;
+            let rows = match op {
+                StoreOp::Fetch => self.store.fetch(keys).await,
+                StoreOp::Create => self.store.create(keys).await,
+            };
             self.metrics.timing(Timer::IndexerStore, attempt.elapsed());
             rows
         })
         .await;
         if let Err(err) = &rows {
-            tracing::error!(operation, error = %err, elapsed = ?started.elapsed(), "indexer store unavailable");
+            if !err.is_data_error() {
+                tracing::error!(operation = op.as_str(), error = %err, elapsed = ?started.elapsed(), "indexer store unavailable");
+            }
         }
         Ok(rows?)
     }
@@ -327,23 +524,20 @@ impl Indexer {
         rows: &[store::Row3],
         fetch_type: FetchType,
         result: &mut BulkResult<'a>,
-        counts: &mut HashMap<FetchType, u64>,
+        tally: &mut Tally,
     ) {
-        let ids: HashMap<(u64, &str), u64> = rows
+        let ids: BatchMap<(u64, &str), u64> = rows
             .iter()
             .map(|r| ((r.org, r.string.as_str()), r.id))
             .collect();
         for &(org, s) in keys {
             if let Some(&id) = ids.get(&(org, s)) {
                 self.cache.insert(org, s, id);
-                *counts.entry(fetch_type).or_default() += 1;
-                result.entry(org).or_default().insert(
-                    s,
-                    Lookup {
-                        id: Some(id),
-                        fetch_type,
-                    },
-                );
+                tally.lookup(fetch_type, 1);
+                result
+                    .entry(org)
+                    .or_default()
+                    .insert(s, Lookup::found(id, fetch_type));
             }
         }
     }

@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
-use crate::retry::{classify, ErrorClass, FailureKind, RetryPolicy};
+use crate::retry::{ErrorClass, RetryPolicy};
 
 /// A store error, classified for the retry layer.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +32,21 @@ impl StoreError {
     fn new(operation: &'static str, source: sqlx::Error) -> Self {
         Self {
             operation,
-            class: classify(failure_kind(&source)),
+            class: class_of(&source),
             source,
         }
+    }
+
+    /// Whether the store refused the statement because of the data it carried (a
+    /// string it cannot hold), rather than for a reason of its own.
+    pub fn is_data_error(&self) -> bool {
+        self.class == ErrorClass::Rejected
+    }
+
+    /// SQLite's "busy" or "locked": another connection holds the file.
+    fn is_sqlite_busy(&self) -> bool {
+        matches!(&self.source, sqlx::Error::Database(db)
+            if matches!(db.code().and_then(|c| c.parse::<u32>().ok()).map(|n| n & 0xff), Some(5) | Some(6)))
     }
 }
 
@@ -44,38 +56,51 @@ impl crate::retry::Classified for StoreError {
     }
 }
 
-/// What kind of failure a driver error is: the connection, the server being
-/// temporarily unable (restart, terminated backend, lock, overload), or the request.
-fn failure_kind(err: &sqlx::Error) -> FailureKind<'static> {
+/// The class of a driver error. Only a refusal of the data itself (PostgreSQL's data
+/// exceptions and integrity violations; SQLite's constraint, size and type errors) is
+/// the string's fault: [`ErrorClass::Rejected`]. Everything else is the store's (a
+/// restart, a failover to a read-only primary, a missing privilege, a lock timeout, a
+/// full disk, a read-only file) and transient: retried with backoff, and past the bound
+/// the batch stays in the source queue. None is ever the event's fault.
+fn class_of(err: &sqlx::Error) -> ErrorClass {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed => {
-            FailureKind::Connection
+            ErrorClass::Connection
         }
-        sqlx::Error::PoolTimedOut => FailureKind::Timeout,
-        sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => FailureKind::Unavailable,
+        sqlx::Error::PoolTimedOut => ErrorClass::Timeout,
+        // A malformed URL or option: found at connect, never fixed by a retry.
+        sqlx::Error::Configuration(_) => ErrorClass::Local,
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
-            let transient = match code.as_ref() {
-                // PostgreSQL: connection exception, operator intervention (admin
-                // shutdown, pg_terminate_backend), insufficient resources,
-                // serialization failure, deadlock.
-                c if c.starts_with("08") || c.starts_with("57") || c.starts_with("53") => true,
-                "40001" | "40P01" => true,
-                // SQLite: SQLITE_BUSY, SQLITE_LOCKED (and their extended codes).
-                c => matches!(c.parse::<u32>().map(|n| n & 0xff), Ok(5) | Ok(6)),
+            let data = match code.as_ref() {
+                // PostgreSQL: data exception (22: bad encoding, too long), integrity
+                // constraint violation (23: a CHECK).
+                c if c.starts_with("22") || c.starts_with("23") => true,
+                // SQLite: TOOBIG (18), CONSTRAINT (19), MISMATCH (20), RANGE (25).
+                c => matches!(
+                    c.parse::<u32>().map(|n| n & 0xff),
+                    Ok(18) | Ok(19) | Ok(20) | Ok(25)
+                ),
             };
-            if transient {
-                FailureKind::Unavailable
+            if data {
+                ErrorClass::Rejected
             } else {
-                FailureKind::Local
+                ErrorClass::ServerError
             }
         }
-        _ => FailureKind::Local,
+        _ => ErrorClass::ServerError,
     }
 }
 
 /// `last_seen` is refreshed when a read finds it older than this (Sentry: a day).
 pub const LAST_SEEN_RESOLUTION_SECS: i64 = 24 * 3600;
+
+impl Row3 {
+    /// Whether its `last_seen` is older than [`LAST_SEEN_RESOLUTION_SECS`].
+    pub fn is_stale(&self) -> bool {
+        self.last_seen < unix_now() - LAST_SEEN_RESOLUTION_SECS
+    }
+}
 
 /// One stored string.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +146,11 @@ impl Store {
         .schedule();
         loop {
             match Self::connect_once(url, pool_size).await {
-                Err(err) if err.class.is_retryable() || err.operation == "migrate" => {
+                Err(err)
+                    if err.operation == "migrate"
+                        || err.is_sqlite_busy()
+                        || matches!(err.class, ErrorClass::Connection | ErrorClass::Timeout) =>
+                {
                     match schedule.next_delay() {
                         Some(wait) => {
                             tracing::debug!(error = %err, ?wait, "SQLite store busy at start; retrying");
@@ -221,22 +250,18 @@ impl Store {
             }
         }
         .map_err(err)?;
-        self.touch(&rows).await?;
         Ok(rows)
     }
 
-    /// Refreshes `last_seen` of rows read that were last seen over a day ago, as Sentry
-    /// does: one statement, only when some row is stale.
-    async fn touch(&self, rows: &[Row3]) -> Result<(), StoreError> {
-        let now = unix_now();
-        let stale: Vec<i64> = rows
-            .iter()
-            .filter(|r| r.last_seen < now - LAST_SEEN_RESOLUTION_SECS)
-            .map(|r| r.id as i64)
-            .collect();
-        if stale.is_empty() {
+    /// Sets `last_seen` to now for these ids, in one statement. Never called on the
+    /// way of an event: the indexer calls it after the fact, best effort (see
+    /// [`super::Indexer`]), so a read never writes.
+    pub async fn touch(&self, ids: &[u64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
             return Ok(());
         }
+        let now = unix_now();
+        let stale: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
         let err = |e| StoreError::new("touch", e);
         match self {
             Store::Postgres(pool) => {

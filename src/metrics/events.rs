@@ -89,3 +89,23 @@ pub fn skipped_unconfigured(metrics: &Metrics, event_id: &str, project_id: u64) 
         reason: "skip_unconfigured",
     });
 }
+
+/// An event not sent now, on purpose: its organization is over its rate limit, its
+/// route is paused, or an earlier event of its group did not go. Its message stays in
+/// the source queue, hidden for `delay` (or as it is).
+pub fn deferred(
+    metrics: &Metrics,
+    message_id: &str,
+    event_id: &str,
+    cause: &'static str,
+    delay: Option<std::time::Duration>,
+) {
+    tracing::debug!(
+        message_id,
+        event_id,
+        cause,
+        delay_ms = delay.map(|d| d.as_millis() as u64),
+        "event deferred: its message stays in the source queue"
+    );
+    metrics.incr(Counter::EventDeferred { cause });
+}

@@ -53,8 +53,15 @@ pub enum Counter {
         operation: &'static str,
         class: &'static str,
     },
-    /// `forwarder.rate_limited`: an event that waited for its organization's rate limit.
+    /// `forwarder.rate_limited`: an event over its organization's rate limit, deferred.
     RateLimited,
+    /// `forwarder.event.deferred`: an event not sent now, on purpose; its source message
+    /// stays in the queue, hidden until it can go.
+    ///
+    /// Tags: `cause` (`rate_limited`: its organization is over `FORWARDER_RATE_LIMIT`;
+    /// `route_paused`: its destination is unusable for now; `held_back`: an earlier
+    /// event of its FIFO group was not accepted).
+    EventDeferred { cause: &'static str },
     /// `forwarder.messages.received`: messages received from the source queue.
     MessagesReceived,
     /// `forwarder.messages.deleted`: source messages deleted after their event was accepted.
@@ -93,6 +100,7 @@ impl Counter {
             Counter::InvalidEvent { .. } => "forwarder.event.invalid",
             Counter::ForwardFailed { .. } => "forwarder.event.failed",
             Counter::EventSkipped { .. } => "forwarder.event.skipped",
+            Counter::EventDeferred { .. } => "forwarder.event.deferred",
             Counter::Retry { .. } => "forwarder.retry",
             Counter::MessagesReceived => "forwarder.messages.received",
             Counter::RateLimited => "forwarder.rate_limited",
@@ -116,6 +124,7 @@ impl Counter {
                 vec![("reason", reason)]
             }
             Counter::IndexerLookup { fetch_type } => vec![("fetch_type", fetch_type)],
+            Counter::EventDeferred { cause } => vec![("cause", cause)],
             Counter::DeadLettered { stage, reason } => vec![("stage", stage), ("reason", reason)],
             Counter::ForwardFailed { class } => vec![("class", class)],
             Counter::Retry { operation, class } | Counter::AwsError { operation, class } => {
@@ -162,6 +171,11 @@ pub enum Gauge {
     InFlight,
     /// `forwarder.indexer.cache.size`: entries in the indexer's in-process cache.
     IndexerCacheSize,
+    /// `forwarder.route.paused`: 1 while a route is paused (its destination, bucket or
+    /// credentials unusable), 0 otherwise; set at start and on every change.
+    ///
+    /// Tags: `route`, the destination queue's name.
+    RoutePaused { route: &'static str },
 }
 
 impl Gauge {
@@ -169,6 +183,14 @@ impl Gauge {
         match self {
             Gauge::InFlight => "forwarder.events.in_flight",
             Gauge::IndexerCacheSize => "forwarder.indexer.cache.size",
+            Gauge::RoutePaused { .. } => "forwarder.route.paused",
+        }
+    }
+
+    fn tags(&self) -> Vec<(&'static str, &'static str)> {
+        match *self {
+            Gauge::RoutePaused { route } => vec![("route", route)],
+            Gauge::InFlight | Gauge::IndexerCacheSize => Vec::new(),
         }
     }
 }
@@ -258,7 +280,10 @@ impl Metrics {
     /// Sets a gauge. Gauges are never sampled: a dropped value would leave a stale one.
     pub fn gauge(&self, gauge: Gauge, value: u64) {
         let Some(inner) = &self.inner else { return };
-        send(inner.client.gauge_with_tags(gauge.name(), value), &[]);
+        send(
+            inner.client.gauge_with_tags(gauge.name(), value),
+            &gauge.tags(),
+        );
     }
 
     /// The sink's flush, for a flusher that must stop when the metrics are dropped.

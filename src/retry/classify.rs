@@ -55,6 +55,9 @@ pub enum ErrorClass {
     AccessDenied,
     /// The queue does not exist. Not retried.
     QueueNotFound,
+    /// The queue's KMS key is disabled, missing, in the wrong state, or not usable for
+    /// this. Not retried.
+    KmsUnusable,
     /// The message itself is refused (too large, invalid characters, bad attributes).
     /// Not retried.
     MessageRejected,
@@ -84,6 +87,28 @@ impl ErrorClass {
         )
     }
 
+    /// Whether the message itself can never be accepted, wherever it is sent (too large
+    /// with no bucket, a body or attribute SQS refuses): it goes to the dead-letter
+    /// queue. Only these do; nothing else is ever dead-lettered.
+    pub fn is_message_level(self) -> bool {
+        matches!(self, ErrorClass::MessageRejected | ErrorClass::Oversized)
+    }
+
+    /// Whether the destination, its bucket or the credentials are unusable for now,
+    /// whatever the message (a missing queue, denied access, an unusable KMS key, an
+    /// unknown client error): the route pauses, and its events stay in the source.
+    pub fn is_route_level(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::AccessDenied
+                | ErrorClass::QueueNotFound
+                | ErrorClass::KmsUnusable
+                | ErrorClass::MissingMessageGroupId
+                | ErrorClass::BucketInvalid
+                | ErrorClass::Rejected
+        )
+    }
+
     /// Label for logs and the `class` metric tag.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -93,6 +118,7 @@ impl ErrorClass {
             ErrorClass::Connection => "connection",
             ErrorClass::AccessDenied => "access_token_invalid",
             ErrorClass::QueueNotFound => "queue_not_found",
+            ErrorClass::KmsUnusable => "kms_unusable",
             ErrorClass::MessageRejected => "message_rejected",
             ErrorClass::MissingMessageGroupId => "missing_message_group_id",
             ErrorClass::BucketInvalid => "s3_bucket_invalid",
@@ -161,6 +187,20 @@ const QUEUE_NOT_FOUND: &[&str] = &[
     "AWS.SimpleQueueService.QueueDeletedRecently",
 ];
 
+/// The queue's KMS key cannot be used (SQS's codes, then KMS's own).
+const KMS_UNUSABLE: &[&str] = &[
+    "KmsDisabled",
+    "KmsInvalidState",
+    "KmsNotFound",
+    "KmsOptInRequired",
+    "KmsInvalidKeyUsage",
+    "KMS.DisabledException",
+    "KMS.KMSInvalidStateException",
+    "KMS.NotFoundException",
+    "KMS.OptInRequired",
+    "KMS.InvalidKeyUsageException",
+];
+
 /// The message is refused as it is.
 const MESSAGE_REJECTED: &[&str] = &[
     "InvalidMessageContents",
@@ -168,6 +208,9 @@ const MESSAGE_REJECTED: &[&str] = &[
     "BatchRequestTooLong",
     "AWS.SimpleQueueService.BatchRequestTooLong",
     "InvalidParameterValue",
+    "InvalidParameterValueException",
+    "InvalidAttributeValue",
+    "InvalidAttributeName",
 ];
 
 /// The S3 bucket is wrong: missing, misnamed, or in another region.
@@ -211,6 +254,8 @@ pub fn classify(kind: FailureKind<'_>) -> ErrorClass {
                 ErrorClass::AccessDenied
             } else if is(QUEUE_NOT_FOUND) {
                 ErrorClass::QueueNotFound
+            } else if is(KMS_UNUSABLE) {
+                ErrorClass::KmsUnusable
             } else if is(MESSAGE_REJECTED) {
                 ErrorClass::MessageRejected
             } else if is(BUCKET_INVALID) {

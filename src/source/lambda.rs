@@ -12,16 +12,6 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use super::SourceMessage;
 use crate::pipeline::Settlement;
 
-/// One record of the batch, with what the response needs to know about it.
-#[derive(Debug, Clone)]
-pub struct LambdaRecord {
-    /// The message, as the pipeline sees it.
-    pub message: SourceMessage,
-    /// `MessageGroupId` of a FIFO source: ordering is per group, so a failure holds back
-    /// the rest of its group.
-    pub group: Option<String>,
-}
-
 /// Why a record could not be taken from the batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -32,7 +22,7 @@ pub enum RecordError {
 
 /// The batch's records, in order. A record without a body is kept with an empty body:
 /// the decoder refuses it, so it is counted and dead-lettered like any invalid body.
-pub fn records(event: SqsEvent) -> Result<Vec<LambdaRecord>, RecordError> {
+pub fn records(event: SqsEvent) -> Result<Vec<SourceMessage>, RecordError> {
     event
         .records
         .into_iter()
@@ -41,7 +31,7 @@ pub fn records(event: SqsEvent) -> Result<Vec<LambdaRecord>, RecordError> {
         .collect()
 }
 
-fn record_of(i: usize, record: SqsMessage) -> Result<LambdaRecord, RecordError> {
+fn record_of(i: usize, record: SqsMessage) -> Result<SourceMessage, RecordError> {
     let message_id = record.message_id.ok_or(RecordError::NoMessageId(i))?;
     let attrs = &record.attributes;
     let sent_at = attrs
@@ -52,14 +42,12 @@ fn record_of(i: usize, record: SqsMessage) -> Result<LambdaRecord, RecordError> 
         .get("ApproximateReceiveCount")
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
-    Ok(LambdaRecord {
-        message: SourceMessage {
-            message_id,
-            receipt_handle: record.receipt_handle.unwrap_or_default(),
-            body: record.body.unwrap_or_default(),
-            sent_at: sent_at.or_else(|| Some(SystemTime::now())),
-            receive_count,
-        },
+    Ok(SourceMessage {
+        message_id,
+        receipt_handle: record.receipt_handle.unwrap_or_default(),
+        body: record.body.unwrap_or_default(),
+        sent_at: sent_at.or_else(|| Some(SystemTime::now())),
+        receive_count,
         group: attrs.get("MessageGroupId").cloned(),
     })
 }
@@ -67,7 +55,7 @@ fn record_of(i: usize, record: SqsMessage) -> Result<LambdaRecord, RecordError> 
 /// The partial batch response: every message not settled for good (neither forwarded,
 /// dead-lettered nor skipped on purpose). For a FIFO source, a failure also fails every
 /// later message of its group, so the group's order is kept when Lambda retries.
-pub fn batch_response(records: &[LambdaRecord], settlements: &[Settlement]) -> SqsBatchResponse {
+pub fn batch_response(records: &[SourceMessage], settlements: &[Settlement]) -> SqsBatchResponse {
     let mut failed_groups: HashSet<&str> = HashSet::new();
     let mut failures = Vec::new();
     for (record, settlement) in records.iter().zip(settlements) {
@@ -79,7 +67,7 @@ pub fn batch_response(records: &[LambdaRecord], settlements: &[Settlement]) -> S
             if let Some(group) = record.group.as_deref() {
                 failed_groups.insert(group);
             }
-            failures.push(record.message.message_id.clone());
+            failures.push(record.message_id.clone());
         }
     }
     let mut response = SqsBatchResponse::default();
@@ -97,15 +85,13 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
-    fn record(id: &str, group: Option<&str>) -> LambdaRecord {
-        LambdaRecord {
-            message: SourceMessage {
-                message_id: id.into(),
-                receipt_handle: String::new(),
-                body: String::new(),
-                sent_at: None,
-                receive_count: 1,
-            },
+    fn record(id: &str, group: Option<&str>) -> SourceMessage {
+        SourceMessage {
+            message_id: id.into(),
+            receipt_handle: String::new(),
+            body: String::new(),
+            sent_at: None,
+            receive_count: 1,
             group: group.map(str::to_string),
         }
     }
@@ -136,18 +122,15 @@ mod tests {
             {"messageId": "b", "attributes": {}, "messageAttributes": {}}
         ]})))
         .unwrap();
-        assert_eq!(records[0].message.message_id, "a");
-        assert_eq!(records[0].message.body, "{}");
-        assert_eq!(records[0].message.receive_count, 3);
+        assert_eq!(records[0].message_id, "a");
+        assert_eq!(records[0].body, "{}");
+        assert_eq!(records[0].receive_count, 3);
         assert_eq!(
-            records[0].message.sent_at,
+            records[0].sent_at,
             Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
         );
         assert_eq!(records[0].group.as_deref(), Some("g1"));
-        assert_eq!(
-            records[1].message.body, "",
-            "no body: refused by the decoder"
-        );
+        assert_eq!(records[1].body, "", "no body: refused by the decoder");
         assert_eq!(records[1].group, None);
     }
 

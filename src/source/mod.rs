@@ -26,4 +26,7 @@ pub struct SourceMessage {
     /// How many times the message was received, this time included
     /// (`ApproximateReceiveCount`): above 1 means a redelivery.
     pub receive_count: u32,
+    /// `MessageGroupId` of a FIFO source (or a fair queue): within a group, order is
+    /// kept, so a message that does not go holds back the later ones of its group.
+    pub group: Option<String>,
 }

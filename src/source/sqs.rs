@@ -68,6 +68,8 @@ pub struct SqsSource {
     policy: RetryPolicy,
     /// Where retries and deletes are counted.
     metrics: Metrics,
+    /// Whether the queue is FIFO: receives then carry a `ReceiveRequestAttemptId`.
+    fifo: bool,
 }
 
 impl SqsSource {
@@ -87,7 +89,14 @@ impl SqsSource {
             wait: wait.min(MAX_WAIT),
             policy,
             metrics,
+            fifo: false,
         }
+    }
+
+    /// Marks the queue as FIFO (see [`QueueInfo::fifo`]).
+    pub fn with_fifo(mut self, fifo: bool) -> Self {
+        self.fifo = fifo;
+        self
     }
 
     /// The queue's URL.
@@ -104,6 +113,11 @@ impl SqsSource {
     /// stayed empty for the whole wait.
     pub async fn receive(&self) -> Result<Vec<SourceMessage>, AwsError> {
         let attempt_timeout = self.wait + RECEIVE_GRACE;
+        // FIFO: the same id on every retry of this receive, so a receive whose answer
+        // was lost returns the same messages instead of hiding them.
+        let attempt_id = self
+            .fifo
+            .then(|| format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)));
         let messages = retry(&self.policy, "receive", &self.metrics, || async {
             self.client
                 .receive_message()
@@ -112,6 +126,8 @@ impl SqsSource {
                 .wait_time_seconds(self.wait.as_secs() as i32)
                 .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+                .set_receive_request_attempt_id(attempt_id.clone())
                 .customize()
                 .config_override(
                     aws_sdk_sqs::config::Config::builder().timeout_config(
@@ -192,47 +208,79 @@ impl SqsSource {
         failed
     }
 
-    /// Sets how long messages stay hidden from now (ChangeMessageVisibilityBatch): longer,
-    /// so a slow batch is not handed to another consumer; or zero, to hand a batch back at
-    /// once. Best effort: one try, failures logged (the messages then reappear when their
-    /// current timeout ends).
-    pub async fn change_visibility(&self, messages: &[&SourceMessage], timeout: Duration) {
+    /// Sets how long each message stays hidden from now (ChangeMessageVisibilityBatch):
+    /// longer, so a slow batch is not handed to another consumer; a deferral (a rate
+    /// limit, a paused route); or zero, to hand a batch back at once. Entries that fail
+    /// transiently are retried, within `within` (a change that comes too late is
+    /// useless: the message is visible again). Returns how many could not be changed;
+    /// those reappear when their current timeout ends, which loses nothing.
+    pub async fn change_visibility(
+        &self,
+        messages: &[(&SourceMessage, Duration)],
+        within: Duration,
+    ) -> usize {
+        let policy = RetryPolicy {
+            max_elapsed: within,
+            max_interval: self.policy.max_interval.min(within),
+            ..self.policy.clone()
+        };
+        let mut failed = 0;
         for chunk in messages.chunks(MAX_BATCH) {
             let entries: Vec<_> = chunk
                 .iter()
                 .enumerate()
-                .filter_map(|(i, m)| {
+                .filter_map(|(i, (m, timeout))| {
                     ChangeMessageVisibilityBatchRequestEntry::builder()
                         .id(i.to_string())
                         .receipt_handle(&m.receipt_handle)
-                        .visibility_timeout(timeout.as_secs().min(43_200) as i32)
+                        .visibility_timeout(visibility_secs(*timeout))
                         .build()
                         .ok()
+                        .map(|e| (i.to_string(), e))
                 })
                 .collect();
-            let result = self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await;
-            match result {
-                Ok(out) if out.failed.is_empty() => {
-                    tracing::debug!(messages = chunk.len(), "visibility extended");
-                }
-                Ok(out) => {
-                    for f in out.failed {
-                        tracing::warn!(code = %f.code, message = ?f.message, "visibility not extended for a message");
+            let sent = entries.len();
+            let outcomes = retry_batch(
+                &policy,
+                "change_visibility",
+                &self.metrics,
+                entries,
+                |req| {
+                    let call = self
+                        .client
+                        .change_message_visibility_batch()
+                        .queue_url(&self.queue_url)
+                        .set_entries(Some(req));
+                    async move {
+                        let out = call
+                            .send()
+                            .await
+                            .map_err(|e| AwsError::from_sdk("change_visibility", e))?;
+                        Ok(BatchReply {
+                            successful: out.successful.into_iter().map(|s| s.id).collect(),
+                            failed: out.failed.into_iter().map(EntryFailure::from).collect(),
+                        })
                     }
-                }
-                Err(e) => {
-                    let err = AwsError::from_sdk("change_visibility", e);
-                    tracing::warn!(error = %err, "visibility not extended");
+                },
+            )
+            .await;
+            failed += chunk.len() - sent;
+            for (id, outcome) in &outcomes {
+                if let Err(err) = outcome {
+                    failed += 1;
+                    tracing::warn!(entry = %id, error = %err, "visibility not changed for a message; it reappears when its current timeout ends");
                 }
             }
         }
+        failed
     }
+}
+
+/// Seconds for ChangeMessageVisibility: rounded up (a deferral of 200 ms must not be
+/// 0, which would show the message at once), at most SQS's 12 hours.
+fn visibility_secs(timeout: Duration) -> i32 {
+    let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+    secs.min(43_200) as i32
 }
 
 /// Converts an SDK message; one without id, handle or body cannot be worked on and is
@@ -247,6 +295,9 @@ fn convert(m: aws_sdk_sqs::types::Message) -> Option<SourceMessage> {
         .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    let group = attrs
+        .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+        .cloned();
     match (m.message_id, m.receipt_handle) {
         (Some(message_id), Some(receipt_handle)) => Some(SourceMessage {
             message_id,
@@ -254,10 +305,25 @@ fn convert(m: aws_sdk_sqs::types::Message) -> Option<SourceMessage> {
             body: m.body.unwrap_or_default(),
             sent_at,
             receive_count,
+            group,
         }),
         _ => {
             tracing::warn!("received a message without id or receipt handle; skipped");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visibility_is_rounded_up_to_whole_seconds() {
+        assert_eq!(visibility_secs(Duration::ZERO), 0);
+        assert_eq!(visibility_secs(Duration::from_millis(200)), 1);
+        assert_eq!(visibility_secs(Duration::from_secs(3)), 3);
+        assert_eq!(visibility_secs(Duration::from_millis(3001)), 4);
+        assert_eq!(visibility_secs(Duration::from_secs(100_000)), 43_200);
     }
 }

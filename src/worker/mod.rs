@@ -13,11 +13,18 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::aws::AwsError;
+use crate::forward::Deferral;
 use crate::health::Health;
 use crate::metrics::{events, Gauge, Metrics};
 use crate::pipeline::{Pipeline, Settlement};
 use crate::retry::{RetryPolicy, Schedule};
 use crate::source::{SourceMessage, SqsSource};
+
+/// How often the source queue's visibility timeout is read again.
+pub const VISIBILITY_REFRESH: Duration = Duration::from_secs(60);
+
+/// How long a stopping poller may take to hand a received batch back.
+const RETURN_BOUND: Duration = Duration::from_secs(5);
 
 /// What became of one received batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,6 +41,9 @@ pub struct BatchOutcome {
     pub dead_lettered: usize,
     /// Events skipped because their project has no route (deleted from the source).
     pub skipped: usize,
+    /// Events deferred on purpose (rate limit, paused route, held behind their group):
+    /// left in the source, hidden until they can go.
+    pub deferred: usize,
     /// Source messages deleted.
     pub deleted: usize,
 }
@@ -46,6 +56,7 @@ impl std::ops::AddAssign for BatchOutcome {
         self.failed += o.failed;
         self.dead_lettered += o.dead_lettered;
         self.skipped += o.skipped;
+        self.deferred += o.deferred;
         self.deleted += o.deleted;
     }
 }
@@ -57,9 +68,13 @@ pub struct Worker {
     source: SqsSource,
     /// Decode and forward.
     pipeline: Pipeline,
-    /// The source queue's visibility timeout: a batch still in work after half of it
-    /// has its visibility extended, so no other consumer receives it meanwhile.
-    visibility_timeout: Duration,
+    /// The source queue's visibility timeout, in seconds: a batch still in work after
+    /// half of it has its visibility extended, so no other consumer receives it
+    /// meanwhile. Read again every [`VISIBILITY_REFRESH`], so a change to the queue is
+    /// followed without a restart.
+    visibility_timeout: AtomicU64,
+    /// When the visibility timeout was last read.
+    visibility_read_at: Mutex<Instant>,
     /// Events in flight over the whole pool, for the `in_flight` gauge.
     in_flight: Arc<AtomicU64>,
     /// Where the gauge goes.
@@ -77,9 +92,44 @@ impl Worker {
         Self {
             source,
             pipeline,
-            visibility_timeout,
+            visibility_timeout: AtomicU64::new(visibility_timeout.as_secs()),
+            visibility_read_at: Mutex::new(Instant::now()),
             in_flight: Arc::new(AtomicU64::new(0)),
             metrics,
+        }
+    }
+
+    /// The source queue's visibility timeout, as last read.
+    pub fn visibility_timeout(&self) -> Duration {
+        Duration::from_secs(self.visibility_timeout.load(Ordering::Relaxed))
+    }
+
+    /// Reads the source queue's visibility timeout again if it was read over
+    /// [`VISIBILITY_REFRESH`] ago; one try, a failure keeps the last value.
+    pub async fn refresh_visibility(&self) {
+        {
+            let Ok(mut read_at) = self.visibility_read_at.try_lock() else {
+                return;
+            };
+            if read_at.elapsed() < VISIBILITY_REFRESH {
+                return;
+            }
+            *read_at = Instant::now();
+        }
+        match self.source.info().await {
+            Ok(info) => {
+                let old = self
+                    .visibility_timeout
+                    .swap(info.visibility_timeout.as_secs(), Ordering::Relaxed);
+                if old != info.visibility_timeout.as_secs() {
+                    tracing::info!(
+                        old_secs = old,
+                        new_secs = info.visibility_timeout.as_secs(),
+                        "the source queue's visibility timeout changed"
+                    );
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "visibility timeout not read again"),
         }
     }
 
@@ -125,6 +175,7 @@ impl Worker {
             ..BatchOutcome::default()
         };
         let mut done = Vec::with_capacity(messages.len());
+        let mut hide = Vec::new();
         for (message, settlement) in messages.iter().zip(&settlements) {
             let is = |yes: bool| usize::from(yes);
             outcome.forwarded += is(matches!(settlement, Settlement::Forwarded));
@@ -132,9 +183,23 @@ impl Worker {
             outcome.failed += is(settlement.is_failed());
             outcome.dead_lettered += is(matches!(settlement, Settlement::DeadLettered(_)));
             outcome.skipped += is(matches!(settlement, Settlement::Skipped(_)));
+            outcome.deferred += is(matches!(settlement, Settlement::Deferred(_)));
             if settlement.is_done() {
                 done.push(message);
             }
+            if let Settlement::Deferred(Deferral {
+                delay: Some(delay), ..
+            }) = settlement
+            {
+                hide.push((message, *delay));
+            }
+        }
+        if !hide.is_empty() {
+            // Best effort within the retry bound: a message not hidden again only comes
+            // back sooner, and is deferred again.
+            self.source
+                .change_visibility(&hide, self.visibility_timeout() / 2)
+                .await;
         }
         let not_deleted = self.source.delete(&done).await;
         for (message_id, err) in &not_deleted {
@@ -145,18 +210,20 @@ impl Worker {
     }
 
     /// Extends the batch's visibility every half visibility timeout; never returns.
+    /// Each extension retries failed entries within the half that remains.
     async fn keep_invisible(&self, messages: &[SourceMessage]) -> std::convert::Infallible {
-        let half = (self.visibility_timeout / 2).max(Duration::from_millis(500));
-        let extend_to = self.visibility_timeout.max(Duration::from_secs(1));
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
-        let all: Vec<&SourceMessage> = messages.iter().collect();
         loop {
-            ticker.tick().await;
+            let timeout = self.visibility_timeout();
+            let half = (timeout / 2).max(Duration::from_millis(500));
+            tokio::time::sleep(half).await;
             tracing::debug!(
-                messages = all.len(),
+                messages = messages.len(),
                 "batch still in work; extending visibility"
             );
-            self.source.change_visibility(&all, extend_to).await;
+            let extend_to = timeout.max(Duration::from_secs(1));
+            let all: Vec<(&SourceMessage, Duration)> =
+                messages.iter().map(|m| (m, extend_to)).collect();
+            self.source.change_visibility(&all, half).await;
         }
     }
 }
@@ -266,8 +333,9 @@ async fn poll(
                 // them for a whole visibility timeout. Let it end, and hand them back.
                 if let Ok(messages) = receive.await {
                     if !messages.is_empty() {
-                        let all: Vec<&SourceMessage> = messages.iter().collect();
-                        worker.source.change_visibility(&all, Duration::ZERO).await;
+                        let all: Vec<(&SourceMessage, Duration)> =
+                            messages.iter().map(|m| (m, Duration::ZERO)).collect();
+                        worker.source.change_visibility(&all, RETURN_BOUND).await;
                         tracing::info!(worker = id, messages = all.len(), "stopping: returned a received batch to the queue");
                     }
                 }
@@ -294,6 +362,7 @@ async fn poll(
             }
             Ok(messages) => {
                 failing = None;
+                worker.refresh_visibility().await;
                 touch();
                 let outcome = worker.handle(messages).await;
                 tracing::debug!(worker = id, ?outcome, "batch settled");

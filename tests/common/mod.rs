@@ -398,3 +398,132 @@ pub async fn read_http_message(stream: &mut tokio::net::TcpStream) -> Option<Vec
     }
     Some(buf)
 }
+
+/// The binary as a child process that a test owns: killed when dropped, so a test that
+/// fails or times out leaves no process behind. Its output is read as it comes, so a
+/// chatty child never blocks on a full pipe.
+pub struct Spawned {
+    /// The child; `None` once it was waited for.
+    child: Option<std::process::Child>,
+    /// Readers of stdout and stderr.
+    readers: Vec<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+/// Starts `command` with stdout and stderr captured (see [`Spawned`]).
+pub fn spawn_binary(command: &mut std::process::Command) -> Spawned {
+    use std::io::Read;
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the binary");
+    let pipes: Vec<Box<dyn Read + Send>> = vec![
+        Box::new(child.stdout.take().expect("stdout")),
+        Box::new(child.stderr.take().expect("stderr")),
+    ];
+    let readers = pipes
+        .into_iter()
+        .map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = pipe.read_to_end(&mut out);
+                out
+            })
+        })
+        .collect();
+    Spawned {
+        child: Some(child),
+        readers,
+    }
+}
+
+/// The binary with LocalStack's environment, ready for `.env(…)` and [`spawn_binary`].
+pub fn binary(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"));
+    command.args(args).envs(aws_env());
+    command
+}
+
+impl Spawned {
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    /// Waits for the child to exit, at most `deadline`; past it, the child is killed and
+    /// the test fails with what it printed.
+    pub async fn finish(mut self, deadline: Duration) -> std::process::Output {
+        let started = Instant::now();
+        let mut child = self.child.take().expect("not waited for yet");
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for the child") {
+                break Some(status);
+            }
+            if started.elapsed() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut outputs = std::mem::take(&mut self.readers)
+            .into_iter()
+            .map(|r| r.join().unwrap_or_default());
+        let stdout = outputs.next().unwrap_or_default();
+        let stderr = outputs.next().unwrap_or_default();
+        let Some(status) = status else {
+            panic!(
+                "the binary ran past its {deadline:?} deadline and was killed; it printed:\n{}",
+                String::from_utf8_lossy(&stderr)
+            );
+        };
+        std::process::Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// The status of `GET path`, or `None` if nothing listens.
+pub fn status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split(' ').nth(1)?.parse().ok()
+}
+
+/// Polls until `GET path` answers `want`, or 20 s.
+pub fn wait_status(addr: &str, path: &str, want: u16) -> Option<u16> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = status(addr, path);
+        if got == Some(want) || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
