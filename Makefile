@@ -16,8 +16,12 @@ demo: build
 	./localstack/demo.sh
 
 ## test: every test, against a real LocalStack (started here if it is not running).
+## cargo-nextest runs them with a hard time limit per test (.config/nextest.toml); the
+## benches run once each as smoke tests (nextest cannot list criterion benches).
 test: localstack
-	$(CARGO) test --all-targets
+	$(CARGO) nextest run --lib --bins --tests
+	$(CARGO) test --doc
+	timeout 900 $(CARGO) test --benches
 
 ## unit: the tests that need no LocalStack.
 unit:

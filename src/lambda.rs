@@ -8,13 +8,14 @@
 //! A start-up failure (configuration, an unreachable destination) is reported to the
 //! Runtime API's `/init/error`, so Lambda shows it instead of a timeout.
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
 
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Failure, Pipeline, Settlement};
+use crate::retry::{within_deadline, ErrorClass};
 use crate::source::lambda::{batch_response, records, RecordError};
 
 /// Environment variables the Lambda runtime sets; without them this is not a Lambda.
@@ -52,7 +53,8 @@ pub async fn serve(pipeline: Pipeline, metrics: Metrics) -> Result<(), LambdaErr
     let pipeline = &pipeline;
     let metrics = &metrics;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        handle(pipeline, metrics, event.payload)
+        let deadline = remaining(event.context.deadline).map(|left| Instant::now() + left);
+        handle(pipeline, metrics, event.payload, deadline)
             .await
             .map_err(|e| lambda_runtime::Diagnostic {
                 error_type: "InvalidBatch".into(),
@@ -63,15 +65,59 @@ pub async fn serve(pipeline: Pipeline, metrics: Metrics) -> Result<(), LambdaErr
     .map_err(|e| LambdaError::Runtime(e.to_string()))
 }
 
+/// How much of the invocation's time is kept back: every retry ends this long before the
+/// deadline, so the partial response still reaches Lambda.
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
+/// The time left until a deadline in milliseconds since the epoch (the Runtime API's
+/// `Lambda-Runtime-Deadline-Ms`); `None` if it is unknown.
+fn remaining(deadline_ms: u64) -> Option<Duration> {
+    if deadline_ms == 0 {
+        return None;
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+    Some(Duration::from_millis(deadline_ms).saturating_sub(now))
+}
+
 /// One invocation: the batch's partial response. Only a batch that cannot be answered
 /// per message (a record without `messageId`) fails as a whole, so Lambda retries it all.
+///
+/// With a `deadline`, every retry ends [`DEADLINE_MARGIN`] before it, and should a
+/// call still be in flight by then, the work stops half a margin before it: whatever is
+/// not settled by then is in `batchItemFailures`, and Lambda retries it.
 pub async fn handle(
     pipeline: &Pipeline,
     metrics: &Metrics,
     event: SqsEvent,
+    deadline: Option<Instant>,
 ) -> Result<SqsBatchResponse, RecordError> {
     let messages = records(event)?;
-    let settlements = pipeline.process(&messages).await;
+    let work = pipeline.process(&messages);
+    let settlements = match deadline {
+        None => work.await,
+        Some(deadline) => {
+            let retries_end = deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline);
+            let stop = deadline
+                .checked_sub(DEADLINE_MARGIN / 2)
+                .unwrap_or(deadline);
+            match tokio::time::timeout_at(stop.into(), within_deadline(retries_end, work)).await {
+                Ok(settlements) => settlements,
+                Err(_) => {
+                    tracing::warn!(
+                        messages = messages.len(),
+                        "the invocation's deadline is near: the batch is reported unsettled"
+                    );
+                    let failure = Failure {
+                        stage: "forward",
+                        class: ErrorClass::Timeout,
+                        code: None,
+                        message: "the invocation's deadline came first".into(),
+                    };
+                    vec![Settlement::Failed(failure); messages.len()]
+                }
+            }
+        }
+    };
     let response = batch_response(&messages, &settlements);
     tracing::info!(
         messages = messages.len(),

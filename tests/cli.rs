@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -27,18 +27,6 @@ fn command(q: &Queues) -> Command {
     cmd
 }
 
-fn output_within(mut child: std::process::Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -49,25 +37,14 @@ async fn sigterm_mid_run_loses_nothing() {
     let bodies: Vec<String> = (1..=400).map(|i| event(i, 3)).collect();
     send_bodies(&q.client, &q.source, &bodies).await;
 
-    let child = command(&q)
-        .args(["run"])
-        .env("FORWARDER_WORKERS", "2")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_binary(command(&q).args(["run"]).env("FORWARDER_WORKERS", "2"));
     // Let it forward part of the queue, then stop it.
     let deadline = Instant::now() + Duration::from_secs(30);
     while depth(&q.client, &q.dest).await < 50 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let out = output_within(child, Duration::from_secs(30));
+    child.terminate();
+    let out = child.finish(Duration::from_secs(30)).await;
     assert!(
         out.status.success(),
         "exit {:?}: {}",
@@ -82,14 +59,9 @@ async fn sigterm_mid_run_loses_nothing() {
     );
 
     // A second run drains the rest; nothing may be missing.
-    let out = output_within(
-        command(&q)
-            .args(["run", "--exit-when-idle", "2"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        Duration::from_secs(120),
-    );
+    let out = spawn_binary(command(&q).args(["run", "--exit-when-idle", "2"]))
+        .finish(Duration::from_secs(120))
+        .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let arrived = drain(&q.client, &q.dest, 400, Duration::from_secs(20)).await;
     let ids: HashSet<String> = arrived.iter().map(|b| event_id_of(b)).collect();
@@ -104,15 +76,13 @@ async fn sigterm_mid_run_loses_nothing() {
 async fn exit_when_idle_stops_cleanly() {
     let q = Queues::create(30).await;
     let started = Instant::now();
-    let out = output_within(
+    let out = spawn_binary(
         command(&q)
             .args(["run"])
-            .env("FORWARDER_EXIT_WHEN_IDLE", "2")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        Duration::from_secs(30),
-    );
+            .env("FORWARDER_EXIT_WHEN_IDLE", "2"),
+    )
+    .finish(Duration::from_secs(30))
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(started.elapsed() >= Duration::from_secs(2));
 }
@@ -137,10 +107,10 @@ async fn replay_reports_bad_lines_and_forwards_the_rest() {
     content.extend_from_slice(event(4, 1).as_bytes());
     std::fs::write(&file, &content).unwrap();
 
-    let out = command(&q)
-        .args(["replay", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = output_of(
+        command(&q).args(["replay", file.to_str().unwrap()]),
+        Duration::from_secs(30),
+    );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "not all forwarded: {err}");
     assert!(
@@ -161,21 +131,10 @@ async fn replay_reports_bad_lines_and_forwards_the_rest() {
     );
 
     // All good, from stdin: exit 0.
-    let mut child = command(&q)
-        .args(["replay", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        for i in 10..25 {
-            writeln!(stdin, "{}", event(i, 1)).unwrap();
-        }
-    }
-    let out = output_within(child, Duration::from_secs(30));
+    let input: String = (10..25).map(|i| format!("{}\n", event(i, 1))).collect();
+    let out = spawn_with_stdin(command(&q).args(["replay", "-"]), Some(input.into_bytes()))
+        .finish(Duration::from_secs(30))
+        .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("15 forwarded, 0 invalid, 0 failed"));
     assert_eq!(
@@ -189,7 +148,7 @@ async fn replay_reports_bad_lines_and_forwards_the_rest() {
 #[tokio::test]
 async fn check_reaches_every_queue_and_names_each_problem() {
     let q = Queues::create(30).await;
-    let out = command(&q).arg("check").output().unwrap();
+    let out = output_of(command(&q).arg("check"), Duration::from_secs(30));
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -199,11 +158,12 @@ async fn check_reaches_every_queue_and_names_each_problem() {
     assert!(stdout.contains("route default: reached"), "{stdout}");
 
     let missing = q.dest.replace("-dst", "-nope");
-    let out = command(&q)
-        .arg("check")
-        .env("FORWARDER_DEST_QUEUE_URL", &missing)
-        .output()
-        .unwrap();
+    let out = output_of(
+        command(&q)
+            .arg("check")
+            .env("FORWARDER_DEST_QUEUE_URL", &missing),
+        Duration::from_secs(30),
+    );
     assert!(!out.status.success());
     let err = stderr(&out);
     let problems: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
@@ -214,12 +174,13 @@ async fn check_reaches_every_queue_and_names_each_problem() {
     );
     assert!(problems[0].contains("queue_not_found"), "{err}");
 
-    let out = command(&q)
-        .arg("check")
-        .env_remove("FORWARDER_SOURCE_QUEUE_URL")
-        .env("FORWARDER_DEST_QUEUE_URL", "not-a-url")
-        .output()
-        .unwrap();
+    let out = output_of(
+        command(&q)
+            .arg("check")
+            .env_remove("FORWARDER_SOURCE_QUEUE_URL")
+            .env("FORWARDER_DEST_QUEUE_URL", "not-a-url"),
+        Duration::from_secs(30),
+    );
     assert!(!out.status.success());
     let err = stderr(&out);
     let problems: Vec<&str> = err.lines().collect();
@@ -239,9 +200,14 @@ async fn bad_settings_fail_at_start_in_one_line_naming_the_variable() {
         ("FORWARDER_RETRY_MAX_ELAPSED", "forever"),
         ("FORWARDER_LOG_FORMAT", "yaml"),
         ("FORWARDER_SOURCE_QUEUE_URL", "sqs://nope"),
+        ("FORWARDER_RATE_LIMIT", "4000000000/1s"),
+        ("FORWARDER_MESSAGE_GROUP_ID", "tenant {project_id}"),
     ];
     for (var, value) in cases {
-        let out = command(&q).arg("run").env(var, value).output().unwrap();
+        let out = output_of(
+            command(&q).arg("run").env(var, value),
+            Duration::from_secs(30),
+        );
         assert_eq!(out.status.code(), Some(2), "{var}={value}");
         let err = stderr(&out);
         assert_eq!(err.lines().count(), 1, "{var}={value}: {err}");
@@ -250,11 +216,10 @@ async fn bad_settings_fail_at_start_in_one_line_naming_the_variable() {
             "{var}={value}: {err}"
         );
     }
-    let out = command(&q)
-        .arg("run")
-        .env_remove("AWS_REGION")
-        .output()
-        .unwrap();
+    let out = output_of(
+        command(&q).arg("run").env_remove("AWS_REGION"),
+        Duration::from_secs(30),
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).starts_with("error: AWS_REGION: "),
@@ -265,7 +230,10 @@ async fn bad_settings_fail_at_start_in_one_line_naming_the_variable() {
 
 #[test]
 fn help_lists_every_variable_with_its_default() {
-    let out = Command::new(BIN).args(["run", "--help"]).output().unwrap();
+    let out = output_of(
+        Command::new(BIN).args(["run", "--help"]),
+        Duration::from_secs(30),
+    );
     let help = String::from_utf8_lossy(&out.stdout);
     for var in [
         "FORWARDER_SOURCE_QUEUE_URL",

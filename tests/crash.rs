@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -22,9 +22,7 @@ fn worker(q: &Queues, extra: &[(&str, &str)]) -> Command {
         .env("FORWARDER_WORKERS", WORKERS.to_string())
         .env("FORWARDER_INDEXER", "off")
         .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .env("RUST_LOG", "warn");
     for (k, v) in extra {
         cmd.env(k, v);
     }
@@ -38,23 +36,21 @@ async fn sigkill_mid_run_then_restart_loses_nothing() {
     let bodies: Vec<String> = (1..=EVENTS).map(|i| event(i, 1)).collect();
     send_bodies(&q.client, &q.source, &bodies).await;
 
-    let mut first = worker(&q, &[]).spawn().unwrap();
+    let first = spawn_binary(&mut worker(&q, &[]));
     let deadline = Instant::now() + Duration::from_secs(120);
     while depth(&q.client, &q.dest).await < 1_000 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    first.kill().unwrap(); // SIGKILL: no shutdown, no flush, no delete of what was in flight
-    first.wait().unwrap();
+    drop(first); // SIGKILL: no shutdown, no flush, no delete of what was in flight
     let before = depth(&q.client, &q.dest).await;
     assert!(
         before < EVENTS as usize,
         "killed too late to test anything ({before} forwarded)"
     );
 
-    let second = worker(&q, &[("FORWARDER_EXIT_WHEN_IDLE", "8")])
-        .spawn()
-        .unwrap();
-    let out = second.wait_with_output().unwrap();
+    let out = spawn_binary(&mut worker(&q, &[("FORWARDER_EXIT_WHEN_IDLE", "8")]))
+        .finish(Duration::from_secs(240))
+        .await;
     assert!(
         out.status.success(),
         "{}",

@@ -289,8 +289,7 @@ async fn message_group_and_queue_type_must_agree_at_start() {
         .env("FORWARDER_SOURCE_QUEUE_URL", &source)
         .env("FORWARDER_DEST_QUEUE_URL", &fifo)
         .env("FORWARDER_INDEXER", "off")
-        .output()
-        .unwrap();
+        .output_within(Duration::from_secs(120));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -5,27 +5,22 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-fn worker(endpoint: &str, q: &Queues, health: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"))
-        .arg("run")
-        .envs(aws_env())
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
-        .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
-        .env("FORWARDER_INDEXER", "off")
-        .env("FORWARDER_HEALTH_ADDR", health)
-        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "5")
-        .env("FORWARDER_REQUEST_TIMEOUT", "1s")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+fn worker(endpoint: &str, q: &Queues, health: &str) -> Spawned {
+    spawn_binary(
+        binary(&["run"])
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+            .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
+            .env("FORWARDER_INDEXER", "off")
+            .env("FORWARDER_HEALTH_ADDR", health)
+            .env("FORWARDER_RECEIVE_WAIT_SECONDS", "5")
+            .env("FORWARDER_REQUEST_TIMEOUT", "1s")
+            .env("RUST_LOG", "warn"),
+    )
 }
 
 #[tokio::test]
@@ -35,7 +30,7 @@ async fn live_while_starting_not_ready_until_a_receive_succeeds() {
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", hole.local_addr().unwrap());
     let health = free_addr();
-    let mut child = worker(&endpoint, &q, &health);
+    let child = worker(&endpoint, &q, &health);
     assert_eq!(wait_status(&health, "/healthz", 200), Some(200));
     assert_eq!(status(&health, "/readyz"), Some(503));
     std::thread::sleep(Duration::from_secs(2));
@@ -45,8 +40,7 @@ async fn live_while_starting_not_ready_until_a_receive_succeeds() {
         "ready without a receive"
     );
     assert_eq!(status(&health, "/nope"), Some(404));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 }
 
 #[tokio::test]
@@ -65,11 +59,7 @@ async fn ready_after_the_first_receive_and_not_ready_once_stopping() {
 
     // SIGTERM while a 5 s long poll is in flight: the worker lets it end, and is not
     // ready meanwhile, so no traffic or rollout waits on it.
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    child.terminate();
     let mut seen = None;
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
@@ -85,6 +75,37 @@ async fn ready_after_the_first_receive_and_not_ready_once_stopping() {
         Some(200),
         "alive while draining"
     );
-    let out = child.wait_with_output().unwrap();
+    let out = child.finish(Duration::from_secs(30)).await;
     assert!(out.status.success());
+}
+
+/// A client that connects and sends nothing is disconnected after the read timeout,
+/// and idle connections past the cap do not keep the probes from answering.
+#[tokio::test]
+async fn idle_connections_are_closed_and_capped() {
+    use std::io::Read;
+    let q = Queues::create(30).await;
+    let health = free_addr();
+    let _child = worker(&endpoint(), &q, &health);
+    assert_eq!(wait_status(&health, "/healthz", 200), Some(200));
+    let idle: Vec<std::net::TcpStream> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect(&health).ok())
+        .collect();
+    assert_eq!(
+        wait_status(&health, "/healthz", 200),
+        Some(200),
+        "probes answer, at the latest once idle connections time out"
+    );
+    let mut one = std::net::TcpStream::connect(&health).unwrap();
+    one.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = one.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the server closes a silent connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    drop(idle);
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -211,28 +211,19 @@ async fn resolve_reads_only() {
 }
 
 /// Runs `indexer record` in a process of its own; returns string → id.
-fn record_in_process(url: &str, org: u64, strings: &[String]) -> std::process::Child {
-    let mut child = Command::new(BIN)
-        .args(["indexer", "record", "--org", &org.to_string()])
-        .env("FORWARDER_INDEXER_DATABASE_URL", url)
-        .env("FORWARDER_INDEXER_WRITE_LIMIT", "off")
-        .env("FORWARDER_INDEXER_POOL_SIZE", "2")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let input = strings.join("\n");
-    let mut stdin = child.stdin.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::Write;
-        let _ = stdin.write_all(input.as_bytes());
-    });
-    child
+fn record_in_process(url: &str, org: u64, strings: &[String]) -> Spawned {
+    spawn_with_stdin(
+        Command::new(BIN)
+            .args(["indexer", "record", "--org", &org.to_string()])
+            .env("FORWARDER_INDEXER_DATABASE_URL", url)
+            .env("FORWARDER_INDEXER_WRITE_LIMIT", "off")
+            .env("FORWARDER_INDEXER_POOL_SIZE", "2"),
+        Some(strings.join("\n").into_bytes()),
+    )
 }
 
-fn ids_of(child: std::process::Child) -> HashMap<String, u64> {
-    let out = child.wait_with_output().unwrap();
+fn ids_of(child: Spawned) -> HashMap<String, u64> {
+    let out = child.finish_blocking(Duration::from_secs(120));
     assert!(
         out.status.success(),
         "{}",
@@ -273,11 +264,12 @@ fn indexer_cli_resolves_and_reverses() {
     for (name, url) in backends() {
         let org = random_org().to_string();
         let run = |args: &[&str]| {
-            Command::new(BIN)
-                .args(args)
-                .env("FORWARDER_INDEXER_DATABASE_URL", &url)
-                .output()
-                .unwrap()
+            output_of(
+                Command::new(BIN)
+                    .args(args)
+                    .env("FORWARDER_INDEXER_DATABASE_URL", &url),
+                Duration::from_secs(30),
+            )
         };
         let out = run(&["indexer", "record", "--org", &org, "web@2.0.1"]);
         assert!(out.status.success(), "{name}");

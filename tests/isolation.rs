@@ -174,6 +174,10 @@ async fn an_organization_over_its_rate_limit_holds_back_nobody_else() {
     );
     let quiet_last = quiet_arrived.iter().map(|(_, t)| *t).max().unwrap();
     let noisy_last = noisy_arrived.iter().map(|(_, t)| *t).max().unwrap();
+    println!(
+        "rate limit: {quiet_count} events of 9 organizations all arrived by {quiet_last:?}; \
+         {noisy_count} of the noisy one by {noisy_last:?}"
+    );
     // 28 events at 4 per 2 s take about 12 s; the others must not wait for them.
     assert!(
         quiet_last < Duration::from_secs(6),
@@ -289,4 +293,103 @@ async fn a_missing_destination_pauses_its_route_and_resumes_in_the_same_process(
         .await
         .is_empty());
     drop(worker);
+}
+
+/// Case 4: a FIFO source holds one group of ten events; SQS fails the second one's
+/// SendMessageBatch entry once (through a proxy, as SQS fails a single entry). The
+/// destination must still receive 1..10 in order: the later events of the group are
+/// never sent before the second one was accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_entry_is_never_overtaken_by_a_later_one_of_its_group() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let name = unique("t");
+    let source = create_fifo_queue(&client, &format!("{name}-src")).await;
+    let dest = create_fifo_queue(&client, &format!("{name}-dst")).await;
+    let bodies: Vec<String> = (1..=10u128).map(|i| event(i, 1)).collect();
+    let entries = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(b)
+                .message_group_id("one")
+                .message_deduplication_id(i.to_string())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    client
+        .send_message_batch()
+        .queue_url(&source)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .unwrap();
+
+    let second = format!("{:032x}", 2);
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let attempt_ids = Arc::new(AtomicBool::new(false));
+    let proxy = intercept_proxy({
+        let (failed_once, attempt_ids) = (failed_once.clone(), attempt_ids.clone());
+        move |action, body| {
+            if action == "ReceiveMessage" && body["ReceiveRequestAttemptId"].is_string() {
+                attempt_ids.store(true, Ordering::SeqCst);
+            }
+            if action != "SendMessageBatch" || failed_once.load(Ordering::SeqCst) {
+                return Intercept::Pass;
+            }
+            let hit = body["Entries"].as_array().and_then(|entries| {
+                entries.iter().find(|e| {
+                    e["MessageBody"]
+                        .as_str()
+                        .is_some_and(|b| b.contains(&second))
+                })
+            });
+            match hit {
+                Some(entry) => {
+                    failed_once.store(true, Ordering::SeqCst);
+                    let id = entry["Id"].as_str().unwrap_or_default().to_string();
+                    Intercept::FailEntries(vec![(id, "InternalError".into())])
+                }
+                None => Intercept::Pass,
+            }
+        }
+    })
+    .await;
+
+    let out = spawn_binary(
+        binary(&["run"])
+            .env("AWS_ENDPOINT_URL", &proxy)
+            .env("FORWARDER_SOURCE_QUEUE_URL", &source)
+            .env("FORWARDER_DEST_QUEUE_URL", &dest)
+            .env("FORWARDER_MESSAGE_GROUP_ID", "all")
+            .env("FORWARDER_INDEXER", "off")
+            .env("FORWARDER_WORKERS", "1")
+            .env("FORWARDER_EXIT_WHEN_IDLE", "3")
+            .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+            .env("RUST_LOG", "warn"),
+    )
+    .finish(Duration::from_secs(60))
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(failed_once.load(Ordering::SeqCst), "the fault was injected");
+    assert!(
+        attempt_ids.load(Ordering::SeqCst),
+        "FIFO receives carry a ReceiveRequestAttemptId"
+    );
+
+    let arrived = drain_messages(&client, &dest, 11, Duration::from_secs(10)).await;
+    let order: Vec<String> = arrived
+        .iter()
+        .map(|m| event_id_of(m.body.as_deref().unwrap()))
+        .collect();
+    let want: Vec<String> = (1..=10u128).map(|i| format!("{i:032x}")).collect();
+    assert_eq!(order, want, "the group's order at the destination");
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ enum Posted {
 /// what the function posts. With nothing to hand out, `next` waits, as in Lambda.
 struct RuntimeApi {
     addr: String,
-    invoke: mpsc::UnboundedSender<(String, String)>,
+    invoke: mpsc::UnboundedSender<(String, String, u64)>,
     posted: mpsc::UnboundedReceiver<Posted>,
 }
 
@@ -36,7 +36,7 @@ impl RuntimeApi {
     async fn start() -> RuntimeApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let (invoke, pending) = mpsc::unbounded_channel::<(String, String)>();
+        let (invoke, pending) = mpsc::unbounded_channel::<(String, String, u64)>();
         let pending = Arc::new(Mutex::new(pending));
         let (post, posted) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -51,14 +51,15 @@ impl RuntimeApi {
                         let path = line.split(' ').nth(1).unwrap_or("").to_string();
                         let parsed = || serde_json::from_str(body).unwrap_or(Value::Null);
                         let reply = if path == "/2018-06-01/runtime/invocation/next" {
-                            let Some((id, payload)) = pending.lock().await.recv().await else {
+                            let Some((id, payload, budget_ms)) = pending.lock().await.recv().await
+                            else {
                                 return;
                             };
                             let deadline = std::time::SystemTime::now()
                                 .duration_since(std::time::UNIX_EPOCH)
                                 .unwrap()
                                 .as_millis()
-                                + 60_000;
+                                + u128::from(budget_ms);
                             format!(
                                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
                                  lambda-runtime-aws-request-id: {id}\r\n\
@@ -107,10 +108,25 @@ impl RuntimeApi {
         }
     }
 
-    /// One invocation; what the function posted for it.
+    /// One invocation (with a minute to run); what the function posted for it.
     async fn invoke(&mut self, request_id: &str, payload: Value) -> Posted {
+        self.invoke_within(request_id, payload, Duration::from_secs(60))
+            .await
+    }
+
+    /// One invocation whose deadline is `budget` away; what the function posted.
+    async fn invoke_within(
+        &mut self,
+        request_id: &str,
+        payload: Value,
+        budget: Duration,
+    ) -> Posted {
         self.invoke
-            .send((request_id.to_string(), payload.to_string()))
+            .send((
+                request_id.to_string(),
+                payload.to_string(),
+                budget.as_millis() as u64,
+            ))
             .unwrap();
         tokio::time::timeout(Duration::from_secs(60), self.posted.recv())
             .await
@@ -120,21 +136,19 @@ impl RuntimeApi {
 }
 
 /// The binary in Lambda mode: started as Lambda starts `bootstrap`, with no arguments.
-fn function(api: &RuntimeApi, env: &[(&str, String)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"))
-        .envs(aws_env())
-        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
-        .env("AWS_LAMBDA_FUNCTION_NAME", "forwarder")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("FORWARDER_INDEXER", "off")
-        .env("FORWARDER_RETRY_MAX_ELAPSED", "2s")
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn function(api: &RuntimeApi, env: &[(&str, String)]) -> Spawned {
+    spawn_binary(
+        Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"))
+            .envs(aws_env())
+            .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
+            .env("AWS_LAMBDA_FUNCTION_NAME", "forwarder")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("FORWARDER_INDEXER", "off")
+            .env("FORWARDER_RETRY_MAX_ELAPSED", "2s")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str()))),
+    )
 }
 
 /// An SQS event-source record as Lambda delivers it.
@@ -271,9 +285,8 @@ async fn batches_get_partial_responses_and_events_arrive() {
         )
         .await;
     assert_eq!(failures(&posted), set(&["d1", "d2"]));
-    assert!(child.try_wait().unwrap().is_none(), "the function stopped");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert!(!child.has_exited(), "the function stopped");
+    drop(child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,7 +295,7 @@ async fn what_arrives_and_what_is_dead_lettered() {
     let dest = create_queue(&client, &unique("lambda-dest"), 30).await;
     let dlq = create_queue(&client, &unique("lambda-dlq"), 30).await;
     let mut api = RuntimeApi::start().await;
-    let mut child = function(
+    let child = function(
         &api,
         &[
             ("FORWARDER_DEST_QUEUE_URL", dest.clone()),
@@ -323,8 +336,7 @@ async fn what_arrives_and_what_is_dead_lettered() {
         attribute(&dead[0], "source_message_id").as_deref(),
         Some("m2")
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,7 +358,7 @@ async fn a_start_up_failure_is_reported_as_an_init_error() {
     assert_eq!(body["errorType"], "Runtime.InitError");
     let message = body["errorMessage"].as_str().unwrap();
     assert!(message.contains("FORWARDER_DEST_QUEUE_URL"), "{message}");
-    let out = child.wait_with_output().unwrap();
+    let out = child.finish(Duration::from_secs(30)).await;
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -359,12 +371,52 @@ fn lambda_outside_lambda_names_the_missing_variable() {
             "FORWARDER_DEST_QUEUE_URL",
             "http://127.0.0.1:4566/queue/us-east-1/000000000000/x",
         )
-        .output()
-        .unwrap();
+        .output_within(Duration::from_secs(120));
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.starts_with("error: AWS_LAMBDA_RUNTIME_API: is not set"),
         "{stderr}"
     );
+}
+
+/// Case 5 of failure isolation: the destination answers slowly and with errors, and the
+/// invocation has 6 s. Retries would go on for a minute; the function answers before its
+/// deadline instead, with the unsent message in `batchItemFailures`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_answers_before_its_deadline() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let dest = create_queue(&client, &unique("lambda-dest"), 30).await;
+    let proxy = intercept_proxy(|action, _| match action {
+        "SendMessageBatch" => Intercept::Reply {
+            delay: Duration::from_millis(700),
+            response: sqs_error("503 Service Unavailable", "ServiceUnavailable"),
+        },
+        _ => Intercept::Pass,
+    })
+    .await;
+    let mut api = RuntimeApi::start().await;
+    let child = function(
+        &api,
+        &[
+            ("FORWARDER_DEST_QUEUE_URL", dest.clone()),
+            ("AWS_ENDPOINT_URL", proxy.clone()),
+            ("FORWARDER_RETRY_MAX_ELAPSED", "60s".into()),
+            ("FORWARDER_RETRY_MAX_INTERVAL", "1s".into()),
+        ],
+    );
+    let started = std::time::Instant::now();
+    let posted = api
+        .invoke_within(
+            "slow-1",
+            batch(vec![record("m1", &event(1, 1), None)]),
+            Duration::from_secs(6),
+        )
+        .await;
+    let took = started.elapsed();
+    println!("deadline 6 s: answered after {took:?}");
+    assert_eq!(failures(&posted), set(&["m1"]));
+    assert!(took < Duration::from_secs(6), "answered after {took:?}");
+    assert!(took >= Duration::from_secs(1), "gave up early: {took:?}");
+    drop(child);
 }

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,49 +68,38 @@ async fn tcp_proxy(upstream: String) -> (String, Arc<Switch>) {
     (addr.to_string(), switch)
 }
 
-fn worker(q: &Queues, statsd: &StatsdCapture, env: &[(&str, String)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"))
-        .arg("run")
-        .envs(aws_env())
-        .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
-        .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
-        .env("FORWARDER_WORKERS", "4")
-        .env("FORWARDER_STATSD_ADDR", statsd.addr.to_string())
-        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
-        .env("FORWARDER_RETRY_MAX_INTERVAL", "2s")
-        .env("FORWARDER_RETRY_MAX_ELAPSED", "5s")
-        .env("FORWARDER_REQUEST_TIMEOUT", "2s")
-        .env("FORWARDER_EXIT_WHEN_IDLE", "6")
-        .env("RUST_LOG", "error")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn worker(q: &Queues, statsd: &StatsdCapture, env: &[(&str, String)]) -> Spawned {
+    spawn_binary(
+        binary(&["run"])
+            .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+            .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
+            .env("FORWARDER_WORKERS", "4")
+            .env("FORWARDER_STATSD_ADDR", statsd.addr.to_string())
+            .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+            .env("FORWARDER_RETRY_MAX_INTERVAL", "2s")
+            .env("FORWARDER_RETRY_MAX_ELAPSED", "5s")
+            .env("FORWARDER_REQUEST_TIMEOUT", "2s")
+            .env("FORWARDER_EXIT_WHEN_IDLE", "6")
+            .env("RUST_LOG", "error")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str()))),
+    )
 }
 
 /// Waits until `n` events reached the destination, so the outage hits a busy worker.
-async fn wait_for_progress(q: &Queues, child: &mut Child, n: usize) {
+async fn wait_for_progress(q: &Queues, child: &mut Spawned, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while depth(&q.client, &q.dest).await < n {
-        if child.try_wait().unwrap().is_some() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            panic!("the worker exited before the outage: {err}");
-        }
+        assert!(!child.has_exited(), "the worker exited before the outage");
         assert!(Instant::now() < deadline, "the worker made no progress");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// Holds the outage for [`OUTAGE`] and checks the worker lives through it.
-async fn outage(switch: &Switch, child: &mut Child) {
+async fn outage(switch: &Switch, child: &mut Spawned) {
     switch.set_down(true);
     tokio::time::sleep(OUTAGE).await;
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the worker exited during the outage"
-    );
+    assert!(!child.has_exited(), "the worker exited during the outage");
     switch.set_down(false);
 }
 
@@ -161,7 +149,7 @@ async fn sqs_unreachable_for_20s_is_waited_out_and_nothing_is_lost() {
     wait_for_progress(&q, &mut child, 100).await;
     outage(&switch, &mut child).await;
     let dropped = switch.dropped.load(Ordering::Relaxed);
-    let out = child.wait_with_output().unwrap();
+    let out = child.finish(Duration::from_secs(180)).await;
     assert!(
         out.status.success(),
         "{}",
@@ -246,7 +234,7 @@ async fn postgres_store_gone_for_20s_is_waited_out_and_nothing_is_lost() {
         "the worker has no session to terminate"
     );
     outage(&switch, &mut child).await;
-    let out = child.wait_with_output().unwrap();
+    let out = child.finish(Duration::from_secs(180)).await;
     assert!(
         out.status.success(),
         "{}",

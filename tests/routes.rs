@@ -150,8 +150,7 @@ async fn the_binary_takes_a_routes_file_and_refuses_an_invalid_one_at_start() {
             .env("FORWARDER_INDEXER", "off")
             .env("FORWARDER_EXIT_WHEN_IDLE", "1")
             .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
-            .output()
-            .unwrap()
+            .output_within(Duration::from_secs(120))
     };
     let out = run(&good, "check");
     assert!(
@@ -203,8 +202,7 @@ async fn routes_send_with_a_named_profile_and_with_an_assumed_role() {
         .env("FORWARDER_INDEXER", "off")
         .env("FORWARDER_EXIT_WHEN_IDLE", "2")
         .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
-        .output()
-        .unwrap();
+        .output_within(Duration::from_secs(120));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("other-secret"), "a secret reached the log");

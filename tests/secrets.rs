@@ -7,6 +7,7 @@
 mod common;
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::*;
 
@@ -25,8 +26,7 @@ fn run(args: &[&str], env: &[(&str, String)]) -> Output {
         .env("AWS_SESSION_TOKEN", SESSION_TOKEN)
         .env("RUST_LOG", "trace")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap()
+        .output_within(Duration::from_secs(120))
 }
 
 fn assert_no_secret(what: &str, out: &Output) {

@@ -193,12 +193,29 @@ async fn slow_proxy(delay: Duration) -> String {
     format!("http://{addr}")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_batch_stays_invisible_until_settled() {
-    // Visibility timeout 2 s; forwarding takes about 5 s through a slow proxy.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Visibility timeout 2 s; forwarding takes about 5 s through a slow proxy. The first
+    // visibility extension fails (503): it is retried within the time that remains.
     let q = Queues::create(2).await;
     send_bodies(&q.client, &q.source, &[event(9, 1)]).await;
-    let app = app(q.config(None)).await;
+    let failed = Arc::new(AtomicBool::new(false));
+    let flaky = intercept_proxy({
+        let failed = failed.clone();
+        move |action, _| {
+            if action == "ChangeMessageVisibilityBatch" && !failed.swap(true, Ordering::SeqCst) {
+                Intercept::Reply {
+                    delay: Duration::ZERO,
+                    response: sqs_error("503 Service Unavailable", "ServiceUnavailable"),
+                }
+            } else {
+                Intercept::Pass
+            }
+        }
+    })
+    .await;
+    let app = App::from_sdk(q.config(None), &sdk_at(&flaky).await, Metrics::disabled()).unwrap();
     let source_worker = app.worker().await.unwrap();
 
     let slow = aws_sdk_sqs::Client::new(&sdk_at(&slow_proxy(Duration::from_secs(5)).await).await);
@@ -230,6 +247,7 @@ async fn a_slow_batch_stays_invisible_until_settled() {
     );
     let outcome = handling.await.unwrap();
     assert_eq!((outcome.forwarded, outcome.deleted), (1, 1));
+    assert!(failed.load(Ordering::SeqCst), "the fault was injected");
     assert_eq!(
         drain(&q.client, &q.dest, 2, Duration::from_secs(3))
             .await
@@ -346,4 +364,36 @@ async fn an_unreachable_store_keeps_the_batch_in_the_queue() {
     assert!(drain(&q.client, &q.dest, 1, Duration::from_secs(2))
         .await
         .is_empty());
+}
+
+/// `FORWARDER_RECEIVE_WAIT_SECONDS=0` (short polls) on an empty queue: the poller
+/// pauses between receives instead of spinning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_polls_on_an_empty_queue_do_not_spin() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let q = Queues::create(30).await;
+    let receives = Arc::new(AtomicUsize::new(0));
+    let proxy = intercept_proxy({
+        let receives = receives.clone();
+        move |action, _| {
+            if action == "ReceiveMessage" {
+                receives.fetch_add(1, Ordering::SeqCst);
+            }
+            Intercept::Pass
+        }
+    })
+    .await;
+    let mut config = q.config(None);
+    config.receive_wait = Duration::ZERO;
+    config.workers = 1;
+    config.exit_when_idle = Some(Duration::from_secs(3));
+    let app = sqs_forwarder::app::App::from_sdk(config, &sdk_at(&proxy).await, Metrics::disabled())
+        .unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(30), app.run(std::future::pending()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.totals.received, 0);
+    let n = receives.load(Ordering::SeqCst);
+    assert!((2..=8).contains(&n), "{n} receives in about 3 s");
 }

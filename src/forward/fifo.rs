@@ -28,6 +28,13 @@ impl std::str::FromStr for GroupTemplate {
             }
             rest = &rest[open + close + 1..];
         }
+        // SQS takes `!` to `~` in a group id: no space, no control or non-ASCII
+        // character. Refused here, at start, not by every send later.
+        if let Some(bad) = s.chars().find(|c| !('!'..='~').contains(c)) {
+            return Err(format!(
+                "{s:?} holds {bad:?}; a message group id takes only the characters ! to ~ (letters, digits, punctuation)"
+            ));
+        }
         // A rendered id may be up to 128 characters; ids are at most 19 digits.
         if s.len() > 90 {
             return Err(format!(
@@ -67,5 +74,8 @@ mod tests {
         assert!("{team}".parse::<GroupTemplate>().is_err());
         assert!("p-{project_id".parse::<GroupTemplate>().is_err());
         assert!("".parse::<GroupTemplate>().is_err());
+        assert!("tenant {project_id}".parse::<GroupTemplate>().is_err());
+        assert!("café".parse::<GroupTemplate>().is_err());
+        assert!("a/b:{organization_id}!".parse::<GroupTemplate>().is_ok());
     }
 }

@@ -11,7 +11,7 @@
 mod classify;
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
@@ -45,7 +45,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// A fresh schedule, started now.
     pub fn schedule(&self) -> Schedule {
-        Schedule(self.backoff())
+        Schedule::new(self.backoff())
     }
 
     /// A schedule with no time bound, for a loop that must outlast any outage (the
@@ -53,7 +53,7 @@ impl RetryPolicy {
     pub fn endless(&self) -> Schedule {
         let mut backoff = self.backoff();
         backoff.max_elapsed_time = None;
-        Schedule(backoff)
+        Schedule::new(backoff)
     }
 
     fn backoff(&self) -> ExponentialBackoff {
@@ -71,12 +71,29 @@ impl RetryPolicy {
 
 /// The waits of one retried operation: exponential, jittered, bounded in total time.
 #[derive(Debug)]
-pub struct Schedule(ExponentialBackoff);
+pub struct Schedule {
+    /// The exponential waits and their time bound.
+    backoff: ExponentialBackoff,
+    /// The task's deadline when the schedule started (see [`within_deadline`]).
+    deadline: Option<Instant>,
+}
 
 impl Schedule {
-    /// The wait before the next try, or `None` once the time bound is spent.
+    fn new(backoff: ExponentialBackoff) -> Self {
+        Self {
+            backoff,
+            deadline: DEADLINE.try_with(|d| *d).ok(),
+        }
+    }
+
+    /// The wait before the next try, or `None` once the time bound is spent (or the
+    /// wait would end past the task's deadline).
     pub fn next_delay(&mut self) -> Option<Duration> {
-        self.0.next_backoff()
+        let wait = self.backoff.next_backoff()?;
+        match self.deadline {
+            Some(deadline) if Instant::now() + wait >= deadline => None,
+            _ => Some(wait),
+        }
     }
 }
 
@@ -86,7 +103,8 @@ pub trait Classified {
     fn class(&self) -> ErrorClass;
 }
 
-/// Runs `op` until it succeeds, fails permanently, or `policy`'s time bound is spent.
+/// Runs `op` until it succeeds, fails permanently, or `policy`'s time bound (or the
+/// task's [`within_deadline`]) is spent.
 ///
 /// Each retry is logged and counted as `forwarder.retry{operation, class}`.
 pub async fn retry<T, E, F, Fut>(
@@ -100,23 +118,33 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: Classified + std::fmt::Display,
 {
-    backoff::future::retry_notify(
-        policy.backoff(),
-        || {
-            let attempt = op();
-            async move {
-                attempt.await.map_err(|err| {
-                    if err.class().is_retryable() {
-                        backoff::Error::transient(err)
-                    } else {
-                        backoff::Error::permanent(err)
-                    }
-                })
+    let mut schedule = policy.schedule();
+    loop {
+        let err = match op().await {
+            Ok(value) => return Ok(value),
+            Err(err) if !err.class().is_retryable() => return Err(err),
+            Err(err) => err,
+        };
+        match schedule.next_delay() {
+            Some(wait) => {
+                note_retry(metrics, operation, err.class(), &err, wait);
+                tokio::time::sleep(wait).await;
             }
-        },
-        |err: E, wait: Duration| note_retry(metrics, operation, err.class(), &err, wait),
-    )
-    .await
+            None => return Err(err),
+        }
+    }
+}
+
+tokio::task_local! {
+    /// When every retry of the current task must be over: a Lambda invocation's
+    /// deadline, less a margin. Unset: only the policies bound the retries.
+    static DEADLINE: Instant;
+}
+
+/// Runs `work` with every retry inside it bounded by `deadline` as well as by its
+/// policy: a wait that would end past it is not waited, and the failure is returned.
+pub async fn within_deadline<F: Future>(deadline: Instant, work: F) -> F::Output {
+    DEADLINE.scope(deadline, work).await
 }
 
 /// Logs and counts one retry; shared by [`retry`] and loops driving a [`Schedule`].
@@ -227,6 +255,30 @@ mod tests {
         .await;
         assert!(matches!(out, Err(E(ErrorClass::ServerError))));
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn retries_end_at_the_tasks_deadline() {
+        let slow = RetryPolicy {
+            initial_interval: Duration::from_millis(50),
+            max_interval: Duration::from_millis(100),
+            max_elapsed: Duration::from_secs(60),
+        };
+        let started = std::time::Instant::now();
+        let out: Result<u32, E> = within_deadline(
+            Instant::now() + Duration::from_millis(400),
+            retry(&slow, "send", &Metrics::disabled(), || async {
+                Err(E(ErrorClass::Throttled))
+            }),
+        )
+        .await;
+        assert!(matches!(out, Err(E(ErrorClass::Throttled))));
+        assert!(
+            started.elapsed() < Duration::from_millis(450),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(250));
     }
 
     #[test]

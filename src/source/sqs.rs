@@ -104,6 +104,11 @@ impl SqsSource {
         &self.queue_url
     }
 
+    /// The long-poll wait of each receive.
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
     /// Healthcheck: the queue's attributes.
     pub async fn info(&self) -> Result<QueueInfo, AwsError> {
         queue_info(&self.client, &self.queue_url).await

@@ -23,6 +23,10 @@ use crate::source::{SourceMessage, SqsSource};
 /// How often the source queue's visibility timeout is read again.
 pub const VISIBILITY_REFRESH: Duration = Duration::from_secs(60);
 
+/// An empty receive is followed by at least this much waiting in all: a short poll
+/// (wait 0) pauses the rest, so an empty queue is not polled in a busy loop.
+const SHORT_POLL_PAUSE: Duration = Duration::from_secs(1);
+
 /// How long a stopping poller may take to hand a received batch back.
 const RETURN_BOUND: Duration = Duration::from_secs(5);
 
@@ -357,6 +361,15 @@ async fn poll(
                         tracing::info!(worker = id, idle = ?idle_for, "source idle: stopping");
                         stop.cancel();
                         break;
+                    }
+                }
+                // A short poll (`FORWARDER_RECEIVE_WAIT_SECONDS=0`) answers an empty
+                // queue at once: pause as a long poll would have waited, not spin.
+                let short = SHORT_POLL_PAUSE.saturating_sub(worker.source.wait());
+                if !short.is_zero() {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(short) => {}
                     }
                 }
             }

@@ -411,9 +411,25 @@ pub struct Spawned {
 
 /// Starts `command` with stdout and stderr captured (see [`Spawned`]).
 pub fn spawn_binary(command: &mut std::process::Command) -> Spawned {
-    use std::io::Read;
+    spawn_with_stdin(command, None)
+}
+
+/// Runs `command` to its end, at most `deadline` (killed past it), and returns what
+/// it printed. Blocks the thread: for commands that need nothing else of the test.
+pub fn output_of(command: &mut std::process::Command, deadline: Duration) -> std::process::Output {
+    spawn_binary(command).finish_blocking(deadline)
+}
+
+/// As [`spawn_binary`], with `stdin` written to the child's standard input (then
+/// closed); `None`: no input.
+pub fn spawn_with_stdin(command: &mut std::process::Command, stdin: Option<Vec<u8>>) -> Spawned {
+    use std::io::{Read, Write};
     let mut child = command
-        .stdin(std::process::Stdio::null())
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -422,6 +438,11 @@ pub fn spawn_binary(command: &mut std::process::Command) -> Spawned {
         Box::new(child.stdout.take().expect("stdout")),
         Box::new(child.stderr.take().expect("stderr")),
     ];
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
     let readers = pipes
         .into_iter()
         .map(|mut pipe| {
@@ -451,6 +472,40 @@ impl Spawned {
         self.child.as_ref().map_or(0, std::process::Child::id)
     }
 
+    /// Sends SIGTERM, as Kubernetes does to stop a pod.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "SIGTERM not delivered");
+    }
+
+    /// Whether the child has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// [`Spawned::finish`], blocking the thread (no async runtime needed).
+    pub fn finish_blocking(mut self, deadline: Duration) -> std::process::Output {
+        let started = Instant::now();
+        let mut child = self.child.take().expect("not waited for yet");
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for the child") {
+                break Some(status);
+            }
+            if started.elapsed() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.collect(status, deadline)
+    }
+
     /// Waits for the child to exit, at most `deadline`; past it, the child is killed and
     /// the test fails with what it printed.
     pub async fn finish(mut self, deadline: Duration) -> std::process::Output {
@@ -467,6 +522,15 @@ impl Spawned {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
+        self.collect(status, deadline)
+    }
+
+    /// The output once the child has ended; `None`: it was killed at its deadline.
+    fn collect(
+        &mut self,
+        status: Option<std::process::ExitStatus>,
+        deadline: Duration,
+    ) -> std::process::Output {
         let mut outputs = std::mem::take(&mut self.readers)
             .into_iter()
             .map(|r| r.join().unwrap_or_default());
@@ -525,5 +589,173 @@ pub fn wait_status(addr: &str, path: &str, want: u16) -> Option<u16> {
             return got;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What [`intercept_proxy`] does with one request to LocalStack.
+pub enum Intercept {
+    /// Forward it as it is.
+    Pass,
+    /// Answer it without forwarding, after `delay`.
+    Reply {
+        /// How long to hold the answer.
+        delay: Duration,
+        /// The whole HTTP response.
+        response: Vec<u8>,
+    },
+    /// Forward a SendMessageBatch with these entries removed, and answer them as failed
+    /// with `code` (as SQS fails single entries): `(entry id, code)`.
+    FailEntries(Vec<(String, String)>),
+}
+
+/// An SQS error response of the JSON protocol.
+pub fn sqs_error(status: &str, code: &str) -> Vec<u8> {
+    let body = format!(r#"{{"__type":"com.amazonaws.sqs#{code}","message":"injected"}}"#);
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.0\r\nx-amzn-query-error: {code};Sender\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A proxy to LocalStack on 127.0.0.1 that lets `decide` see each SQS request (its
+/// `X-Amz-Target` action, e.g. `SendMessageBatch`, and its JSON body) and pass, answer
+/// or rewrite it. Each request goes upstream on a connection of its own.
+pub async fn intercept_proxy<F>(decide: F) -> String
+where
+    F: Fn(&str, &serde_json::Value) -> Intercept + Send + Sync + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+    let decide = Arc::new(decide);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let upstream = endpoint().trim_start_matches("http://").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (decide, upstream) = (decide.clone(), upstream.clone());
+            tokio::spawn(async move {
+                while let Some(request) = read_http_message(&mut inbound).await {
+                    let (head, body) = split_http(&request);
+                    let action = header(&head, "x-amz-target")
+                        .and_then(|t| t.rsplit('.').next().map(str::to_string))
+                        .unwrap_or_default();
+                    let json: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    let (request, failed) = match decide(&action, &json) {
+                        Intercept::Pass => (request, Vec::new()),
+                        Intercept::Reply { delay, response } => {
+                            tokio::time::sleep(delay).await;
+                            if inbound.write_all(&response).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        Intercept::FailEntries(failed) => {
+                            let mut json = json.clone();
+                            if let Some(entries) = json["Entries"].as_array_mut() {
+                                entries.retain(|e| {
+                                    !failed.iter().any(|(id, _)| e["Id"].as_str() == Some(id))
+                                });
+                            }
+                            (with_body(&head, &json.to_string()), failed)
+                        }
+                    };
+                    let forwarded = json["Entries"].as_array().is_none_or(|e| !e.is_empty());
+                    let mut reply: serde_json::Value =
+                        serde_json::json!({"Successful": [], "Failed": []});
+                    let mut response = Vec::new();
+                    if forwarded {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await
+                        else {
+                            return;
+                        };
+                        if outbound.write_all(&request).await.is_err() {
+                            return;
+                        }
+                        let Some(answer) = read_http_message(&mut outbound).await else {
+                            return;
+                        };
+                        response = answer;
+                        if !failed.is_empty() {
+                            let (_, body) = split_http(&response);
+                            reply = serde_json::from_slice(&body).unwrap_or(reply);
+                        }
+                    }
+                    if !failed.is_empty() {
+                        let list = reply["Failed"].as_array().cloned().unwrap_or_default();
+                        let mut list = list;
+                        for (id, code) in &failed {
+                            list.push(serde_json::json!({
+                                "Id": id, "Code": code, "SenderFault": false, "Message": "injected"
+                            }));
+                        }
+                        reply["Failed"] = serde_json::Value::Array(list);
+                        if reply.get("Successful").is_none() {
+                            reply["Successful"] = serde_json::json!([]);
+                        }
+                        let body = reply.to_string();
+                        response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .into_bytes();
+                    }
+                    if inbound.write_all(&response).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Head and body of an HTTP message.
+fn split_http(message: &[u8]) -> (String, Vec<u8>) {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |p| p + 4);
+    (
+        String::from_utf8_lossy(&message[..end]).into_owned(),
+        message[end..].to_vec(),
+    )
+}
+
+/// A header's value; `name` in lower case.
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        (key.trim().to_lowercase() == name).then(|| value.trim().to_string())
+    })
+}
+
+/// The request with a new body and its content-length.
+fn with_body(head: &str, body: &str) -> Vec<u8> {
+    let mut out = String::new();
+    for line in head.trim_end().lines() {
+        if line.to_lowercase().starts_with("content-length:") {
+            out.push_str(&format!("content-length: {}\r\n", body.len()));
+        } else {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    out.into_bytes()
+}
+
+/// `Command::output` with a deadline, and the child killed if the test ends first.
+pub trait OutputWithin {
+    /// Runs to the end, at most `deadline` (see [`output_of`]).
+    fn output_within(&mut self, deadline: Duration) -> std::process::Output;
+}
+
+impl OutputWithin for std::process::Command {
+    fn output_within(&mut self, deadline: Duration) -> std::process::Output {
+        output_of(self, deadline)
     }
 }
