@@ -203,11 +203,13 @@ impl Pipeline {
     pub async fn process(&self, messages: &[SourceMessage]) -> Vec<Settlement> {
         let mut settlements: Vec<Option<Settlement>> = vec![None; messages.len()];
         let mut events = self.decode(messages, &mut settlements);
-        self.dead_letter(messages, &mut settlements).await;
+        let invalid = |s: &Settlement| matches!(s, Settlement::Invalid(_));
+        let failed = |s: &Settlement| matches!(s, Settlement::Failed(_));
+        self.dead_letter(messages, &mut settlements, invalid).await;
         hold_back_groups(messages, &mut settlements, &mut events, &self.metrics);
         self.index(messages, &mut events, &mut settlements).await;
         self.forward(messages, events, &mut settlements).await;
-        self.dead_letter(messages, &mut settlements).await;
+        self.dead_letter(messages, &mut settlements, failed).await;
         settlements
             .into_iter()
             .map(|s| {
@@ -363,14 +365,14 @@ impl Pipeline {
         }
     }
 
-    /// Sends the messages that can never be forwarded and are not yet tried there to
-    /// the DLQ, with their original bodies; those it accepts become
-    /// [`Settlement::DeadLettered`]. Those it refuses stay in the source (and are
-    /// not offered again in the same batch).
+    /// Sends the messages that can never be forwarded to the DLQ, with their original
+    /// bodies: those whose settlement `which` selects. Those it accepts become
+    /// [`Settlement::DeadLettered`]; those it refuses stay in the source.
     async fn dead_letter(
         &self,
         messages: &[SourceMessage],
         settlements: &mut [Option<Settlement>],
+        which: fn(&Settlement) -> bool,
     ) {
         let Some(dlq) = &self.dead_letter else {
             return;
@@ -379,7 +381,8 @@ impl Pipeline {
             .iter()
             .enumerate()
             .filter_map(|(i, s)| {
-                let reason = s.as_ref()?.dead_letter_reason()?;
+                let s = s.as_ref().filter(|s| which(s))?;
+                let reason = s.dead_letter_reason()?;
                 Some((
                     i,
                     DeadLetter {
@@ -397,22 +400,7 @@ impl Pipeline {
         for ((i, letter), delivery) in positions.into_iter().zip(letters).zip(deliveries) {
             match delivery {
                 Ok(()) => settlements[i] = Some(Settlement::DeadLettered(letter.reason)),
-                Err(err) => {
-                    events::dead_letter_failed(&messages[i].message_id, &err);
-                    // Kept in the source; marked so it is not offered twice.
-                    if let Some(Settlement::Invalid(_)) = &settlements[i] {
-                        settlements[i] = Some(Settlement::Failed(Failure {
-                            stage: "decode",
-                            class: err.class,
-                            code: err.code.clone(),
-                            message: format!(
-                                "invalid, and the dead-letter queue refused it: {err}"
-                            ),
-                        }));
-                    } else if let Some(Settlement::Failed(f)) = &mut settlements[i] {
-                        f.class = err.class;
-                    }
-                }
+                Err(err) => events::dead_letter_failed(&messages[i].message_id, &err),
             }
         }
     }

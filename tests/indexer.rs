@@ -520,3 +520,21 @@ async fn a_read_only_store_answers_reads_and_fails_writes_transiently() {
         writer.store().close().await;
     }
 }
+
+#[test]
+fn indexer_record_reports_a_line_that_is_not_utf8_and_records_the_rest() {
+    let org = random_org().to_string();
+    let out = spawn_with_stdin(
+        Command::new(BIN)
+            .args(["indexer", "record", "--org", &org])
+            .env("FORWARDER_INDEXER_DATABASE_URL", sqlite_url()),
+        Some(b"first-string\n\xff\xfe bad\nsecond-string\n".to_vec()),
+    )
+    .finish_blocking(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "a bad line must not exit 0");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 2: not UTF-8"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("first-string\t"), "{stdout}");
+    assert!(stdout.contains("second-string\t"), "{stdout}");
+}
