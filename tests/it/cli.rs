@@ -1,13 +1,10 @@
 //! The binary as users run it: `run` with SIGTERM, `replay`, `check`, bad settings.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashSet;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::helpers::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sqs-forwarder");
 

@@ -1,16 +1,13 @@
 //! Throttling, server errors, slow answers and connection resets, injected by an HTTP
 //! proxy on 127.0.0.1 between the worker and LocalStack. Every event still arrives, and
 //! the retries show in the metrics.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 

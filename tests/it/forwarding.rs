@@ -1,14 +1,11 @@
 //! Forwarding features against LocalStack: message attributes, the dead-letter queue,
 //! FIFO destinations.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::helpers::*;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
-use common::*;
 use sqs_forwarder::app::App;
 use sqs_forwarder::forward::{Outcome, Routed};
 

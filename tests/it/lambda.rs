@@ -1,16 +1,13 @@
 //! Lambda mode end to end: the real binary against the Lambda Runtime API, served by
 //! this test on 127.0.0.1 (next invocation, invocation response, invocation error, init
 //! error), with SQS event batches whose events go to LocalStack.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashSet;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::*;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;

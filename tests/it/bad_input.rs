@@ -2,14 +2,11 @@
 //! LocalStack and a dead-letter queue. Each invalid body reaches the DLQ unchanged with
 //! its reason in the log, in a metric tag and in a message attribute; each hostile but
 //! valid body is forwarded unchanged (but for `tag_ids`); nothing panics or stalls.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::helpers::*;
 
 const ID: &str = "0123456789abcdef0123456789abcdef";
 

@@ -1,14 +1,11 @@
 //! The worker against the real LocalStack: delivery, deletion, invalid messages,
 //! metric lines, failures, and visibility extension.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::*;
 use sqs_forwarder::app::App;
 use sqs_forwarder::forward::{Forwarder, Router};
 use sqs_forwarder::metrics::Metrics;

@@ -1,13 +1,10 @@
 //! The health listener (`FORWARDER_HEALTH_ADDR`) as Kubernetes probes it: live while the
 //! queues are still being reached, ready once a receive succeeded, not ready from the
 //! moment shutdown begins.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::helpers::*;
 
 fn worker(endpoint: &str, q: &Queues, health: &str) -> Spawned {
     spawn_binary(

@@ -2,14 +2,11 @@
 //! log level with a database password, AWS keys, a session token and a routes file that
 //! names a profile with its own keys, through a successful run and through failures
 //! that print errors. None of the secrets appears in what it writes.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::*;
 
 const DB_PASSWORD: &str = "pw-Zq81xK";
 const AWS_SECRET: &str = "aws-secret-Hn27vQ";

@@ -1,13 +1,10 @@
 //! Per-project routes against LocalStack: each project to its destination, a default,
 //! projects without a route skipped, one forwarder per destination, invalid files.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::*;
 use sqs_forwarder::app::App;
 use sqs_forwarder::config::routes;
 use sqs_forwarder::metrics::Metrics;

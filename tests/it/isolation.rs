@@ -1,13 +1,10 @@
 //! Failure isolation, end to end with the real binary, LocalStack and PostgreSQL: one
 //! bad string, one noisy organization or one broken destination never harms anybody
 //! else's events (RELIABILITY.md, "Failure isolation").
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::*;
 
 /// A valid event of `org` with these tags (JSON text of the `tags` list).
 fn event_of(id: u128, org: u64, tags: &str) -> String {

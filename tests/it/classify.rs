@@ -1,6 +1,5 @@
 //! The retry decision on real SDK errors: recorded SQS error responses parsed by the
 //! real SDK client, and real connection failures and timeouts.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
 //! Test harness: real LocalStack queues with random names per test, a UDP socket that
 //! captures statsd lines, and helpers to run the worker in-process or as the binary.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};

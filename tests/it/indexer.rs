@@ -1,14 +1,11 @@
 //! The indexer against SQLite and the real PostgreSQL: stable ids, races between
 //! processes, limits, the shared range, and the CLI.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::*;
 use sqs_forwarder::indexer::shared::MAX_SHARED_ID;
 use sqs_forwarder::indexer::{BulkRequest, FetchType, Indexer, IndexerSettings, Store, WriteLimit};
 use sqs_forwarder::metrics::Metrics;

@@ -1,14 +1,11 @@
 //! Crash: SIGKILL mid-run, then a restart. Every event arrives at least once; duplicates
 //! are bounded by what was in flight when the worker died.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::helpers::*;
 
 const EVENTS: u128 = 5_000;
 const WORKERS: usize = 4;

@@ -1,12 +1,9 @@
 //! Oversized events against LocalStack's S3: stored and pointed to (both pointer
 //! formats), the same key on a retry, no bucket, and a bucket that does not exist.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::*;
 use sqs_forwarder::app::App;
 use sqs_forwarder::config::Config;
 use sqs_forwarder::forward::PointerFormat;

@@ -2,16 +2,13 @@
 //! store become unreachable for 20 s. A TCP proxy on 127.0.0.1 stands between the
 //! worker and the service; "down" closes every open connection and drops every new one.
 //! The worker keeps running, backs off without spinning, resumes, and loses nothing.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::helpers::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 

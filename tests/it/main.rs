@@ -1,0 +1,24 @@
+//! Every integration test, in one binary (linked once, as zero-to-production's
+//! `tests/api`): one module per area, and [`helpers`], the harness they share.
+//!
+//! They run against the real LocalStack and PostgreSQL that `make test` provides, most
+//! of them with the real binary (`CARGO_BIN_EXE_sqs-forwarder`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod bad_input;
+mod classify;
+mod cli;
+mod crash;
+mod faults;
+mod forwarding;
+mod health;
+mod indexer;
+mod isolation;
+mod lambda;
+mod offload;
+mod outage;
+mod routes;
+mod secrets;
+mod worker;
