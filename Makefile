@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export FORWARDER_TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: all build demo test unit lint lint-deploy deny fuzz fmt localstack localstack-stop clean
+.PHONY: all build demo test unit lint lint-deploy deny docker-check fuzz fmt localstack localstack-stop clean
 
 all: build
 
@@ -41,6 +41,11 @@ deny:
 
 lint-deploy:
 	./tools/lint-deploy.sh
+
+## docker-check: replays deploy/Dockerfile's build stage without Docker (its COPY and RUN
+## lines in a scratch directory, sharing target/), so a Dockerfile that cannot build fails.
+docker-check:
+	python3 tools/replay_dockerfile.py
 
 ## fuzz: each fuzz target for FUZZ_SECONDS (CI: a short bounded run).
 FUZZ_SECONDS ?= 20
