@@ -21,6 +21,7 @@ use crate::forward::{
 use crate::health::Health;
 use crate::indexer::{Indexer, Store, StoreError};
 use crate::metrics::{sink, Metrics};
+use crate::outcome::Operation;
 use crate::pipeline::Pipeline;
 use crate::source::{queue_info, QueueInfo, SqsSource};
 use crate::worker::{self, PoolOptions, RunSummary, Worker};
@@ -334,9 +335,12 @@ impl App {
         sqs: &aws_sdk_sqs::Client,
         url: &str,
     ) -> Result<QueueInfo, crate::aws::AwsError> {
-        crate::retry::retry(&self.config.retry, "get_attributes", &self.metrics, || {
-            queue_info(sqs, url)
-        })
+        crate::retry::retry(
+            &self.config.retry,
+            Operation::GetAttributes,
+            &self.metrics,
+            || queue_info(sqs, url),
+        )
         .await
     }
 

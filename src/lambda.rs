@@ -14,8 +14,9 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, LambdaEvent};
 
 use crate::metrics::Metrics;
-use crate::pipeline::{Failure, Pipeline, Settlement};
-use crate::retry::{within_deadline, ErrorClass};
+use crate::outcome::{ErrorClass, Failure, Stage};
+use crate::pipeline::{Pipeline, Settlement};
+use crate::retry::within_deadline;
 use crate::source::lambda::{batch_response, records, RecordError};
 
 /// Environment variables the Lambda runtime sets; without them this is not a Lambda.
@@ -108,7 +109,7 @@ pub async fn handle(
                         "the invocation's deadline is near: the batch is reported unsettled"
                     );
                     let failure = Failure {
-                        stage: "forward",
+                        stage: Stage::Forward,
                         class: ErrorClass::Timeout,
                         code: None,
                         message: "the invocation's deadline came first".into(),

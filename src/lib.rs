@@ -29,13 +29,21 @@
 //! - [`event`]: the event, its decoder, and the encoder that adds `tag_ids`.
 //! - [`indexer`]: tag strings interned per organization into stable ids (shared strings,
 //!   cache, store, limits).
-//! - [`forward`]: where events go: batching within SQS limits and `track_response_metric`.
-//! - [`retry`]: the one retry layer: what is retryable, and the backoff schedule.
-//! - [`aws`]: SDK clients (SDK retries off) and classified SQS errors.
-//! - [`metrics`]: every metric as a typed value, the statsd sink, and internal events
-//!   that log and count together.
+//! - [`forward`]: where events go: batching within SQS limits, FIFO order, the rate
+//!   limit, route pauses, the dead-letter queue, and `track_response_metric`.
+//! - [`aws`]: SDK clients (SDK retries off), their errors, and the one decision of what
+//!   kind of failure an AWS error is ([`aws::classify`]).
+//! - [`retry`]: the one retry layer, knowing nothing of AWS: the backoff schedule, a
+//!   call retried, a batch retried entry by entry.
+//! - [`outcome`]: typed outcomes (stage, operation, error class, failure), the leaf
+//!   that every layer maps its errors to, once.
+//! - [`internal_events`]: each happening logged and counted together.
+//! - [`metrics`]: every metric as a typed value, and the statsd sink.
 //! - [`telemetry`]: logging set-up.
 //! - [`check`], [`replay`]: the other commands.
+//!
+//! Dependencies point one way: `pipeline` → `forward` → `aws` → `retry` →
+//! `internal_events` → `metrics` → `outcome`.
 
 pub mod app;
 pub mod aws;
@@ -45,8 +53,10 @@ pub mod event;
 pub mod forward;
 pub mod health;
 pub mod indexer;
+pub mod internal_events;
 pub mod lambda;
 pub mod metrics;
+pub mod outcome;
 pub mod pipeline;
 pub mod replay;
 pub mod retry;

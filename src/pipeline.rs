@@ -2,64 +2,22 @@
 //! tags of its events (one `bulk_record` for the whole batch), forward the valid events,
 //! and settle each message.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::aws::AwsError;
 use crate::event::{decode, DecodeError, Event};
 use crate::forward::{
     DeadLetter, DeadLetterQueue, DeferCause, Deferral, Forwarder, Outcome, Reason, Routed, Router,
 };
 use crate::indexer::{BulkRequest, Indexer, IndexerError};
-use crate::metrics::{events, Counter, Metrics, Timer};
-use crate::retry::ErrorClass;
+use crate::internal_events::{
+    DeadLetterRefused, EventDeferred, EventFailed, InternalEvent, InvalidEvent, SkippedUnconfigured,
+};
+use crate::metrics::{Counter, Metrics, Timer};
+use crate::outcome::{ErrorClass, Stage};
 use crate::source::SourceMessage;
 
-/// Why an event was not forwarded, whatever the stage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// `index` or `forward`.
-    pub stage: &'static str,
-    /// What kind of failure.
-    pub class: ErrorClass,
-    /// The service's or the database's error code, if any.
-    pub code: Option<String>,
-    /// Detail for logs.
-    pub message: String,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} failed ({}", self.stage, self.class.as_str())?;
-        if let Some(code) = &self.code {
-            write!(f, ", {code}")?;
-        }
-        write!(f, "): {}", self.message)
-    }
-}
-
-impl From<&AwsError> for Failure {
-    fn from(e: &AwsError) -> Self {
-        Failure {
-            stage: "forward",
-            class: e.class,
-            code: e.code.clone(),
-            message: e.message.clone(),
-        }
-    }
-}
-
-impl From<&IndexerError> for Failure {
-    fn from(e: &IndexerError) -> Self {
-        Failure {
-            stage: "index",
-            class: e.class(),
-            code: None,
-            message: e.to_string(),
-        }
-    }
-}
+pub use crate::outcome::Failure;
 
 /// What became of one message.
 #[derive(Debug, Clone)]
@@ -87,7 +45,7 @@ impl Settlement {
     pub fn is_invalid(&self) -> bool {
         match self {
             Settlement::Invalid(_) => true,
-            Settlement::DeadLettered(reason) => reason.stage == "decode",
+            Settlement::DeadLettered(reason) => reason.stage == Stage::Decode,
             _ => false,
         }
     }
@@ -96,7 +54,7 @@ impl Settlement {
     pub fn is_failed(&self) -> bool {
         match self {
             Settlement::Failed(_) => true,
-            Settlement::DeadLettered(reason) => reason.stage != "decode",
+            Settlement::DeadLettered(reason) => reason.stage != Stage::Decode,
             _ => false,
         }
     }
@@ -116,7 +74,7 @@ impl Settlement {
     fn dead_letter_reason(&self) -> Option<Reason> {
         match self {
             Settlement::Invalid(err) => Some(Reason {
-                stage: "decode",
+                stage: Stage::Decode,
                 reason: err.reason(),
                 error_code: None,
                 detail: err.to_string(),
@@ -215,7 +173,7 @@ impl Pipeline {
             .map(|s| {
                 s.unwrap_or_else(|| {
                     Settlement::Failed(Failure {
-                        stage: "forward",
+                        stage: Stage::Forward,
                         class: ErrorClass::Local,
                         code: None,
                         message: "no outcome for the message".into(),
@@ -242,12 +200,13 @@ impl Pipeline {
                     events.events.push(event);
                 }
                 Err(err) => {
-                    events::invalid_event(
-                        &self.metrics,
-                        &message.message_id,
-                        message.receive_count,
-                        &err,
-                    );
+                    InvalidEvent {
+                        message_id: &message.message_id,
+                        receive_count: message.receive_count,
+                        reason: err.reason(),
+                        error: &err,
+                    }
+                    .emit(&self.metrics);
                     settlements[i] = Some(Settlement::Invalid(err));
                 }
             }
@@ -276,12 +235,7 @@ impl Pipeline {
                 .into_iter()
                 .zip(std::mem::take(&mut events.events))
             {
-                events::forward_failed(
-                    &self.metrics,
-                    &messages[i].message_id,
-                    &event.event_id,
-                    &failure,
-                );
+                failed(&messages[i], &event, &failure).emit(&self.metrics);
                 settlements[i] = Some(Settlement::Failed(failure.clone()));
             }
         }
@@ -304,7 +258,11 @@ impl Pipeline {
                     None => routes.push((forwarder.clone(), vec![k])),
                 },
                 None => {
-                    events::skipped_unconfigured(&self.metrics, &event.event_id, event.project_id);
+                    SkippedUnconfigured {
+                        event_id: &event.event_id,
+                        project_id: event.project_id,
+                    }
+                    .emit(&self.metrics);
                     settlements[*i] = Some(Settlement::Skipped("unconfigured"));
                 }
             }
@@ -334,12 +292,7 @@ impl Pipeline {
                     }
                     Outcome::Failed(err) => {
                         let failure = Failure::from(&err);
-                        events::forward_failed(
-                            &self.metrics,
-                            &message.message_id,
-                            &event.event_id,
-                            &failure,
-                        );
+                        failed(message, event, &failure).emit(&self.metrics);
                         if err.class.is_route_level() {
                             // The route paused on it: kept, and back with the probe.
                             Settlement::Deferred(Deferral {
@@ -351,13 +304,13 @@ impl Pipeline {
                         }
                     }
                     Outcome::Deferred(deferral) => {
-                        events::deferred(
-                            &self.metrics,
-                            &message.message_id,
-                            &event.event_id,
-                            deferral.cause.as_str(),
-                            deferral.delay,
-                        );
+                        EventDeferred {
+                            message_id: &message.message_id,
+                            event_id: &event.event_id,
+                            cause: deferral.cause.as_str(),
+                            delay: deferral.delay,
+                        }
+                        .emit(&self.metrics);
                         Settlement::Deferred(deferral)
                     }
                 });
@@ -400,7 +353,12 @@ impl Pipeline {
         for ((i, letter), delivery) in positions.into_iter().zip(letters).zip(deliveries) {
             match delivery {
                 Ok(()) => settlements[i] = Some(Settlement::DeadLettered(letter.reason)),
-                Err(err) => events::dead_letter_failed(&messages[i].message_id, &err),
+                Err(err) => DeadLetterRefused {
+                    message_id: &messages[i].message_id,
+                    class: err.class,
+                    error: &err,
+                }
+                .emit(&self.metrics),
             }
         }
     }
@@ -431,13 +389,13 @@ fn hold_back_groups(
                 .any(|(m, s)| m.group.as_deref() == Some(g) && matches!(s, Some(s) if !s.is_done()))
         });
         if behind {
-            events::deferred(
-                metrics,
-                &message.message_id,
-                &event.event_id,
-                DeferCause::HeldBack.as_str(),
-                None,
-            );
+            EventDeferred {
+                message_id: &message.message_id,
+                event_id: &event.event_id,
+                cause: DeferCause::HeldBack.as_str(),
+                delay: None,
+            }
+            .emit(metrics);
             settlements[i] = Some(Settlement::Deferred(Deferral {
                 cause: DeferCause::HeldBack,
                 delay: None,
@@ -494,4 +452,20 @@ pub async fn index_events(
         event.tag_ids = Some(ids);
     }
     Ok(())
+}
+
+/// The internal event of an event that did not go.
+fn failed<'a>(
+    message: &'a SourceMessage,
+    event: &'a Event<'_>,
+    failure: &'a Failure,
+) -> EventFailed<'a> {
+    EventFailed {
+        message_id: &message.message_id,
+        event_id: &event.event_id,
+        stage: failure.stage,
+        class: failure.class,
+        code: failure.code.as_deref(),
+        error: failure,
+    }
 }

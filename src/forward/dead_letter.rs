@@ -2,13 +2,15 @@
 //! goes, with its original body unchanged and attributes that say why.
 
 use super::sender::{Attribute, Delivery, Outgoing, SendOutcome, SqsSender};
-use crate::metrics::{Counter, Metrics};
+use crate::internal_events::{DeadLettered, InternalEvent};
+use crate::metrics::Metrics;
+use crate::outcome::Stage;
 
 /// Why a message is dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reason {
-    /// `decode`, `index` or `forward`.
-    pub stage: &'static str,
+    /// Where the event stopped.
+    pub stage: Stage,
     /// Stable label: a decode reason (`invalid_json`, …) or an error class
     /// (`queue_not_found`, `access_token_invalid`, …).
     pub reason: &'static str,
@@ -66,7 +68,7 @@ impl DeadLetterQueue {
             .map(|l| {
                 let mut attributes = vec![
                     Attribute::string("reason", l.reason.reason),
-                    Attribute::string("stage", l.reason.stage),
+                    Attribute::string("stage", l.reason.stage.as_str()),
                     Attribute::string("source_message_id", l.source_message_id),
                 ];
                 if let Some(code) = &l.reason.error_code {
@@ -93,10 +95,12 @@ impl DeadLetterQueue {
             .collect();
         for (l, d) in letters.iter().zip(&deliveries) {
             if d.is_ok() {
-                self.metrics.incr(Counter::DeadLettered {
+                DeadLettered {
+                    message_id: l.source_message_id,
                     stage: l.reason.stage,
                     reason: l.reason.reason,
-                });
+                }
+                .emit(&self.metrics);
             }
         }
         deliveries

@@ -31,8 +31,10 @@ use aws_sdk_sqs::Client;
 
 use crate::aws::AwsError;
 use crate::event::Event;
-use crate::metrics::{events as metrics_events, Counter, Metrics};
-use crate::retry::{ErrorClass, RetryPolicy};
+use crate::internal_events::{InternalEvent, OversizedSkipped};
+use crate::metrics::{Counter, Metrics};
+use crate::outcome::{ErrorClass, Operation};
+use crate::retry::RetryPolicy;
 
 pub use dead_letter::{DeadLetter, DeadLetterQueue, Reason};
 pub use fifo::GroupTemplate;
@@ -322,9 +324,13 @@ impl Forwarder {
             let size = message.size();
             if size > self.sender.max_message_bytes() {
                 let Some(offloader) = &self.offloader else {
-                    metrics_events::oversized_skipped(&self.metrics, &e.event_id, size);
+                    OversizedSkipped {
+                        event_id: &e.event_id,
+                        bytes: size,
+                    }
+                    .emit(&self.metrics);
                     outcomes[i] = Some(Outcome::Failed(AwsError {
-                        operation: "send",
+                        operation: Operation::Send,
                         class: ErrorClass::Oversized,
                         code: None,
                         message: format!(
@@ -408,7 +414,7 @@ fn finish(outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
         .map(|o| {
             o.unwrap_or_else(|| {
                 Outcome::Failed(AwsError {
-                    operation: "send",
+                    operation: Operation::Send,
                     class: ErrorClass::Local,
                     code: None,
                     message: "no outcome for the event".into(),

@@ -5,8 +5,6 @@
 //! orphan is left. The pointer is Sentry's (`{"s3Url": …, "eventID": …}`) or that of the
 //! AWS SQS Extended Client Library, whose consumers then read the payload transparently.
 
-use std::time::Duration;
-
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 
@@ -14,6 +12,7 @@ use super::sender::Attribute;
 use crate::aws::AwsError;
 use crate::event::Event;
 use crate::metrics::Metrics;
+use crate::outcome::Operation;
 use crate::retry::{retry, RetryPolicy};
 
 /// How the pointer message looks.
@@ -86,7 +85,7 @@ impl Offloader {
             .send()
             .await
             .map(drop)
-            .map_err(|e| AwsError::from_sdk("s3_head_bucket", e))
+            .map_err(|e| AwsError::from_sdk(Operation::S3HeadBucket, e))
     }
 
     /// The key of an event.
@@ -102,7 +101,7 @@ impl Offloader {
     /// Stores `body` (the event as it would have been sent) and returns the pointer.
     pub async fn offload(&self, event: &Event<'_>, body: &str) -> Result<Pointer, AwsError> {
         let key = Self::key(event, Utc::now());
-        retry(&self.policy, "s3_put", &self.metrics, || async {
+        retry(&self.policy, Operation::S3Put, &self.metrics, || async {
             self.s3
                 .put_object()
                 .bucket(&self.bucket)
@@ -111,7 +110,7 @@ impl Offloader {
                 .body(ByteStream::from(body.as_bytes().to_vec()))
                 .send()
                 .await
-                .map_err(|e| AwsError::from_sdk("s3_put", e))
+                .map_err(|e| AwsError::from_sdk(Operation::S3Put, e))
         })
         .await?;
         tracing::debug!(event_id = %event.event_id, key, bytes = body.len(), "oversized event stored in S3");
@@ -135,9 +134,6 @@ impl Offloader {
         })
     }
 }
-
-/// S3 calls need a longer attempt bound than SQS sends: a megabyte upload.
-pub const S3_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {

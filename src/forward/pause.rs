@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::aws::AwsError;
+use crate::internal_events::{InternalEvent, RoutePaused, RouteResumed};
 use crate::metrics::{Gauge, Metrics};
-use crate::retry::{ErrorClass, RetryPolicy, Schedule};
+use crate::outcome::ErrorClass;
+use crate::retry::{RetryPolicy, Schedule};
 
 /// How many routes exist and how many are paused, for `/readyz`.
 #[derive(Debug, Default)]
@@ -153,7 +155,7 @@ impl RouteGate {
                 paused.class = err.class;
                 let wait = next_wait(&mut paused.schedule, &self.policy);
                 paused.next_probe = Instant::now() + wait;
-                tracing::warn!(route = self.route, class = err.class.as_str(), code = err.code.as_deref().unwrap_or(""), wait_ms = wait.as_millis() as u64, error = %err, "route still unusable after its probe passed: paused again");
+                self.paused_event(err, wait, true);
             }
             Some(_) => {}
             None => {
@@ -167,9 +169,7 @@ impl RouteGate {
                     trial: false,
                 });
                 self.pauses.paused.fetch_add(1, Ordering::SeqCst);
-                self.metrics
-                    .gauge(Gauge::RoutePaused { route: self.route }, 1);
-                tracing::warn!(route = self.route, class = err.class.as_str(), code = err.code.as_deref().unwrap_or(""), wait_ms = wait.as_millis() as u64, error = %err, "route paused: its events stay in the source queue until a probe passes");
+                self.paused_event(err, wait, false);
             }
         }
     }
@@ -203,10 +203,20 @@ impl RouteGate {
         };
         if state.take().is_some() {
             self.pauses.paused.fetch_sub(1, Ordering::SeqCst);
-            self.metrics
-                .gauge(Gauge::RoutePaused { route: self.route }, 0);
-            tracing::warn!(route = self.route, "route resumed");
+            RouteResumed { route: self.route }.emit(&self.metrics);
         }
+    }
+
+    fn paused_event(&self, err: &AwsError, wait: Duration, again: bool) {
+        RoutePaused {
+            route: self.route,
+            class: err.class,
+            code: err.code.as_deref(),
+            wait,
+            error: err,
+            again,
+        }
+        .emit(&self.metrics);
     }
 }
 
@@ -234,7 +244,7 @@ mod tests {
 
     fn missing() -> AwsError {
         AwsError {
-            operation: "send",
+            operation: crate::outcome::Operation::Send,
             class: ErrorClass::QueueNotFound,
             code: Some("QueueDoesNotExist".into()),
             message: "gone".into(),

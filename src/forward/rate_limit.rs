@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use quick_cache::sync::Cache;
 
 use crate::indexer::WriteLimit;
-use crate::metrics::{Counter, Metrics};
+use crate::internal_events::{InternalEvent, RateLimited};
+use crate::metrics::Metrics;
 
 /// Organizations whose state is kept at most.
 pub const MAX_ORGANIZATIONS: usize = 100_000;
@@ -109,8 +110,13 @@ impl OrgRateLimiter {
         loop {
             let next = tat.max(now).saturating_add(self.interval);
             if next - now > self.tolerance {
-                self.metrics.incr(Counter::RateLimited);
-                return Err(Duration::from_nanos(next - now - self.tolerance));
+                let wait = Duration::from_nanos(next - now - self.tolerance);
+                RateLimited {
+                    organization_id: org,
+                    wait,
+                }
+                .emit(&self.metrics);
+                return Err(wait);
             }
             match cell.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Ok(()),

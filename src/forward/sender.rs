@@ -16,9 +16,10 @@ use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 
 use super::batch;
-use crate::aws::{retry_batch, AwsError, BatchReply, EntryFailure};
+use crate::aws::{batch_reply, entry_missing, AwsError};
 use crate::metrics::{Metrics, Timer};
-use crate::retry::{ErrorClass, RetryPolicy};
+use crate::outcome::{ErrorClass, Operation};
+use crate::retry::{retry_batch, RetryPolicy};
 
 /// The result of sending one message: accepted by the queue, or why not.
 pub type Delivery = Result<(), AwsError>;
@@ -161,7 +162,7 @@ impl SqsSender {
             .send()
             .await
             .map(drop)
-            .map_err(|e| AwsError::from_sdk("get_attributes", e))
+            .map_err(|e| AwsError::from_sdk(Operation::GetAttributes, e))
     }
 
     /// Sends messages; one outcome per message, in order. Calls go one after the
@@ -195,7 +196,7 @@ impl SqsSender {
             for &k in &plan.oversized {
                 let i = ready[k];
                 outcomes[i] = Some(SendOutcome::Failed(AwsError {
-                    operation: "send",
+                    operation: Operation::Send,
                     class: ErrorClass::MessageRejected,
                     code: Some("MessageTooLong".into()),
                     message: format!(
@@ -241,24 +242,32 @@ impl SqsSender {
                 Err(e) => unbuilt.push((id, e)),
             }
         }
-        let outcomes = retry_batch(&self.policy, "send", &self.metrics, entries, |req| {
-            let call = self
-                .client
-                .send_message_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(req));
-            let metrics = self.metrics.clone();
-            async move {
-                let started = Instant::now();
-                let out = call.send().await;
-                metrics.timing(Timer::BatchSend, started.elapsed());
-                let out = out.map_err(|e| AwsError::from_sdk("send", e))?;
-                Ok(BatchReply {
-                    successful: out.successful.into_iter().map(|s| s.id).collect(),
-                    failed: out.failed.into_iter().map(EntryFailure::from).collect(),
-                })
-            }
-        })
+        let outcomes = retry_batch(
+            &self.policy,
+            Operation::Send,
+            &self.metrics,
+            entries,
+            |req| {
+                let call = self
+                    .client
+                    .send_message_batch()
+                    .queue_url(&self.queue_url)
+                    .set_entries(Some(req));
+                let metrics = self.metrics.clone();
+                async move {
+                    let started = Instant::now();
+                    let out = call.send().await;
+                    metrics.timing(Timer::BatchSend, started.elapsed());
+                    let out = out.map_err(|e| AwsError::from_sdk(Operation::Send, e))?;
+                    Ok(batch_reply(
+                        Operation::Send,
+                        out.successful.into_iter().map(|s| s.id),
+                        out.failed,
+                    ))
+                }
+            },
+            || entry_missing(Operation::Send),
+        )
         .await;
         (0..indices.len())
             .map(|n| {
@@ -296,7 +305,7 @@ fn entry(id: &str, m: &Outgoing<'_>) -> Result<SendMessageBatchRequestEntry, Str
 
 fn local(message: &str) -> AwsError {
     AwsError {
-        operation: "send",
+        operation: Operation::Send,
         class: ErrorClass::Local,
         code: None,
         message: message.to_string(),

@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::metrics::{Counter, Gauge, Metrics, Timer};
+use crate::internal_events::{IndexerLookups, InternalEvent};
+use crate::metrics::{Gauge, Metrics, Timer};
+use crate::outcome::Operation;
 use crate::retry::{retry, RetryPolicy};
 
 pub use limits::{WriteLimit, MAX_STRING_CHARS};
@@ -113,9 +115,21 @@ pub enum IndexerError {
 
 impl IndexerError {
     /// The failure class, for logs and metrics.
-    pub fn class(&self) -> crate::retry::ErrorClass {
+    pub fn class(&self) -> crate::outcome::ErrorClass {
         match self {
             IndexerError::Store(e) => e.class,
+        }
+    }
+}
+
+impl From<&IndexerError> for crate::outcome::Failure {
+    /// The store failing: the index stage's failure.
+    fn from(e: &IndexerError) -> Self {
+        crate::outcome::Failure {
+            stage: crate::outcome::Stage::Index,
+            class: e.class(),
+            code: None,
+            message: e.to_string(),
         }
     }
 }
@@ -130,11 +144,11 @@ enum StoreOp {
 }
 
 impl StoreOp {
-    /// The `operation` tag of `forwarder.retry`.
-    fn as_str(self) -> &'static str {
+    /// The operation, for logs and the `operation` tag of `forwarder.retry`.
+    fn operation(self) -> Operation {
         match self {
-            StoreOp::Fetch => "indexer_fetch",
-            StoreOp::Create => "indexer_create",
+            StoreOp::Fetch => Operation::IndexerFetch,
+            StoreOp::Create => Operation::IndexerCreate,
         }
     }
 }
@@ -158,17 +172,17 @@ impl Tally {
     }
 
     fn emit(self, metrics: &Metrics) {
-        for (reason, n) in self.refused {
-            metrics.count(Counter::IndexerRefused { reason }, n);
+        let found: Vec<(&'static str, u64)> = self
+            .lookups
+            .into_iter()
+            .map(|(fetch_type, n)| (fetch_type.as_str(), n))
+            .collect();
+        let refused: Vec<(&'static str, u64)> = self.refused.into_iter().collect();
+        IndexerLookups {
+            found: &found,
+            refused: &refused,
         }
-        for (fetch_type, n) in self.lookups {
-            metrics.count(
-                Counter::IndexerLookup {
-                    fetch_type: fetch_type.as_str(),
-                },
-                n,
-            );
-        }
+        .emit(metrics);
     }
 }
 
@@ -424,7 +438,7 @@ impl Indexer {
     ) -> Result<Vec<store::Row3>, IndexerError> {
         match self.timed(op, keys).await {
             Err(IndexerError::Store(err)) if err.is_data_error() && keys.len() > 1 => {
-                tracing::warn!(operation = op.as_str(), error = %err, "the store refused a batch for its data; trying each string alone");
+                tracing::warn!(operation = op.operation().as_str(), error = %err, "the store refused a batch for its data; trying each string alone");
                 let mut rows = Vec::with_capacity(keys.len());
                 for key in keys {
                     match self.timed(op, std::slice::from_ref(key)).await {
@@ -482,9 +496,12 @@ impl Indexer {
         if id <= shared::MAX_SHARED_ID {
             return Ok(shared::string_of(id).map(str::to_string));
         }
-        let found = retry(&self.policy, "indexer_reverse", &self.metrics, || {
-            self.store.reverse(org, id)
-        })
+        let found = retry(
+            &self.policy,
+            Operation::IndexerReverse,
+            &self.metrics,
+            || self.store.reverse(org, id),
+        )
         .await?;
         Ok(found)
     }
@@ -499,7 +516,7 @@ impl Indexer {
             return Ok(Vec::new());
         }
         let started = Instant::now();
-        let rows = retry(&self.policy, op.as_str(), &self.metrics, || async {
+        let rows = retry(&self.policy, op.operation(), &self.metrics, || async {
             let attempt = Instant::now();
             let rows = match op {
                 StoreOp::Fetch => self.store.fetch(keys).await,
@@ -511,7 +528,7 @@ impl Indexer {
         .await;
         if let Err(err) = &rows {
             if !err.is_data_error() {
-                tracing::error!(operation = op.as_str(), error = %err, elapsed = ?started.elapsed(), "indexer store unavailable");
+                tracing::error!(operation = op.operation().as_str(), error = %err, elapsed = ?started.elapsed(), "indexer store unavailable");
             }
         }
         Ok(rows?)

@@ -13,14 +13,15 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
-use crate::retry::{ErrorClass, RetryPolicy};
+use crate::outcome::{ErrorClass, Operation};
+use crate::retry::RetryPolicy;
 
 /// A store error, classified for the retry layer.
 #[derive(Debug, thiserror::Error)]
 #[error("indexer store {operation} failed ({}): {source}", class.as_str())]
 pub struct StoreError {
-    /// `connect`, `migrate`, `fetch`, `create`, `reverse`.
-    pub operation: &'static str,
+    /// The statement: connect, migrate, fetch, create, reverse, touch.
+    pub operation: Operation,
     /// Whether it is worth retrying.
     pub class: ErrorClass,
     /// The driver's error.
@@ -29,7 +30,7 @@ pub struct StoreError {
 }
 
 impl StoreError {
-    fn new(operation: &'static str, source: sqlx::Error) -> Self {
+    fn new(operation: Operation, source: sqlx::Error) -> Self {
         Self {
             operation,
             class: class_of(&source),
@@ -147,7 +148,7 @@ impl Store {
         loop {
             match Self::connect_once(url, pool_size).await {
                 Err(err)
-                    if err.operation == "migrate"
+                    if err.operation == Operation::StoreMigrate
                         || err.is_sqlite_busy()
                         || matches!(err.class, ErrorClass::Connection | ErrorClass::Timeout) =>
                 {
@@ -165,8 +166,9 @@ impl Store {
     }
 
     async fn connect_once(url: &str, pool_size: u32) -> Result<Store, StoreError> {
-        let connect = |e| StoreError::new("connect", e);
-        let migrate = |e: sqlx::migrate::MigrateError| StoreError::new("migrate", e.into());
+        let connect = |e| StoreError::new(Operation::StoreConnect, e);
+        let migrate =
+            |e: sqlx::migrate::MigrateError| StoreError::new(Operation::StoreMigrate, e.into());
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).map_err(connect)?;
             let pool = PgPoolOptions::new()
@@ -217,7 +219,7 @@ impl Store {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let err = |e| StoreError::new("fetch", e);
+        let err = |e| StoreError::new(Operation::IndexerFetch, e);
         let rows = match self {
             Store::Postgres(pool) => {
                 let (orgs, strings) = columns(keys);
@@ -262,7 +264,7 @@ impl Store {
         }
         let now = unix_now();
         let stale: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
-        let err = |e| StoreError::new("touch", e);
+        let err = |e| StoreError::new(Operation::IndexerTouch, e);
         match self {
             Store::Postgres(pool) => {
                 sqlx::query("UPDATE indexer_strings SET last_seen = now() WHERE id = ANY($1)")
@@ -292,7 +294,7 @@ impl Store {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let err = |e| StoreError::new("create", e);
+        let err = |e| StoreError::new(Operation::IndexerCreate, e);
         match self {
             Store::Postgres(pool) => {
                 let (orgs, strings) = columns(keys);
@@ -327,7 +329,7 @@ impl Store {
 
     /// The string with this id in this organization.
     pub async fn reverse(&self, org: u64, id: u64) -> Result<Option<String>, StoreError> {
-        let err = |e| StoreError::new("reverse", e);
+        let err = |e| StoreError::new(Operation::IndexerReverse, e);
         let (Ok(org), Ok(id)) = (i64::try_from(org), i64::try_from(id)) else {
             return Ok(None);
         };

@@ -6,9 +6,10 @@
 //! [`Metrics::incr`], [`Metrics::timing`] or [`Metrics::gauge`] and never spells a name.
 //!
 //! Metrics leave through cadence to statsd/DogStatsD over UDP (see [`sink`]); the sink
-//! queues and buffers, so emitting never blocks the pipeline.
+//! queues and buffers, so emitting never blocks the pipeline. What logs and counts
+//! together goes through [`crate::internal_events`]. This module imports nothing of
+//! the pipeline: only the typed labels of [`crate::outcome`].
 
-pub mod events;
 pub mod sink;
 
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use std::time::Duration;
 
 use cadence::prelude::*;
 use cadence::{MetricBuilder, MetricSink, StatsdClient};
+
+use crate::outcome::{ErrorClass, Operation, Stage};
 
 /// The `plugin` tag of `data-forwarding.http_response`, as Sentry's Amazon SQS plugin sets it.
 pub const PLUGIN: &str = "amazon-sqs";
@@ -38,20 +41,21 @@ pub enum Counter {
     /// `forwarder.event.failed`: an event whose forward failed for good (permanent error
     /// or retries exhausted); its message is left in the source queue.
     ///
-    /// Tags: `class`, the [`crate::retry::ErrorClass`] of the last failure.
-    ForwardFailed { class: &'static str },
+    /// Tags: `class`, the [`ErrorClass`] of the failure.
+    ForwardFailed { class: ErrorClass },
     /// `forwarder.event.skipped`: an event not forwarded on purpose, as Sentry skips it.
     ///
     /// Tags: `reason` (`oversized`: over the size limit with no S3 bucket;
     /// `skip_unconfigured`: the project has no route).
     EventSkipped { reason: &'static str },
-    /// `forwarder.retry`: one retry of an SQS call, before its backoff sleep.
+    /// `forwarder.retry`: one retry of a call, before its backoff sleep.
     ///
-    /// Tags: `operation` (`receive`, `send`, `delete`, `change_visibility`), `class`
+    /// Tags: `operation` (an [`Operation`]: `receive`, `send`, `delete`,
+    /// `change_visibility`, `get_attributes`, `s3_put`, `indexer_fetch`, …), `class`
     /// (`throttled`, `server_error`, `timeout`, `connection`).
     Retry {
-        operation: &'static str,
-        class: &'static str,
+        operation: Operation,
+        class: ErrorClass,
     },
     /// `forwarder.rate_limited`: an event over its organization's rate limit, deferred.
     RateLimited,
@@ -69,12 +73,9 @@ pub enum Counter {
     /// `forwarder.dead_letter`: a message sent to the dead-letter queue (then deleted
     /// from the source).
     ///
-    /// Tags: `stage` (`decode`, `index`, `forward`), `reason` (a decode reason or an error
-    /// class).
-    DeadLettered {
-        stage: &'static str,
-        reason: &'static str,
-    },
+    /// Tags: `stage` (a [`Stage`]: `decode`, `forward`), `reason` (a decode reason or an
+    /// error class).
+    DeadLettered { stage: Stage, reason: &'static str },
     /// `forwarder.indexer.lookup`: strings looked up by the indexer, by where the id came
     /// from.
     ///
@@ -84,12 +85,12 @@ pub enum Counter {
     ///
     /// Tags: `reason` (`write_limit`, `too_long`, `empty_key`).
     IndexerRefused { reason: &'static str },
-    /// `forwarder.sqs.error`: an SQS call that failed for good (after retries).
+    /// `forwarder.sqs.error`: a call that failed for good (after retries).
     ///
     /// Tags: `operation` (as for `forwarder.retry`), `class`.
     AwsError {
-        operation: &'static str,
-        class: &'static str,
+        operation: Operation,
+        class: ErrorClass,
     },
 }
 
@@ -125,10 +126,12 @@ impl Counter {
             }
             Counter::IndexerLookup { fetch_type } => vec![("fetch_type", fetch_type)],
             Counter::EventDeferred { cause } => vec![("cause", cause)],
-            Counter::DeadLettered { stage, reason } => vec![("stage", stage), ("reason", reason)],
-            Counter::ForwardFailed { class } => vec![("class", class)],
+            Counter::DeadLettered { stage, reason } => {
+                vec![("stage", stage.as_str()), ("reason", reason)]
+            }
+            Counter::ForwardFailed { class } => vec![("class", class.as_str())],
             Counter::Retry { operation, class } | Counter::AwsError { operation, class } => {
-                vec![("operation", operation), ("class", class)]
+                vec![("operation", operation.as_str()), ("class", class.as_str())]
             }
             Counter::MessagesReceived | Counter::MessagesDeleted | Counter::RateLimited => {
                 Vec::new()

@@ -1,5 +1,8 @@
-//! The one retry layer: which failures are retried ([`classify`]) and how long to wait
-//! between tries ([`RetryPolicy`], [`Schedule`], [`retry`]).
+//! The one retry layer: how long to wait between tries ([`RetryPolicy`], [`Schedule`]),
+//! a call retried ([`retry`]), and a batch call whose failed entries alone are sent
+//! again ([`retry_batch`]). It knows nothing of AWS: whether an error is worth another
+//! try is the error's own [`Classified::class`] (decided for AWS in
+//! [`crate::aws::classify`]).
 //!
 //! The SDK's own retries are off (see [`crate::aws`]); everything is retried here, so a
 //! call is never retried twice over and every retry is counted.
@@ -8,7 +11,7 @@
 //! unmaintained (RUSTSEC-2025-0012), so nothing outside this module names it: swapping
 //! it touches this file only.
 
-mod classify;
+mod batch;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -16,9 +19,11 @@ use std::time::{Duration, Instant};
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
 
-pub use classify::{classify, classify_entry, classify_sdk, ErrorClass, FailureKind};
+pub use batch::{retry_batch, BatchReply};
 
-use crate::metrics::{Counter, Metrics};
+use crate::internal_events::{InternalEvent, RetryScheduled};
+use crate::metrics::Metrics;
+use crate::outcome::{ErrorClass, Operation};
 
 /// Bounds of the exponential backoff with jitter.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,7 +114,7 @@ pub trait Classified {
 /// Each retry is logged and counted as `forwarder.retry{operation, class}`.
 pub async fn retry<T, E, F, Fut>(
     policy: &RetryPolicy,
-    operation: &'static str,
+    operation: Operation,
     metrics: &Metrics,
     mut op: F,
 ) -> Result<T, E>
@@ -127,7 +132,13 @@ where
         };
         match schedule.next_delay() {
             Some(wait) => {
-                note_retry(metrics, operation, err.class(), &err, wait);
+                RetryScheduled {
+                    operation,
+                    class: err.class(),
+                    error: &err,
+                    wait,
+                }
+                .emit(metrics);
                 tokio::time::sleep(wait).await;
             }
             None => return Err(err),
@@ -145,27 +156,6 @@ tokio::task_local! {
 /// policy: a wait that would end past it is not waited, and the failure is returned.
 pub async fn within_deadline<F: Future>(deadline: Instant, work: F) -> F::Output {
     DEADLINE.scope(deadline, work).await
-}
-
-/// Logs and counts one retry; shared by [`retry`] and loops driving a [`Schedule`].
-pub fn note_retry(
-    metrics: &Metrics,
-    operation: &'static str,
-    class: ErrorClass,
-    err: &dyn std::fmt::Display,
-    wait: Duration,
-) {
-    metrics.incr(Counter::Retry {
-        operation,
-        class: class.as_str(),
-    });
-    tracing::warn!(
-        operation,
-        class = class.as_str(),
-        wait_ms = wait.as_millis() as u64,
-        error = %err,
-        "retrying after a transient failure"
-    );
 }
 
 #[cfg(test)]
@@ -222,7 +212,7 @@ mod tests {
     #[tokio::test]
     async fn transient_failures_are_retried_until_success() {
         let calls = AtomicUsize::new(0);
-        let out: Result<u32, E> = retry(&fast(), "send", &Metrics::disabled(), || async {
+        let out: Result<u32, E> = retry(&fast(), Operation::Send, &Metrics::disabled(), || async {
             if calls.fetch_add(1, Ordering::SeqCst) < 3 {
                 Err(E(ErrorClass::Throttled))
             } else {
@@ -237,7 +227,7 @@ mod tests {
     #[tokio::test]
     async fn permanent_failures_are_not_retried() {
         let calls = AtomicUsize::new(0);
-        let out: Result<u32, E> = retry(&fast(), "send", &Metrics::disabled(), || async {
+        let out: Result<u32, E> = retry(&fast(), Operation::Send, &Metrics::disabled(), || async {
             calls.fetch_add(1, Ordering::SeqCst);
             Err(E(ErrorClass::Rejected))
         })
@@ -249,7 +239,7 @@ mod tests {
     #[tokio::test]
     async fn retries_stop_at_the_time_bound() {
         let started = std::time::Instant::now();
-        let out: Result<u32, E> = retry(&fast(), "send", &Metrics::disabled(), || async {
+        let out: Result<u32, E> = retry(&fast(), Operation::Send, &Metrics::disabled(), || async {
             Err(E(ErrorClass::ServerError))
         })
         .await;
@@ -267,7 +257,7 @@ mod tests {
         let started = std::time::Instant::now();
         let out: Result<u32, E> = within_deadline(
             Instant::now() + Duration::from_millis(400),
-            retry(&slow, "send", &Metrics::disabled(), || async {
+            retry(&slow, Operation::Send, &Metrics::disabled(), || async {
                 Err(E(ErrorClass::Throttled))
             }),
         )

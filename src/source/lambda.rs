@@ -78,8 +78,7 @@ pub fn batch_response(records: &[SourceMessage], settlements: &[Settlement]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::Failure;
-    use crate::retry::ErrorClass;
+    use crate::outcome::{ErrorClass, Failure, Stage};
 
     fn event(json: serde_json::Value) -> SqsEvent {
         serde_json::from_value(json).unwrap()
@@ -98,7 +97,7 @@ mod tests {
 
     fn failed() -> Settlement {
         Settlement::Failed(Failure {
-            stage: "forward",
+            stage: Stage::Forward,
             class: ErrorClass::Throttled,
             code: None,
             message: "throttled".into(),

@@ -9,9 +9,11 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 
 use super::SourceMessage;
-use crate::aws::{retry_batch, AwsError, BatchReply, EntryFailure};
-use crate::metrics::{Counter, Metrics};
-use crate::retry::{retry, RetryPolicy};
+use crate::aws::{batch_reply, entry_missing, AwsError};
+use crate::internal_events::{InternalEvent, MessagesDeleted, MessagesReceived};
+use crate::metrics::Metrics;
+use crate::outcome::{ErrorClass, Operation};
+use crate::retry::{retry, retry_batch, RetryPolicy};
 
 /// SQS's largest long-poll wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
@@ -38,7 +40,7 @@ pub async fn queue_info(client: &Client, queue_url: &str) -> Result<QueueInfo, A
         .attribute_names(QueueAttributeName::FifoQueue)
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("get_attributes", e))?;
+        .map_err(|e| AwsError::from_sdk(Operation::GetAttributes, e))?;
     let attrs = out.attributes();
     let visibility = attrs
         .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
@@ -123,7 +125,7 @@ impl SqsSource {
         let attempt_id = self
             .fifo
             .then(|| format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)));
-        let messages = retry(&self.policy, "receive", &self.metrics, || async {
+        let messages = retry(&self.policy, Operation::Receive, &self.metrics, || async {
             self.client
                 .receive_message()
                 .queue_url(&self.queue_url)
@@ -143,15 +145,14 @@ impl SqsSource {
                 )
                 .send()
                 .await
-                .map_err(|e| AwsError::from_sdk("receive", e))
+                .map_err(|e| AwsError::from_sdk(Operation::Receive, e))
         })
         .await?
         .messages
         .unwrap_or_default();
         let messages: Vec<SourceMessage> = messages.into_iter().filter_map(convert).collect();
         if !messages.is_empty() {
-            self.metrics
-                .count(Counter::MessagesReceived, messages.len() as u64);
+            MessagesReceived(messages.len()).emit(&self.metrics);
         }
         Ok(messages)
     }
@@ -174,23 +175,31 @@ impl SqsSource {
                         .map(|e| (i.to_string(), e))
                 })
                 .collect();
-            let outcomes = retry_batch(&self.policy, "delete", &self.metrics, entries, |req| {
-                let call = self
-                    .client
-                    .delete_message_batch()
-                    .queue_url(&self.queue_url)
-                    .set_entries(Some(req));
-                async move {
-                    let out = call
-                        .send()
-                        .await
-                        .map_err(|e| AwsError::from_sdk("delete", e))?;
-                    Ok(BatchReply {
-                        successful: out.successful.into_iter().map(|s| s.id).collect(),
-                        failed: out.failed.into_iter().map(EntryFailure::from).collect(),
-                    })
-                }
-            })
+            let outcomes = retry_batch(
+                &self.policy,
+                Operation::Delete,
+                &self.metrics,
+                entries,
+                |req| {
+                    let call = self
+                        .client
+                        .delete_message_batch()
+                        .queue_url(&self.queue_url)
+                        .set_entries(Some(req));
+                    async move {
+                        let out = call
+                            .send()
+                            .await
+                            .map_err(|e| AwsError::from_sdk(Operation::Delete, e))?;
+                        Ok(batch_reply(
+                            Operation::Delete,
+                            out.successful.into_iter().map(|s| s.id),
+                            out.failed,
+                        ))
+                    }
+                },
+                || entry_missing(Operation::Delete),
+            )
             .await;
             let mut deleted = 0;
             for (i, m) in chunk.iter().enumerate() {
@@ -200,15 +209,15 @@ impl SqsSource {
                     None => failed.push((
                         m.message_id.clone(),
                         AwsError {
-                            operation: "delete",
-                            class: crate::retry::ErrorClass::Local,
+                            operation: Operation::Delete,
+                            class: ErrorClass::Local,
                             code: None,
                             message: "receipt handle could not be sent".into(),
                         },
                     )),
                 }
             }
-            self.metrics.count(Counter::MessagesDeleted, deleted);
+            MessagesDeleted(deleted).emit(&self.metrics);
         }
         failed
     }
@@ -247,7 +256,7 @@ impl SqsSource {
             let sent = entries.len();
             let outcomes = retry_batch(
                 &policy,
-                "change_visibility",
+                Operation::ChangeVisibility,
                 &self.metrics,
                 entries,
                 |req| {
@@ -260,13 +269,15 @@ impl SqsSource {
                         let out = call
                             .send()
                             .await
-                            .map_err(|e| AwsError::from_sdk("change_visibility", e))?;
-                        Ok(BatchReply {
-                            successful: out.successful.into_iter().map(|s| s.id).collect(),
-                            failed: out.failed.into_iter().map(EntryFailure::from).collect(),
-                        })
+                            .map_err(|e| AwsError::from_sdk(Operation::ChangeVisibility, e))?;
+                        Ok(batch_reply(
+                            Operation::ChangeVisibility,
+                            out.successful.into_iter().map(|s| s.id),
+                            out.failed,
+                        ))
                     }
                 },
+                || entry_missing(Operation::ChangeVisibility),
             )
             .await;
             failed += chunk.len() - sent;

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use crate::aws::AwsError;
 use crate::forward::Deferral;
 use crate::health::Health;
-use crate::metrics::{events, Gauge, Metrics};
+use crate::internal_events::{CallFailed, DeleteFailed, InternalEvent};
+use crate::metrics::{Gauge, Metrics};
+use crate::outcome::Operation;
 use crate::pipeline::{Pipeline, Settlement};
 use crate::retry::{RetryPolicy, Schedule};
 use crate::source::{SourceMessage, SqsSource};
@@ -207,7 +209,12 @@ impl Worker {
         }
         let not_deleted = self.source.delete(&done).await;
         for (message_id, err) in &not_deleted {
-            events::delete_failed(message_id, err);
+            DeleteFailed {
+                message_id,
+                class: err.class,
+                error: err,
+            }
+            .emit(&self.metrics);
         }
         outcome.deleted = done.len() - not_deleted.len();
         outcome
@@ -383,7 +390,12 @@ async fn poll(
                 touch();
             }
             Err(err) => {
-                events::receive_failed(&worker.metrics, &err);
+                CallFailed {
+                    operation: Operation::Receive,
+                    class: err.class,
+                    error: &err,
+                }
+                .emit(&worker.metrics);
                 // A failed receive says nothing about the queue being empty: an outage
                 // must not end an `exit_when_idle` run while messages are in flight.
                 touch();

@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
-use aws_smithy_http_client::test_util::infallible_client_fn;
-use sqs_forwarder::aws::AwsError;
-use sqs_forwarder::retry::ErrorClass;
+use sqs_forwarder::aws::{fake, AwsError};
+use sqs_forwarder::outcome::ErrorClass;
 
 /// A client whose every call gets this recorded response.
 fn replaying(
@@ -14,28 +13,15 @@ fn replaying(
     query_error: Option<&'static str>,
     body: &'static str,
 ) -> aws_sdk_sqs::Client {
-    let http = infallible_client_fn(move |_req| {
+    fake::sqs_client(move |_req| {
         let mut resp = http::Response::builder()
             .status(status)
             .header("content-type", "application/x-amz-json-1.0");
         if let Some(q) = query_error {
             resp = resp.header("x-amzn-query-error", q);
         }
-        resp.body(body).unwrap()
-    });
-    let config = aws_sdk_sqs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            "AKIDEXAMPLE",
-            "secret",
-            None,
-            None,
-            "test",
-        ))
-        .http_client(http)
-        .build();
-    aws_sdk_sqs::Client::from_conf(config)
+        resp.body(body.to_string()).map_err(|e| e.to_string())
+    })
 }
 
 async fn send_error(client: &aws_sdk_sqs::Client) -> AwsError {
@@ -46,7 +32,7 @@ async fn send_error(client: &aws_sdk_sqs::Client) -> AwsError {
         .send()
         .await
         .expect_err("the recorded response is an error");
-    AwsError::from_sdk("send", err)
+    AwsError::from_sdk(sqs_forwarder::outcome::Operation::Send, err)
 }
 
 #[tokio::test]

@@ -9,6 +9,8 @@ use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::error::SdkError;
 use aws_smithy_runtime_api::http::Response;
 
+use crate::outcome::ErrorClass;
+
 /// What kind of failure happened, as seen by the caller of an AWS API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind<'a> {
@@ -38,95 +40,6 @@ pub enum FailureKind<'a> {
     /// The request could not even be built or sent (bad endpoint, missing region): a
     /// configuration problem that no retry fixes.
     Local,
-}
-
-/// The outcome of [`classify`]: a label for logs and metric tags, and retryability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Throttling: too many requests. Retried.
-    Throttled,
-    /// The service failed (5xx, internal error). Retried.
-    ServerError,
-    /// No answer in time. Retried.
-    Timeout,
-    /// The connection failed. Retried.
-    Connection,
-    /// Credentials missing, invalid, expired, or not allowed. Not retried.
-    AccessDenied,
-    /// The queue does not exist. Not retried.
-    QueueNotFound,
-    /// The queue's KMS key is disabled, missing, in the wrong state, or not usable for
-    /// this. Not retried.
-    KmsUnusable,
-    /// The message itself is refused (too large, invalid characters, bad attributes).
-    /// Not retried.
-    MessageRejected,
-    /// A FIFO send without a message group. Not retried.
-    MissingMessageGroupId,
-    /// The S3 bucket for oversized events does not exist or is in another region. Not
-    /// retried.
-    BucketInvalid,
-    /// The event is over the size limit and there is no S3 bucket to offload it to.
-    /// Not retried.
-    Oversized,
-    /// Any other client error the service blames on the request. Not retried.
-    Rejected,
-    /// A local problem: the request could not be built. Not retried.
-    Local,
-}
-
-impl ErrorClass {
-    /// Whether a later try can succeed where this one failed.
-    pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorClass::Throttled
-                | ErrorClass::ServerError
-                | ErrorClass::Timeout
-                | ErrorClass::Connection
-        )
-    }
-
-    /// Whether the message itself can never be accepted, wherever it is sent (too large
-    /// with no bucket, a body or attribute SQS refuses): it goes to the dead-letter
-    /// queue. Only these do; nothing else is ever dead-lettered.
-    pub fn is_message_level(self) -> bool {
-        matches!(self, ErrorClass::MessageRejected | ErrorClass::Oversized)
-    }
-
-    /// Whether the destination, its bucket or the credentials are unusable for now,
-    /// whatever the message (a missing queue, denied access, an unusable KMS key, an
-    /// unknown client error): the route pauses, and its events stay in the source.
-    pub fn is_route_level(self) -> bool {
-        matches!(
-            self,
-            ErrorClass::AccessDenied
-                | ErrorClass::QueueNotFound
-                | ErrorClass::KmsUnusable
-                | ErrorClass::MissingMessageGroupId
-                | ErrorClass::BucketInvalid
-                | ErrorClass::Rejected
-        )
-    }
-
-    /// Label for logs and the `class` metric tag.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorClass::Throttled => "throttled",
-            ErrorClass::ServerError => "server_error",
-            ErrorClass::Timeout => "timeout",
-            ErrorClass::Connection => "connection",
-            ErrorClass::AccessDenied => "access_token_invalid",
-            ErrorClass::QueueNotFound => "queue_not_found",
-            ErrorClass::KmsUnusable => "kms_unusable",
-            ErrorClass::MessageRejected => "message_rejected",
-            ErrorClass::MissingMessageGroupId => "missing_message_group_id",
-            ErrorClass::BucketInvalid => "s3_bucket_invalid",
-            ErrorClass::Oversized => "oversized",
-            ErrorClass::Rejected => "rejected",
-            ErrorClass::Local => "local",
-        }
-    }
 }
 
 /// Throttling codes of AWS services (the SDK's standard retry classifier uses the same).

@@ -1,0 +1,381 @@
+//! Internal events: every happening the worker both logs and counts is one small struct
+//! here, whose [`InternalEvent::emit`] writes its log line and bumps its metric together,
+//! so the two can never disagree (vector's `internal_events`).
+//!
+//! Events take primitives, `&dyn Display` and the typed labels of [`crate::outcome`];
+//! nothing here imports the pipeline. The metrics themselves are declared in
+//! [`crate::metrics`].
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use crate::metrics::{Counter, Gauge, Metrics};
+use crate::outcome::{ErrorClass, Operation, Stage};
+
+/// Something that happened, logged and counted as one.
+pub trait InternalEvent: Sized {
+    /// Writes the log line and bumps the metric.
+    fn emit(self, metrics: &Metrics);
+}
+
+/// A message whose body is not a valid event. It is dead-lettered, or left in the source
+/// queue for its redrive policy.
+pub struct InvalidEvent<'a> {
+    /// The source message.
+    pub message_id: &'a str,
+    /// How often it was received (above 1: a redelivery).
+    pub receive_count: u32,
+    /// The decode reason (`invalid_json`, …).
+    pub reason: &'static str,
+    /// What is wrong with it.
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for InvalidEvent<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::warn!(
+            message_id = self.message_id,
+            receive_count = self.receive_count,
+            reason = self.reason,
+            error = %self.error,
+            "invalid event: not forwarded"
+        );
+        metrics.incr(Counter::InvalidEvent {
+            reason: self.reason,
+        });
+    }
+}
+
+/// An event not forwarded: its store lookup or its send ended without acceptance.
+pub struct EventFailed<'a> {
+    /// The source message.
+    pub message_id: &'a str,
+    /// The event.
+    pub event_id: &'a str,
+    /// Where it stopped.
+    pub stage: Stage,
+    /// What kind of failure.
+    pub class: ErrorClass,
+    /// The service's code, if any.
+    pub code: Option<&'a str>,
+    /// The whole failure, for the log.
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for EventFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::error!(
+            message_id = self.message_id,
+            event_id = self.event_id,
+            stage = self.stage.as_str(),
+            class = self.class.as_str(),
+            code = self.code.unwrap_or(""),
+            error = %self.error,
+            "event not forwarded"
+        );
+        metrics.incr(Counter::ForwardFailed { class: self.class });
+    }
+}
+
+/// An event not sent now, on purpose: its organization is over its rate limit, its
+/// route is paused, or an earlier event of its group did not go. Its message stays in
+/// the source queue, hidden for `delay` (or as it is).
+pub struct EventDeferred<'a> {
+    /// The source message.
+    pub message_id: &'a str,
+    /// The event.
+    pub event_id: &'a str,
+    /// Why (`rate_limited`, `route_paused`, `held_back`).
+    pub cause: &'static str,
+    /// How long its message stays hidden; `None`: as it is.
+    pub delay: Option<Duration>,
+}
+
+impl InternalEvent for EventDeferred<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::debug!(
+            message_id = self.message_id,
+            event_id = self.event_id,
+            cause = self.cause,
+            delay_ms = self.delay.map(|d| d.as_millis() as u64),
+            "event deferred: its message stays in the source queue"
+        );
+        metrics.incr(Counter::EventDeferred { cause: self.cause });
+    }
+}
+
+/// An event over the size limit with no S3 bucket to offload it to: not forwarded (as
+/// Sentry does); dead-lettered if there is a dead-letter queue.
+pub struct OversizedSkipped<'a> {
+    /// The event.
+    pub event_id: &'a str,
+    /// Its size as SQS counts it.
+    pub bytes: usize,
+}
+
+impl InternalEvent for OversizedSkipped<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::warn!(
+            event_id = self.event_id,
+            bytes = self.bytes,
+            "event over the size limit and no S3 bucket configured: not forwarded"
+        );
+        metrics.incr(Counter::EventSkipped {
+            reason: "oversized",
+        });
+    }
+}
+
+/// An event whose project has no route, and no default route: skipped, as Sentry skips
+/// projects without the plugin configured.
+pub struct SkippedUnconfigured<'a> {
+    /// The event.
+    pub event_id: &'a str,
+    /// Its project.
+    pub project_id: u64,
+}
+
+impl InternalEvent for SkippedUnconfigured<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::debug!(
+            event_id = self.event_id,
+            project_id = self.project_id,
+            "no route for the project: skipped"
+        );
+        metrics.incr(Counter::EventSkipped {
+            reason: "skip_unconfigured",
+        });
+    }
+}
+
+/// A message the dead-letter queue accepted (its source message is deleted next).
+pub struct DeadLettered<'a> {
+    /// The source message.
+    pub message_id: &'a str,
+    /// Where it stopped.
+    pub stage: Stage,
+    /// The reason attribute (a decode reason or an error class).
+    pub reason: &'static str,
+}
+
+impl InternalEvent for DeadLettered<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::info!(
+            message_id = self.message_id,
+            stage = self.stage.as_str(),
+            reason = self.reason,
+            "sent to the dead-letter queue"
+        );
+        metrics.incr(Counter::DeadLettered {
+            stage: self.stage,
+            reason: self.reason,
+        });
+    }
+}
+
+/// The dead-letter queue refused a message: it stays in the source queue.
+pub struct DeadLetterRefused<'a> {
+    /// The source message.
+    pub message_id: &'a str,
+    /// What kind of failure.
+    pub class: ErrorClass,
+    /// Why.
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for DeadLetterRefused<'_> {
+    /// Logged only: the send's own failure is counted where its retries end.
+    fn emit(self, _metrics: &Metrics) {
+        tracing::error!(
+            message_id = self.message_id,
+            class = self.class.as_str(),
+            error = %self.error,
+            "dead-letter queue did not accept the message: left in the source queue"
+        );
+    }
+}
+
+/// A call failed transiently and will be tried again after `wait`.
+pub struct RetryScheduled<'a> {
+    /// The call.
+    pub operation: Operation,
+    /// What kind of failure.
+    pub class: ErrorClass,
+    /// Why.
+    pub error: &'a dyn Display,
+    /// The wait before the next try.
+    pub wait: Duration,
+}
+
+impl InternalEvent for RetryScheduled<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::warn!(
+            operation = self.operation.as_str(),
+            class = self.class.as_str(),
+            wait_ms = self.wait.as_millis() as u64,
+            error = %self.error,
+            "retrying after a transient failure"
+        );
+        metrics.incr(Counter::Retry {
+            operation: self.operation,
+            class: self.class,
+        });
+    }
+}
+
+/// A call that failed for good, its retries spent: what depended on it stays for a
+/// later try.
+pub struct CallFailed<'a> {
+    /// The call.
+    pub operation: Operation,
+    /// What kind of failure.
+    pub class: ErrorClass,
+    /// Why.
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for CallFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::error!(
+            operation = self.operation.as_str(),
+            class = self.class.as_str(),
+            error = %self.error,
+            "call failed after its retries"
+        );
+        metrics.incr(Counter::AwsError {
+            operation: self.operation,
+            class: self.class,
+        });
+    }
+}
+
+/// A forwarded event whose source message could not be deleted: it will be delivered
+/// again, so the destination may see it twice.
+pub struct DeleteFailed<'a> {
+    /// The source message.
+    pub message_id: &'a str,
+    /// What kind of failure.
+    pub class: ErrorClass,
+    /// Why.
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for DeleteFailed<'_> {
+    /// Logged only: the delete's own failure is counted where its retries end.
+    fn emit(self, _metrics: &Metrics) {
+        tracing::warn!(
+            message_id = self.message_id,
+            class = self.class.as_str(),
+            error = %self.error,
+            "forwarded message not deleted: it will be redelivered (a duplicate)"
+        );
+    }
+}
+
+/// Messages received from the source queue.
+pub struct MessagesReceived(pub usize);
+
+impl InternalEvent for MessagesReceived {
+    fn emit(self, metrics: &Metrics) {
+        tracing::trace!(messages = self.0, "received");
+        metrics.count(Counter::MessagesReceived, self.0 as u64);
+    }
+}
+
+/// Source messages deleted after their event was settled.
+pub struct MessagesDeleted(pub usize);
+
+impl InternalEvent for MessagesDeleted {
+    fn emit(self, metrics: &Metrics) {
+        tracing::trace!(messages = self.0, "deleted");
+        metrics.count(Counter::MessagesDeleted, self.0 as u64);
+    }
+}
+
+/// An event over its organization's rate limit.
+pub struct RateLimited {
+    /// The organization.
+    pub organization_id: u64,
+    /// How long until it has a token again.
+    pub wait: Duration,
+}
+
+impl InternalEvent for RateLimited {
+    fn emit(self, metrics: &Metrics) {
+        tracing::debug!(
+            organization_id = self.organization_id,
+            wait_ms = self.wait.as_millis() as u64,
+            "organization over its rate limit"
+        );
+        metrics.incr(Counter::RateLimited);
+    }
+}
+
+/// A route paused: its destination, bucket or credentials are unusable for now.
+pub struct RoutePaused<'a> {
+    /// The route (its queue's name).
+    pub route: &'static str,
+    /// What kind of failure paused it.
+    pub class: ErrorClass,
+    /// The service's code.
+    pub code: Option<&'a str>,
+    /// Until the next probe.
+    pub wait: Duration,
+    /// Why.
+    pub error: &'a dyn Display,
+    /// Whether it was on trial after a probe that passed (paused again).
+    pub again: bool,
+}
+
+impl InternalEvent for RoutePaused<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let message = if self.again {
+            "route still unusable after its probe passed: paused again"
+        } else {
+            "route paused: its events stay in the source queue until a probe passes"
+        };
+        tracing::warn!(
+            route = self.route,
+            class = self.class.as_str(),
+            code = self.code.unwrap_or(""),
+            wait_ms = self.wait.as_millis() as u64,
+            error = %self.error,
+            "{message}"
+        );
+        metrics.gauge(Gauge::RoutePaused { route: self.route }, 1);
+    }
+}
+
+/// A paused route accepted an event again.
+pub struct RouteResumed {
+    /// The route (its queue's name).
+    pub route: &'static str,
+}
+
+impl InternalEvent for RouteResumed {
+    fn emit(self, metrics: &Metrics) {
+        tracing::warn!(route = self.route, "route resumed");
+        metrics.gauge(Gauge::RoutePaused { route: self.route }, 0);
+    }
+}
+
+/// Strings the indexer looked up in one batch, by where their ids came from, and those it
+/// gave no id.
+pub struct IndexerLookups<'a> {
+    /// `(fetch_type, count)`.
+    pub found: &'a [(&'static str, u64)],
+    /// `(reason, count)`.
+    pub refused: &'a [(&'static str, u64)],
+}
+
+impl InternalEvent for IndexerLookups<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::trace!(found = ?self.found, refused = ?self.refused, "indexer lookup");
+        for &(reason, n) in self.refused {
+            metrics.count(Counter::IndexerRefused { reason }, n);
+        }
+        for &(fetch_type, n) in self.found {
+            metrics.count(Counter::IndexerLookup { fetch_type }, n);
+        }
+    }
+}
