@@ -26,7 +26,7 @@ use aws_smithy_runtime_api::client::http::{
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use sqs_forwarder::config::{Config, LogFormat};
+use sqs_forwarder::config::Config;
 use sqs_forwarder::metrics::Metrics;
 use sqs_forwarder::retry::RetryPolicy;
 
@@ -267,7 +267,6 @@ fn config(source: &str, dest: &str, data_dir: &std::path::Path, workers: usize) 
     let mut config = settings
         .validate(sqs_forwarder::config::Needs::SourceAndDestination, None)
         .unwrap();
-    config.log_format = LogFormat::Pretty;
     config.retry = RetryPolicy::default();
     config
 }
@@ -285,13 +284,13 @@ async fn forwarder(
         std::process::id(),
         fastrand::u64(..)
     ));
-    let mut app = sqs_forwarder::app::App::from_sdk(
+    let app = sqs_forwarder::app::App::connect(
         config(source, dest, &dir, workers),
         sdk,
         Metrics::disabled(),
     )
+    .await
     .unwrap();
-    app.connect_indexer().await.unwrap();
     let worker = Arc::new(app.worker().await.unwrap());
     let done = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(std::sync::OnceLock::new());

@@ -87,19 +87,19 @@ fn one_line(err: &AwsError) -> String {
 #[derive(Debug, Clone)]
 pub struct App {
     /// The validated configuration.
-    pub config: Config,
+    config: Config,
     /// One SQS client for the process: one connection pool, shared by every worker.
-    pub sqs: aws_sdk_sqs::Client,
+    sqs: aws_sdk_sqs::Client,
     /// Metrics handle (disabled without `FORWARDER_STATSD_ADDR`).
-    pub metrics: Metrics,
-    /// The indexer stage, once connected ([`App::connect_indexer`]).
-    pub indexer: Option<Arc<Indexer>>,
+    metrics: Metrics,
+    /// The indexer stage, when on and connected ([`App::connect`]).
+    indexer: Option<Arc<Indexer>>,
     /// The SDK configuration loaded at start; routes derive theirs from it.
-    pub sdk: SdkConfig,
+    sdk: SdkConfig,
     /// The per-organization rate limit, shared by every worker of the process.
-    pub rate_limit: Option<Arc<OrgRateLimiter>>,
+    rate_limit: Option<Arc<OrgRateLimiter>>,
     /// Which routes are paused, for the readiness probe.
-    pub pauses: Arc<Pauses>,
+    pauses: Arc<Pauses>,
 }
 
 impl App {
@@ -110,22 +110,46 @@ impl App {
             Some(settings) => sink::udp(settings)?,
             None => Metrics::disabled(),
         };
-        let mut app = App::from_sdk(config, &sdk, metrics)?;
-        app.connect_indexer().await?;
+        App::connect(config, &sdk, metrics).await
+    }
+
+    /// Builds from an explicit SDK configuration (tests point it at LocalStack), and
+    /// opens (and migrates) the indexer's store if the stage is on.
+    pub async fn connect(
+        config: Config,
+        sdk: &SdkConfig,
+        metrics: Metrics,
+    ) -> Result<App, StartError> {
+        let mut app = App::from_sdk(config, sdk, metrics)?;
+        if let Some(ix) = &app.config.indexer {
+            let indexer = connect_indexer(ix, &app.config.retry, &app.metrics).await?;
+            app.indexer = Some(Arc::new(indexer));
+        }
         Ok(app)
     }
 
-    /// Opens (and migrates) the indexer's store if the stage is on.
-    pub async fn connect_indexer(&mut self) -> Result<(), StartError> {
-        let Some(ix) = &self.config.indexer else {
-            return Ok(());
-        };
-        let indexer = connect_indexer(ix, &self.config.retry, &self.metrics).await?;
-        self.indexer = Some(Arc::new(indexer));
-        Ok(())
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
-    /// Builds from an explicit SDK configuration (tests point it at LocalStack).
+    /// The metrics handle.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The SDK configuration loaded at start.
+    pub fn sdk(&self) -> &SdkConfig {
+        &self.sdk
+    }
+
+    /// The indexer, when on and connected.
+    pub fn indexer(&self) -> Option<&Arc<Indexer>> {
+        self.indexer.as_ref()
+    }
+
+    /// Builds from an explicit SDK configuration, without the indexer's store (see
+    /// [`App::connect`]).
     pub fn from_sdk(config: Config, sdk: &SdkConfig, metrics: Metrics) -> Result<App, StartError> {
         if sdk.region().is_none() {
             return Err(ConfigError {
@@ -254,48 +278,38 @@ impl App {
     /// included) and shared by the projects routed to it; every destination reached.
     pub async fn router(&self) -> Result<Router, StartError> {
         let routes = self.config.effective_routes();
-        let from_file = |is_default: bool| {
-            let file_default = self
-                .config
-                .routes
-                .as_ref()
-                .is_some_and(|r| r.default.is_some());
+        let file_default = self
+            .config
+            .routes
+            .as_ref()
+            .is_some_and(|r| r.default.is_some());
+        // The variable a route came from, to name it in an error.
+        let var = |is_default: bool| {
             if is_default && !file_default {
                 "FORWARDER_DEST_QUEUE_URL"
             } else {
                 "FORWARDER_ROUTES_FILE"
             }
         };
-        let mut sdks: HashMap<String, SdkConfig> = HashMap::new();
-        let mut built: HashMap<String, Arc<Forwarder>> = HashMap::new();
-        let mut build =
-            async |route: &Route, var: &'static str| -> Result<Arc<Forwarder>, StartError> {
-                let key = format!("{route:?}");
-                if let Some(f) = built.get(&key) {
-                    return Ok(f.clone());
-                }
-                let sdk_key = format!("{:?}/{:?}", route.region, route.credentials);
-                let sdk = match sdks.get(&sdk_key) {
+        // One SDK configuration per region and credentials.
+        let mut sdks: HashMap<(Option<String>, CredentialSource), SdkConfig> = HashMap::new();
+        Router::build(
+            routes.default.as_ref(),
+            routes.projects.iter().map(|(p, r)| (*p, r)),
+            async |route: &Route, is_default| {
+                let key = (route.region.clone(), route.credentials.clone());
+                let sdk = match sdks.get(&key) {
                     Some(sdk) => sdk.clone(),
                     None => {
                         let sdk = self.sdk_for(route).await;
-                        sdks.insert(sdk_key, sdk.clone());
+                        sdks.insert(key, sdk.clone());
                         sdk
                     }
                 };
-                let forwarder = Arc::new(self.forwarder_for(var, route, &sdk).await?);
-                built.insert(key, forwarder.clone());
-                Ok(forwarder)
-            };
-        let default = match &routes.default {
-            Some(route) => Some(build(route, from_file(true)).await?),
-            None => None,
-        };
-        let mut projects = HashMap::new();
-        for (project, route) in &routes.projects {
-            projects.insert(*project, build(route, from_file(false)).await?);
-        }
-        Ok(Router::new(default, projects))
+                self.forwarder_for(var(is_default), route, &sdk).await
+            },
+        )
+        .await
     }
 
     /// Decode, index, forward, dead-letter: after reaching every destination (and

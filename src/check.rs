@@ -19,35 +19,49 @@ pub struct Report {
 /// Checks the settings and reaches what they name.
 pub async fn check(settings: &Settings) -> Report {
     let mut report = Report::default();
-    let config = match settings.validate(Needs::SourceAndDestination, None) {
+    let Some(app) = build(settings, &mut report).await else {
+        return report;
+    };
+    check_queues(&app, &mut report).await;
+    check_routes(&app, &mut report).await;
+    check_buckets(&app, &mut report).await;
+    check_indexer(&app, &mut report).await;
+    report
+}
+
+/// The settings, validated, and the app they make: `None` after reporting why not.
+async fn build(settings: &Settings, report: &mut Report) -> Option<App> {
+    let mut config = match settings.validate(Needs::SourceAndDestination, None) {
         Ok(config) => config,
         Err(errors) => {
             report.problems = errors.0.iter().map(ToString::to_string).collect();
-            return report;
+            return None;
         }
     };
     report.ok.push("configuration is valid".into());
     // A check answers quickly: transient failures are retried for a few seconds only.
-    let mut config = config;
     config.retry.max_elapsed = config
         .retry
         .max_elapsed
         .min(std::time::Duration::from_secs(5));
     let sdk = aws::load_sdk_config(config.request_timeout).await;
-    let app = match App::from_sdk(config, &sdk, Metrics::disabled()) {
-        Ok(app) => app,
+    match App::from_sdk(config, &sdk, Metrics::disabled()) {
+        Ok(app) => Some(app),
         Err(err) => {
             report.problems.push(err.to_string());
-            return report;
+            None
         }
-    };
+    }
+}
 
+/// The source and the dead-letter queue.
+async fn check_queues(app: &App, report: &mut Report) {
     let queues = [
         (
             "FORWARDER_SOURCE_QUEUE_URL",
-            app.config.source_queue_url.clone(),
+            app.config().source_queue_url.clone(),
         ),
-        ("FORWARDER_DLQ_URL", app.config.dlq_url.clone()),
+        ("FORWARDER_DLQ_URL", app.config().dlq_url.clone()),
     ];
     for (var, url) in queues {
         let Some(url) = url else { continue };
@@ -60,40 +74,46 @@ pub async fn check(settings: &Settings) -> Report {
             Err(err) => report.problems.push(err.to_string()),
         }
     }
+}
 
-    let routes = app.config.effective_routes();
-    match app.router().await {
-        Ok(_) => {
-            for (name, route) in routes
-                .default
-                .iter()
-                .map(|r| ("default".to_string(), r))
-                .chain(
-                    routes
-                        .projects
-                        .iter()
-                        .map(|(p, r)| (format!("project {p}"), r)),
-                )
-            {
-                report.ok.push(format!(
-                    "route {name}: reached {}{}",
-                    route.queue_url,
-                    route
-                        .message_group
-                        .as_ref()
-                        .map(|g| format!(" (FIFO, group {})", g.as_str()))
-                        .unwrap_or_default()
-                ));
-            }
-            if routes.default.is_none() {
-                report
-                    .ok
-                    .push("no default route: events of other projects are skipped".into());
-            }
-        }
-        Err(err) => report.problems.push(err.to_string()),
+/// Every destination route, each message group against its queue's type.
+async fn check_routes(app: &App, report: &mut Report) {
+    let routes = app.config().effective_routes();
+    if let Err(err) = app.router().await {
+        report.problems.push(err.to_string());
+        return;
     }
+    let named = routes
+        .default
+        .iter()
+        .map(|r| ("default".to_string(), r))
+        .chain(
+            routes
+                .projects
+                .iter()
+                .map(|(p, r)| (format!("project {p}"), r)),
+        );
+    for (name, route) in named {
+        report.ok.push(format!(
+            "route {name}: reached {}{}",
+            route.queue_url,
+            route
+                .message_group
+                .as_ref()
+                .map(|g| format!(" (FIFO, group {})", g.as_str()))
+                .unwrap_or_default()
+        ));
+    }
+    if routes.default.is_none() {
+        report
+            .ok
+            .push("no default route: events of other projects are skipped".into());
+    }
+}
 
+/// Every bucket a route names (HeadBucket).
+async fn check_buckets(app: &App, report: &mut Report) {
+    let routes = app.config().effective_routes();
     let mut buckets: Vec<&str> = routes
         .default
         .iter()
@@ -103,7 +123,7 @@ pub async fn check(settings: &Settings) -> Report {
     buckets.sort_unstable();
     buckets.dedup();
     for bucket in buckets {
-        match app.offloader(&app.sdk, bucket).check().await {
+        match app.offloader(app.sdk(), bucket).check().await {
             Ok(()) => report
                 .ok
                 .push(format!("FORWARDER_S3_BUCKET: reached {bucket}")),
@@ -112,18 +132,21 @@ pub async fn check(settings: &Settings) -> Report {
             )),
         }
     }
+}
 
-    if let Some(ix) = &app.config.indexer {
-        match crate::app::connect_indexer(ix, &app.config.retry, &Metrics::disabled()).await {
-            Ok(indexer) => {
-                report.ok.push(format!(
-                    "FORWARDER_INDEXER_DATABASE_URL: opened {}",
-                    ix.database_url
-                ));
-                indexer.store().close().await;
-            }
-            Err(err) => report.problems.push(err.to_string()),
+/// The indexer's store: opened and migrated.
+async fn check_indexer(app: &App, report: &mut Report) {
+    let Some(ix) = &app.config().indexer else {
+        return;
+    };
+    match crate::app::connect_indexer(ix, &app.config().retry, &Metrics::disabled()).await {
+        Ok(indexer) => {
+            report.ok.push(format!(
+                "FORWARDER_INDEXER_DATABASE_URL: opened {}",
+                ix.database_url
+            ));
+            indexer.store().close().await;
         }
+        Err(err) => report.problems.push(err.to_string()),
     }
-    report
 }

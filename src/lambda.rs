@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::outcome::{ErrorClass, Failure, Stage};
 use crate::pipeline::{Pipeline, Settlement};
 use crate::retry::within_deadline;
-use crate::source::lambda::{batch_response, records, RecordError};
+use crate::source::lambda_batch::{batch_response, records, RecordError};
 
 /// Environment variables the Lambda runtime sets; without them this is not a Lambda.
 pub const RUNTIME_VARS: [&str; 4] = [

@@ -171,7 +171,7 @@ async fn replay(cli: &Cli, input: &str) -> ExitCode {
         }
     };
     let result = replay::replay(&pipeline, input).await;
-    app.metrics.flush(std::time::Duration::from_secs(2));
+    app.metrics().flush(std::time::Duration::from_secs(2));
     match result {
         Ok(summary) => {
             println!("{summary}");
@@ -197,7 +197,7 @@ async fn lambda(cli: &Cli) -> ExitCode {
     }
     let built = match cli.settings.validate(Needs::Destination, None) {
         Ok(config) => match App::build(config).await {
-            Ok(app) => app.pipeline().await.map(|p| (p, app.metrics.clone())),
+            Ok(app) => app.pipeline().await.map(|p| (p, app.metrics().clone())),
             Err(err) => Err(err),
         }
         .map_err(|err| err.to_string()),

@@ -469,3 +469,143 @@ fn failed<'a>(
         error: failure,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::fake;
+    use crate::forward::{DeadLetterQueue, Forwarder, SqsSender};
+    use crate::retry::RetryPolicy;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy {
+            initial_interval: Duration::from_millis(1),
+            max_interval: Duration::from_millis(5),
+            max_elapsed: Duration::from_millis(30),
+        }
+    }
+
+    /// A queue in-process that accepts every entry (recording bodies), or answers
+    /// every call with `error` if given.
+    fn queue(error: Option<&'static str>) -> (aws_sdk_sqs::Client, Arc<Mutex<Vec<String>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        let client =
+            fake::sqs_client(move |req| {
+                if let Some(code) = error {
+                    return fake::error(400, code);
+                }
+                let body: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+                let entries = body["Entries"].as_array().cloned().unwrap_or_default();
+                let ok: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| {
+                    g.lock().unwrap().push(e["MessageBody"].as_str().unwrap_or_default().into());
+                    serde_json::json!({"Id": e["Id"], "MessageId": "m", "MD5OfMessageBody": "0"})
+                })
+                .collect();
+                fake::ok(serde_json::json!({"Successful": ok, "Failed": []}).to_string())
+            });
+        (client, got)
+    }
+
+    fn pipeline(dest: aws_sdk_sqs::Client, dlq: Option<aws_sdk_sqs::Client>) -> Pipeline {
+        let metrics = Metrics::disabled();
+        let forwarder = Forwarder::new(
+            dest,
+            "https://sqs.fake/0/dest",
+            256 * 1024,
+            fast(),
+            metrics.clone(),
+        );
+        let dlq = dlq.map(|c| {
+            let sender = SqsSender::new(
+                c,
+                "https://sqs.fake/0/dlq",
+                256 * 1024,
+                fast(),
+                metrics.clone(),
+            );
+            DeadLetterQueue::new(sender, false, metrics.clone())
+        });
+        Pipeline::new(Router::single(forwarder), None, metrics).with_dead_letter(dlq)
+    }
+
+    fn message(id: &str, body: &str, group: Option<&str>) -> SourceMessage {
+        SourceMessage {
+            message_id: id.into(),
+            receipt_handle: format!("h-{id}"),
+            body: body.into(),
+            sent_at: None,
+            receive_count: 1,
+            group: group.map(str::to_string),
+        }
+    }
+
+    fn event(n: u32) -> String {
+        format!(r#"{{"event_id":"{n:032x}","project_id":1,"organization_id":1}}"#)
+    }
+
+    #[tokio::test]
+    async fn an_invalid_body_is_dead_lettered_and_the_rest_forwarded() {
+        let (dest, forwarded) = queue(None);
+        let (dlq, letters) = queue(None);
+        let messages = [
+            message("a", &event(1), None),
+            message("b", "not json", None),
+        ];
+        let out = pipeline(dest, Some(dlq)).process(&messages).await;
+        assert!(matches!(out[0], Settlement::Forwarded), "{out:?}");
+        assert!(matches!(&out[1], Settlement::DeadLettered(r) if r.reason == "invalid_json"));
+        assert_eq!(*letters.lock().unwrap(), ["not json"]);
+        assert_eq!(forwarded.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_queue_that_refuses_leaves_the_message_in_the_source() {
+        let (dest, _) = queue(None);
+        let (dlq, _) = queue(Some("AWS.SimpleQueueService.NonExistentQueue"));
+        let messages = [message("b", "not json", None)];
+        let out = pipeline(dest, Some(dlq)).process(&messages).await;
+        assert!(matches!(out[0], Settlement::Invalid(_)), "{out:?}");
+        assert!(!out[0].is_done(), "not deleted");
+    }
+
+    #[tokio::test]
+    async fn an_unusable_destination_defers_its_events_and_dead_letters_nothing() {
+        let (dest, _) = queue(Some("AccessDenied"));
+        let (dlq, letters) = queue(None);
+        let messages = [message("a", &event(1), None), message("b", &event(2), None)];
+        let out = pipeline(dest, Some(dlq)).process(&messages).await;
+        for s in &out {
+            assert!(
+                matches!(s, Settlement::Deferred(d) if d.cause == DeferCause::RoutePaused && d.delay.is_some()),
+                "{out:?}"
+            );
+        }
+        assert!(letters.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn in_a_source_group_a_message_that_stays_holds_back_the_later_ones() {
+        let (dest, forwarded) = queue(None);
+        let messages = [
+            message("a1", &event(1), Some("a")),
+            message("a2", "not json", Some("a")),
+            message("b1", &event(3), Some("b")),
+            message("a3", &event(4), Some("a")),
+        ];
+        // No DLQ: the invalid one stays, so a3 must not overtake it.
+        let out = pipeline(dest, None).process(&messages).await;
+        assert!(matches!(out[0], Settlement::Forwarded));
+        assert!(matches!(out[1], Settlement::Invalid(_)));
+        assert!(matches!(out[2], Settlement::Forwarded), "other groups go");
+        assert!(
+            matches!(&out[3], Settlement::Deferred(d) if d.cause == DeferCause::HeldBack),
+            "{out:?}"
+        );
+        assert_eq!(forwarded.lock().unwrap().len(), 2);
+    }
+}

@@ -262,11 +262,14 @@ pub struct Settings {
 
     /// The pointer sent for an event stored in S3: Sentry's, or the AWS SQS Extended
     /// Client Library's.
-    #[arg(long, env = "FORWARDER_S3_POINTER_FORMAT", value_enum,
-          default_value_t = crate::forward::PointerFormat::Sentry, global = true)]
+    #[arg(long, env = "FORWARDER_S3_POINTER_FORMAT", value_name = "FORMAT",
+          value_parser = clap::builder::PossibleValuesParser::new(["sentry", "extended"])
+              .map(|s| s.parse::<crate::forward::PointerFormat>().unwrap_or_default()),
+          default_value = "sentry", global = true)]
     pub s3_pointer_format: crate::forward::PointerFormat,
 
-    /// Per-organization rate limit, N/DURATION (Sentry: 50/1s); events over it wait.
+    /// Per-organization rate limit, N/DURATION (Sentry: 50/1s); an event over it is
+    /// deferred (its message hidden until its organization's tokens are back).
     /// Unset: no limit.
     #[arg(
         long,

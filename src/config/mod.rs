@@ -96,8 +96,6 @@ pub struct Config {
     /// Where the health listener serves the probes; `None`: no listener
     /// (`FORWARDER_HEALTH_ADDR`).
     pub health_addr: Option<SocketAddr>,
-    /// `pretty` or `json` (`FORWARDER_LOG_FORMAT`).
-    pub log_format: LogFormat,
     /// Backoff bounds (`FORWARDER_RETRY_*`).
     pub retry: RetryPolicy,
     /// Bound on one HTTP attempt other than a long poll (`FORWARDER_REQUEST_TIMEOUT`).
@@ -124,6 +122,38 @@ pub struct IndexerConfig {
 }
 
 impl Config {
+    /// A configuration for tests: no queue yet, two workers, short waits and retries
+    /// (1 s long polls, retries within 5 s), exit after 2 s idle, no metrics, no
+    /// indexer. Tests name what they need with struct-update syntax:
+    /// `Config { source_queue_url: Some(url), ..Config::for_test() }`.
+    pub fn for_test() -> Config {
+        Config {
+            source_queue_url: None,
+            dest_queue_url: None,
+            routes: None,
+            dlq_url: None,
+            message_group: None,
+            s3_bucket: None,
+            s3_pointer_format: crate::forward::PointerFormat::Sentry,
+            rate_limit: None,
+            workers: 2,
+            batch_size: 10,
+            receive_wait: Duration::from_secs(1),
+            max_message_bytes: crate::forward::DEFAULT_MAX_MESSAGE_BYTES,
+            statsd: None,
+            health_addr: None,
+            retry: RetryPolicy {
+                initial_interval: Duration::from_millis(50),
+                max_interval: Duration::from_millis(500),
+                max_elapsed: Duration::from_secs(5),
+            },
+            request_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(20),
+            exit_when_idle: Some(Duration::from_secs(2)),
+            indexer: None,
+        }
+    }
+
     /// Every project's destination: the routes file's, with `FORWARDER_DEST_QUEUE_URL`
     /// (and the global message group and bucket) as the default when the file has none.
     pub fn effective_routes(&self) -> routes::Routes {
@@ -186,16 +216,7 @@ impl Settings {
             ),
             Needs::Destination => None,
         };
-        let routes = match &self.routes_file {
-            Some(path) => match routes::load(path) {
-                Ok(routes) => Some(routes),
-                Err(e) => {
-                    errors.push(e);
-                    None
-                }
-            },
-            None => None,
-        };
+        let routes = self.routes(&mut errors);
         // With a routes file, the destination variable is optional: it is the default
         // route if the file has none.
         let dest = match (&self.dest_queue_url, &self.routes_file) {
@@ -206,37 +227,23 @@ impl Settings {
             .dlq_url
             .as_deref()
             .and_then(|url| queue_url("FORWARDER_DLQ_URL", Some(url), &mut errors));
-        let health_addr = match self.health_addr.as_deref().map(resolve) {
-            None => None,
-            Some(Ok(addr)) => Some(addr),
-            Some(Err(problem)) => {
-                errors.push(ConfigError::new("FORWARDER_HEALTH_ADDR", problem));
-                None
-            }
-        };
-        let statsd = match self.statsd_addr.as_deref().map(resolve) {
-            None => None,
-            Some(Ok(addr)) => Some(StatsdSettings {
-                addr,
-                prefix: self.metrics_prefix.clone(),
-                tags: self.metrics_tags.0.clone(),
-                sample_rate: self.metrics_sample_rate,
-            }),
-            Some(Err(problem)) => {
-                errors.push(ConfigError::new("FORWARDER_STATSD_ADDR", problem));
-                None
-            }
-        };
-        if self.retry_initial_interval > self.retry_max_interval {
-            errors.push(ConfigError::new(
-                "FORWARDER_RETRY_INITIAL_INTERVAL",
-                format!(
-                    "{} is longer than FORWARDER_RETRY_MAX_INTERVAL ({})",
-                    humantime::format_duration(self.retry_initial_interval),
-                    humantime::format_duration(self.retry_max_interval)
-                ),
-            ));
-        }
+        let health_addr = address(
+            "FORWARDER_HEALTH_ADDR",
+            self.health_addr.as_deref(),
+            &mut errors,
+        );
+        let statsd = address(
+            "FORWARDER_STATSD_ADDR",
+            self.statsd_addr.as_deref(),
+            &mut errors,
+        )
+        .map(|addr| StatsdSettings {
+            addr,
+            prefix: self.metrics_prefix.clone(),
+            tags: self.metrics_tags.0.clone(),
+            sample_rate: self.metrics_sample_rate,
+        });
+        self.check_retry(&mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -257,13 +264,55 @@ impl Settings {
             max_message_bytes: self.max_message_bytes,
             statsd,
             health_addr,
-            log_format: self.log_format,
             retry: self.retry_policy(),
             request_timeout: self.request_timeout,
             shutdown_timeout: self.shutdown_timeout,
             exit_when_idle,
             indexer: (self.indexer == Switch::On).then(|| self.indexer_config()),
         })
+    }
+}
+
+impl Settings {
+    /// The routes file, if one is given and readable.
+    fn routes(&self, errors: &mut Vec<ConfigError>) -> Option<routes::Routes> {
+        let path = self.routes_file.as_ref()?;
+        match routes::load(path) {
+            Ok(routes) => Some(routes),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        }
+    }
+
+    /// The first backoff wait may not exceed the longest.
+    fn check_retry(&self, errors: &mut Vec<ConfigError>) {
+        if self.retry_initial_interval > self.retry_max_interval {
+            errors.push(ConfigError::new(
+                "FORWARDER_RETRY_INITIAL_INTERVAL",
+                format!(
+                    "{} is longer than FORWARDER_RETRY_MAX_INTERVAL ({})",
+                    humantime::format_duration(self.retry_initial_interval),
+                    humantime::format_duration(self.retry_max_interval)
+                ),
+            ));
+        }
+    }
+}
+
+/// A `host:port` setting resolved, or its problem noted against `var`.
+fn address(
+    var: &'static str,
+    value: Option<&str>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<SocketAddr> {
+    match resolve(value?) {
+        Ok(addr) => Some(addr),
+        Err(problem) => {
+            errors.push(ConfigError::new(var, problem));
+            None
+        }
     }
 }
 

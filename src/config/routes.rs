@@ -47,7 +47,7 @@ pub enum CredentialSource {
 }
 
 /// One destination.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Route {
     /// The queue.
     pub queue_url: String,

@@ -3,7 +3,7 @@
 use crate::event::Event;
 
 /// A literal group id, or a template with `{project_id}` and `{organization_id}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GroupTemplate(String);
 
 impl std::str::FromStr for GroupTemplate {

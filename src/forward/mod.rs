@@ -286,15 +286,10 @@ impl Forwarder {
         // of the group is not going, the delay its followers inherit.
         let mut chains: HashMap<Cow<'_, str>, Chain> = HashMap::new();
         for (i, routed) in events.iter().enumerate() {
-            let e = routed.event;
-            let group_id = self.group.as_ref().map(|g| g.render(e));
-            let chain_key = match (self.fifo, routed.source_group, &group_id) {
-                (false, _, _) => None,
-                (true, Some(source), _) => Some(Cow::Borrowed(source)),
-                (true, None, Some(group)) => Some(Cow::Owned(group.clone())),
-                (true, None, None) => None,
-            };
-            let chain = chain_key.map(|k| chains.entry(k).or_default());
+            let group_id = self.group.as_ref().map(|g| g.render(routed.event));
+            let chain = self
+                .chain_key(routed, group_id.as_deref())
+                .map(|k| chains.entry(k).or_default());
             if let Some(Chain {
                 blocked: Some(delay),
                 ..
@@ -303,89 +298,131 @@ impl Forwarder {
                 outcomes[i] = Some(deferred(DeferCause::HeldBack, *delay));
                 continue;
             }
-            if let Some(limiter) = &self.rate_limit {
-                if let Err(wait) = limiter.check(e.organization_id) {
-                    outcomes[i] = Some(deferred(DeferCause::RateLimited, Some(wait)));
-                    block(chain, Some(wait));
-                    continue;
+            match self.prepare(routed.event, group_id).await {
+                Prepared::Ready(mut message) => {
+                    if let Some(c) = chain {
+                        message.after = c.last;
+                        c.last = Some(outgoing.len());
+                    }
+                    outgoing.push(message);
+                    positions.push(i);
+                }
+                Prepared::Not(outcome, delay) => {
+                    outcomes[i] = Some(outcome);
+                    block(chain, delay);
+                }
+                Prepared::RouteUnusable(outcome) => {
+                    // Nothing more goes to this route now, built or not.
+                    outcomes[i] = Some(outcome);
+                    let wait = self.gate.retry_in();
+                    for o in outcomes.iter_mut().filter(|o| o.is_none()) {
+                        *o = Some(deferred(DeferCause::RoutePaused, wait));
+                    }
+                    return finish(outcomes);
                 }
             }
-            let mut message = Outgoing {
-                body: e.encoded(),
-                attributes: vec![
-                    Attribute::string("event_id", e.event_id.as_ref()),
-                    Attribute::number("project_id", e.project_id),
-                    Attribute::number("organization_id", e.organization_id),
-                ],
-                dedup_id: self.fifo.then(|| e.event_id.to_string()),
-                group_id,
-                after: None,
-            };
-            let size = message.size();
-            if size > self.sender.max_message_bytes() {
-                let Some(offloader) = &self.offloader else {
-                    OversizedSkipped {
-                        event_id: &e.event_id,
-                        bytes: size,
-                    }
-                    .emit(&self.metrics);
-                    outcomes[i] = Some(Outcome::Failed(AwsError {
-                        operation: Operation::Send,
-                        class: ErrorClass::Oversized,
-                        code: None,
-                        message: format!(
-                            "event is {size} bytes, over the {}-byte limit, and no S3 bucket is configured",
-                            self.sender.max_message_bytes()
-                        ),
-                    }));
-                    block(chain, None);
-                    continue;
-                };
-                match offloader.offload(e, &message.body).await {
-                    Ok(pointer) => {
-                        message.body = Cow::Owned(pointer.body);
-                        message.attributes.extend(pointer.attributes);
-                    }
-                    Err(err) if err.class.is_route_level() => {
-                        // The bucket is unusable: nothing more goes to this route now.
-                        self.gate.pause(&err);
-                        outcomes[i] = Some(Outcome::Failed(err));
-                        let wait = self.gate.retry_in();
-                        for o in outcomes.iter_mut().filter(|o| o.is_none()) {
-                            *o = Some(deferred(DeferCause::RoutePaused, wait));
-                        }
-                        return finish(outcomes);
-                    }
-                    Err(err) => {
-                        outcomes[i] = Some(Outcome::Failed(err));
-                        block(chain, None);
-                        continue;
-                    }
-                }
-            }
-            if let Some(c) = chain {
-                message.after = c.last;
-                c.last = Some(outgoing.len());
-            }
-            outgoing.push(message);
-            positions.push(i);
         }
         let sent = self.sender.send(&outgoing).await;
         for (i, outcome) in positions.into_iter().zip(sent) {
-            outcomes[i] = Some(match outcome {
-                SendOutcome::Accepted => Outcome::Accepted,
-                SendOutcome::Failed(err) => {
-                    if err.class.is_route_level() {
-                        self.gate.pause(&err);
-                    }
-                    Outcome::Failed(err)
-                }
-                SendOutcome::HeldBack => deferred(DeferCause::HeldBack, self.gate.retry_in()),
-                SendOutcome::NotSent => deferred(DeferCause::RoutePaused, self.gate.retry_in()),
-            });
+            outcomes[i] = Some(self.outcome_of(outcome));
         }
         finish(outcomes)
     }
+
+    /// The group an event keeps its order in, on a FIFO destination: its source
+    /// message's group, else its destination group. `None`: order does not matter.
+    fn chain_key<'e>(
+        &self,
+        routed: &Routed<'e, '_>,
+        group_id: Option<&str>,
+    ) -> Option<Cow<'e, str>> {
+        match (self.fifo, routed.source_group, group_id) {
+            (false, _, _) => None,
+            (true, Some(source), _) => Some(Cow::Borrowed(source)),
+            (true, None, Some(group)) => Some(Cow::Owned(group.to_string())),
+            (true, None, None) => None,
+        }
+    }
+
+    /// The message of one event, within its organization's rate and the size limit (its
+    /// body stored in S3 if over it), or why it does not go now.
+    async fn prepare<'a>(&self, e: &Event<'a>, group_id: Option<String>) -> Prepared<'a> {
+        if let Some(limiter) = &self.rate_limit {
+            if let Err(wait) = limiter.check(e.organization_id) {
+                return Prepared::Not(deferred(DeferCause::RateLimited, Some(wait)), Some(wait));
+            }
+        }
+        let mut message = Outgoing {
+            body: e.encoded(),
+            attributes: vec![
+                Attribute::string("event_id", e.event_id.as_ref()),
+                Attribute::number("project_id", e.project_id),
+                Attribute::number("organization_id", e.organization_id),
+            ],
+            dedup_id: self.fifo.then(|| e.event_id.to_string()),
+            group_id,
+            after: None,
+        };
+        let size = message.size();
+        if size <= self.sender.max_message_bytes() {
+            return Prepared::Ready(message);
+        }
+        let Some(offloader) = &self.offloader else {
+            OversizedSkipped {
+                event_id: &e.event_id,
+                bytes: size,
+            }
+            .emit(&self.metrics);
+            let err = AwsError {
+                operation: Operation::Send,
+                class: ErrorClass::Oversized,
+                code: None,
+                message: format!(
+                    "event is {size} bytes, over the {}-byte limit, and no S3 bucket is configured",
+                    self.sender.max_message_bytes()
+                ),
+            };
+            return Prepared::Not(Outcome::Failed(err), None);
+        };
+        match offloader.offload(e, &message.body).await {
+            Ok(pointer) => {
+                message.body = Cow::Owned(pointer.body);
+                message.attributes.extend(pointer.attributes);
+                Prepared::Ready(message)
+            }
+            Err(err) if err.class.is_route_level() => {
+                self.gate.pause(&err);
+                Prepared::RouteUnusable(Outcome::Failed(err))
+            }
+            Err(err) => Prepared::Not(Outcome::Failed(err), None),
+        }
+    }
+
+    /// What became of a message the sender was given; an error that makes the route
+    /// unusable pauses it.
+    fn outcome_of(&self, sent: SendOutcome) -> Outcome {
+        match sent {
+            SendOutcome::Accepted => Outcome::Accepted,
+            SendOutcome::Failed(err) => {
+                if err.class.is_route_level() {
+                    self.gate.pause(&err);
+                }
+                Outcome::Failed(err)
+            }
+            SendOutcome::HeldBack => deferred(DeferCause::HeldBack, self.gate.retry_in()),
+            SendOutcome::NotSent => deferred(DeferCause::RoutePaused, self.gate.retry_in()),
+        }
+    }
+}
+
+/// One event, made ready to send or not.
+enum Prepared<'a> {
+    /// Its message.
+    Ready(Outgoing<'a>),
+    /// It does not go now: its outcome, and the delay the rest of its group inherits.
+    Not(Outcome, Option<Duration>),
+    /// Its failure makes the route unusable: nothing more goes to it now.
+    RouteUnusable(Outcome),
 }
 
 /// Marks a message group as not going on: its later events are held back with `delay`.
@@ -422,4 +459,211 @@ fn finish(outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::fake;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    /// What a fake destination saw: the bodies it accepted, in order, and the entries
+    /// of each SendMessageBatch call.
+    #[derive(Default, Clone)]
+    struct Seen {
+        accepted: Arc<Mutex<Vec<String>>>,
+        calls: Arc<Mutex<Vec<Vec<String>>>>,
+    }
+
+    /// A destination queue in-process: every entry accepted, unless `refuse(body)` names
+    /// an error code for it (the service's own fault for `InternalError`, the sender's
+    /// otherwise); while `missing` is set, every call answers `NonExistentQueue`.
+    fn destination(
+        refuse: impl Fn(&str) -> Option<&'static str> + Send + Sync + 'static,
+        missing: Arc<AtomicBool>,
+    ) -> (aws_sdk_sqs::Client, Seen) {
+        let seen = Seen::default();
+        let s = seen.clone();
+        let client = fake::sqs_client(move |req| {
+            if missing.load(Ordering::SeqCst) {
+                return fake::error(400, "AWS.SimpleQueueService.NonExistentQueue");
+            }
+            if req.action != "SendMessageBatch" {
+                return fake::ok(r#"{"Attributes":{"QueueArn":"arn:aws:sqs:us-east-1:0:q"}}"#);
+            }
+            let body: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+            let entries = body["Entries"].as_array().cloned().unwrap_or_default();
+            let mut successful = Vec::new();
+            let mut failed = Vec::new();
+            let mut call = Vec::new();
+            for e in &entries {
+                let id = e["Id"].as_str().unwrap_or_default();
+                let message = e["MessageBody"].as_str().unwrap_or_default();
+                call.push(message.to_string());
+                match refuse(message) {
+                    Some(code) => failed.push(serde_json::json!({
+                        "Id": id, "Code": code, "SenderFault": code != "InternalError",
+                        "Message": "refused"
+                    })),
+                    None => {
+                        s.accepted.lock().unwrap().push(message.to_string());
+                        successful.push(serde_json::json!({
+                            "Id": id, "MessageId": format!("m-{id}"), "MD5OfMessageBody": "0"
+                        }));
+                    }
+                }
+            }
+            s.calls.lock().unwrap().push(call);
+            fake::ok(serde_json::json!({"Successful": successful, "Failed": failed}).to_string())
+        });
+        (client, seen)
+    }
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy {
+            initial_interval: Duration::from_millis(1),
+            max_interval: Duration::from_millis(5),
+            max_elapsed: Duration::from_millis(50),
+        }
+    }
+
+    fn body(n: u32, org: u64) -> String {
+        format!(r#"{{"event_id":"{n:032x}","project_id":1,"organization_id":{org}}}"#)
+    }
+
+    fn forwarder(client: aws_sdk_sqs::Client) -> Forwarder {
+        Forwarder::new(
+            client,
+            "https://sqs.fake/0/q",
+            256 * 1024,
+            fast(),
+            Metrics::disabled(),
+        )
+    }
+
+    async fn forward(f: &Forwarder, bodies: &[String]) -> Vec<Outcome> {
+        let events: Vec<Event<'_>> = bodies
+            .iter()
+            .map(|b| crate::event::decode(b).unwrap())
+            .collect();
+        let routed: Vec<Routed<'_, '_>> = events.iter().map(Routed::from).collect();
+        f.forward(&routed).await
+    }
+
+    fn class(o: &Outcome) -> Option<ErrorClass> {
+        match o {
+            Outcome::Failed(e) => Some(e.class),
+            _ => None,
+        }
+    }
+
+    fn cause(o: &Outcome) -> Option<DeferCause> {
+        match o {
+            Outcome::Deferred(d) => Some(d.cause),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_entry_fails_alone_and_its_batch_mates_are_accepted() {
+        let (client, seen) = destination(
+            |b| {
+                b.contains(&format!("{:032x}", 2))
+                    .then_some("InvalidMessageContents")
+            },
+            Arc::default(),
+        );
+        let bodies: Vec<String> = (1..=3).map(|n| body(n, 1)).collect();
+        let out = forward(&forwarder(client), &bodies).await;
+        assert!(out[0].is_accepted() && out[2].is_accepted(), "{out:?}");
+        assert_eq!(class(&out[1]), Some(ErrorClass::MessageRejected));
+        assert_eq!(
+            seen.calls.lock().unwrap().len(),
+            1,
+            "one call for the batch"
+        );
+    }
+
+    #[tokio::test]
+    async fn on_a_fifo_destination_a_failed_event_holds_back_the_rest_of_its_group() {
+        let second = format!("{:032x}", 2);
+        let (client, seen) = destination(
+            move |b| b.contains(&second).then_some("InternalError"),
+            Arc::default(),
+        );
+        let f = forwarder(client).with_group(Some("all".parse().unwrap()));
+        let bodies: Vec<String> = (1..=3).map(|n| body(n, 1)).collect();
+        let out = forward(&f, &bodies).await;
+        assert!(out[0].is_accepted(), "{out:?}");
+        assert_eq!(
+            class(&out[1]),
+            Some(ErrorClass::ServerError),
+            "retried, then failed"
+        );
+        assert_eq!(cause(&out[2]), Some(DeferCause::HeldBack));
+        let calls = seen.calls.lock().unwrap();
+        assert!(
+            calls.iter().all(|c| c.len() == 1),
+            "one event of the group per call"
+        );
+        assert!(
+            !calls
+                .iter()
+                .flatten()
+                .any(|b| b.contains(&format!("{:032x}", 3))),
+            "the third was never sent"
+        );
+        assert_eq!(*seen.accepted.lock().unwrap(), vec![bodies[0].clone()]);
+    }
+
+    #[tokio::test]
+    async fn an_organization_over_its_rate_is_deferred_and_nobody_else() {
+        let (client, _) = destination(|_| None, Arc::default());
+        let limiter = OrgRateLimiter::new("1/1h".parse().unwrap(), Metrics::disabled());
+        let f = forwarder(client).with_rate_limit(Some(Arc::new(limiter)));
+        let bodies = vec![body(1, 7), body(2, 7), body(3, 8)];
+        let out = forward(&f, &bodies).await;
+        assert!(out[0].is_accepted() && out[2].is_accepted(), "{out:?}");
+        assert_eq!(cause(&out[1]), Some(DeferCause::RateLimited));
+        match &out[1] {
+            Outcome::Deferred(d) => assert!(d.delay.is_some_and(|d| d > Duration::ZERO)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_queue_pauses_the_route_until_its_probe_passes() {
+        let missing = Arc::new(AtomicBool::new(true));
+        let (client, seen) = destination(|_| None, missing.clone());
+        let f = forwarder(client);
+        let bodies = vec![body(1, 1), body(2, 1)];
+        let out = forward(&f, &bodies).await;
+        assert!(
+            out.iter()
+                .all(|o| class(o) == Some(ErrorClass::QueueNotFound)),
+            "{out:?}"
+        );
+        assert_eq!(f.gate().paused_on(), Some(ErrorClass::QueueNotFound));
+        // Paused: deferred without a call, until the probe is due.
+        let out = forward(&f, &bodies).await;
+        assert!(
+            out.iter()
+                .all(|o| cause(o) == Some(DeferCause::RoutePaused)),
+            "{out:?}"
+        );
+        // The queue is back: the next probe passes and the events go.
+        missing.store(false, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        loop {
+            let out = forward(&f, &bodies).await;
+            if out.iter().all(Outcome::is_accepted) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(2), "{out:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(f.gate().paused_on(), None, "resumed");
+        assert_eq!(seen.accepted.lock().unwrap().len(), 2);
+    }
 }

@@ -16,14 +16,28 @@ use crate::outcome::Operation;
 use crate::retry::{retry, RetryPolicy};
 
 /// How the pointer message looks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PointerFormat {
     /// Sentry's: `{"s3Url": "https://BUCKET.s3.REGION.amazonaws.com/KEY", "eventID": "…"}`.
+    #[default]
     Sentry,
     /// The AWS SQS Extended Client Library's:
     /// `["software.amazon.payloadoffloading.PayloadS3Pointer", {"s3BucketName": …, "s3Key": …}]`
     /// with the attribute `ExtendedPayloadSize`.
     Extended,
+}
+
+impl std::str::FromStr for PointerFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sentry" => Ok(PointerFormat::Sentry),
+            "extended" => Ok(PointerFormat::Extended),
+            other => Err(format!(
+                "{other:?} is not a pointer format; expected sentry or extended"
+            )),
+        }
+    }
 }
 
 /// The S3 side of oversized events.

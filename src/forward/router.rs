@@ -1,6 +1,7 @@
 //! Which forwarder an event goes through: per project, or the default.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use super::Forwarder;
@@ -26,6 +27,38 @@ impl Router {
     /// A router from routes already built.
     pub fn new(default: Option<Arc<Forwarder>>, projects: HashMap<u64, Arc<Forwarder>>) -> Self {
         Self { default, projects }
+    }
+
+    /// A router for a default route and per-project routes: `make(route, is_default)`
+    /// builds each distinct route once, and projects routed to the same one share it
+    /// (one client, one pause state, one rate of probes).
+    pub async fn build<'r, R, E, F>(
+        default: Option<&'r R>,
+        projects: impl IntoIterator<Item = (u64, &'r R)>,
+        mut make: F,
+    ) -> Result<Router, E>
+    where
+        R: Eq + Hash + 'r,
+        F: AsyncFnMut(&'r R, bool) -> Result<Forwarder, E>,
+    {
+        let mut built: HashMap<&'r R, Arc<Forwarder>> = HashMap::new();
+        let mut get = async |route: &'r R, is_default: bool| -> Result<Arc<Forwarder>, E> {
+            if let Some(f) = built.get(route) {
+                return Ok(f.clone());
+            }
+            let forwarder = Arc::new(make(route, is_default).await?);
+            built.insert(route, forwarder.clone());
+            Ok(forwarder)
+        };
+        let default = match default {
+            Some(route) => Some(get(route, true).await?),
+            None => None,
+        };
+        let mut by_project = HashMap::new();
+        for (project, route) in projects {
+            by_project.insert(project, get(route, false).await?);
+        }
+        Ok(Router::new(default, by_project))
     }
 
     /// The forwarder of a project, if it has a route.

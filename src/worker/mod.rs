@@ -323,92 +323,290 @@ async fn poll(
     stop: CancellationToken,
     last_activity: Arc<Mutex<Instant>>,
 ) -> BatchOutcome {
-    let mut totals = BatchOutcome::default();
-    let touch = || {
-        if let Ok(mut t) = last_activity.lock() {
-            *t = Instant::now();
-        }
+    let mut poller = Poller {
+        id,
+        worker,
+        options,
+        stop,
+        last_activity,
+        failing: None,
+        totals: BatchOutcome::default(),
     };
-    // Waits after consecutive failed receives; reset by the first one that succeeds.
-    let mut failing: Option<Schedule> = None;
-    loop {
-        if stop.is_cancelled() {
+    while !poller.stop.is_cancelled() {
+        let Some(received) = poller.receive().await else {
+            break;
+        };
+        let next = match received {
+            Ok(messages) if messages.is_empty() => poller.idle().await,
+            Ok(messages) => poller.settle(messages).await,
+            Err(err) => poller.failed(&err).await,
+        };
+        if next == Next::Stop {
             break;
         }
-        let receive = worker.source.receive();
+    }
+    poller.totals
+}
+
+/// Whether a poller goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Receive again.
+    Poll,
+    /// Stop polling.
+    Stop,
+}
+
+/// One poller of the pool, between two receives.
+struct Poller {
+    /// Its number, for logs.
+    id: usize,
+    /// The parts every poller shares.
+    worker: Arc<Worker>,
+    /// How the pool runs.
+    options: PoolOptions,
+    /// Cancelled when the pool stops.
+    stop: CancellationToken,
+    /// When a batch last came or a receive last failed, over the whole pool: an
+    /// `exit_when_idle` run ends only once this is old enough.
+    last_activity: Arc<Mutex<Instant>>,
+    /// Waits after consecutive failed receives; reset by the first one that succeeds.
+    failing: Option<Schedule>,
+    /// What this poller settled.
+    totals: BatchOutcome,
+}
+
+impl Poller {
+    /// One receive; `None` when the pool stopped meanwhile. SQS may already have handed
+    /// such a poll messages: dropping it would hide them for a whole visibility timeout,
+    /// so it is let end, and what it got is handed back at once.
+    async fn receive(&mut self) -> Option<Result<Vec<SourceMessage>, AwsError>> {
+        let receive = self.worker.source.receive();
         tokio::pin!(receive);
         let received = tokio::select! {
             received = &mut receive => received,
-            _ = stop.cancelled() => {
-                // SQS may already have handed this poll messages: dropping it would hide
-                // them for a whole visibility timeout. Let it end, and hand them back.
+            _ = self.stop.cancelled() => {
                 if let Ok(messages) = receive.await {
                     if !messages.is_empty() {
                         let all: Vec<(&SourceMessage, Duration)> =
                             messages.iter().map(|m| (m, Duration::ZERO)).collect();
-                        worker.source.change_visibility(&all, RETURN_BOUND).await;
-                        tracing::info!(worker = id, messages = all.len(), "stopping: returned a received batch to the queue");
+                        self.worker.source.change_visibility(&all, RETURN_BOUND).await;
+                        tracing::info!(worker = self.id, messages = all.len(), "stopping: returned a received batch to the queue");
                     }
                 }
-                break;
+                return None;
             }
         };
         if received.is_ok() {
-            options.health.received();
+            self.options.health.received();
+            self.failing = None;
         }
-        match received {
-            Ok(messages) if messages.is_empty() => {
-                failing = None;
-                let idle_for = last_activity
-                    .lock()
-                    .map(|t| t.elapsed())
-                    .unwrap_or_default();
-                if let Some(limit) = options.exit_when_idle {
-                    if idle_for >= limit && worker.in_flight.load(Ordering::SeqCst) == 0 {
-                        tracing::info!(worker = id, idle = ?idle_for, "source idle: stopping");
-                        stop.cancel();
-                        break;
-                    }
-                }
-                // A short poll (`FORWARDER_RECEIVE_WAIT_SECONDS=0`) answers an empty
-                // queue at once: pause as a long poll would have waited, not spin.
-                let short = SHORT_POLL_PAUSE.saturating_sub(worker.source.wait());
-                if !short.is_zero() {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(short) => {}
-                    }
-                }
+        Some(received)
+    }
+
+    /// An empty receive: stop if the source has been idle long enough; after a short
+    /// poll (`FORWARDER_RECEIVE_WAIT_SECONDS=0`), pause as a long poll would have
+    /// waited instead of spinning.
+    async fn idle(&mut self) -> Next {
+        let idle_for = self
+            .last_activity
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        if let Some(limit) = self.options.exit_when_idle {
+            if idle_for >= limit && self.worker.in_flight.load(Ordering::SeqCst) == 0 {
+                tracing::info!(worker = self.id, idle = ?idle_for, "source idle: stopping");
+                self.stop.cancel();
+                return Next::Stop;
             }
-            Ok(messages) => {
-                failing = None;
-                worker.refresh_visibility().await;
-                touch();
-                let outcome = worker.handle(messages).await;
-                tracing::debug!(worker = id, ?outcome, "batch settled");
-                totals += outcome;
-                touch();
-            }
-            Err(err) => {
-                CallFailed {
-                    operation: Operation::Receive,
-                    class: err.class,
-                    error: &err,
-                }
-                .emit(&worker.metrics);
-                // A failed receive says nothing about the queue being empty: an outage
-                // must not end an `exit_when_idle` run while messages are in flight.
-                touch();
-                let pause = failing
-                    .get_or_insert_with(|| options.receive_backoff.endless())
-                    .next_delay()
-                    .unwrap_or(options.receive_backoff.max_interval);
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-            }
+        }
+        let short = SHORT_POLL_PAUSE.saturating_sub(self.worker.source.wait());
+        self.pause(short).await
+    }
+
+    /// A batch: settle it.
+    async fn settle(&mut self, messages: Vec<SourceMessage>) -> Next {
+        self.worker.refresh_visibility().await;
+        self.touch();
+        let outcome = self.worker.handle(messages).await;
+        tracing::debug!(worker = self.id, ?outcome, "batch settled");
+        self.totals += outcome;
+        self.touch();
+        Next::Poll
+    }
+
+    /// A receive that failed past its retries: count it, and wait with a backoff that
+    /// grows without end. A failed receive says nothing about the queue being empty, so
+    /// it counts as activity: an outage never ends an `exit_when_idle` run.
+    async fn failed(&mut self, err: &AwsError) -> Next {
+        CallFailed {
+            operation: Operation::Receive,
+            class: err.class,
+            error: err,
+        }
+        .emit(&self.worker.metrics);
+        self.touch();
+        let backoff = &self.options.receive_backoff;
+        let wait = self
+            .failing
+            .get_or_insert_with(|| backoff.endless())
+            .next_delay()
+            .unwrap_or(backoff.max_interval);
+        self.pause(wait).await
+    }
+
+    /// Waits `wait`, or less if the pool stops.
+    async fn pause(&self, wait: Duration) -> Next {
+        if wait.is_zero() {
+            return Next::Poll;
+        }
+        tokio::select! {
+            _ = self.stop.cancelled() => Next::Stop,
+            _ = tokio::time::sleep(wait) => Next::Poll,
         }
     }
-    totals
+
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_activity.lock() {
+            *t = Instant::now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::fake;
+    use crate::forward::{Forwarder, OrgRateLimiter, Router};
+
+    /// A source queue in-process: one receive hands out `bodies`, later ones nothing;
+    /// deletes and visibility changes are recorded as `(receipt handle, seconds)`.
+    #[derive(Default, Clone)]
+    struct Source {
+        deleted: Arc<Mutex<Vec<String>>>,
+        hidden: Arc<Mutex<Vec<(String, i64)>>>,
+    }
+
+    fn source(bodies: Vec<String>) -> (aws_sdk_sqs::Client, Source) {
+        let seen = Source::default();
+        let s = seen.clone();
+        let handed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let client = fake::sqs_client(move |req| {
+            let body: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+            let entries = body["Entries"].as_array().cloned().unwrap_or_default();
+            let ids: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| serde_json::json!({"Id": e["Id"]}))
+                .collect();
+            match req.action.as_str() {
+                "ReceiveMessage" if !handed.swap(true, Ordering::SeqCst) => {
+                    let messages: Vec<serde_json::Value> = bodies
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| {
+                            serde_json::json!({
+                                "MessageId": format!("m{i}"), "ReceiptHandle": format!("h{i}"),
+                                "Body": b, "MD5OfBody": "0",
+                                "Attributes": {"ApproximateReceiveCount": "1"}
+                            })
+                        })
+                        .collect();
+                    fake::ok(serde_json::json!({ "Messages": messages }).to_string())
+                }
+                "ReceiveMessage" => fake::ok("{}"),
+                "DeleteMessageBatch" => {
+                    for e in &entries {
+                        s.deleted
+                            .lock()
+                            .unwrap()
+                            .push(e["ReceiptHandle"].as_str().unwrap_or_default().into());
+                    }
+                    fake::ok(serde_json::json!({"Successful": ids, "Failed": []}).to_string())
+                }
+                "ChangeMessageVisibilityBatch" => {
+                    for e in &entries {
+                        s.hidden.lock().unwrap().push((
+                            e["ReceiptHandle"].as_str().unwrap_or_default().into(),
+                            e["VisibilityTimeout"].as_i64().unwrap_or(-1),
+                        ));
+                    }
+                    fake::ok(serde_json::json!({"Successful": ids, "Failed": []}).to_string())
+                }
+                "SendMessageBatch" => {
+                    let ok: Vec<serde_json::Value> = entries
+                        .iter()
+                        .map(|e| serde_json::json!({"Id": e["Id"], "MessageId": "d", "MD5OfMessageBody": "0"}))
+                        .collect();
+                    fake::ok(serde_json::json!({"Successful": ok, "Failed": []}).to_string())
+                }
+                other => fake::error(400, &format!("Unexpected{other}")),
+            }
+        });
+        (client, seen)
+    }
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy {
+            initial_interval: Duration::from_millis(1),
+            max_interval: Duration::from_millis(5),
+            max_elapsed: Duration::from_millis(30),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_deletes_what_went_hides_what_was_deferred_and_keeps_the_rest() {
+        let event = |n: u32, org: u64| {
+            format!(r#"{{"event_id":"{n:032x}","project_id":1,"organization_id":{org}}}"#)
+        };
+        let (client, seen) = source(vec![
+            event(1, 7),
+            event(2, 7),
+            "not json".into(),
+            event(4, 8),
+        ]);
+        let metrics = Metrics::disabled();
+        let limiter = OrgRateLimiter::new("1/1h".parse().unwrap(), metrics.clone());
+        let forwarder = Forwarder::new(
+            client.clone(),
+            "https://sqs.fake/0/dest",
+            256 * 1024,
+            fast(),
+            metrics.clone(),
+        )
+        .with_rate_limit(Some(Arc::new(limiter)));
+        let pipeline = Pipeline::new(Router::single(forwarder), None, metrics.clone());
+        let source = SqsSource::new(
+            client,
+            "https://sqs.fake/0/src",
+            10,
+            Duration::ZERO,
+            fast(),
+            metrics.clone(),
+        );
+        let worker = Worker::new(source, pipeline, Duration::from_secs(30), metrics);
+
+        let outcome = worker.run_once().await.unwrap();
+        assert_eq!(
+            (
+                outcome.received,
+                outcome.forwarded,
+                outcome.deferred,
+                outcome.invalid,
+                outcome.deleted
+            ),
+            (4, 2, 1, 1, 2),
+            "{outcome:?}"
+        );
+        let mut deleted = seen.deleted.lock().unwrap().clone();
+        deleted.sort();
+        assert_eq!(deleted, ["h0", "h3"], "only what went is deleted");
+        let hidden = seen.hidden.lock().unwrap().clone();
+        assert_eq!(hidden.len(), 1, "{hidden:?}");
+        assert_eq!(hidden[0].0, "h1", "the rate-limited one is hidden");
+        assert!(
+            hidden[0].1 >= 1,
+            "until its organization's token is back: {hidden:?}"
+        );
+        assert_eq!(worker.run_once().await.unwrap(), BatchOutcome::default());
+    }
 }

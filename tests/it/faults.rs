@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::helpers::*;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
 
 /// What the proxy did, by kind.
 #[derive(Default)]
@@ -22,77 +20,46 @@ struct Counts {
     slow: AtomicU64,
 }
 
-fn error_response(status: &str, code: &str) -> Vec<u8> {
-    let body = format!(r#"{{"__type":"com.amazonaws.sqs#{code}","message":"injected"}}"#);
-    format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.0\r\nx-amzn-query-error: {code};Sender\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// Starts the proxy; one request per connection, then it closes.
+/// Starts the proxy: after start-up, one fault of each kind for sure, then faults
+/// drawn at random (10% throttled, 10% 503, 5% dropped connections, 5% 1.5 s slow).
 async fn faulty_proxy(counts: Arc<Counts>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let upstream = endpoint().trim_start_matches("http://").to_string();
-    let seen = Arc::new(AtomicU64::new(0));
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let (counts, upstream, seen) = (counts.clone(), upstream.clone(), seen.clone());
-            tokio::spawn(async move {
-                let Some(request) = read_http_message(&mut inbound).await else {
-                    return;
-                };
-                // The first requests after start-up get one fault of each kind for
-                // sure; then faults are drawn at random.
-                let roll = match seen.fetch_add(1, Ordering::Relaxed) {
-                    4 => 0,
-                    6 => 10,
-                    8 => 20,
-                    _ => fastrand::u32(0..100),
-                };
-                match roll {
-                    0..=9 => {
-                        counts.throttled.fetch_add(1, Ordering::Relaxed);
-                        let _ = inbound
-                            .write_all(&error_response("400 Bad Request", "RequestThrottled"))
-                            .await;
-                    }
-                    10..=19 => {
-                        counts.server_error.fetch_add(1, Ordering::Relaxed);
-                        let _ = inbound
-                            .write_all(&error_response(
-                                "503 Service Unavailable",
-                                "ServiceUnavailable",
-                            ))
-                            .await;
-                    }
-                    20..=24 => {
-                        counts.reset.fetch_add(1, Ordering::Relaxed);
-                        drop(inbound); // the connection closes with no answer
-                    }
-                    n => {
-                        if n < 30 {
-                            counts.slow.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(1500)).await;
-                        }
-                        counts.forwarded.fetch_add(1, Ordering::Relaxed);
-                        let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
-                            return;
-                        };
-                        if outbound.write_all(&request).await.is_err() {
-                            return;
-                        }
-                        if let Some(response) = read_http_message(&mut outbound).await {
-                            let _ = inbound.write_all(&response).await;
-                        }
-                    }
-                }
-            });
+    let seen = AtomicU64::new(0);
+    intercept_proxy(move |_, _| {
+        let roll = match seen.fetch_add(1, Ordering::Relaxed) {
+            4 => 0,
+            6 => 10,
+            8 => 20,
+            _ => fastrand::u32(0..100),
+        };
+        let reply = |status: &str, code: &str| Intercept::Reply {
+            delay: Duration::ZERO,
+            response: sqs_error(status, code),
+        };
+        match roll {
+            0..=9 => {
+                counts.throttled.fetch_add(1, Ordering::Relaxed);
+                reply("400 Bad Request", "RequestThrottled")
+            }
+            10..=19 => {
+                counts.server_error.fetch_add(1, Ordering::Relaxed);
+                reply("503 Service Unavailable", "ServiceUnavailable")
+            }
+            20..=24 => {
+                counts.reset.fetch_add(1, Ordering::Relaxed);
+                Intercept::Drop
+            }
+            25..=29 => {
+                counts.slow.fetch_add(1, Ordering::Relaxed);
+                counts.forwarded.fetch_add(1, Ordering::Relaxed);
+                Intercept::Delay(Duration::from_millis(1500))
+            }
+            _ => {
+                counts.forwarded.fetch_add(1, Ordering::Relaxed);
+                Intercept::Pass
+            }
         }
-    });
-    format!("http://{addr}")
+    })
+    .await
 }
 
 // Multi-threaded: the proxy must run while this thread waits for the worker process.

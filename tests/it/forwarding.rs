@@ -325,7 +325,7 @@ async fn events_over_an_organizations_rate_wait_and_all_arrive() {
             .len(),
         15
     );
-    app.metrics.flush(Duration::from_secs(1));
+    app.metrics().flush(Duration::from_secs(1));
     let lines = statsd.wait_for(Duration::from_secs(3), |l| {
         l.iter().any(|l| l.starts_with("forwarder.rate_limited"))
     });

@@ -10,13 +10,20 @@ use aws_config::SdkConfig;
 use aws_sdk_sqs::config::Credentials;
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
-use sqs_forwarder::config::{Config, LogFormat};
+use sqs_forwarder::config::Config;
 use sqs_forwarder::metrics::sink::StatsdSettings;
-use sqs_forwarder::retry::RetryPolicy;
 
 /// LocalStack's edge endpoint (`make test` starts it).
 pub fn endpoint() -> String {
     std::env::var("FORWARDER_TEST_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+}
+
+/// The in-process worker's logs, when `TEST_LOG` is set (as zero-to-production does):
+/// quiet by default, `TEST_LOG=1 cargo nextest run …` shows them (`RUST_LOG` filters).
+pub fn test_log() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        sqs_forwarder::telemetry::init(sqs_forwarder::config::LogFormat::Pretty);
+    }
 }
 
 /// SDK configuration for LocalStack, with SDK retries off as in production.
@@ -26,6 +33,7 @@ pub async fn sdk() -> SdkConfig {
 
 /// SDK configuration for another endpoint (a proxy in front of LocalStack).
 pub async fn sdk_at(endpoint: &str) -> SdkConfig {
+    test_log();
     sqs_forwarder::aws::sdk_loader(Duration::from_secs(30))
         .endpoint_url(endpoint)
         .region(aws_sdk_sqs::config::Region::new("us-east-1"))
@@ -34,13 +42,16 @@ pub async fn sdk_at(endpoint: &str) -> SdkConfig {
         .await
 }
 
-/// The app for a configuration, on LocalStack, with metrics to the configured statsd.
+/// The app for a configuration, on LocalStack, with metrics to the configured statsd
+/// and the indexer's store opened if the configuration has one.
 pub async fn app(config: Config) -> sqs_forwarder::app::App {
     let metrics = match &config.statsd {
         Some(s) => sqs_forwarder::metrics::sink::udp(s).expect("statsd socket"),
         None => sqs_forwarder::metrics::Metrics::disabled(),
     };
-    sqs_forwarder::app::App::from_sdk(config, &sdk().await, metrics).expect("app")
+    sqs_forwarder::app::App::connect(config, &sdk().await, metrics)
+        .await
+        .expect("app")
 }
 
 /// The environment the binary needs to reach LocalStack.
@@ -182,33 +193,13 @@ pub fn test_config(source: &str, dest: &str, statsd: Option<SocketAddr>) -> Conf
     Config {
         source_queue_url: Some(source.to_string()),
         dest_queue_url: Some(dest.to_string()),
-        routes: None,
-        dlq_url: None,
-        message_group: None,
-        s3_bucket: None,
-        s3_pointer_format: sqs_forwarder::forward::PointerFormat::Sentry,
-        rate_limit: None,
-        workers: 2,
-        batch_size: 10,
-        receive_wait: Duration::from_secs(1),
-        max_message_bytes: 1024 * 1024,
         statsd: statsd.map(|addr| StatsdSettings {
             addr,
             prefix: String::new(),
             tags: Vec::new(),
             sample_rate: 1.0,
         }),
-        health_addr: None,
-        log_format: LogFormat::Pretty,
-        retry: RetryPolicy {
-            initial_interval: Duration::from_millis(50),
-            max_interval: Duration::from_millis(500),
-            max_elapsed: Duration::from_secs(5),
-        },
-        request_timeout: Duration::from_secs(10),
-        shutdown_timeout: Duration::from_secs(20),
-        exit_when_idle: Some(Duration::from_secs(2)),
-        indexer: None,
+        ..Config::for_test()
     }
 }
 
@@ -605,6 +596,10 @@ pub enum Intercept {
     /// Forward a SendMessageBatch with these entries removed, and answer them as failed
     /// with `code` (as SQS fails single entries): `(entry id, code)`.
     FailEntries(Vec<(String, String)>),
+    /// Close the connection without an answer.
+    Drop,
+    /// Forward it after `delay`: a slow answer.
+    Delay(Duration),
 }
 
 /// An SQS error response of the JSON protocol.
@@ -644,6 +639,11 @@ where
                         serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
                     let (request, failed) = match decide(&action, &json) {
                         Intercept::Pass => (request, Vec::new()),
+                        Intercept::Drop => return,
+                        Intercept::Delay(delay) => {
+                            tokio::time::sleep(delay).await;
+                            (request, Vec::new())
+                        }
                         Intercept::Reply { delay, response } => {
                             tokio::time::sleep(delay).await;
                             if inbound.write_all(&response).await.is_err() {
@@ -757,4 +757,64 @@ impl OutputWithin for std::process::Command {
     fn output_within(&mut self, deadline: Duration) -> std::process::Output {
         output_of(self, deadline)
     }
+}
+
+/// The switch of a [`tcp_proxy`].
+pub struct Switch {
+    /// Down: new connections are dropped.
+    down: std::sync::atomic::AtomicBool,
+    /// Bumped when going down: every open connection closes.
+    epoch: tokio::sync::watch::Sender<u64>,
+    /// Connections dropped because the proxy was down.
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Switch {
+    /// Down closes every open connection and drops every new one; up lets them through.
+    pub fn set_down(&self, down: bool) {
+        use std::sync::atomic::Ordering;
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.epoch.send_modify(|e| *e += 1);
+        }
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 to `upstream` (`host:port`: LocalStack, PostgreSQL) that
+/// holds each new connection for `hold` first, and can be switched down. Returns its
+/// address and its switch.
+pub async fn tcp_proxy(hold: Duration, upstream: String) -> (String, Arc<Switch>) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let switch = Arc::new(Switch {
+        down: AtomicBool::new(false),
+        epoch: tokio::sync::watch::channel(0).0,
+        dropped: AtomicU64::new(0),
+    });
+    let s = switch.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            if s.down.load(Ordering::SeqCst) {
+                s.dropped.fetch_add(1, Ordering::Relaxed);
+                drop(inbound);
+                continue;
+            }
+            let mut epoch = s.epoch.subscribe();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = epoch.changed() => {} // down: both ends close
+                }
+            });
+        }
+    });
+    (addr.to_string(), switch)
 }

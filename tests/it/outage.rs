@@ -4,66 +4,13 @@
 //! The worker keeps running, backs off without spinning, resumes, and loses nothing.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::helpers::*;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 const OUTAGE: Duration = Duration::from_secs(20);
 const EVENTS: u128 = 600;
-
-/// A TCP proxy that can be switched off.
-struct Switch {
-    down: AtomicBool,
-    /// Bumped when going down: every open connection closes.
-    epoch: watch::Sender<u64>,
-    /// Connections dropped because the proxy was down.
-    dropped: AtomicU64,
-}
-
-impl Switch {
-    fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-        if down {
-            self.epoch.send_modify(|e| *e += 1);
-        }
-    }
-}
-
-async fn tcp_proxy(upstream: String) -> (String, Arc<Switch>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let switch = Arc::new(Switch {
-        down: AtomicBool::new(false),
-        epoch: watch::channel(0).0,
-        dropped: AtomicU64::new(0),
-    });
-    let s = switch.clone();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            if s.down.load(Ordering::SeqCst) {
-                s.dropped.fetch_add(1, Ordering::Relaxed);
-                drop(inbound);
-                continue;
-            }
-            let mut epoch = s.epoch.subscribe();
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                    _ = epoch.changed() => {} // down: both ends close
-                }
-            });
-        }
-    });
-    (addr.to_string(), switch)
-}
 
 fn worker(q: &Queues, statsd: &StatsdCapture, env: &[(&str, String)]) -> Spawned {
     spawn_binary(
@@ -131,7 +78,11 @@ async fn sqs_unreachable_for_20s_is_waited_out_and_nothing_is_lost() {
     let q = Queues::create(10).await;
     let bodies: Vec<String> = (1..=EVENTS).map(|i| event(i, 1)).collect();
     send_bodies(&q.client, &q.source, &bodies).await;
-    let (proxy, switch) = tcp_proxy(endpoint().trim_start_matches("http://").into()).await;
+    let (proxy, switch) = tcp_proxy(
+        Duration::ZERO,
+        endpoint().trim_start_matches("http://").into(),
+    )
+    .await;
     let statsd = StatsdCapture::start();
     let mut child = worker(
         &q,
@@ -199,7 +150,7 @@ async fn postgres_store_gone_for_20s_is_waited_out_and_nothing_is_lost() {
         .and_then(|rest| rest.split('/').next())
         .unwrap_or("127.0.0.1:5432")
         .to_string();
-    let (proxy, switch) = tcp_proxy(pg_addr.clone()).await;
+    let (proxy, switch) = tcp_proxy(Duration::ZERO, pg_addr.clone()).await;
     let app_name = unique("outage");
     let via_proxy = format!(
         "{}?application_name={app_name}",

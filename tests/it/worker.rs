@@ -97,7 +97,7 @@ async fn invalid_messages_are_counted_and_left_in_the_queue() {
     let arrived = drain(&q.client, &q.dest, 2, Duration::from_secs(5)).await;
     assert_eq!(arrived.len(), 2);
 
-    app.metrics.flush(Duration::from_secs(1));
+    app.metrics().flush(Duration::from_secs(1));
     let lines = statsd.wait_for(Duration::from_secs(5), |l| {
         l.iter()
             .filter(|l| l.starts_with("forwarder.event.invalid"))
@@ -158,7 +158,7 @@ async fn a_missing_destination_pauses_its_route_without_retrying_and_keeps_messa
         "messages kept for a later try"
     );
 
-    app.metrics.flush(Duration::from_secs(1));
+    app.metrics().flush(Duration::from_secs(1));
     let lines = statsd.wait_for(Duration::from_secs(5), |l| {
         l.iter().filter(|l| *l == HTTP_FAILED).count() >= 2
     });
@@ -169,25 +169,6 @@ async fn a_missing_destination_pauses_its_route_without_retrying_and_keeps_messa
         !lines.iter().any(|l| l.starts_with("forwarder.retry")),
         "{lines:#?}"
     );
-}
-
-/// A TCP proxy to LocalStack that holds every new connection for `delay` first.
-async fn slow_proxy(delay: Duration) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let upstream = endpoint().trim_start_matches("http://").to_string();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-    format!("http://{addr}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,12 +196,14 @@ async fn a_slow_batch_stays_invisible_until_settled() {
     let app = App::from_sdk(q.config(None), &sdk_at(&flaky).await, Metrics::disabled()).unwrap();
     let source_worker = app.worker().await.unwrap();
 
-    let slow = aws_sdk_sqs::Client::new(&sdk_at(&slow_proxy(Duration::from_secs(5)).await).await);
+    let upstream = endpoint().trim_start_matches("http://").to_string();
+    let (slow, _switch) = tcp_proxy(Duration::from_secs(5), upstream).await;
+    let slow = aws_sdk_sqs::Client::new(&sdk_at(&format!("http://{slow}")).await);
     let forwarder = Forwarder::new(
         slow,
         &q.dest,
         1024 * 1024,
-        app.config.retry.clone(),
+        app.config().retry.clone(),
         Metrics::disabled(),
     );
     let worker = Arc::new(Worker::new(
@@ -263,9 +246,7 @@ async fn app_with_indexer(config: sqs_forwarder::config::Config, url: &str) -> A
             write_limit: None,
         },
     });
-    let mut app = app(config).await;
-    app.connect_indexer().await.unwrap();
-    app
+    app(config).await
 }
 
 #[tokio::test]
@@ -296,7 +277,7 @@ async fn forwarded_events_carry_tag_ids_and_are_otherwise_unchanged() {
 
     let arrived = drain(&q.client, &q.dest, 4, Duration::from_secs(5)).await;
     assert_eq!(arrived.len(), 3);
-    let indexer = app.indexer.clone().unwrap();
+    let indexer = app.indexer().cloned().unwrap();
     for original in &bodies {
         let id = event_id_of(original);
         let got = arrived.iter().find(|b| event_id_of(b) == id).unwrap();
@@ -346,7 +327,7 @@ async fn an_unreachable_store_keeps_the_batch_in_the_queue() {
     let app = app_with_indexer(q.config(None), &sqlite_url()).await;
     let worker = app.worker().await.unwrap();
     // The store goes away: every query fails until the retry bound (5 s in tests).
-    app.indexer.as_ref().unwrap().store().close().await;
+    app.indexer().unwrap().store().close().await;
 
     let mut totals = sqs_forwarder::worker::BatchOutcome::default();
     for _ in 0..10 {

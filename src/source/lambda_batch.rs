@@ -1,4 +1,6 @@
-//! A Lambda SQS batch as [`SourceMessage`]s, and the partial batch response.
+//! The translation between a Lambda SQS batch and the pipeline: its records as
+//! [`SourceMessage`]s, and the settlements back as the partial batch response. The driver
+//! (the runtime loop, the deadline) is [`crate::lambda`].
 //!
 //! Lambda's event source mapping receives and deletes; the function only says which
 //! messages were not settled (`batchItemFailures`). Those come back after their
