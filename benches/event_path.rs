@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench --bench event_path`. Target: at most 5 µs for a typical (8 KiB) event.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// criterion's macros generate functions without docs.
+#![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sqs_forwarder::event::{decode, Event};

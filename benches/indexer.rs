@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo bench --bench indexer` (PostgreSQL from FORWARDER_TEST_POSTGRES_URL).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// criterion's macros generate functions without docs.
+#![allow(missing_docs)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -12,6 +12,8 @@
 //! workers 1, 2, 4, 8, 16 (BENCH_WORKERS), and writes docs/throughput.svg.
 //! Under `cargo test` it runs once with 200 events and 4 workers, as a smoke test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// criterion's macros generate functions without docs.
+#![allow(missing_docs)]
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

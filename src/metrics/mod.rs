@@ -32,29 +32,43 @@ pub enum Counter {
     ///
     /// Tags: `plugin` (always `amazon-sqs`), `success` (`true` if the destination
     /// accepted the event, `false` if the send failed or errored).
-    HttpResponse { success: bool },
+    HttpResponse {
+        /// The `success` tag.
+        success: bool,
+    },
     /// `forwarder.event.invalid`: a message whose body is not a valid event. The message
     /// is not deleted; the queue's redrive policy takes it to its dead-letter queue.
     ///
     /// Tags: `reason`, one of [`crate::event::DecodeError::reason`].
-    InvalidEvent { reason: &'static str },
+    InvalidEvent {
+        /// The `reason` tag.
+        reason: &'static str,
+    },
     /// `forwarder.event.failed`: an event whose forward failed for good (permanent error
     /// or retries exhausted); its message is left in the source queue.
     ///
     /// Tags: `class`, the [`ErrorClass`] of the failure.
-    ForwardFailed { class: ErrorClass },
+    ForwardFailed {
+        /// The `class` tag.
+        class: ErrorClass,
+    },
     /// `forwarder.event.skipped`: an event not forwarded on purpose, as Sentry skips it.
     ///
     /// Tags: `reason` (`oversized`: over the size limit with no S3 bucket;
     /// `skip_unconfigured`: the project has no route).
-    EventSkipped { reason: &'static str },
+    EventSkipped {
+        /// The `reason` tag.
+        reason: &'static str,
+    },
     /// `forwarder.retry`: one retry of a call, before its backoff sleep.
     ///
     /// Tags: `operation` (an [`Operation`]: `receive`, `send`, `delete`,
     /// `change_visibility`, `get_attributes`, `s3_put`, `indexer_fetch`, …), `class`
     /// (`throttled`, `server_error`, `timeout`, `connection`).
     Retry {
+        /// The `operation` tag.
         operation: Operation,
+        /// The `class` tag.
         class: ErrorClass,
     },
     /// `forwarder.rate_limited`: an event over its organization's rate limit, deferred.
@@ -65,7 +79,10 @@ pub enum Counter {
     /// Tags: `cause` (`rate_limited`: its organization is over `FORWARDER_RATE_LIMIT`;
     /// `route_paused`: its destination is unusable for now; `held_back`: an earlier
     /// event of its FIFO group was not accepted).
-    EventDeferred { cause: &'static str },
+    EventDeferred {
+        /// The `cause` tag.
+        cause: &'static str,
+    },
     /// `forwarder.messages.received`: messages received from the source queue.
     MessagesReceived,
     /// `forwarder.messages.deleted`: source messages deleted after their event was accepted.
@@ -75,21 +92,34 @@ pub enum Counter {
     ///
     /// Tags: `stage` (a [`Stage`]: `decode`, `forward`), `reason` (a decode reason or an
     /// error class).
-    DeadLettered { stage: Stage, reason: &'static str },
+    DeadLettered {
+        /// The `stage` tag.
+        stage: Stage,
+        /// The `reason` tag.
+        reason: &'static str,
+    },
     /// `forwarder.indexer.lookup`: strings looked up by the indexer, by where the id came
     /// from.
     ///
     /// Tags: `fetch_type` (`shared`, `cache`, `db`, `first_seen`, `limited`).
-    IndexerLookup { fetch_type: &'static str },
+    IndexerLookup {
+        /// The `fetch_type` tag.
+        fetch_type: &'static str,
+    },
     /// `forwarder.indexer.refused`: strings given no id.
     ///
-    /// Tags: `reason` (`write_limit`, `too_long`, `empty_key`).
-    IndexerRefused { reason: &'static str },
+    /// Tags: `reason` (`write_limit`, `too_long`, `invalid_string`, `empty_key`).
+    IndexerRefused {
+        /// The `reason` tag.
+        reason: &'static str,
+    },
     /// `forwarder.sqs.error`: a call that failed for good (after retries).
     ///
     /// Tags: `operation` (as for `forwarder.retry`), `class`.
     AwsError {
+        /// The `operation` tag.
         operation: Operation,
+        /// The `class` tag.
         class: ErrorClass,
     },
 }
@@ -178,7 +208,10 @@ pub enum Gauge {
     /// credentials unusable), 0 otherwise; set at start and on every change.
     ///
     /// Tags: `route`, the destination queue's name.
-    RoutePaused { route: &'static str },
+    RoutePaused {
+        /// The `route` tag.
+        route: &'static str,
+    },
 }
 
 impl Gauge {
