@@ -18,32 +18,39 @@
 //!
 //! - [`config`]: every setting, as a flag and an environment variable, validated at start.
 //! - [`app`]: start-up: clients, metrics, and the healthcheck of each queue.
-//! - [`source`]: where events come from: long-polling the source queue, deleting,
+//! - `source` (internal): where events come from: long-polling the source queue, deleting,
 //!   extending visibility; or a Lambda SQS batch, as the same messages.
 //! - [`worker`]: the pool of pollers; [`worker::Worker::run_once`] is one step and
 //!   [`worker::run`] takes its shutdown signal as an argument.
 //! - [`pipeline`]: decode, index, forward, settling each message; shared by `run`,
 //!   `replay` and Lambda mode.
 //! - [`lambda`]: Lambda mode: one SQS batch per invocation, a partial batch response.
-//! - [`health`]: the liveness and readiness listener for Kubernetes probes.
+//! - `health` (internal): the liveness and readiness listener for Kubernetes probes.
 //! - [`event`]: the event, its decoder, and the encoder that adds `tag_ids`.
 //! - [`indexer`]: tag strings interned per organization into stable ids (shared strings,
 //!   cache, store, limits).
 //! - [`forward`]: where events go: batching within SQS limits, FIFO order, the rate
 //!   limit, route pauses, the dead-letter queue, and `track_response_metric`.
 //! - [`aws`]: SDK clients (SDK retries off), their errors, and the one decision of what
-//!   kind of failure an AWS error is ([`aws::classify`]).
+//!   kind of failure an AWS error is ([`aws::classify()`]).
 //! - [`retry`]: the one retry layer, knowing nothing of AWS: the backoff schedule, a
 //!   call retried, a batch retried entry by entry.
 //! - [`outcome`]: typed outcomes (stage, operation, error class, failure), the leaf
 //!   that every layer maps its errors to, once.
-//! - [`internal_events`]: each happening logged and counted together.
+//! - `internal_events` (internal): each happening logged and counted together.
 //! - [`metrics`]: every metric as a typed value, and the statsd sink.
 //! - [`telemetry`]: logging set-up.
 //! - [`check`], [`replay`]: the other commands.
 //!
+//! Modules marked internal are private to the crate; the rest is what the binary, the
+//! benches, the fuzz targets and the integration tests use.
+//!
 //! Dependencies point one way: `pipeline` → `forward` → `aws` → `retry` →
 //! `internal_events` → `metrics` → `outcome`.
+
+// Module docs link to private modules: they are the tour for maintainers
+// (`cargo doc --document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod app;
 pub mod aws;
@@ -51,15 +58,15 @@ pub mod check;
 pub mod config;
 pub mod event;
 pub mod forward;
-pub mod health;
+pub(crate) mod health;
 pub mod indexer;
-pub mod internal_events;
+pub(crate) mod internal_events;
 pub mod lambda;
 pub mod metrics;
 pub mod outcome;
 pub mod pipeline;
 pub mod replay;
 pub mod retry;
-pub mod source;
+pub(crate) mod source;
 pub mod telemetry;
 pub mod worker;

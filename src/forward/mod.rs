@@ -2,7 +2,7 @@
 //!
 //! Events are packed into batches of at most ten within SQS's byte limits
 //! ([`batch::plan`]); a batch's transiently failed entries are sent again on their own
-//! with backoff ([`crate::aws::retry_batch`]); [`sender`] does both, for the destination
+//! with backoff ([`crate::retry::retry_batch`]); [`sender`] does both, for the destination
 //! and for the dead-letter queue ([`dead_letter`]). Every forward runs inside
 //! [`track_response_metric`], which counts one `data-forwarding.http_response` per event
 //! sent. FIFO destinations get a message group ([`fifo`]) and the event id as
@@ -12,14 +12,14 @@
 //! ([`rate_limit`]) has its own events deferred, nobody else's; a destination that is
 //! unusable pauses its own route ([`pause`]), not the others.
 
-pub mod batch;
-pub mod dead_letter;
-pub mod fifo;
-pub mod offload;
-pub mod pause;
-pub mod rate_limit;
-pub mod router;
-pub mod sender;
+mod batch;
+mod dead_letter;
+mod fifo;
+mod offload;
+mod pause;
+mod rate_limit;
+mod router;
+mod sender;
 
 use std::borrow::Cow;
 use std::collections::HashMap;

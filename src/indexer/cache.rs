@@ -82,11 +82,6 @@ impl IdCache {
     pub fn len(&self) -> usize {
         self.inner.len()
     }
-
-    /// Whether it holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.inner.is_empty()
-    }
 }
 
 #[cfg(test)]

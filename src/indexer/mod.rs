@@ -15,7 +15,7 @@
 //! the bound the batch stays in the source queue, never dead-lettered. A read never
 //! writes: stale `last_seen` values are refreshed after the fact, best effort.
 
-pub mod cache;
+mod cache;
 pub mod limits;
 pub mod shared;
 pub mod store;

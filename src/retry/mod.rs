@@ -2,7 +2,7 @@
 //! a call retried ([`retry`]), and a batch call whose failed entries alone are sent
 //! again ([`retry_batch`]). It knows nothing of AWS: whether an error is worth another
 //! try is the error's own [`Classified::class`] (decided for AWS in
-//! [`crate::aws::classify`]).
+//! [`crate::aws::classify()`]).
 //!
 //! The SDK's own retries are off (see [`crate::aws`]); everything is retried here, so a
 //! call is never retried twice over and every retry is counted.

@@ -9,7 +9,7 @@ mod sqs;
 
 use std::time::SystemTime;
 
-pub use sqs::{queue_info, QueueInfo, SqsSource, MAX_BATCH, MAX_WAIT};
+pub use sqs::{queue_info, QueueInfo, SqsSource, MAX_BATCH};
 
 /// One message of the source queue.
 #[derive(Debug, Clone)]
