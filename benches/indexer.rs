@@ -2,7 +2,11 @@
 //! for SQLite and PostgreSQL. A batch is 10 events of 6 tags: 120 strings, 66 distinct
 //! and not shared, in one organization.
 //!
-//! Run: `cargo bench --bench indexer` (PostgreSQL from FORWARDER_TEST_POSTGRES_URL).
+//! And a cold process (empty in-process cache) looking up strings the fleet already
+//! knows: from the store alone, or from a warm shared cache (Redis) first.
+//!
+//! Run: `cargo bench --bench indexer` (PostgreSQL from FORWARDER_TEST_POSTGRES_URL, Redis
+//! from FORWARDER_TEST_REDIS_URL, default redis://127.0.0.1:6379).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // criterion's macros generate functions without docs.
 #![allow(missing_docs)]
@@ -10,7 +14,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use sqs_forwarder::indexer::{BulkRequest, Indexer, IndexerSettings, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqs_forwarder::indexer::{
+    BulkRequest, FetchType, Indexer, IndexerSettings, SharedCache, SharedCacheSettings, Store,
+};
 use sqs_forwarder::metrics::Metrics;
 use sqs_forwarder::retry::RetryPolicy;
 
@@ -85,7 +94,81 @@ fn bench(c: &mut Criterion) {
                 BatchSize::SmallInput,
             )
         });
+        cold_process(c, &rt, name, &indexer, org);
         rt.block_on(indexer.store().close());
+    }
+}
+
+/// A new process's first batch of strings the fleet knows: the store alone, against a
+/// warm Redis first. Each iteration builds a new indexer (untimed): a cold in-process
+/// cache on the same store pool and the same Redis connection.
+fn cold_process(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    warm: &Indexer,
+    org: u64,
+) {
+    let redis_url = std::env::var("FORWARDER_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let shared = SharedCache::new(
+        SharedCacheSettings {
+            url: redis_url,
+            version: 1,
+            ttl: Duration::from_secs(7200),
+            timeout: Duration::from_millis(200),
+        },
+        Metrics::disabled(),
+    )
+    .unwrap();
+    let known = batch(0);
+    let settings = IndexerSettings {
+        cache_size: 1_000,
+        write_limit: None,
+    };
+    let fresh = |shared: Option<Arc<SharedCache>>| {
+        let ix = Indexer::new(
+            warm.store().clone(),
+            &settings,
+            RetryPolicy::default(),
+            Metrics::disabled(),
+        );
+        match shared {
+            Some(s) => ix.with_shared_cache(s),
+            None => ix,
+        }
+    };
+    // Warm Redis: a process that read the strings from the store wrote them back.
+    rt.block_on(async {
+        let ix = fresh(Some(shared.clone()));
+        ix.bulk_record(&request(org, &known)).await.unwrap();
+        for _ in 0..100 {
+            let probe = fresh(Some(shared.clone()));
+            let found = probe.bulk_record(&request(org, &known)).await.unwrap();
+            if found[&org]
+                .values()
+                .all(|l| l.fetch_type == FetchType::SharedCache)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("Redis did not warm up (is it up?)");
+    });
+    for (tier, shared) in [("store", None), ("warm_redis", Some(shared))] {
+        c.bench_function(&format!("bulk_record/cold_process/{tier}/{name}"), |b| {
+            b.to_async(rt).iter_batched(
+                || fresh(shared.clone()),
+                |ix| {
+                    let known = &known;
+                    async move {
+                        let found = ix.bulk_record(&request(org, known)).await.unwrap();
+                        assert_eq!(found[&org].len(), 66);
+                    }
+                },
+                BatchSize::SmallInput,
+            )
+        });
     }
 }
 

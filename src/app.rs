@@ -19,7 +19,7 @@ use crate::forward::{
     DEFAULT_MAX_MESSAGE_BYTES,
 };
 use crate::health::Health;
-use crate::indexer::{Indexer, Store, StoreError};
+use crate::indexer::{shared_cache, Indexer, SharedCache, Store, StoreError};
 use crate::metrics::{sink, Metrics};
 use crate::outcome::Operation;
 use crate::pipeline::Pipeline;
@@ -44,6 +44,9 @@ pub enum StartError {
         /// Why.
         source: StoreError,
     },
+    /// The shared cache's URL is unusable.
+    #[error("FORWARDER_INDEXER_CACHE_URL: {0}")]
+    SharedCache(crate::indexer::shared_cache::CacheError),
     /// The health listener could not start.
     #[error(transparent)]
     Health(#[from] crate::health::HealthError),
@@ -71,12 +74,31 @@ pub async fn connect_indexer(
             url: config.database_url.redacted(),
             source,
         })?;
-    Ok(Indexer::new(
-        store,
-        &config.settings,
-        retry.clone(),
-        metrics.clone(),
-    ))
+    let indexer = Indexer::new(store, &config.settings, retry.clone(), metrics.clone());
+    let Some(settings) = &config.shared_cache else {
+        return Ok(indexer);
+    };
+    let shared =
+        SharedCache::new(settings.clone(), metrics.clone()).map_err(StartError::SharedCache)?;
+    Ok(indexer.with_shared_cache(shared))
+}
+
+/// Asks the shared cache once at start, so an operator sees at once that it is down.
+/// Not an error: lookups go to the store until it answers.
+pub async fn greet_shared_cache(indexer: &Indexer) {
+    let Some(shared) = indexer.shared_cache() else {
+        return;
+    };
+    match shared.ping().await {
+        Ok(()) => {
+            tracing::info!(url = %shared_cache::redacted(&shared.settings().url), "indexer shared cache reached")
+        }
+        Err(err) => tracing::warn!(
+            url = %shared_cache::redacted(&shared.settings().url),
+            error = %err,
+            "indexer shared cache not reachable at start: lookups go to the store until it answers"
+        ),
+    }
 }
 
 fn one_line(err: &AwsError) -> String {
@@ -123,6 +145,7 @@ impl App {
         let mut app = App::from_sdk(config, sdk, metrics)?;
         if let Some(ix) = &app.config.indexer {
             let indexer = connect_indexer(ix, &app.config.retry, &app.metrics).await?;
+            greet_shared_cache(&indexer).await;
             app.indexer = Some(Arc::new(indexer));
         }
         Ok(app)

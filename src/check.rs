@@ -134,7 +134,7 @@ async fn check_buckets(app: &App, report: &mut Report) {
     }
 }
 
-/// The indexer's store: opened and migrated.
+/// The indexer's store: opened and migrated; its shared cache, when set: reached.
 async fn check_indexer(app: &App, report: &mut Report) {
     let Some(ix) = &app.config().indexer else {
         return;
@@ -145,6 +145,17 @@ async fn check_indexer(app: &App, report: &mut Report) {
                 "FORWARDER_INDEXER_DATABASE_URL: opened {}",
                 ix.database_url
             ));
+            if let Some(shared) = indexer.shared_cache() {
+                let url = crate::indexer::shared_cache::redacted(&shared.settings().url);
+                match shared.ping().await {
+                    Ok(()) => report
+                        .ok
+                        .push(format!("FORWARDER_INDEXER_CACHE_URL: reached {url}")),
+                    Err(err) => report.problems.push(format!(
+                        "FORWARDER_INDEXER_CACHE_URL: {url} is not reachable: {err} (the worker would run, asking the store for every lookup)"
+                    )),
+                }
+            }
             indexer.store().close().await;
         }
         Err(err) => report.problems.push(err.to_string()),

@@ -379,3 +379,50 @@ impl InternalEvent for IndexerLookups<'_> {
         }
     }
 }
+
+/// A call to the indexer's shared cache (Redis) that gave no answer: the lookup went on
+/// to the store.
+pub struct SharedCacheError<'a> {
+    /// The `reason` tag: `timeout`, `connection`, `refused`, `breaker_open`.
+    pub reason: &'static str,
+    /// What Redis or the client said.
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for SharedCacheError<'_> {
+    fn emit(self, metrics: &Metrics) {
+        // Per call, so at debug: the breaker's warning says it once.
+        tracing::debug!(reason = self.reason, error = %self.error, "indexer shared cache: no answer, asking the store");
+        metrics.incr(Counter::IndexerCacheError {
+            reason: self.reason,
+        });
+    }
+}
+
+/// The shared cache's breaker opened: Redis failed repeatedly and is not asked until a
+/// probe answers.
+pub struct SharedCacheAway<'a> {
+    /// Until the probe.
+    pub cooldown: Duration,
+    /// The last failure.
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for SharedCacheAway<'_> {
+    fn emit(self, _metrics: &Metrics) {
+        tracing::warn!(
+            wait_ms = self.cooldown.as_millis() as u64,
+            error = %self.error,
+            "indexer shared cache unavailable: lookups go to the store until a probe answers"
+        );
+    }
+}
+
+/// The shared cache answered a probe: it is asked again.
+pub struct SharedCacheBack;
+
+impl InternalEvent for SharedCacheBack {
+    fn emit(self, _metrics: &Metrics) {
+        tracing::warn!("indexer shared cache answers again");
+    }
+}

@@ -391,6 +391,33 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub indexer_pool_size: u32,
 
+    /// The indexer's shared cache tier, redis://[user:password@]host:port[/db], asked
+    /// between the in-process cache and the store; unset: no shared tier.
+    #[arg(long, env = "FORWARDER_INDEXER_CACHE_URL", value_name = "URL", value_parser = redis_url,
+          hide_env_values = true, global = true)]
+    pub indexer_cache_url: Option<RedisUrl>,
+
+    /// The shared cache's key version (`:{version}:indexer:org:str:…`); bump it to drop
+    /// every key at once.
+    #[arg(
+        long,
+        env = "FORWARDER_INDEXER_CACHE_VERSION",
+        value_name = "N",
+        default_value_t = 1,
+        global = true
+    )]
+    pub indexer_cache_version: u32,
+
+    /// How long a shared cache key lives (plus up to a quarter more, spread per key).
+    #[arg(long, env = "FORWARDER_INDEXER_CACHE_TTL", value_name = "DURATION", default_value = "2h",
+          value_parser = ttl, global = true)]
+    pub indexer_cache_ttl: Duration,
+
+    /// The most a lookup waits for the shared cache before asking the store.
+    #[arg(long, env = "FORWARDER_INDEXER_CACHE_TIMEOUT", value_name = "DURATION", default_value = "50ms",
+          value_parser = cache_timeout, global = true)]
+    pub indexer_cache_timeout: Duration,
+
     /// New strings allowed per organization and window, N/DURATION; "off" for none.
     #[arg(long, env = "FORWARDER_INDEXER_WRITE_LIMIT", value_name = "N/DURATION", default_value = "1000/10s",
           value_parser = write_limit, global = true)]
@@ -410,6 +437,58 @@ fn duration(value: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(value)
         .map_err(|e| format!("{e}; expected seconds or a duration like 500ms, 30s, 2m"))
+}
+
+/// The shared cache's URL: its password never appears in Debug, Display or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The URL itself, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::indexer::shared_cache::redacted(&self.0))
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::indexer::shared_cache::redacted(&self.0))
+    }
+}
+
+fn redis_url(value: &str) -> Result<RedisUrl, String> {
+    let v = value.trim();
+    if !v.starts_with("redis://") {
+        return Err("expected redis://[user:password@]host:port[/db]".into());
+    }
+    // Parsed as the client will, so a URL it cannot use fails now; nothing connects.
+    match redis::Client::open(v) {
+        Ok(_) => Ok(RedisUrl(v.to_string())),
+        Err(e) => Err(format!(
+            "{}; expected redis://[user:password@]host:port[/db]",
+            e.detail().unwrap_or("not a usable URL")
+        )),
+    }
+}
+
+fn ttl(value: &str) -> Result<Duration, String> {
+    match duration(value)? {
+        d if d >= Duration::from_secs(1) => Ok(d),
+        _ => Err("must be at least 1s (Redis expires keys in whole seconds)".into()),
+    }
+}
+
+fn cache_timeout(value: &str) -> Result<Duration, String> {
+    match duration(value)? {
+        d if d >= Duration::from_millis(1) && d <= Duration::from_secs(10) => Ok(d),
+        _ => Err("must be between 1ms and 10s".into()),
+    }
 }
 
 /// `FORWARDER_INDEXER_WRITE_LIMIT`: a limit, or `off`.
@@ -591,6 +670,27 @@ mod tests {
             .err()
             .unwrap_or_default();
         assert!(err.starts_with("FORWARDER_INDEXER_DATABASE_URL: "), "{err}");
+    }
+
+    #[test]
+    fn the_shared_cache_url_is_checked_and_never_shown() {
+        let err = parse(&["run", "--indexer-cache-url", "memcached://h:11211"])
+            .err()
+            .unwrap_or_default();
+        assert!(err.starts_with("FORWARDER_INDEXER_CACHE_URL: "), "{err}");
+        let cli = Cli::parse_or_one_line([
+            "sqs-forwarder",
+            "run",
+            "--indexer-cache-url",
+            "redis://u:hunter2@cache:6379/0",
+        ]);
+        let shown = format!("{cli:?}");
+        assert!(shown.contains("redis://u:***@cache:6379/0"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let err = parse(&["run", "--indexer-cache-ttl", "0"])
+            .err()
+            .unwrap_or_default();
+        assert!(err.starts_with("FORWARDER_INDEXER_CACHE_TTL: "), "{err}");
     }
 
     #[test]

@@ -119,6 +119,8 @@ pub struct IndexerConfig {
     pub pool_size: u32,
     /// Cache size and write limit.
     pub settings: crate::indexer::IndexerSettings,
+    /// The shared cache tier (`FORWARDER_INDEXER_CACHE_URL`), when set.
+    pub shared_cache: Option<crate::indexer::SharedCacheSettings>,
 }
 
 impl Config {
@@ -196,6 +198,14 @@ impl Settings {
                 cache_size: self.indexer_cache_size,
                 write_limit: self.indexer_write_limit.0,
             },
+            shared_cache: self.indexer_cache_url.as_ref().map(|url| {
+                crate::indexer::SharedCacheSettings {
+                    url: url.expose().to_string(),
+                    version: self.indexer_cache_version,
+                    ttl: self.indexer_cache_ttl,
+                    timeout: self.indexer_cache_timeout,
+                }
+            }),
         }
     }
 }

@@ -5,8 +5,11 @@
 //!
 //! 1. [`shared`]: common strings with ids fixed in code, never stored.
 //! 2. [`cache`]: a bounded in-process cache; ids never change, so it is never stale.
-//! 3. [`store`] read: one bulk query per batch for every miss.
-//! 4. [`store`] create: insert-or-ignore what is still missing, then read back, within
+//! 3. [`shared_cache`] (when `FORWARDER_INDEXER_CACHE_URL` is set): Redis, shared by
+//!    every process, one `MGET` per batch for every miss; what the store gives is
+//!    written back in one pipeline. Optional at run time: it fails over to the store.
+//! 4. [`store`] read: one bulk query per batch for every miss.
+//! 5. [`store`] create: insert-or-ignore what is still missing, then read back, within
 //!    the per-organization write limit ([`limits`]).
 //!
 //! A string refused (over 200 characters, one the store cannot hold such as U+0000, or
@@ -18,6 +21,7 @@
 mod cache;
 pub mod limits;
 pub mod shared;
+pub mod shared_cache;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -31,6 +35,7 @@ use crate::outcome::Operation;
 use crate::retry::{retry, RetryPolicy};
 
 pub use limits::{WriteLimit, MAX_STRING_CHARS};
+pub use shared_cache::{SharedCache, SharedCacheSettings};
 pub use store::{Store, StoreError};
 
 use cache::IdCache;
@@ -43,6 +48,8 @@ pub enum FetchType {
     Shared,
     /// The in-process cache.
     Cache,
+    /// The shared cache (Redis).
+    SharedCache,
     /// A store read.
     Db,
     /// Created now.
@@ -57,6 +64,7 @@ impl FetchType {
         match self {
             FetchType::Shared => "shared",
             FetchType::Cache => "cache",
+            FetchType::SharedCache => "shared_cache",
             FetchType::Db => "db",
             FetchType::FirstSeen => "first_seen",
             FetchType::Limited => "limited",
@@ -274,6 +282,8 @@ pub struct Indexer {
     metrics: Metrics,
     /// Stale `last_seen` values, refreshed after the fact.
     touches: Touches,
+    /// The shared tier (Redis), when configured: asked before the store.
+    shared_cache: Option<Arc<SharedCache>>,
 }
 
 impl Indexer {
@@ -291,7 +301,19 @@ impl Indexer {
             policy,
             metrics,
             touches: Touches::default(),
+            shared_cache: None,
         }
+    }
+
+    /// The same indexer, asking `cache` (Redis) before the store.
+    pub fn with_shared_cache(mut self, cache: Arc<SharedCache>) -> Self {
+        self.shared_cache = Some(cache);
+        self
+    }
+
+    /// The shared tier, when configured.
+    pub fn shared_cache(&self) -> Option<&Arc<SharedCache>> {
+        self.shared_cache.as_ref()
     }
 
     /// The store, for closing it.
@@ -310,8 +332,12 @@ impl Indexer {
     ) -> Result<BulkResult<'a>, IndexerError> {
         let mut tally = Tally::default();
         let (mut result, misses) = self.look_up_known(request, &mut tally);
+        let misses = self
+            .read_shared_cache(misses, &mut result, &mut tally)
+            .await;
         let misses = self.read_store(misses, &mut result, &mut tally).await?;
         self.create(misses, &mut result, &mut tally).await?;
+        self.write_back(&result);
         tally.emit(&self.metrics);
         self.metrics
             .gauge(Gauge::IndexerCacheSize, self.cache.len() as u64);
@@ -351,7 +377,68 @@ impl Indexer {
         (result, misses)
     }
 
-    /// Step 3: one store read for every miss. Returns what is still missing. Stale
+    /// Step 3: one `MGET` to the shared cache for every miss, when there is one. Returns
+    /// what is still missing; everything, when Redis gives no answer.
+    async fn read_shared_cache<'a>(
+        &self,
+        misses: Vec<(u64, &'a str)>,
+        result: &mut BulkResult<'a>,
+        tally: &mut Tally,
+    ) -> Vec<(u64, &'a str)> {
+        let Some(shared) = &self.shared_cache else {
+            return misses;
+        };
+        if misses.is_empty() {
+            return misses;
+        }
+        let version = shared.settings().version;
+        let keys: Vec<String> = misses
+            .iter()
+            .map(|&(org, s)| shared_cache::key(version, org, s))
+            .collect();
+        let Ok(ids) = shared.get_many(&keys).await else {
+            return misses;
+        };
+        let mut left = Vec::new();
+        for (&(org, s), id) in misses.iter().zip(ids) {
+            match id {
+                Some(id) => {
+                    self.cache.insert(org, s, id);
+                    tally.lookup(FetchType::SharedCache, 1);
+                    result
+                        .entry(org)
+                        .or_default()
+                        .insert(s, Lookup::found(id, FetchType::SharedCache));
+                }
+                None => left.push((org, s)),
+            }
+        }
+        left
+    }
+
+    /// Every id the store gave (read or created) goes to the shared cache, in one
+    /// pipeline, in the background.
+    fn write_back(&self, result: &BulkResult<'_>) {
+        let Some(shared) = &self.shared_cache else {
+            return;
+        };
+        let version = shared.settings().version;
+        let entries: Vec<(String, u64)> = result
+            .iter()
+            .flat_map(|(&org, found)| {
+                found.iter().filter_map(move |(s, lookup)| match lookup {
+                    Lookup {
+                        id: Some(id),
+                        fetch_type: FetchType::Db | FetchType::FirstSeen,
+                    } => Some((shared_cache::key(version, org, s), *id)),
+                    _ => None,
+                })
+            })
+            .collect();
+        shared.set_many_later(entries);
+    }
+
+    /// Step 4: one store read for every miss. Returns what is still missing. Stale
     /// `last_seen` values are refreshed later ([`Touches`]): a read never writes.
     async fn read_store<'a>(
         &self,
@@ -375,7 +462,7 @@ impl Indexer {
             .collect())
     }
 
-    /// Step 4: create what is still missing, within each organization's write limit.
+    /// Step 5: create what is still missing, within each organization's write limit.
     async fn create<'a>(
         &self,
         misses: Vec<(u64, &'a str)>,
@@ -484,9 +571,22 @@ impl Indexer {
         if limits::refusal(s).is_some() {
             return Ok(None);
         }
+        if let Some(shared) = &self.shared_cache {
+            let key = shared_cache::key(shared.settings().version, org, s);
+            if let Ok(ids) = shared.get_many(std::slice::from_ref(&key)).await {
+                if let Some(&Some(id)) = ids.first() {
+                    self.cache.insert(org, s, id);
+                    return Ok(Some(id));
+                }
+            }
+        }
         let rows = self.timed(StoreOp::Fetch, &[(org, s)]).await?;
         Ok(rows.first().map(|r| {
             self.cache.insert(org, s, r.id);
+            if let Some(shared) = &self.shared_cache {
+                let key = shared_cache::key(shared.settings().version, org, s);
+                shared.set_many_later(vec![(key, r.id)]);
+            }
             r.id
         }))
     }

@@ -101,7 +101,8 @@ pub enum Counter {
     /// `forwarder.indexer.lookup`: strings looked up by the indexer, by where the id came
     /// from.
     ///
-    /// Tags: `fetch_type` (`shared`, `cache`, `db`, `first_seen`, `limited`).
+    /// Tags: `fetch_type` (`shared`, `cache`, `shared_cache`, `db`, `first_seen`,
+    /// `limited`).
     IndexerLookup {
         /// The `fetch_type` tag.
         fetch_type: &'static str,
@@ -110,6 +111,15 @@ pub enum Counter {
     ///
     /// Tags: `reason` (`write_limit`, `too_long`, `invalid_string`, `empty_key`).
     IndexerRefused {
+        /// The `reason` tag.
+        reason: &'static str,
+    },
+    /// `forwarder.indexer.cache.error`: a call to the indexer's shared cache (Redis) that
+    /// gave no answer; the lookup went on to the store.
+    ///
+    /// Tags: `reason` (`timeout`, `connection`, `refused`: Redis answered an error,
+    /// `breaker_open`: not asked, Redis failed repeatedly).
+    IndexerCacheError {
         /// The `reason` tag.
         reason: &'static str,
     },
@@ -140,6 +150,7 @@ impl Counter {
             Counter::IndexerLookup { .. } => "forwarder.indexer.lookup",
             Counter::DeadLettered { .. } => "forwarder.dead_letter",
             Counter::IndexerRefused { .. } => "forwarder.indexer.refused",
+            Counter::IndexerCacheError { .. } => "forwarder.indexer.cache.error",
         }
     }
 
@@ -151,6 +162,7 @@ impl Counter {
             ],
             Counter::InvalidEvent { reason }
             | Counter::IndexerRefused { reason }
+            | Counter::IndexerCacheError { reason }
             | Counter::EventSkipped { reason } => {
                 vec![("reason", reason)]
             }

@@ -21,4 +21,5 @@ mod offload;
 mod outage;
 mod routes;
 mod secrets;
+mod shared_cache;
 mod worker;

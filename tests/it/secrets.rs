@@ -12,8 +12,15 @@ const DB_PASSWORD: &str = "pw-Zq81xK";
 const AWS_SECRET: &str = "aws-secret-Hn27vQ";
 const SESSION_TOKEN: &str = "session-token-Tr55mW";
 const PROFILE_SECRET: &str = "profile-secret-Lp09aX";
+const REDIS_PASSWORD: &str = "redis-pw-Vb63sD";
 
-const SECRETS: [&str; 4] = [DB_PASSWORD, AWS_SECRET, SESSION_TOKEN, PROFILE_SECRET];
+const SECRETS: [&str; 5] = [
+    DB_PASSWORD,
+    AWS_SECRET,
+    SESSION_TOKEN,
+    PROFILE_SECRET,
+    REDIS_PASSWORD,
+];
 
 fn run(args: &[&str], env: &[(&str, String)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"))
@@ -84,6 +91,12 @@ async fn secrets_never_reach_logs_errors_or_debug_output() {
         ),
         ("FORWARDER_EXIT_WHEN_IDLE", "2".into()),
         ("FORWARDER_RECEIVE_WAIT_SECONDS", "1".into()),
+        // The test Redis has no password: it refuses the AUTH, and the worker logs why
+        // (lookups go to the store), still without the password.
+        (
+            "FORWARDER_INDEXER_CACHE_URL",
+            format!("redis://:{REDIS_PASSWORD}@127.0.0.1:6379"),
+        ),
     ];
 
     // A whole run at trace level: start-up configuration, SDK requests, the indexer.

@@ -245,6 +245,7 @@ async fn app_with_indexer(config: sqs_forwarder::config::Config, url: &str) -> A
             cache_size: 1000,
             write_limit: None,
         },
+        shared_cache: None,
     });
     app(config).await
 }
