@@ -32,8 +32,48 @@ use sqs_forwarder::config::Config;
 use sqs_forwarder::metrics::Metrics;
 use sqs_forwarder::retry::RetryPolicy;
 
+#[path = "support/sqs_standin.rs"]
+mod sqs_standin;
+
+/// Where SQS is: the stand-in's address when `BENCH_SQS=standin`, else LocalStack.
+static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn endpoint() -> String {
-    std::env::var("FORWARDER_TEST_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+    ENDPOINT.get().cloned().unwrap_or_else(|| {
+        std::env::var("FORWARDER_TEST_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+    })
+}
+
+/// This process's user + system CPU time so far (from /proc/self/stat, in clock ticks of
+/// 10 ms).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Duration::from_millis(fields.iter().sum::<u64>() * 10)
+}
+
+/// `f`'s result and the CPU this process spent on it, per event in µs.
+async fn with_cpu<T>(n: usize, f: impl std::future::Future<Output = T>) -> (T, f64) {
+    let before = cpu_time();
+    let out = f.await;
+    let spent = cpu_time().saturating_sub(before);
+    (out, spent.as_secs_f64() * 1e6 / n as f64)
+}
+
+/// The size of each event's body (`BENCH_EVENT_BYTES`, default 8192: Sentry's typical
+/// error event). The padding sits in a field the forwarder never reads.
+fn event_bytes() -> usize {
+    std::env::var("BENCH_EVENT_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8192)
 }
 
 /// SQS calls by operation.
@@ -112,11 +152,16 @@ async fn sdk(calls: Arc<Calls>) -> aws_config::SdkConfig {
 }
 
 fn event(n: usize) -> String {
-    format!(
-        r#"{{"event_id":"{n:032x}","project_id":42,"organization_id":7,"platform":"python","level":"error","message":"ZeroDivisionError: division by zero","tags":[["environment","production"],["level","error"],["release","backend@24.11.0"],["server_name","web-{}"],["user","id:{}"]],"extra":{{"n":{n}}}}}"#,
+    let head = format!(
+        r#"{{"event_id":"{n:032x}","project_id":42,"organization_id":7,"platform":"python","level":"error","message":"ZeroDivisionError: division by zero","tags":[["environment","production"],["level","error"],["release","backend@24.11.0"],["server_name","web-{}"],["user","id:{}"]],"extra":{{"n":{n},"pad":""#,
         n % 8,
         n % 100
-    )
+    );
+    let pad = event_bytes().saturating_sub(head.len() + 3);
+    let mut body = head;
+    body.extend(std::iter::repeat_n('x', pad));
+    body.push_str(r#""}}"#);
+    body
 }
 
 async fn create_queue(client: &Client, name: &str) -> String {
@@ -317,6 +362,7 @@ async fn forwarder(
 
 /// The release binary on `n` events, as a child; its peak RSS in KiB.
 async fn binary_rss(client: &Client, n: usize, workers: usize) -> Option<u64> {
+    let n = n.min(2000);
     let tag = format!("tp-rss-{:08x}", fastrand::u32(..));
     let source = create_queue(client, &format!("{tag}-src")).await;
     let dest = create_queue(client, &format!("{tag}-dst")).await;
@@ -356,6 +402,16 @@ async fn binary_rss(client: &Client, n: usize, workers: usize) -> Option<u64> {
     }
 }
 
+/// The stand-in's process, stopped with the bench.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A line plot of events/s against workers, forwarder and ceiling, as SVG.
 fn svg(rows: &[(usize, f64, f64)]) -> String {
     let (w, h, pad) = (640.0, 400.0, 60.0);
@@ -372,7 +428,7 @@ fn svg(rows: &[(usize, f64, f64)]) -> String {
     let mut out = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="24" text-anchor="middle" font-size="15">events/s by worker count (LocalStack, batches of 10)</text>
+<text x="{}" y="24" text-anchor="middle" font-size="15">events/s by worker count ({}, batches of 10)</text>
 <line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/>
 <line x1="{pad}" y1="{pad}" x2="{pad}" y2="{}" stroke="black"/>
 <polyline fill="none" stroke="#999" stroke-width="2" stroke-dasharray="6 4" points="{}"/>
@@ -382,6 +438,7 @@ fn svg(rows: &[(usize, f64, f64)]) -> String {
 <text x="{}" y="{}" text-anchor="middle">workers</text>
 "##,
         w / 2.0,
+        if ENDPOINT.get().is_some() { "in-memory SQS stand-in" } else { "LocalStack" },
         h - pad,
         w - pad,
         h - pad,
@@ -419,6 +476,16 @@ fn svg(rows: &[(usize, f64, f64)]) -> String {
 }
 
 fn main() {
+    if std::env::var_os("BENCH_STANDIN_SERVE").is_some() {
+        sqs_standin::serve();
+        return;
+    }
+    // BENCH_SQS=standin: the in-memory stand-in, in its own process, instead of LocalStack.
+    let _standin = (std::env::var("BENCH_SQS").as_deref() == Ok("standin")).then(|| {
+        let (child, endpoint) = sqs_standin::spawn();
+        let _ = ENDPOINT.set(endpoint);
+        KillOnDrop(child)
+    });
     let full = std::env::args().any(|a| a == "--bench");
     let n: usize = std::env::var("BENCH_EVENTS")
         .ok()
@@ -433,8 +500,13 @@ fn main() {
         let calls = Arc::new(Calls::default());
         let sdk = sdk(calls.clone()).await;
         let client = Client::new(&sdk);
-        println!("{n} events per run, batches of 10, LocalStack at {}", endpoint());
-        println!("workers | ceiling ev/s | forwarder ev/s | ratio | calls/event (receive, send, delete): ceiling | forwarder");
+        let sqs = if ENDPOINT.get().is_some() { "the stand-in" } else { "LocalStack" };
+        println!(
+            "{n} events of {} bytes per run, batches of 10, {sqs} at {}",
+            event(0).len(),
+            endpoint()
+        );
+        println!("workers | ceiling ev/s | forwarder ev/s | ratio | CPU µs/event: ceiling | forwarder | ratio | calls/event (receive, send, delete): ceiling | forwarder");
         let mut rows = Vec::new();
         for &w in &workers {
             let tag = format!("tp-{:08x}", fastrand::u32(..));
@@ -447,9 +519,9 @@ fn main() {
             fill(&client, &queues[0], n).await;
             fill(&client, &queues[2], n).await;
             calls.take();
-            let bare = ceiling(&client, &queues[0], &queues[1], n, w).await;
+            let (bare, bare_cpu) = with_cpu(n, ceiling(&client, &queues[0], &queues[1], n, w)).await;
             let bare_calls = calls.take();
-            let ours = forwarder(&sdk, &queues[2], &queues[3], n, w).await;
+            let (ours, our_cpu) = with_cpu(n, forwarder(&sdk, &queues[2], &queues[3], n, w)).await;
             let our_calls = calls.take();
             let per = |c: [u64; 4]| {
                 format!(
@@ -460,8 +532,9 @@ fn main() {
                 )
             };
             println!(
-                "{w:>7} | {bare:>12.0} | {ours:>14.0} | {:>4.0}% | {} | {} (+{} start-up calls)",
+                "{w:>7} | {bare:>12.0} | {ours:>14.0} | {:>4.0}% | {bare_cpu:>6.1} | {our_cpu:>6.1} | {:.2}x | {} | {} (+{} start-up calls)",
                 100.0 * ours / bare,
+                our_cpu / bare_cpu,
                 per(bare_calls),
                 per(our_calls),
                 our_calls[3]
@@ -471,14 +544,25 @@ fn main() {
                 let _ = client.delete_queue().queue_url(q).send().await;
             }
         }
-        if let Some(kib) = binary_rss(&client, n, 4).await {
+        let rss_workers: usize = std::env::var("BENCH_RSS_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if full { 16 } else { 4 });
+        if let Some(kib) = binary_rss(&client, n, rss_workers).await {
             println!(
-                "peak RSS of `sqs-forwarder run` (4 workers, {n} events, indexer on SQLite): {:.1} MiB",
+                "peak RSS of `sqs-forwarder run` ({rss_workers} workers, {} events of {} bytes, indexer on SQLite): {:.1} MiB",
+                n.min(2000),
+                event(0).len(),
                 kib as f64 / 1024.0
             );
         }
         if full && rows.len() > 1 {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/throughput.svg");
+            let name = match std::env::var("BENCH_PLOT") {
+                Ok(name) => name,
+                Err(_) if ENDPOINT.get().is_some() => "throughput-standin.svg".into(),
+                Err(_) => "throughput.svg".into(),
+            };
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join(name);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, svg(&rows)).unwrap();
             println!("plot: {}", path.display());
