@@ -49,7 +49,10 @@ fn endpoint() -> String {
 fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
     let fields: Vec<u64> = after
         .split_whitespace()
         .skip(11)
@@ -438,7 +441,11 @@ fn svg(rows: &[(usize, f64, f64)]) -> String {
 <text x="{}" y="{}" text-anchor="middle">workers</text>
 "##,
         w / 2.0,
-        if ENDPOINT.get().is_some() { "in-memory SQS stand-in" } else { "LocalStack" },
+        if ENDPOINT.get().is_some() {
+            "in-memory SQS stand-in"
+        } else {
+            "LocalStack"
+        },
         h - pad,
         w - pad,
         h - pad,

@@ -58,7 +58,9 @@ pub fn serve() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let base = format!("http://{addr}");
         println!("listening {base}");
@@ -169,12 +171,18 @@ impl StandIn {
                     keeps: !name.ends_with("-dst"),
                     ..Queue::default()
                 });
-                (200, json!({"QueueUrl": format!("{}/000000000000/{name}", self.base)}))
+                (
+                    200,
+                    json!({"QueueUrl": format!("{}/000000000000/{name}", self.base)}),
+                )
             }
             "GetQueueUrl" => {
                 let name = input["QueueName"].as_str().unwrap_or_default();
                 if state.queues.contains_key(name) {
-                    (200, json!({"QueueUrl": format!("{}/000000000000/{name}", self.base)}))
+                    (
+                        200,
+                        json!({"QueueUrl": format!("{}/000000000000/{name}", self.base)}),
+                    )
                 } else {
                     error("QueueDoesNotExist", "no such queue")
                 }
@@ -201,16 +209,18 @@ impl StandIn {
                     "SendMessage" => vec![json!({"Id": "0", "MessageBody": input["MessageBody"]})],
                     _ => input["Entries"].as_array().cloned().unwrap_or_default(),
                 };
-                let state = &mut *state;
-                let Some(q) = state.queues.get_mut(&name) else {
+                let st = &mut *state;
+                let Some(q) = st.queues.get_mut(&name) else {
                     return error("QueueDoesNotExist", "no such queue");
                 };
                 let mut ok = Vec::with_capacity(entries.len());
                 for e in &entries {
                     let body = e["MessageBody"].as_str().unwrap_or_default();
-                    state.next_id += 1;
-                    let id = format!("{:032x}", state.next_id);
-                    ok.push(json!({"Id": e["Id"], "MessageId": id, "MD5OfMessageBody": md5_hex(body)}));
+                    st.next_id += 1;
+                    let id = format!("{:032x}", st.next_id);
+                    ok.push(
+                        json!({"Id": e["Id"], "MessageId": id, "MD5OfMessageBody": md5_hex(body)}),
+                    );
                     if q.keeps {
                         q.visible.push_back((id, body.to_string()));
                     } else {
@@ -221,7 +231,10 @@ impl StandIn {
                 self.arrived.notify_waiters();
                 if action == "SendMessage" {
                     let first = ok.into_iter().next().unwrap_or_default();
-                    (200, json!({"MessageId": first["MessageId"], "MD5OfMessageBody": first["MD5OfMessageBody"]}))
+                    (
+                        200,
+                        json!({"MessageId": first["MessageId"], "MD5OfMessageBody": first["MD5OfMessageBody"]}),
+                    )
                 } else {
                     (200, json!({"Successful": ok, "Failed": []}))
                 }
@@ -248,7 +261,10 @@ impl StandIn {
     /// Up to `MaxNumberOfMessages`, waiting up to `WaitTimeSeconds` for the first.
     async fn receive(&self, input: &Value) -> (u16, Value) {
         let name = Self::queue_name(&input["QueueUrl"]);
-        let max = input["MaxNumberOfMessages"].as_u64().unwrap_or(1).clamp(1, 10) as usize;
+        let max = input["MaxNumberOfMessages"]
+            .as_u64()
+            .unwrap_or(1)
+            .clamp(1, 10) as usize;
         let wait = Duration::from_secs(input["WaitTimeSeconds"].as_u64().unwrap_or(0).min(20));
         let deadline = tokio::time::Instant::now() + wait;
         loop {
