@@ -11,6 +11,11 @@
 //! `cargo bench --bench throughput` (needs `make localstack`): N=5000 (BENCH_EVENTS),
 //! workers 1, 2, 4, 8, 16 (BENCH_WORKERS), and writes docs/throughput.svg.
 //! Under `cargo test` it runs once with 200 events and 4 workers, as a smoke test.
+//!
+//! `BENCH_SQS=standin`: against the in-memory SQS stand-in (`support/sqs_standin.rs`, in
+//! its own process) instead of LocalStack. `BENCH_EVENT_BYTES`: the event size (8192).
+//! `BENCH_ONLY=ceiling|forwarder`: one loop only, to profile it. Each loop's CPU per
+//! event is this process's user + system time over the loop.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // criterion's macros generate functions without docs.
 #![allow(missing_docs)]
@@ -526,9 +531,19 @@ fn main() {
             fill(&client, &queues[0], n).await;
             fill(&client, &queues[2], n).await;
             calls.take();
-            let (bare, bare_cpu) = with_cpu(n, ceiling(&client, &queues[0], &queues[1], n, w)).await;
+            // BENCH_ONLY=ceiling|forwarder runs one loop (for a profiler); the other shows 1.
+            let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+            let (bare, bare_cpu) = if only == "forwarder" {
+                (1.0, 1.0)
+            } else {
+                with_cpu(n, ceiling(&client, &queues[0], &queues[1], n, w)).await
+            };
             let bare_calls = calls.take();
-            let (ours, our_cpu) = with_cpu(n, forwarder(&sdk, &queues[2], &queues[3], n, w)).await;
+            let (ours, our_cpu) = if only == "ceiling" {
+                (1.0, 1.0)
+            } else {
+                with_cpu(n, forwarder(&sdk, &queues[2], &queues[3], n, w)).await
+            };
             let our_calls = calls.take();
             let per = |c: [u64; 4]| {
                 format!(
