@@ -14,7 +14,7 @@
 //!
 //! `BENCH_SQS=standin`: against the in-memory SQS stand-in (`support/sqs_standin.rs`, in
 //! its own process) instead of LocalStack. `BENCH_EVENT_BYTES`: the event size (8192).
-//! `BENCH_ONLY=ceiling|forwarder`: one loop only, to profile it. Each loop's CPU per
+//! `BENCH_ONLY=ceiling|forwarder|none`: one loop only (or none), to profile it. Each loop's CPU per
 //! event is this process's user + system time over the loop.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // criterion's macros generate functions without docs.
@@ -326,14 +326,14 @@ fn config(source: &str, dest: &str, data_dir: &std::path::Path, workers: usize) 
     config
 }
 
-/// The forwarder's worker step in `workers` tasks. Events per second.
-async fn forwarder(
+/// The forwarder's worker, built as `sqs-forwarder run` builds it (clients, healthchecks,
+/// the SQLite indexer): start-up, kept out of the measured loop.
+async fn forwarder_worker(
     sdk: &aws_config::SdkConfig,
     source: &str,
     dest: &str,
-    n: usize,
     workers: usize,
-) -> f64 {
+) -> Arc<sqs_forwarder::worker::Worker> {
     let dir = std::env::temp_dir().join(format!(
         "throughput-{}-{}",
         std::process::id(),
@@ -346,7 +346,11 @@ async fn forwarder(
     )
     .await
     .unwrap();
-    let worker = Arc::new(app.worker().await.unwrap());
+    Arc::new(app.worker().await.unwrap())
+}
+
+/// The forwarder's worker step in `workers` tasks. Events per second.
+async fn forwarder(worker: Arc<sqs_forwarder::worker::Worker>, n: usize, workers: usize) -> f64 {
     let done = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(std::sync::OnceLock::new());
     let started = Instant::now();
@@ -487,6 +491,63 @@ fn svg(rows: &[(usize, f64, f64)]) -> String {
     out
 }
 
+/// One worker count: both loops on fresh queues, one printed row. Returns
+/// (workers, forwarder ev/s, ceiling ev/s).
+async fn row(
+    sdk: &aws_config::SdkConfig,
+    client: &Client,
+    calls: &Calls,
+    n: usize,
+    w: usize,
+) -> (usize, f64, f64) {
+    let tag = format!("tp-{:08x}", fastrand::u32(..));
+    let queues = [
+        create_queue(client, &format!("{tag}-c-src")).await,
+        create_queue(client, &format!("{tag}-c-dst")).await,
+        create_queue(client, &format!("{tag}-f-src")).await,
+        create_queue(client, &format!("{tag}-f-dst")).await,
+    ];
+    fill(client, &queues[0], n).await;
+    fill(client, &queues[2], n).await;
+    calls.take();
+    // BENCH_ONLY=ceiling|forwarder runs one loop (for a profiler), `none` neither
+    // (the set-up alone, to subtract); a loop not run shows 1.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let (bare, bare_cpu) = if !only.is_empty() && only != "ceiling" {
+        (1.0, 1.0)
+    } else {
+        with_cpu(n, ceiling(client, &queues[0], &queues[1], n, w)).await
+    };
+    let bare_calls = calls.take();
+    let (ours, our_cpu) = if !only.is_empty() && only != "forwarder" {
+        (1.0, 1.0)
+    } else {
+        let worker = forwarder_worker(sdk, &queues[2], &queues[3], w).await;
+        with_cpu(n, forwarder(worker, n, w)).await
+    };
+    let our_calls = calls.take();
+    let per = |c: [u64; 4]| {
+        format!(
+            "{:.3}, {:.3}, {:.3}",
+            c[0] as f64 / n as f64,
+            c[1] as f64 / n as f64,
+            c[2] as f64 / n as f64
+        )
+    };
+    println!(
+        "{w:>7} | {bare:>12.0} | {ours:>14.0} | {:>4.0}% | {bare_cpu:>6.1} | {our_cpu:>6.1} | {:.2}x | {} | {} (+{} start-up calls)",
+        100.0 * ours / bare,
+        our_cpu / bare_cpu,
+        per(bare_calls),
+        per(our_calls),
+        our_calls[3]
+    );
+    for q in &queues {
+        let _ = client.delete_queue().queue_url(q).send().await;
+    }
+    (w, ours, bare)
+}
+
 fn main() {
     if std::env::var_os("BENCH_STANDIN_SERVE").is_some() {
         sqs_standin::serve();
@@ -521,50 +582,7 @@ fn main() {
         println!("workers | ceiling ev/s | forwarder ev/s | ratio | CPU µs/event: ceiling | forwarder | ratio | calls/event (receive, send, delete): ceiling | forwarder");
         let mut rows = Vec::new();
         for &w in &workers {
-            let tag = format!("tp-{:08x}", fastrand::u32(..));
-            let queues = [
-                create_queue(&client, &format!("{tag}-c-src")).await,
-                create_queue(&client, &format!("{tag}-c-dst")).await,
-                create_queue(&client, &format!("{tag}-f-src")).await,
-                create_queue(&client, &format!("{tag}-f-dst")).await,
-            ];
-            fill(&client, &queues[0], n).await;
-            fill(&client, &queues[2], n).await;
-            calls.take();
-            // BENCH_ONLY=ceiling|forwarder runs one loop (for a profiler); the other shows 1.
-            let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-            let (bare, bare_cpu) = if only == "forwarder" {
-                (1.0, 1.0)
-            } else {
-                with_cpu(n, ceiling(&client, &queues[0], &queues[1], n, w)).await
-            };
-            let bare_calls = calls.take();
-            let (ours, our_cpu) = if only == "ceiling" {
-                (1.0, 1.0)
-            } else {
-                with_cpu(n, forwarder(&sdk, &queues[2], &queues[3], n, w)).await
-            };
-            let our_calls = calls.take();
-            let per = |c: [u64; 4]| {
-                format!(
-                    "{:.3}, {:.3}, {:.3}",
-                    c[0] as f64 / n as f64,
-                    c[1] as f64 / n as f64,
-                    c[2] as f64 / n as f64
-                )
-            };
-            println!(
-                "{w:>7} | {bare:>12.0} | {ours:>14.0} | {:>4.0}% | {bare_cpu:>6.1} | {our_cpu:>6.1} | {:.2}x | {} | {} (+{} start-up calls)",
-                100.0 * ours / bare,
-                our_cpu / bare_cpu,
-                per(bare_calls),
-                per(our_calls),
-                our_calls[3]
-            );
-            rows.push((w, ours, bare));
-            for q in &queues {
-                let _ = client.delete_queue().queue_url(q).send().await;
-            }
+            rows.push(row(&sdk, &client, &calls, n, w).await);
         }
         let rss_workers: usize = std::env::var("BENCH_RSS_WORKERS")
             .ok()

@@ -205,54 +205,13 @@ impl StandIn {
                 None => error("QueueDoesNotExist", "no such queue"),
             },
             "SendMessageBatch" | "SendMessage" => {
-                let entries: Vec<Value> = match action {
-                    "SendMessage" => vec![json!({"Id": "0", "MessageBody": input["MessageBody"]})],
-                    _ => input["Entries"].as_array().cloned().unwrap_or_default(),
-                };
-                let st = &mut *state;
-                let Some(q) = st.queues.get_mut(&name) else {
-                    return error("QueueDoesNotExist", "no such queue");
-                };
-                let mut ok = Vec::with_capacity(entries.len());
-                for e in &entries {
-                    let body = e["MessageBody"].as_str().unwrap_or_default();
-                    st.next_id += 1;
-                    let id = format!("{:032x}", st.next_id);
-                    ok.push(
-                        json!({"Id": e["Id"], "MessageId": id, "MD5OfMessageBody": md5_hex(body)}),
-                    );
-                    if q.keeps {
-                        q.visible.push_back((id, body.to_string()));
-                    } else {
-                        q.counted += 1;
-                    }
-                }
+                let answer = send(&mut state, &name, action, input);
                 drop(state);
                 self.arrived.notify_waiters();
-                if action == "SendMessage" {
-                    let first = ok.into_iter().next().unwrap_or_default();
-                    (
-                        200,
-                        json!({"MessageId": first["MessageId"], "MD5OfMessageBody": first["MD5OfMessageBody"]}),
-                    )
-                } else {
-                    (200, json!({"Successful": ok, "Failed": []}))
-                }
+                answer
             }
             "DeleteMessageBatch" | "ChangeMessageVisibilityBatch" => {
-                let Some(q) = state.queues.get_mut(&name) else {
-                    return error("QueueDoesNotExist", "no such queue");
-                };
-                let entries = input["Entries"].as_array().cloned().unwrap_or_default();
-                let mut ok = Vec::with_capacity(entries.len());
-                for e in &entries {
-                    if action == "DeleteMessageBatch" {
-                        q.in_flight
-                            .remove(e["ReceiptHandle"].as_str().unwrap_or_default());
-                    }
-                    ok.push(json!({"Id": e["Id"]}));
-                }
-                (200, json!({"Successful": ok, "Failed": []}))
+                settle(&mut state, &name, action, input)
             }
             _ => error("InvalidAction", action),
         }
@@ -300,4 +259,53 @@ impl StandIn {
             }
         }
     }
+}
+
+/// SendMessageBatch (or SendMessage): each entry queued, or counted on a `-dst` queue.
+fn send(state: &mut State, name: &str, action: &str, input: &Value) -> (u16, Value) {
+    let entries: Vec<Value> = match action {
+        "SendMessage" => vec![json!({"Id": "0", "MessageBody": input["MessageBody"]})],
+        _ => input["Entries"].as_array().cloned().unwrap_or_default(),
+    };
+    let Some(q) = state.queues.get_mut(name) else {
+        return error("QueueDoesNotExist", "no such queue");
+    };
+    let mut ok = Vec::with_capacity(entries.len());
+    for e in &entries {
+        let body = e["MessageBody"].as_str().unwrap_or_default();
+        state.next_id += 1;
+        let id = format!("{:032x}", state.next_id);
+        ok.push(json!({"Id": e["Id"], "MessageId": id, "MD5OfMessageBody": md5_hex(body)}));
+        if q.keeps {
+            q.visible.push_back((id, body.to_string()));
+        } else {
+            q.counted += 1;
+        }
+    }
+    if action == "SendMessage" {
+        let first = ok.into_iter().next().unwrap_or_default();
+        (
+            200,
+            json!({"MessageId": first["MessageId"], "MD5OfMessageBody": first["MD5OfMessageBody"]}),
+        )
+    } else {
+        (200, json!({"Successful": ok, "Failed": []}))
+    }
+}
+
+/// DeleteMessageBatch (the messages leave) or ChangeMessageVisibilityBatch (accepted).
+fn settle(state: &mut State, name: &str, action: &str, input: &Value) -> (u16, Value) {
+    let Some(q) = state.queues.get_mut(name) else {
+        return error("QueueDoesNotExist", "no such queue");
+    };
+    let entries = input["Entries"].as_array().cloned().unwrap_or_default();
+    let mut ok = Vec::with_capacity(entries.len());
+    for e in &entries {
+        if action == "DeleteMessageBatch" {
+            q.in_flight
+                .remove(e["ReceiptHandle"].as_str().unwrap_or_default());
+        }
+        ok.push(json!({"Id": e["Id"]}));
+    }
+    (200, json!({"Successful": ok, "Failed": []}))
 }
