@@ -14,6 +14,7 @@
 //!
 //! `BENCH_SQS=standin`: against the in-memory SQS stand-in (`support/sqs_standin.rs`, in
 //! its own process) instead of LocalStack. `BENCH_EVENT_BYTES`: the event size (8192).
+//! `BENCH_MAX_IN_FLIGHT`: `FORWARDER_MAX_IN_FLIGHT` of the binary whose RSS is read.
 //! `BENCH_ONLY=ceiling|forwarder|none`: one loop only (or none), to profile it. Each loop's CPU per
 //! event is this process's user + system time over the loop.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -313,6 +314,9 @@ fn config(source: &str, dest: &str, data_dir: &std::path::Path, workers: usize) 
         data_dir.display().to_string(),
         "--workers".into(),
         workers.to_string(),
+        // The same concurrency as the ceiling: every worker with a full batch.
+        "--max-in-flight".into(),
+        (workers * 10).to_string(),
         "--receive-wait-seconds".into(),
         "1".into(),
         "run".into(),
@@ -390,6 +394,11 @@ async fn binary_rss(client: &Client, n: usize, workers: usize) -> Option<u64> {
         .env("FORWARDER_DEST_QUEUE_URL", &dest)
         .env("FORWARDER_DATA_DIR", &dir)
         .env("FORWARDER_WORKERS", workers.to_string())
+        .envs(
+            std::env::var("BENCH_MAX_IN_FLIGHT")
+                .ok()
+                .map(|max| ("FORWARDER_MAX_IN_FLIGHT", max)),
+        )
         .env("FORWARDER_EXIT_WHEN_IDLE", "2")
         .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
         .env("RUST_LOG", "warn")

@@ -414,12 +414,13 @@ impl App {
             self.metrics.clone(),
         )
         .with_fifo(info.fifo);
-        Ok(Worker::new(
+        let worker = Worker::new(
             source,
             pipeline,
             info.visibility_timeout,
             self.metrics.clone(),
-        ))
+        );
+        Ok(worker.with_max_in_flight(self.config.max_in_flight))
     }
 
     /// Runs the worker pool until `shutdown` completes (or the source stays idle, with

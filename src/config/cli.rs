@@ -289,6 +289,12 @@ pub struct Settings {
           value_parser = clap::value_parser!(u8).range(1..=10), global = true)]
     pub batch_size: u8,
 
+    /// Most events held at once by the whole pool (received, not yet settled); memory is
+    /// bounded by it times the largest message. Pollers wait for room.
+    #[arg(long, env = "FORWARDER_MAX_IN_FLIGHT", value_name = "N", default_value_t = 40,
+          value_parser = clap::value_parser!(u32).range(1..=100_000).map(|v| v as usize), global = true)]
+    pub max_in_flight: usize,
+
     /// Long-poll wait of each receive, in seconds (0 to 20).
     #[arg(long, env = "FORWARDER_RECEIVE_WAIT_SECONDS", value_name = "SECS", default_value_t = 20,
           value_parser = clap::value_parser!(u8).range(0..=20), global = true)]

@@ -87,6 +87,9 @@ pub struct Config {
     pub workers: usize,
     /// Messages per receive, 1 to 10 (`FORWARDER_BATCH_SIZE`).
     pub batch_size: usize,
+    /// Most events the pool holds at once (`FORWARDER_MAX_IN_FLIGHT`, default 40: the
+    /// default pool's 4 × 10). A poller receives only what fits, and waits for room.
+    pub max_in_flight: usize,
     /// Long-poll wait (`FORWARDER_RECEIVE_WAIT_SECONDS`).
     pub receive_wait: Duration,
     /// Bound on a message and on a batch, in bytes (`FORWARDER_MAX_MESSAGE_BYTES`).
@@ -140,6 +143,7 @@ impl Config {
             rate_limit: None,
             workers: 2,
             batch_size: 10,
+            max_in_flight: 40,
             receive_wait: Duration::from_secs(1),
             max_message_bytes: crate::forward::DEFAULT_MAX_MESSAGE_BYTES,
             statsd: None,
@@ -269,6 +273,7 @@ impl Settings {
             rate_limit: self.rate_limit,
             workers: self.workers,
             batch_size: usize::from(self.batch_size),
+            max_in_flight: self.max_in_flight,
             // Exiting when idle needs a receive that returns within the idle time.
             receive_wait: exit_when_idle.map_or(receive_wait, |idle| receive_wait.min(idle)),
             max_message_bytes: self.max_message_bytes,

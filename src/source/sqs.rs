@@ -116,9 +116,20 @@ impl SqsSource {
         queue_info(&self.client, &self.queue_url).await
     }
 
+    /// Messages per receive.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
     /// One long poll, retried on transient failures. An empty result means the queue
     /// stayed empty for the whole wait.
     pub async fn receive(&self) -> Result<Vec<SourceMessage>, AwsError> {
+        self.receive_at_most(self.batch_size).await
+    }
+
+    /// [`SqsSource::receive`] of at most `max` messages (1 to the batch size).
+    pub async fn receive_at_most(&self, max: usize) -> Result<Vec<SourceMessage>, AwsError> {
+        let max = max.clamp(1, self.batch_size.max(1));
         let attempt_timeout = self.wait + RECEIVE_GRACE;
         // FIFO: the same id on every retry of this receive, so a receive whose answer
         // was lost returns the same messages instead of hiding them.
@@ -129,7 +140,7 @@ impl SqsSource {
             self.client
                 .receive_message()
                 .queue_url(&self.queue_url)
-                .max_number_of_messages(self.batch_size as i32)
+                .max_number_of_messages(max as i32)
                 .wait_time_seconds(self.wait.as_secs() as i32)
                 .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -83,6 +84,12 @@ pub struct Worker {
     visibility_read_at: Mutex<Instant>,
     /// Events in flight over the whole pool, for the `in_flight` gauge.
     in_flight: Arc<AtomicU64>,
+    /// Room for events held at once (`FORWARDER_MAX_IN_FLIGHT`): a receive first takes
+    /// as many permits as messages it may get, and they go back once the batch is
+    /// settled. `None`: workers × batch size bounds it.
+    admission: Option<Arc<Semaphore>>,
+    /// The bound itself, so a receive never waits for more room than exists.
+    max_in_flight: usize,
     /// Where the gauge goes.
     metrics: Metrics,
 }
@@ -101,7 +108,32 @@ impl Worker {
             visibility_timeout: AtomicU64::new(visibility_timeout.as_secs()),
             visibility_read_at: Mutex::new(Instant::now()),
             in_flight: Arc::new(AtomicU64::new(0)),
+            admission: None,
+            max_in_flight: usize::MAX,
             metrics,
+        }
+    }
+
+    /// The same worker, holding at most `max` events at once over every poller.
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        self.admission = Some(Arc::new(Semaphore::new(max.max(1))));
+        self.max_in_flight = max.max(1);
+        self
+    }
+
+    /// Room for one receive: how many messages it may ask for, and the permits that
+    /// hold that room until the batch is settled (none without a bound).
+    pub async fn admit(&self) -> (usize, Option<OwnedSemaphorePermit>) {
+        let batch = self.source.batch_size().max(1);
+        let Some(admission) = &self.admission else {
+            return (batch, None);
+        };
+        // Never more than the whole bound, so a bound under the batch size still admits.
+        let want = batch.min(self.max_in_flight) as u32;
+        match admission.clone().acquire_many_owned(want).await {
+            Ok(permit) => (want as usize, Some(permit)),
+            // Closed: never done; fall back to no bound rather than stop.
+            Err(_) => (batch, None),
         }
     }
 
@@ -146,7 +178,8 @@ impl Worker {
 
     /// One step: receive a batch (long poll) and settle it.
     pub async fn run_once(&self) -> Result<BatchOutcome, AwsError> {
-        let messages = self.source.receive().await?;
+        let (max, _room) = self.admit().await;
+        let messages = self.source.receive_at_most(max).await?;
         Ok(self.handle(messages).await)
     }
 
@@ -337,8 +370,8 @@ async fn poll(
             break;
         };
         let next = match received {
-            Ok(messages) if messages.is_empty() => poller.idle().await,
-            Ok(messages) => poller.settle(messages).await,
+            Ok(admitted) if admitted.messages.is_empty() => poller.idle().await,
+            Ok(admitted) => poller.settle(admitted).await,
             Err(err) => poller.failed(&err).await,
         };
         if next == Next::Stop {
@@ -346,6 +379,15 @@ async fn poll(
         }
     }
     poller.totals
+}
+
+/// A received batch and the room it holds under `FORWARDER_MAX_IN_FLIGHT`, given back
+/// when it is dropped (after the batch is settled).
+struct Admitted {
+    /// The messages.
+    messages: Vec<SourceMessage>,
+    /// The permits; `None` without a bound.
+    _room: Option<OwnedSemaphorePermit>,
 }
 
 /// Whether a poller goes on.
@@ -380,8 +422,12 @@ impl Poller {
     /// One receive; `None` when the pool stopped meanwhile. SQS may already have handed
     /// such a poll messages: dropping it would hide them for a whole visibility timeout,
     /// so it is let end, and what it got is handed back at once.
-    async fn receive(&mut self) -> Option<Result<Vec<SourceMessage>, AwsError>> {
-        let receive = self.worker.source.receive();
+    async fn receive(&mut self) -> Option<Result<Admitted, AwsError>> {
+        let (max, room) = tokio::select! {
+            admitted = self.worker.admit() => admitted,
+            _ = self.stop.cancelled() => return None,
+        };
+        let receive = self.worker.source.receive_at_most(max);
         tokio::pin!(receive);
         let received = tokio::select! {
             received = &mut receive => received,
@@ -401,7 +447,10 @@ impl Poller {
             self.options.health.received();
             self.failing = None;
         }
-        Some(received)
+        Some(received.map(|messages| Admitted {
+            messages,
+            _room: room,
+        }))
     }
 
     /// An empty receive: stop if the source has been idle long enough; after a short
@@ -425,10 +474,10 @@ impl Poller {
     }
 
     /// A batch: settle it.
-    async fn settle(&mut self, messages: Vec<SourceMessage>) -> Next {
+    async fn settle(&mut self, admitted: Admitted) -> Next {
         self.worker.refresh_visibility().await;
         self.touch();
-        let outcome = self.worker.handle(messages).await;
+        let outcome = self.worker.handle(admitted.messages).await;
         tracing::debug!(worker = self.id, ?outcome, "batch settled");
         self.totals += outcome;
         self.touch();
@@ -608,5 +657,59 @@ mod tests {
             "until its organization's token is back: {hidden:?}"
         );
         assert_eq!(worker.run_once().await.unwrap(), BatchOutcome::default());
+    }
+
+    #[tokio::test]
+    async fn the_in_flight_bound_limits_each_receive_and_holds_the_room_until_settled() {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let a = asked.clone();
+        let client = fake::sqs_client(move |req| {
+            let body: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+            if req.action == "ReceiveMessage" {
+                a.lock()
+                    .unwrap()
+                    .push(body["MaxNumberOfMessages"].as_i64().unwrap_or(-1));
+            }
+            fake::ok("{}")
+        });
+        let metrics = Metrics::disabled();
+        let forwarder = Forwarder::new(
+            client.clone(),
+            "https://sqs.fake/0/dest",
+            256 * 1024,
+            fast(),
+            metrics.clone(),
+        );
+        let pipeline = Pipeline::new(Router::single(forwarder), None, metrics.clone());
+        let source = SqsSource::new(
+            client,
+            "https://sqs.fake/0/src",
+            10,
+            Duration::ZERO,
+            fast(),
+            metrics.clone(),
+        );
+        let worker =
+            Worker::new(source, pipeline, Duration::from_secs(30), metrics).with_max_in_flight(3);
+
+        worker.run_once().await.unwrap();
+        assert_eq!(
+            *asked.lock().unwrap(),
+            [3],
+            "a receive asks only for the room left"
+        );
+
+        let (n, held) = worker.admit().await;
+        assert_eq!(n, 3);
+        let waiting = tokio::time::timeout(Duration::from_millis(50), worker.admit()).await;
+        assert!(
+            waiting.is_err(),
+            "a second batch waits while the first holds the room"
+        );
+        drop(held);
+        let (n, _room) = tokio::time::timeout(Duration::from_secs(1), worker.admit())
+            .await
+            .unwrap();
+        assert_eq!(n, 3, "room comes back when the batch is settled");
     }
 }
