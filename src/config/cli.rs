@@ -397,8 +397,8 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub indexer_pool_size: u32,
 
-    /// The indexer's shared cache tier, redis://[user:password@]host:port[/db], asked
-    /// between the in-process cache and the store; unset: no shared tier.
+    /// The indexer's shared cache tier, redis://[user:password@]host:port[/db] (rediss://
+    /// for TLS), asked between the in-process cache and the store; unset: no shared tier.
     #[arg(long, env = "FORWARDER_INDEXER_CACHE_URL", value_name = "URL", value_parser = redis_url,
           hide_env_values = true, global = true)]
     pub indexer_cache_url: Option<RedisUrl>,
@@ -470,8 +470,8 @@ impl std::fmt::Display for RedisUrl {
 
 fn redis_url(value: &str) -> Result<RedisUrl, String> {
     let v = value.trim();
-    if !v.starts_with("redis://") {
-        return Err("expected redis://[user:password@]host:port[/db]".into());
+    if !v.starts_with("redis://") && !v.starts_with("rediss://") {
+        return Err("expected redis://[user:password@]host:port[/db] (rediss:// for TLS)".into());
     }
     // Parsed as the client will, so a URL it cannot use fails now; nothing connects.
     match redis::Client::open(v) {
@@ -693,6 +693,12 @@ mod tests {
         let shown = format!("{cli:?}");
         assert!(shown.contains("redis://u:***@cache:6379/0"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(parse(&[
+            "run",
+            "--indexer-cache-url",
+            "rediss://u:pw@cache.example:6380/0"
+        ])
+        .is_ok());
         let err = parse(&["run", "--indexer-cache-ttl", "0"])
             .err()
             .unwrap_or_default();

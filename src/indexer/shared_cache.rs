@@ -29,8 +29,9 @@ use crate::metrics::Metrics;
 /// Settings of the shared tier.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SharedCacheSettings {
-    /// `redis://[user:password@]host:port[/db]` (`FORWARDER_INDEXER_CACHE_URL`). Never
-    /// shown: it may hold a password.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (the system's
+    /// root certificates) (`FORWARDER_INDEXER_CACHE_URL`). Never shown: it may hold a
+    /// password.
     pub url: String,
     /// The key's version prefix (`FORWARDER_INDEXER_CACHE_VERSION`): bump it to drop
     /// every key at once, as Sentry's cache version does.
@@ -572,6 +573,7 @@ mod tests {
         assert!(shown.contains("cache:6379"), "{shown}");
         assert_eq!(redacted("redis://:pw@h:1/2"), "redis://:***@h:1/2");
         assert_eq!(redacted("redis://h:1"), "redis://h:1");
+        assert_eq!(redacted("rediss://u:pw@h:1"), "rediss://u:***@h:1");
         assert_eq!(redacted("redis://h:1/0?password=pw"), "redis://h:1/0");
     }
 }

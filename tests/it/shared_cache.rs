@@ -243,14 +243,16 @@ async fn redis_down_or_silent_fails_nothing_and_costs_at_most_the_timeout() {
     // Down: the proxy drops every connection.
     let (down, switch) = tcp_proxy(Duration::ZERO, redis_addr()).await;
     switch.set_down(true);
-    for (name, addr) in [("silent", silent), ("down", down)] {
+    // TLS to a plain-text server: the handshake never completes.
+    let cases = [
+        ("silent", format!("redis://{silent}")),
+        ("down", format!("redis://{down}")),
+        ("tls to plain text", format!("rediss://{}", redis_addr())),
+    ];
+    for (name, url) in cases {
         let statsd = StatsdCapture::start();
         let timeout = Duration::from_millis(50);
-        let ix = indexer(
-            Some(settings(format!("redis://{addr}"), timeout)),
-            statsd_metrics(&statsd),
-        )
-        .await;
+        let ix = indexer(Some(settings(url, timeout)), statsd_metrics(&statsd)).await;
         let mut slowest = Duration::ZERO;
         for round in 0..5 {
             // A new organization each round, so each round misses the in-process cache.
