@@ -335,9 +335,14 @@ impl Indexer {
         let misses = self
             .read_shared_cache(misses, &mut result, &mut tally)
             .await;
+        // Only ids the store gave go back to Redis: a batch answered by the caches
+        // writes nothing, and is not even scanned for it.
+        let asked_store = !misses.is_empty();
         let misses = self.read_store(misses, &mut result, &mut tally).await?;
         self.create(misses, &mut result, &mut tally).await?;
-        self.write_back(&result);
+        if asked_store {
+            self.write_back(&result);
+        }
         tally.emit(&self.metrics);
         self.metrics
             .gauge(Gauge::IndexerCacheSize, self.cache.len() as u64);

@@ -594,6 +594,21 @@ mod tests {
         (client, seen)
     }
 
+    /// A worker on the fake source queue (batches of 10, no wait), forwarding with
+    /// `forwarder`.
+    fn worker(client: aws_sdk_sqs::Client, forwarder: Forwarder, metrics: Metrics) -> Worker {
+        let pipeline = Pipeline::new(Router::single(forwarder), None, metrics.clone());
+        let source = SqsSource::new(
+            client,
+            "https://sqs.fake/0/src",
+            10,
+            Duration::ZERO,
+            fast(),
+            metrics.clone(),
+        );
+        Worker::new(source, pipeline, Duration::from_secs(30), metrics)
+    }
+
     fn fast() -> RetryPolicy {
         RetryPolicy {
             initial_interval: Duration::from_millis(1),
@@ -623,16 +638,7 @@ mod tests {
             metrics.clone(),
         )
         .with_rate_limit(Some(Arc::new(limiter)));
-        let pipeline = Pipeline::new(Router::single(forwarder), None, metrics.clone());
-        let source = SqsSource::new(
-            client,
-            "https://sqs.fake/0/src",
-            10,
-            Duration::ZERO,
-            fast(),
-            metrics.clone(),
-        );
-        let worker = Worker::new(source, pipeline, Duration::from_secs(30), metrics);
+        let worker = worker(client, forwarder, metrics);
 
         let outcome = worker.run_once().await.unwrap();
         assert_eq!(
@@ -680,17 +686,7 @@ mod tests {
             fast(),
             metrics.clone(),
         );
-        let pipeline = Pipeline::new(Router::single(forwarder), None, metrics.clone());
-        let source = SqsSource::new(
-            client,
-            "https://sqs.fake/0/src",
-            10,
-            Duration::ZERO,
-            fast(),
-            metrics.clone(),
-        );
-        let worker =
-            Worker::new(source, pipeline, Duration::from_secs(30), metrics).with_max_in_flight(3);
+        let worker = worker(client, forwarder, metrics).with_max_in_flight(3);
 
         worker.run_once().await.unwrap();
         assert_eq!(

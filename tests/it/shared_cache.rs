@@ -331,6 +331,20 @@ fn tagged_events(org: u64, from: u128, n: u128, tags: usize) -> Vec<String> {
         .collect()
 }
 
+/// One worker process (one poller) until the source is idle; its statsd lines.
+async fn run_until_idle(q: &Queues) -> Vec<String> {
+    let statsd = StatsdCapture::start();
+    let out = worker(q, &statsd, &redis_url(), "1", "2")
+        .finish(Duration::from_secs(60))
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    statsd.lines()
+}
+
 /// Two worker processes, one after the other, on one PostgreSQL and one Redis: the
 /// second starts cold and gets every string the first created from Redis, asking the
 /// store for none of them. One poller each, so each string is looked up once.
@@ -341,16 +355,7 @@ async fn a_second_cold_worker_reads_the_first_ones_strings_from_redis_not_the_st
     let q = Queues::create(10).await;
     let first_events = tagged_events(org, 1, 30, 6);
     send_bodies(&q.client, &q.source, &first_events).await;
-    let statsd = StatsdCapture::start();
-    let out = worker(&q, &statsd, &redis_url(), "1", "2")
-        .finish(Duration::from_secs(60))
-        .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = statsd.lines();
+    let lines = run_until_idle(&q).await;
     assert_eq!(
         sum(&lines, "forwarder.indexer.lookup", "fetch_type:first_seen"),
         11,
@@ -366,16 +371,7 @@ async fn a_second_cold_worker_reads_the_first_ones_strings_from_redis_not_the_st
 
     let second_events = tagged_events(org, 1000, 30, 6);
     send_bodies(&q.client, &q.source, &second_events).await;
-    let statsd = StatsdCapture::start();
-    let out = worker(&q, &statsd, &redis_url(), "1", "2")
-        .finish(Duration::from_secs(60))
-        .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = statsd.lines();
+    let lines = run_until_idle(&q).await;
     assert_eq!(
         sum(
             &lines,
