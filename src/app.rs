@@ -268,10 +268,10 @@ impl App {
                 }
             }
         })?;
-        let offloader = route
-            .s3_bucket
-            .as_ref()
-            .map(|bucket| self.offloader(sdk, bucket));
+        let offloader = route.s3_bucket.as_ref().map(|bucket| {
+            self.offloader(sdk, bucket)
+                .with_mode(route.s3_offload.unwrap_or(self.config.s3_offload))
+        });
         Ok(Forwarder::new(
             sqs,
             &route.queue_url,
@@ -279,8 +279,9 @@ impl App {
             self.config.retry.clone(),
             self.metrics.clone(),
         )
-        .with_group(route.message_group.clone())
+        .with_group(route.message_group.clone(), info.fifo)
         .with_offloader(offloader)
+        .with_forward_attributes(self.config.forward_attributes.clone())
         .with_rate_limit(self.rate_limit.clone())
         .with_pauses(self.pauses.clone()))
     }
@@ -413,7 +414,8 @@ impl App {
             self.config.retry.clone(),
             self.metrics.clone(),
         )
-        .with_fifo(info.fifo);
+        .with_fifo(info.fifo)
+        .with_attributes(&self.config.forward_attributes);
         let worker = Worker::new(
             source,
             pipeline,

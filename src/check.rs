@@ -100,7 +100,7 @@ async fn check_routes(app: &App, report: &mut Report) {
             route
                 .message_group
                 .as_ref()
-                .map(|g| format!(" (FIFO, group {})", g.as_str()))
+                .map(|g| format!(" (message group {})", g.as_str()))
                 .unwrap_or_default()
         ));
     }

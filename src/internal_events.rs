@@ -126,6 +126,29 @@ impl InternalEvent for OversizedSkipped<'_> {
     }
 }
 
+/// Source message attributes that did not fit in SQS's 10 per message: counted each
+/// time, logged once per run (`first`).
+pub struct AttributesDropped<'a> {
+    /// The attributes' names.
+    pub names: &'a [&'a str],
+    /// Whether this is the run's first drop: only that one is logged.
+    pub first: bool,
+}
+
+impl InternalEvent for AttributesDropped<'_> {
+    fn emit(self, metrics: &Metrics) {
+        if self.first {
+            tracing::warn!(
+                dropped = ?self.names,
+                "source message attributes dropped: a message takes at most 10 attributes \
+                 (the forwarder's own and the trace context first); logged once per run, \
+                 counted in forwarder.attributes.dropped"
+            );
+        }
+        metrics.count(Counter::AttributesDropped, self.names.len() as u64);
+    }
+}
+
 /// An event whose project has no route, and no default route: skipped, as Sentry skips
 /// projects without the plugin configured.
 pub struct SkippedUnconfigured<'a> {

@@ -273,6 +273,8 @@ impl Pipeline {
                 .map(|&k| Routed {
                     event: &events.events[k],
                     source_group: messages[events.at[k]].group.as_deref(),
+                    trace_header: messages[events.at[k]].trace_header.as_deref(),
+                    attributes: &messages[events.at[k]].attributes,
                 })
                 .collect();
             let outcomes = forwarder.forward(&batch).await;
@@ -541,6 +543,7 @@ mod tests {
             sent_at: None,
             receive_count: 1,
             group: group.map(str::to_string),
+            ..Default::default()
         }
     }
 

@@ -280,6 +280,7 @@ fn message(number: usize, body: String) -> SourceMessage {
         sent_at: None,
         receive_count: 1,
         group: None,
+        ..Default::default()
     }
 }
 

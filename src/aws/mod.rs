@@ -5,6 +5,7 @@
 //! The SDK's retries are turned off: [`crate::retry`] owns every retry, so none is
 //! doubled and every one is counted. TLS (rustls) is the SDK's default transport.
 
+pub mod attribute;
 pub mod classify;
 pub mod fake;
 
@@ -19,6 +20,7 @@ use aws_smithy_runtime_api::http::Response;
 use crate::outcome::{ErrorClass, Operation};
 use crate::retry::{BatchReply, Classified};
 
+pub use attribute::{Attribute, AttributeValue, MAX_ATTRIBUTES};
 pub use classify::{classify, classify_entry, classify_sdk, FailureKind};
 
 /// How long a connection may take to open.

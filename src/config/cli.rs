@@ -240,8 +240,8 @@ pub struct Settings {
     #[arg(long, env = "FORWARDER_DLQ_URL", value_name = "URL", global = true)]
     pub dlq_url: Option<String>,
 
-    /// Message group of a FIFO destination: a literal, or a template with {project_id}
-    /// and {organization_id}. Required for a .fifo destination, refused for a standard one.
+    /// Message group: a literal, or a template with {project_id} and {organization_id}.
+    /// Required for a .fifo destination (order); on a standard one, the fair-queue tenant.
     #[arg(
         long,
         env = "FORWARDER_MESSAGE_GROUP_ID",
@@ -267,6 +267,26 @@ pub struct Settings {
               .map(|s| s.parse::<crate::forward::PointerFormat>().unwrap_or_default()),
           default_value = "sentry", global = true)]
     pub s3_pointer_format: crate::forward::PointerFormat,
+
+    /// Which events go to the bucket: `oversized` (over FORWARDER_MAX_MESSAGE_BYTES), or
+    /// `always` (every event, only a pointer in the queue, as Sentry's plugin does).
+    #[arg(long, env = "FORWARDER_S3_OFFLOAD", value_name = "MODE",
+          value_parser = clap::builder::PossibleValuesParser::new(["oversized", "always"])
+              .map(|s| s.parse::<crate::forward::OffloadMode>().unwrap_or_default()),
+          default_value = "oversized", global = true)]
+    pub s3_offload: crate::forward::OffloadMode,
+
+    /// Source message attributes sent on to the destination: none, all, or a
+    /// comma-separated list of names. The forwarder's own win a name clash; past SQS's
+    /// 10 per message the rest are dropped (counted).
+    #[arg(
+        long,
+        env = "FORWARDER_FORWARD_ATTRIBUTES",
+        value_name = "none|all|NAMES",
+        default_value = "none",
+        global = true
+    )]
+    pub forward_attributes: crate::forward::ForwardAttributes,
 
     /// Per-organization rate limit, N/DURATION (Sentry: 50/1s); an event over it is
     /// deferred (its message hidden until its organization's tokens are back).

@@ -75,12 +75,18 @@ pub struct Config {
     pub routes: Option<routes::Routes>,
     /// Where what can never be forwarded goes (`FORWARDER_DLQ_URL`).
     pub dlq_url: Option<String>,
-    /// FIFO destinations: the message group (`FORWARDER_MESSAGE_GROUP_ID`).
+    /// The message group (`FORWARDER_MESSAGE_GROUP_ID`): order on a FIFO destination,
+    /// tenant fairness on a standard one.
     pub message_group: Option<crate::forward::GroupTemplate>,
     /// Where oversized events are stored (`FORWARDER_S3_BUCKET`).
     pub s3_bucket: Option<String>,
     /// The pointer's shape (`FORWARDER_S3_POINTER_FORMAT`).
     pub s3_pointer_format: crate::forward::PointerFormat,
+    /// Which events go to a route's bucket (`FORWARDER_S3_OFFLOAD`): the oversized ones,
+    /// or every one, as Sentry's plugin does.
+    pub s3_offload: crate::forward::OffloadMode,
+    /// Which source message attributes go on (`FORWARDER_FORWARD_ATTRIBUTES`).
+    pub forward_attributes: crate::forward::ForwardAttributes,
     /// Per-organization rate limit (`FORWARDER_RATE_LIMIT`).
     pub rate_limit: Option<crate::forward::RateLimit>,
     /// Concurrent pollers (`FORWARDER_WORKERS`).
@@ -140,6 +146,8 @@ impl Config {
             message_group: None,
             s3_bucket: None,
             s3_pointer_format: crate::forward::PointerFormat::Sentry,
+            s3_offload: crate::forward::OffloadMode::Oversized,
+            forward_attributes: crate::forward::ForwardAttributes::None,
             rate_limit: None,
             workers: 2,
             batch_size: 10,
@@ -170,6 +178,7 @@ impl Config {
                 region: None,
                 message_group: self.message_group.clone(),
                 s3_bucket: self.s3_bucket.clone(),
+                s3_offload: None,
                 credentials: routes::CredentialSource::DefaultChain,
             });
         }
@@ -258,6 +267,7 @@ impl Settings {
             sample_rate: self.metrics_sample_rate,
         });
         self.check_retry(&mut errors);
+        self.check_offload(&mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -270,6 +280,8 @@ impl Settings {
             message_group: self.message_group_id.clone(),
             s3_bucket: self.s3_bucket.clone().filter(|b| !b.trim().is_empty()),
             s3_pointer_format: self.s3_pointer_format,
+            s3_offload: self.s3_offload,
+            forward_attributes: self.forward_attributes.clone(),
             rate_limit: self.rate_limit,
             workers: self.workers,
             batch_size: usize::from(self.batch_size),
@@ -289,6 +301,24 @@ impl Settings {
 }
 
 impl Settings {
+    /// `always` needs a bucket to store in: the worker's, or (with a routes file) a
+    /// route's.
+    fn check_offload(&self, errors: &mut Vec<ConfigError>) {
+        let bucket = self
+            .s3_bucket
+            .as_deref()
+            .is_some_and(|b| !b.trim().is_empty());
+        if self.s3_offload == crate::forward::OffloadMode::Always
+            && !bucket
+            && self.routes_file.is_none()
+        {
+            errors.push(ConfigError::new(
+                "FORWARDER_S3_OFFLOAD",
+                "is always, but FORWARDER_S3_BUCKET is not set; set a bucket or use oversized",
+            ));
+        }
+    }
+
     /// The routes file, if one is given and readable.
     fn routes(&self, errors: &mut Vec<ConfigError>) -> Option<routes::Routes> {
         let path = self.routes_file.as_ref()?;
@@ -331,8 +361,10 @@ fn address(
     }
 }
 
-/// A FIFO destination needs a message group; a standard one must not have one. Checked
-/// at start, against what GetQueueAttributes says of the destination.
+/// A FIFO destination needs a message group. A standard one may have one too: since
+/// 2025 SQS uses the group of a standard queue for tenant fairness (fair queues), with
+/// no order and no deduplication. Checked at start, against what GetQueueAttributes
+/// says of the destination.
 pub fn check_message_group(
     dest_is_fifo: bool,
     group: Option<&crate::forward::GroupTemplate>,
@@ -341,10 +373,6 @@ pub fn check_message_group(
         (true, None) => Err(ConfigError::new(
             "FORWARDER_MESSAGE_GROUP_ID",
             "is not set, but FORWARDER_DEST_QUEUE_URL is a FIFO queue; set a group such as project-{project_id}",
-        )),
-        (false, Some(_)) => Err(ConfigError::new(
-            "FORWARDER_MESSAGE_GROUP_ID",
-            "is set, but FORWARDER_DEST_QUEUE_URL is a standard queue; message groups apply to .fifo queues only",
         )),
         _ => Ok(()),
     }
@@ -406,7 +434,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "source={} dest={} routes={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} rate_limit={} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
+            "source={} dest={} routes={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} s3_offload={} forward_attributes={} rate_limit={} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
              statsd={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
              retry_max_interval={} retry_max_elapsed={} request_timeout={} shutdown_timeout={} \
              exit_when_idle={} health={} indexer={}",
@@ -421,6 +449,8 @@ impl fmt::Display for Config {
             self.message_group.as_ref().map_or("-", |g| g.as_str()),
             self.s3_bucket.as_deref().unwrap_or("-"),
             self.s3_pointer_format,
+            self.s3_offload.as_str(),
+            self.forward_attributes,
             self.rate_limit.map_or("off".to_string(), |r| r.to_string()),
             self.workers,
             self.batch_size,

@@ -10,6 +10,7 @@
 //! region = "eu-west-1"
 //! message_group_id = "project-{project_id}"
 //! s3_bucket = "acme-large-events"
+//! s3_offload = "always"          # optional: oversized (default) or always
 //! credentials = { role_arn = "arn:aws:iam::210987654321:role/forwarder", external_id = "x" }
 //!
 //! [projects.43]
@@ -53,10 +54,12 @@ pub struct Route {
     pub queue_url: String,
     /// Its region; `None`: the worker's (`AWS_REGION`).
     pub region: Option<String>,
-    /// FIFO queues: the message group.
+    /// The message group: order on a FIFO queue, the tenant on a standard (fair) one.
     pub message_group: Option<GroupTemplate>,
     /// Where oversized events go.
     pub s3_bucket: Option<String>,
+    /// Which events go to the bucket; `None`: as `FORWARDER_S3_OFFLOAD` says.
+    pub s3_offload: Option<crate::forward::OffloadMode>,
     /// Whose credentials send.
     pub credentials: CredentialSource,
 }
@@ -96,6 +99,8 @@ struct RouteSpec {
     message_group_id: Option<String>,
     #[serde(default)]
     s3_bucket: Option<String>,
+    #[serde(default)]
+    s3_offload: Option<String>,
     #[serde(default)]
     credentials: Option<CredentialsSpec>,
 }
@@ -170,6 +175,18 @@ fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
         .map(|g| g.parse::<GroupTemplate>())
         .transpose()
         .map_err(|e| error(path, format!("{at}.message_group_id: {e}")))?;
+    let s3_bucket = spec.s3_bucket.filter(|b| !b.is_empty());
+    let s3_offload = spec
+        .s3_offload
+        .map(|m| m.parse::<crate::forward::OffloadMode>())
+        .transpose()
+        .map_err(|e| error(path, format!("{at}.s3_offload: {e}")))?;
+    if s3_offload == Some(crate::forward::OffloadMode::Always) && s3_bucket.is_none() {
+        return Err(error(
+            path,
+            format!("{at}.s3_offload: is \"always\", but the route has no s3_bucket"),
+        ));
+    }
     let credentials = match spec.credentials {
         None => CredentialSource::DefaultChain,
         Some(CredentialsSpec {
@@ -211,7 +228,8 @@ fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
         queue_url,
         region: spec.region.filter(|r| !r.is_empty()),
         message_group,
-        s3_bucket: spec.s3_bucket.filter(|b| !b.is_empty()),
+        s3_bucket,
+        s3_offload,
         credentials,
     })
 }
@@ -234,6 +252,7 @@ queue_url = "{Q}.fifo"
 region = "eu-west-1"
 message_group_id = "p-{{project_id}}"
 s3_bucket = "big"
+s3_offload = "always"
 credentials = {{ role_arn = "arn:aws:iam::1:role/r", external_id = "x" }}
 
 [projects.43]
@@ -243,7 +262,7 @@ credentials = {{ profile = "other" }}
         );
         let json = format!(
             r#"{{"default":{{"queue_url":"{Q}"}},"projects":{{
-                "42":{{"queue_url":"{Q}.fifo","region":"eu-west-1","message_group_id":"p-{{project_id}}","s3_bucket":"big",
+                "42":{{"queue_url":"{Q}.fifo","region":"eu-west-1","message_group_id":"p-{{project_id}}","s3_bucket":"big","s3_offload":"always",
                        "credentials":{{"role_arn":"arn:aws:iam::1:role/r","external_id":"x"}}}},
                 "43":{{"queue_url":"{Q}","credentials":{{"profile":"other"}}}}}}}}"#
         );
@@ -251,6 +270,15 @@ credentials = {{ profile = "other" }}
         let b = parse(Path::new("r.json"), &json).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.route(42).unwrap().region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            a.route(42).unwrap().s3_offload,
+            Some(crate::forward::OffloadMode::Always)
+        );
+        assert_eq!(
+            a.route(43).unwrap().s3_offload,
+            None,
+            "as the worker's setting"
+        );
         assert_eq!(
             a.route(42).unwrap().credentials,
             CredentialSource::AssumeRole {
@@ -274,6 +302,8 @@ credentials = {{ profile = "other" }}
             ("r.toml", "[default]\nqueue_url = \"not-a-url\"\n"),
             ("r.toml", format!("[default]\nqueue_url = \"{Q}\"\nmessage_group_id = \"{{team}}\"\n").leak()),
             ("r.toml", format!("[default]\nqueue_url = \"{Q}\"\ncredentials = {{ profile = \"a\", role_arn = \"arn:x\" }}\n").leak()),
+            ("r.toml", format!("[default]\nqueue_url = \"{Q}\"\ns3_offload = \"always\"\n").leak()),
+            ("r.toml", format!("[default]\nqueue_url = \"{Q}\"\ns3_bucket = \"b\"\ns3_offload = \"sometimes\"\n").leak()),
             ("r.json", "{\"default\": "),
             ("r.yaml", "default: {}"),
             ("r.toml", ""),

@@ -82,6 +82,7 @@ impl DeadLetterQueue {
                     attributes,
                     group_id: self.fifo.then(|| "dead-letter".to_string()),
                     dedup_id: self.fifo.then(|| deduplication_id(l.source_message_id)),
+                    trace_header: None,
                     after: None,
                 }
             })

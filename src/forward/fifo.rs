@@ -1,4 +1,5 @@
-//! FIFO destinations: the message group of each event, from `FORWARDER_MESSAGE_GROUP_ID`.
+//! The message group of each event, from `FORWARDER_MESSAGE_GROUP_ID`: order on a FIFO
+//! destination, tenant fairness on a standard one (SQS fair queues).
 
 use crate::event::Event;
 

@@ -12,6 +12,7 @@
 //! ([`rate_limit`]) has its own events deferred, nobody else's; a destination that is
 //! unusable pauses its own route ([`pause`]), not the others.
 
+mod attributes;
 mod batch;
 mod dead_letter;
 mod fifo;
@@ -36,9 +37,10 @@ use crate::metrics::{Counter, Metrics};
 use crate::outcome::{ErrorClass, Operation};
 use crate::retry::RetryPolicy;
 
+pub use attributes::{ForwardAttributes, TRACE_CONTEXT};
 pub use dead_letter::{DeadLetter, DeadLetterQueue, Reason};
 pub use fifo::GroupTemplate;
-pub use offload::{Offloader, PointerFormat};
+pub use offload::{OffloadMode, Offloader, PointerFormat};
 pub use pause::{Gate, Pauses, RouteGate};
 pub use rate_limit::{OrgRateLimiter, RateLimit};
 pub use router::Router;
@@ -106,6 +108,10 @@ pub struct Routed<'e, 'a> {
     pub event: &'e Event<'a>,
     /// `MessageGroupId` of its source message, if any.
     pub source_group: Option<&'e str>,
+    /// `AWSTraceHeader` of its source message, sent on as the same system attribute.
+    pub trace_header: Option<&'e str>,
+    /// Its source message's attributes (those the receive asked for).
+    pub attributes: &'e [Attribute],
 }
 
 impl<'e, 'a> From<&'e Event<'a>> for Routed<'e, 'a> {
@@ -114,6 +120,8 @@ impl<'e, 'a> From<&'e Event<'a>> for Routed<'e, 'a> {
         Routed {
             event,
             source_group: None,
+            trace_header: None,
+            attributes: &[],
         }
     }
 }
@@ -143,6 +151,7 @@ pub struct Forwarder {
     /// Sends to the destination.
     sender: SqsSender,
     /// The message group of each event (`FORWARDER_MESSAGE_GROUP_ID`); `None`: none.
+    /// On a standard destination it is the fair-queue tenant.
     group: Option<GroupTemplate>,
     /// Whether the destination is a FIFO queue: events of one group are then sent in
     /// order, a later one never before an earlier one was accepted.
@@ -156,6 +165,8 @@ pub struct Forwarder {
     gate: Arc<RouteGate>,
     /// Retry bounds, also the waits between probes of a paused route.
     policy: RetryPolicy,
+    /// Which source message attributes go on (`FORWARDER_FORWARD_ATTRIBUTES`).
+    pass_attributes: ForwardAttributes,
     /// Where `data-forwarding.http_response` is counted.
     metrics: Metrics,
 }
@@ -190,11 +201,19 @@ impl Forwarder {
             rate_limit: None,
             gate: Arc::new(gate),
             policy,
+            pass_attributes: ForwardAttributes::None,
             metrics,
         }
     }
 
     /// Counts this route in `pauses`, which the readiness probe reads.
+    /// Sends on the source message attributes `pass` lets through.
+    pub fn with_forward_attributes(mut self, pass: ForwardAttributes) -> Self {
+        self.pass_attributes = pass;
+        self
+    }
+
+    /// Shares `pauses`' state with every forwarder of the worker.
     pub fn with_pauses(mut self, pauses: Arc<Pauses>) -> Self {
         self.gate = Arc::new(RouteGate::new(
             self.sender.queue_url(),
@@ -217,9 +236,12 @@ impl Forwarder {
         self
     }
 
-    /// Sends with this message group; `fifo`: the destination is a FIFO queue.
-    pub fn with_group(mut self, group: Option<GroupTemplate>) -> Self {
-        self.fifo = group.is_some();
+    /// Sends with this message group. `fifo`: the destination is a FIFO queue, where the
+    /// group orders its events and the event id deduplicates them; on a standard queue
+    /// (a fair queue) the group only tells SQS the tenant, with no order and no
+    /// deduplication id.
+    pub fn with_group(mut self, group: Option<GroupTemplate>, fifo: bool) -> Self {
+        self.fifo = fifo && group.is_some();
         self.group = group;
         self
     }
@@ -298,7 +320,7 @@ impl Forwarder {
                 outcomes[i] = Some(deferred(DeferCause::HeldBack, *delay));
                 continue;
             }
-            match self.prepare(routed.event, group_id).await {
+            match self.prepare(routed, group_id).await {
                 Prepared::Ready(mut message) => {
                     if let Some(c) = chain {
                         message.after = c.last;
@@ -346,7 +368,8 @@ impl Forwarder {
 
     /// The message of one event, within its organization's rate and the size limit (its
     /// body stored in S3 if over it), or why it does not go now.
-    async fn prepare<'a>(&self, e: &Event<'a>, group_id: Option<String>) -> Prepared<'a> {
+    async fn prepare<'a>(&self, routed: &Routed<'_, 'a>, group_id: Option<String>) -> Prepared<'a> {
+        let e = routed.event;
         if let Some(limiter) = &self.rate_limit {
             if let Err(wait) = limiter.check(e.organization_id) {
                 return Prepared::Not(deferred(DeferCause::RateLimited, Some(wait)), Some(wait));
@@ -361,10 +384,24 @@ impl Forwarder {
             ],
             dedup_id: self.fifo.then(|| e.event_id.to_string()),
             group_id,
+            trace_header: routed.trace_header.map(str::to_string),
             after: None,
         };
+        // A pointer may bring its own attribute: room is kept for it.
+        let room = crate::aws::MAX_ATTRIBUTES
+            - self
+                .offloader
+                .as_ref()
+                .map_or(0, Offloader::pointer_attributes);
+        self.pass_attributes.extend(
+            &mut message.attributes,
+            routed.attributes,
+            room,
+            &self.metrics,
+        );
         let size = message.size();
-        if size <= self.sender.max_message_bytes() {
+        let always = self.offloader.as_ref().is_some_and(Offloader::always);
+        if size <= self.sender.max_message_bytes() && !always {
             return Prepared::Ready(message);
         }
         let Some(offloader) = &self.offloader else {
@@ -592,7 +629,7 @@ mod tests {
             move |b| b.contains(&second).then_some("InternalError"),
             Arc::default(),
         );
-        let f = forwarder(client).with_group(Some("all".parse().unwrap()));
+        let f = forwarder(client).with_group(Some("all".parse().unwrap()), true);
         let bodies: Vec<String> = (1..=3).map(|n| body(n, 1)).collect();
         let out = forward(&f, &bodies).await;
         assert!(out[0].is_accepted(), "{out:?}");

@@ -40,7 +40,41 @@ impl std::str::FromStr for PointerFormat {
     }
 }
 
-/// The S3 side of oversized events.
+/// Which events go to S3 when a route has a bucket (`FORWARDER_S3_OFFLOAD`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum OffloadMode {
+    /// Only events over the size limit; the rest are sent whole.
+    #[default]
+    Oversized,
+    /// Every event, as Sentry's plugin does once a bucket is set: the queue carries only
+    /// pointers.
+    Always,
+}
+
+impl std::str::FromStr for OffloadMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "oversized" => Ok(OffloadMode::Oversized),
+            "always" => Ok(OffloadMode::Always),
+            other => Err(format!(
+                "{other:?} is not an offload mode; expected oversized or always"
+            )),
+        }
+    }
+}
+
+impl OffloadMode {
+    /// The setting's value, as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffloadMode::Oversized => "oversized",
+            OffloadMode::Always => "always",
+        }
+    }
+}
+
+/// The S3 side of oversized events (and of every event, in [`OffloadMode::Always`]).
 #[derive(Debug, Clone)]
 pub struct Offloader {
     /// S3 client (path-style addressing when a custom endpoint is set, as for LocalStack).
@@ -51,6 +85,8 @@ pub struct Offloader {
     region: String,
     /// The pointer's shape (`FORWARDER_S3_POINTER_FORMAT`).
     format: PointerFormat,
+    /// Which events are stored: the oversized ones, or all (`FORWARDER_S3_OFFLOAD`).
+    mode: OffloadMode,
     /// Retry bounds of PutObject.
     policy: RetryPolicy,
     /// Where retries are counted.
@@ -81,9 +117,29 @@ impl Offloader {
             bucket: bucket.into(),
             region: region.into(),
             format,
+            mode: OffloadMode::Oversized,
             policy,
             metrics,
         }
+    }
+
+    /// Stores the events `mode` says.
+    pub fn with_mode(mut self, mode: OffloadMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// How many attributes its pointer adds to a message.
+    pub fn pointer_attributes(&self) -> usize {
+        match self.format {
+            PointerFormat::Sentry => 0,
+            PointerFormat::Extended => 1,
+        }
+    }
+
+    /// Whether every event is stored, whatever its size.
+    pub fn always(&self) -> bool {
+        self.mode == OffloadMode::Always
     }
 
     /// The bucket.

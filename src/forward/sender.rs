@@ -12,10 +12,13 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    MessageSystemAttributeNameForSends, MessageSystemAttributeValue, SendMessageBatchRequestEntry,
+};
 use aws_sdk_sqs::Client;
 
 use super::batch;
+pub use crate::aws::Attribute;
 use crate::aws::{batch_reply, entry_missing, AwsError};
 use crate::metrics::{Metrics, Timer};
 use crate::outcome::{ErrorClass, Operation};
@@ -49,37 +52,6 @@ impl SendOutcome {
     }
 }
 
-/// A message attribute: name, SQS data type (`String` or `Number`), value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attribute {
-    /// The attribute's name.
-    pub name: &'static str,
-    /// `String` or `Number`.
-    pub data_type: &'static str,
-    /// Its value, as text.
-    pub value: String,
-}
-
-impl Attribute {
-    /// A `String` attribute.
-    pub fn string(name: &'static str, value: impl Into<String>) -> Self {
-        Self {
-            name,
-            data_type: "String",
-            value: value.into(),
-        }
-    }
-
-    /// A `Number` attribute.
-    pub fn number(name: &'static str, value: u64) -> Self {
-        Self {
-            name,
-            data_type: "Number",
-            value: value.to_string(),
-        }
-    }
-}
-
 /// One message to send.
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {
@@ -87,8 +59,11 @@ pub struct Outgoing<'a> {
     pub body: Cow<'a, str>,
     /// Message attributes.
     pub attributes: Vec<Attribute>,
-    /// FIFO queues: the message group.
+    /// The message group: order on a FIFO queue, the tenant on a standard (fair) queue.
     pub group_id: Option<String>,
+    /// The source message's X-Ray trace header (`AWSTraceHeader`), sent on as the same
+    /// message system attribute so the trace continues across the hop.
+    pub trace_header: Option<String>,
     /// FIFO queues: the deduplication id; a resend with the same id within SQS's
     /// five-minute window is not delivered twice.
     pub dedup_id: Option<String>,
@@ -100,12 +75,7 @@ pub struct Outgoing<'a> {
 impl Outgoing<'_> {
     /// Size as SQS counts it: body, and each attribute's name, type and value, in bytes.
     pub fn size(&self) -> usize {
-        self.body.len()
-            + self
-                .attributes
-                .iter()
-                .map(|a| a.name.len() + a.data_type.len() + a.value.len())
-                .sum::<usize>()
+        self.body.len() + self.attributes.iter().map(Attribute::size).sum::<usize>()
     }
 }
 
@@ -293,12 +263,16 @@ fn entry(id: &str, m: &Outgoing<'_>) -> Result<SendMessageBatchRequestEntry, Str
         .set_message_group_id(m.group_id.clone())
         .set_message_deduplication_id(m.dedup_id.clone());
     for a in &m.attributes {
-        let value = MessageAttributeValue::builder()
-            .data_type(a.data_type)
-            .string_value(&a.value)
+        builder = builder.message_attributes(a.name.as_ref(), a.to_sdk()?);
+    }
+    if let Some(header) = &m.trace_header {
+        let value = MessageSystemAttributeValue::builder()
+            .data_type("String")
+            .string_value(header)
             .build()
             .map_err(|e| e.to_string())?;
-        builder = builder.message_attributes(a.name, value);
+        builder = builder
+            .message_system_attributes(MessageSystemAttributeNameForSends::AwsTraceHeader, value);
     }
     builder.build().map_err(|e| e.to_string())
 }

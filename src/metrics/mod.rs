@@ -123,6 +123,10 @@ pub enum Counter {
         /// The `reason` tag.
         reason: &'static str,
     },
+    /// `forwarder.attributes.dropped`: source message attributes not forwarded because
+    /// the message already had SQS's 10 (`FORWARDER_FORWARD_ATTRIBUTES`). Counted by
+    /// the attribute; logged once per run.
+    AttributesDropped,
     /// `forwarder.sqs.error`: a call that failed for good (after retries).
     ///
     /// Tags: `operation` (as for `forwarder.retry`), `class`.
@@ -147,6 +151,7 @@ impl Counter {
             Counter::RateLimited => "forwarder.rate_limited",
             Counter::MessagesDeleted => "forwarder.messages.deleted",
             Counter::AwsError { .. } => "forwarder.sqs.error",
+            Counter::AttributesDropped => "forwarder.attributes.dropped",
             Counter::IndexerLookup { .. } => "forwarder.indexer.lookup",
             Counter::DeadLettered { .. } => "forwarder.dead_letter",
             Counter::IndexerRefused { .. } => "forwarder.indexer.refused",
@@ -175,9 +180,10 @@ impl Counter {
             Counter::Retry { operation, class } | Counter::AwsError { operation, class } => {
                 vec![("operation", operation.as_str()), ("class", class.as_str())]
             }
-            Counter::MessagesReceived | Counter::MessagesDeleted | Counter::RateLimited => {
-                Vec::new()
-            }
+            Counter::MessagesReceived
+            | Counter::MessagesDeleted
+            | Counter::RateLimited
+            | Counter::AttributesDropped => Vec::new(),
         }
     }
 
@@ -377,12 +383,17 @@ fn send<'a, T: cadence::Metric + From<String>>(
     builder.send();
 }
 
+/// Exact statsd lines in unit tests, through cadence's `SpyMetricSink`.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use cadence::SpyMetricSink;
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::Duration;
 
-    /// A spy sink that also satisfies [`Flush`], for exact statsd lines in tests.
+    use cadence::{MetricSink, SpyMetricSink};
+
+    use super::{Flush, Metrics};
+
+    /// A spy sink that also satisfies [`Flush`].
     #[derive(Clone)]
     struct Spy(Arc<SpyMetricSink>);
     impl MetricSink for Spy {
@@ -394,17 +405,45 @@ mod tests {
         fn flush_within(&self, _timeout: Duration) {}
     }
 
-    type Rx = crossbeam_channel::Receiver<Vec<u8>>;
+    /// What a spied [`Metrics`] emitted.
+    pub(crate) struct Spied(crossbeam_channel::Receiver<Vec<u8>>);
 
-    fn spy(prefix: &str, tags: &[(String, String)], rate: f64) -> (Rx, Metrics) {
-        let (rx, sink) = SpyMetricSink::new();
-        (rx, Metrics::new(Spy(Arc::new(sink)), prefix, tags, rate))
+    impl Spied {
+        /// The lines emitted since the last call.
+        pub(crate) fn lines(&self) -> Vec<String> {
+            self.0
+                .try_iter()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .collect()
+        }
     }
 
-    fn lines(rx: &Rx) -> Vec<String> {
-        rx.try_iter()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .collect()
+    /// Metrics whose every line is captured, with a prefix, global tags and a rate.
+    pub(crate) fn spy_with(prefix: &str, tags: &[(String, String)], rate: f64) -> (Spied, Metrics) {
+        let (rx, sink) = SpyMetricSink::new();
+        (
+            Spied(rx),
+            Metrics::new(Spy(Arc::new(sink)), prefix, tags, rate),
+        )
+    }
+
+    /// Metrics whose every line is captured, unprefixed.
+    pub(crate) fn spy() -> (Spied, Metrics) {
+        spy_with("", &[], 1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{spy_with, Spied};
+    use super::*;
+
+    fn spy(prefix: &str, tags: &[(String, String)], rate: f64) -> (Spied, Metrics) {
+        spy_with(prefix, tags, rate)
+    }
+
+    fn lines(rx: &Spied) -> Vec<String> {
+        rx.lines()
     }
 
     #[test]

@@ -51,6 +51,30 @@ fn record_of(i: usize, record: SqsMessage) -> Result<SourceMessage, RecordError>
         sent_at: sent_at.or_else(|| Some(SystemTime::now())),
         receive_count,
         group: attrs.get("MessageGroupId").cloned(),
+        trace_header: attrs.get("AWSTraceHeader").cloned(),
+        attributes: record
+            .message_attributes
+            .into_iter()
+            .filter_map(|(name, a)| attribute(name, a))
+            .collect(),
+    })
+}
+
+/// A record's message attribute, with its type (Lambda gives them all).
+fn attribute(
+    name: String,
+    a: aws_lambda_events::event::sqs::SqsMessageAttribute,
+) -> Option<crate::aws::Attribute> {
+    let data_type = a.data_type?;
+    let value = if data_type.starts_with("Binary") {
+        crate::aws::AttributeValue::Bytes(a.binary_value?.to_vec())
+    } else {
+        crate::aws::AttributeValue::Text(a.string_value?)
+    };
+    Some(crate::aws::Attribute {
+        name: name.into(),
+        data_type: data_type.into(),
+        value,
     })
 }
 
@@ -94,6 +118,7 @@ mod tests {
             sent_at: None,
             receive_count: 1,
             group: group.map(str::to_string),
+            ..Default::default()
         }
     }
 

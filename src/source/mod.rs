@@ -12,7 +12,7 @@ use std::time::SystemTime;
 pub use sqs::{queue_info, QueueInfo, SqsSource, MAX_BATCH};
 
 /// One message of the source queue.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SourceMessage {
     /// SQS's id for the message: used in logs and as the batch entry id.
     pub message_id: String,
@@ -29,4 +29,9 @@ pub struct SourceMessage {
     /// `MessageGroupId` of a FIFO source (or a fair queue): within a group, order is
     /// kept, so a message that does not go holds back the later ones of its group.
     pub group: Option<String>,
+    /// `AWSTraceHeader` (X-Ray trace context), sent on to the destination.
+    pub trace_header: Option<String>,
+    /// Its message attributes: those the receive asked for (the W3C trace context, and
+    /// what `FORWARDER_FORWARD_ATTRIBUTES` names).
+    pub attributes: Vec<crate::aws::Attribute>,
 }

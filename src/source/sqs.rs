@@ -72,6 +72,9 @@ pub struct SqsSource {
     metrics: Metrics,
     /// Whether the queue is FIFO: receives then carry a `ReceiveRequestAttemptId`.
     fifo: bool,
+    /// The message attribute names each receive asks for (the W3C trace context, and
+    /// what `FORWARDER_FORWARD_ATTRIBUTES` names; `All` for all).
+    attribute_names: Vec<String>,
 }
 
 impl SqsSource {
@@ -92,7 +95,14 @@ impl SqsSource {
             policy,
             metrics,
             fifo: false,
+            attribute_names: crate::forward::ForwardAttributes::None.receive_names(),
         }
+    }
+
+    /// Asks each receive for the attributes `pass` forwards (and the trace context).
+    pub fn with_attributes(mut self, pass: &crate::forward::ForwardAttributes) -> Self {
+        self.attribute_names = pass.receive_names();
+        self
     }
 
     /// Marks the queue as FIFO (see [`QueueInfo::fifo`]).
@@ -145,6 +155,8 @@ impl SqsSource {
                 .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
                 .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+                .message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader)
+                .set_message_attribute_names(Some(self.attribute_names.clone()))
                 .set_receive_request_attempt_id(attempt_id.clone())
                 .customize()
                 .config_override(
@@ -325,6 +337,15 @@ fn convert(m: aws_sdk_sqs::types::Message) -> Option<SourceMessage> {
     let group = attrs
         .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
         .cloned();
+    let trace_header = attrs
+        .and_then(|a| a.get(&MessageSystemAttributeName::AwsTraceHeader))
+        .cloned();
+    let attributes = m
+        .message_attributes
+        .iter()
+        .flatten()
+        .filter_map(|(name, value)| crate::aws::Attribute::from_sdk(name, value))
+        .collect();
     match (m.message_id, m.receipt_handle) {
         (Some(message_id), Some(receipt_handle)) => Some(SourceMessage {
             message_id,
@@ -333,6 +354,8 @@ fn convert(m: aws_sdk_sqs::types::Message) -> Option<SourceMessage> {
             sent_at,
             receive_count,
             group,
+            trace_header,
+            attributes,
         }),
         _ => {
             tracing::warn!("received a message without id or receipt handle; skipped");

@@ -199,6 +199,8 @@ async fn bad_settings_fail_at_start_in_one_line_naming_the_variable() {
         ("FORWARDER_SOURCE_QUEUE_URL", "sqs://nope"),
         ("FORWARDER_RATE_LIMIT", "4000000000/1s"),
         ("FORWARDER_MESSAGE_GROUP_ID", "tenant {project_id}"),
+        ("FORWARDER_S3_OFFLOAD", "sometimes"),
+        ("FORWARDER_FORWARD_ATTRIBUTES", "tenant,AWS.x"),
     ];
     for (var, value) in cases {
         let out = output_of(
@@ -244,6 +246,8 @@ fn help_lists_every_variable_with_its_default() {
         "FORWARDER_RETRY_MAX_ELAPSED",
         "FORWARDER_EXIT_WHEN_IDLE",
         "FORWARDER_SHUTDOWN_TIMEOUT",
+        "FORWARDER_S3_OFFLOAD",
+        "FORWARDER_FORWARD_ATTRIBUTES",
     ] {
         assert!(
             help.contains(&format!("[env: {var}")),

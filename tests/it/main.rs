@@ -7,10 +7,12 @@
 
 mod helpers;
 
+mod attributes;
 mod bad_input;
 mod classify;
 mod cli;
 mod crash;
+mod fair_queues;
 mod faults;
 mod forwarding;
 mod health;

@@ -211,3 +211,109 @@ async fn a_bucket_that_does_not_exist_pauses_the_route_until_it_exists() {
     let got = drain(&q.client, &q.dest, 1, Duration::from_secs(5)).await;
     assert!(got[0].contains(&name), "{got:?}");
 }
+
+/// The binary with `FORWARDER_S3_OFFLOAD=always`: every event, small or not, is stored
+/// in S3 as it would have been sent (with its `tag_ids`) and only the pointer goes.
+#[tokio::test]
+async fn always_mode_stores_every_event_and_sends_only_pointers() {
+    let q = Queues::create(30).await;
+    let bucket = bucket().await;
+    let bodies: Vec<String> = (1..=6).map(|i| event(100 + i, 42)).collect();
+    send_bodies(&q.client, &q.source, &bodies).await;
+    let mut run = binary(&["run", "--exit-when-idle", "2"]);
+    run.env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+        .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
+        .env("FORWARDER_S3_BUCKET", &bucket)
+        .env("FORWARDER_S3_OFFLOAD", "always")
+        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+        .env(
+            "FORWARDER_DATA_DIR",
+            std::env::temp_dir().join(unique("data")),
+        );
+    let out = output_of(&mut run, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = drain_messages(&q.client, &q.dest, 6, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 6);
+    for m in &got {
+        let v: serde_json::Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+        let id = v["eventID"].as_str().expect("a Sentry pointer").to_string();
+        assert_eq!(attribute(m, "event_id").as_deref(), Some(id.as_str()));
+        let url = v["s3Url"].as_str().unwrap();
+        let key = url.split_once(".amazonaws.com/").unwrap().1;
+        assert!(
+            key.starts_with("42/") && key.ends_with(&id),
+            "{key}"
+        );
+        let stored = object(&bucket, key).await.expect("the object is there");
+        let sent = bodies.iter().find(|b| event_id_of(b) == id).unwrap();
+        let stored_v: serde_json::Value = serde_json::from_str(&stored).unwrap();
+        assert!(stored_v["tag_ids"].is_array(), "stored with its tag ids");
+        assert!(
+            stored.starts_with(sent.trim_end_matches('}')),
+            "the original body, then tag_ids"
+        );
+    }
+}
+
+/// Per route: one project's route stores everything, another's with the same bucket
+/// only what is oversized; `always` with no bucket at all is refused at start.
+#[tokio::test]
+async fn always_mode_per_route_and_refused_without_a_bucket() {
+    let q = Queues::create(30).await;
+    let bucket = bucket().await;
+    let dir = std::env::temp_dir().join(unique("routes"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let routes = dir.join("routes.toml");
+    std::fs::write(
+        &routes,
+        format!(
+            "[default]\nqueue_url = \"{dest}\"\ns3_bucket = \"{bucket}\"\n\n\
+             [projects.7]\nqueue_url = \"{dest}\"\ns3_bucket = \"{bucket}\"\ns3_offload = \"always\"\n",
+            dest = q.dest
+        ),
+    )
+    .unwrap();
+    let bodies = vec![event(201, 7), event(202, 8)];
+    send_bodies(&q.client, &q.source, &bodies).await;
+    let mut run = binary(&["run", "--exit-when-idle", "2"]);
+    run.env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+        .env("FORWARDER_ROUTES_FILE", &routes)
+        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+        .env("FORWARDER_INDEXER", "off");
+    let out = output_of(&mut run, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = drain_messages(&q.client, &q.dest, 2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2);
+    let body_of = |id: u128| {
+        got.iter()
+            .find(|m| attribute(m, "event_id") == Some(format!("{id:032x}")))
+            .and_then(|m| m.body.clone())
+            .unwrap()
+    };
+    assert!(body_of(201).contains("s3Url"), "project 7: a pointer");
+    assert_eq!(body_of(202), bodies[1], "project 8: the event itself");
+
+    let mut refused = binary(&["run"]);
+    refused
+        .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+        .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
+        .env("FORWARDER_S3_OFFLOAD", "always");
+    let out = output_of(&mut refused, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l
+                .contains("FORWARDER_S3_OFFLOAD: is always, but FORWARDER_S3_BUCKET is not set")),
+        "{stderr}"
+    );
+}
