@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use tracing::Instrument;
+
 use crate::event::{decode, DecodeError, Event};
 use crate::forward::{
     DeadLetter, DeadLetterQueue, DeferCause, Deferral, Forwarder, Outcome, Reason, Routed, Router,
@@ -18,6 +20,21 @@ use crate::outcome::{ErrorClass, Stage};
 use crate::source::SourceMessage;
 
 pub use crate::outcome::Failure;
+
+/// Ids as one span field, `a,b,c`, written only if the span is recorded.
+struct Ids<I>(I);
+
+impl<'a, I: Iterator<Item = &'a str> + Clone> std::fmt::Display for Ids<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, id) in self.0.clone().enumerate() {
+            if n > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(id)?;
+        }
+        Ok(())
+    }
+}
 
 /// What became of one message.
 #[derive(Debug, Clone)]
@@ -159,6 +176,16 @@ impl Pipeline {
     /// message that stays, in its group; index; route and forward; dead-letter what
     /// failed for good on its own account.
     pub async fn process(&self, messages: &[SourceMessage]) -> Vec<Settlement> {
+        // Every log line of the batch (retries, failures, dead letters) is inside it.
+        let span = tracing::info_span!(
+            "batch",
+            messages = messages.len(),
+            message_ids = %Ids(messages.iter().map(|m| m.message_id.as_str())),
+        );
+        self.process_batch(messages).instrument(span).await
+    }
+
+    async fn process_batch(&self, messages: &[SourceMessage]) -> Vec<Settlement> {
         let mut settlements: Vec<Option<Settlement>> = vec![None; messages.len()];
         let mut events = self.decode(messages, &mut settlements);
         let invalid = |s: &Settlement| matches!(s, Settlement::Invalid(_));
@@ -277,7 +304,12 @@ impl Pipeline {
                     attributes: &messages[events.at[k]].attributes,
                 })
                 .collect();
-            let outcomes = forwarder.forward(&batch).await;
+            let span = tracing::info_span!(
+                "route",
+                route = %forwarder.queue_url(),
+                event_ids = %Ids(batch.iter().map(|r| r.event.event_id.as_ref())),
+            );
+            let outcomes = forwarder.forward(&batch).instrument(span).await;
             let accepted_at = SystemTime::now();
             for (&k, outcome) in members.iter().zip(outcomes) {
                 let (i, event) = (events.at[k], &events.events[k]);
@@ -589,6 +621,55 @@ mod tests {
             );
         }
         assert!(letters.lock().unwrap().is_empty());
+    }
+
+    /// Log lines written while `f` runs, with their spans.
+    async fn logged<F: std::future::Future>(f: F) -> (F::Output, String) {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let out = f.await;
+        let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+        (out, text)
+    }
+
+    #[tokio::test]
+    async fn failures_log_inside_the_batch_and_route_spans_with_their_ids() {
+        let (dest, _) = queue(Some("AccessDenied"));
+        let messages = [message("m-a", &event(1), None), message("m-b", "{", None)];
+        let (_, logs) = logged(pipeline(dest, None).process(&messages)).await;
+        let batch = "batch{messages=2 message_ids=m-a,m-b}";
+        let route = format!(
+            "route{{route=https://sqs.fake/0/dest event_ids={:032x}}}",
+            1
+        );
+        // The invalid body is logged in the batch's span; the refused send in the route's.
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(batch) && l.contains("m-b") && !l.contains("route{")),
+            "{logs}"
+        );
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(&format!("{batch}:{route}")) && l.contains("AccessDenied")),
+            "{logs}"
+        );
     }
 
     #[tokio::test]

@@ -12,7 +12,13 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+        // Each line carries its spans (the batch's message ids, the route and its
+        // event ids), outermost first.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
 }

@@ -244,10 +244,7 @@ async fn always_mode_stores_every_event_and_sends_only_pointers() {
         assert_eq!(attribute(m, "event_id").as_deref(), Some(id.as_str()));
         let url = v["s3Url"].as_str().unwrap();
         let key = url.split_once(".amazonaws.com/").unwrap().1;
-        assert!(
-            key.starts_with("42/") && key.ends_with(&id),
-            "{key}"
-        );
+        assert!(key.starts_with("42/") && key.ends_with(&id), "{key}");
         let stored = object(&bucket, key).await.expect("the object is there");
         let sent = bodies.iter().find(|b| event_id_of(b) == id).unwrap();
         let stored_v: serde_json::Value = serde_json::from_str(&stored).unwrap();
