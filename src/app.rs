@@ -340,7 +340,16 @@ impl App {
     /// checking each message group against its queue's type) and the dead-letter queue.
     pub async fn pipeline(&self) -> Result<Pipeline, StartError> {
         let router = self.router().await?;
-        let dead_letter = match &self.config.dlq_url {
+        let dead_letter = self.dead_letter_queue().await?;
+        Ok(
+            Pipeline::new(router, self.indexer.clone(), self.metrics.clone())
+                .with_dead_letter(dead_letter),
+        )
+    }
+
+    /// The dead-letter queue (`FORWARDER_DLQ_URL`), after reaching it; `None` if unset.
+    pub async fn dead_letter_queue(&self) -> Result<Option<DeadLetterQueue>, StartError> {
+        Ok(match &self.config.dlq_url {
             Some(url) => {
                 let info = self.reach("FORWARDER_DLQ_URL", url).await?;
                 // SQS's own limit, not FORWARDER_MAX_MESSAGE_BYTES: an event too large
@@ -359,11 +368,7 @@ impl App {
                 ))
             }
             None => None,
-        };
-        Ok(
-            Pipeline::new(router, self.indexer.clone(), self.metrics.clone())
-                .with_dead_letter(dead_letter),
-        )
+        })
     }
 
     /// GetQueueAttributes, with transient failures retried within the retry bound: a
@@ -391,6 +396,29 @@ impl App {
                 url: url.to_string(),
                 source,
             })
+    }
+
+    /// The dead-letter queue as a source (for `redrive`): every message attribute
+    /// received, after reaching it.
+    pub async fn dead_letter_source(&self) -> Result<SqsSource, StartError> {
+        let Some(url) = self.config.dlq_url.clone() else {
+            return Err(ConfigError {
+                var: "FORWARDER_DLQ_URL",
+                problem: "is not set; redrive reads the dead-letter queue".into(),
+            }
+            .into());
+        };
+        let info = self.reach("FORWARDER_DLQ_URL", &url).await?;
+        Ok(SqsSource::new(
+            self.sqs.clone(),
+            url,
+            crate::source::MAX_BATCH,
+            std::time::Duration::from_secs(1),
+            self.config.retry.clone(),
+            self.metrics.clone(),
+        )
+        .with_fifo(info.fifo)
+        .with_attributes(&crate::forward::ForwardAttributes::All))
     }
 
     /// A worker on the source queue, after reaching every configured queue.

@@ -40,7 +40,7 @@
 //! - `internal_events` (internal): each happening logged and counted together.
 //! - [`metrics`]: every metric as a typed value, and the statsd sink.
 //! - [`telemetry`]: logging set-up.
-//! - [`check`], [`replay`]: the other commands.
+//! - [`check`], [`replay`], [`redrive`]: the other commands.
 //!
 //! Modules marked internal are private to the crate; the rest is what the binary, the
 //! benches, the fuzz targets and the integration tests use.
@@ -65,6 +65,7 @@ pub mod lambda;
 pub mod metrics;
 pub mod outcome;
 pub mod pipeline;
+pub mod redrive;
 pub mod replay;
 pub mod retry;
 pub(crate) mod source;

@@ -32,6 +32,18 @@ async fn main() -> ExitCode {
         Command::Run { exit_when_idle } => run(&cli, exit_when_idle).await,
         Command::Replay { ref input } => replay(&cli, input).await,
         Command::Check => check(&cli).await,
+        Command::Redrive {
+            ref reasons,
+            max,
+            dry_run,
+        } => {
+            let options = sqs_forwarder::redrive::RedriveOptions {
+                reasons: reasons.clone(),
+                max,
+                dry_run,
+            };
+            redrive(&cli, &options).await
+        }
         Command::Lambda => lambda(&cli).await,
         Command::Indexer(ref command) => indexer(&cli, command).await,
     }
@@ -176,6 +188,70 @@ async fn replay(cli: &Cli, input: &str) -> ExitCode {
         Ok(summary) => {
             println!("{summary}");
             if summary.all_forwarded() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `redrive`: the dead letters back through the pipeline (or only counted).
+async fn redrive(cli: &Cli, options: &sqs_forwarder::redrive::RedriveOptions) -> ExitCode {
+    use sqs_forwarder::redrive::{self, Redrive};
+    let needs = Needs::DeadLetters {
+        destination: !options.dry_run,
+    };
+    let app = match start(cli, needs, None).await {
+        Ok(app) => app,
+        Err(code) => return code,
+    };
+    let dlq = match app.dead_letter_source().await {
+        Ok(dlq) => dlq,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let through = if options.dry_run {
+        None
+    } else {
+        match (app.pipeline().await, app.dead_letter_queue().await) {
+            (Ok(pipeline), Ok(Some(dead_letters))) => {
+                Some((pipeline.with_dead_letter(None), dead_letters))
+            }
+            (Err(err), _) | (_, Err(err)) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            (_, Ok(None)) => {
+                eprintln!(
+                    "error: FORWARDER_DLQ_URL: is not set; redrive reads the dead-letter queue"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    };
+    let bar = redrive::progress_bar(&dlq).await;
+    let result = redrive::redrive(
+        &dlq,
+        through.as_ref().map(|(pipeline, dead_letters)| Redrive {
+            pipeline,
+            dead_letters,
+        }),
+        options,
+        &bar,
+    )
+    .await;
+    app.metrics().flush(std::time::Duration::from_secs(2));
+    match result {
+        Ok(summary) => {
+            println!("{summary}");
+            if summary.all_redriven() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -88,7 +88,9 @@ impl Settlement {
     /// Why the message would be dead-lettered: an invalid body, or a failure of the
     /// message itself. Nothing else is: not transient failures whose retries ran out,
     /// not an unusable destination, not the indexer's store. A later try may succeed.
-    fn dead_letter_reason(&self) -> Option<Reason> {
+    /// Why the message would be dead-lettered: it can never be forwarded as it is (an
+    /// invalid body, a message-level failure); `None` for anything else.
+    pub fn dead_letter_reason(&self) -> Option<Reason> {
         match self {
             Settlement::Invalid(err) => Some(Reason {
                 stage: Stage::Decode,
@@ -623,30 +625,43 @@ mod tests {
         assert!(letters.lock().unwrap().is_empty());
     }
 
-    /// Log lines written while `f` runs, with their spans.
-    async fn logged<F: std::future::Future>(f: F) -> (F::Output, String) {
-        #[derive(Clone, Default)]
-        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
+    thread_local! {
+        /// Where this thread's log lines go while [`logged`] runs.
+        static CAPTURE: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// Writes to this thread's [`CAPTURE`], if one is on; else nowhere.
+    struct ThreadWriter;
+    impl std::io::Write for ThreadWriter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            CAPTURE.with(|c| {
+                if let Some(buf) = c.borrow_mut().as_mut() {
+                    buf.extend_from_slice(b);
+                }
+            });
+            Ok(b.len())
         }
-        let buf = Buf::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Log lines written on this thread while `f` runs (a current-thread test), with
+    /// their spans. One global subscriber: a scoped one can miss callsites whose interest
+    /// another test thread cached first.
+    async fn logged<F: std::future::Future>(f: F) -> (F::Output, String) {
+        static INIT: std::sync::Once = std::sync::Once::new();
+        INIT.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_writer(|| ThreadWriter)
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .try_init();
+        });
+        CAPTURE.with(|c| *c.borrow_mut() = Some(Vec::new()));
         let out = f.await;
-        let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
-        (out, text)
+        let bytes = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        (out, String::from_utf8_lossy(&bytes).into_owned())
     }
 
     #[tokio::test]

@@ -40,6 +40,26 @@ pub enum Command {
     },
     /// Validate the configuration and reach every configured queue.
     Check,
+    /// Send the dead letters of FORWARDER_DLQ_URL back through the pipeline to their
+    /// routes, once their cause is fixed; each is deleted from the DLQ only once its
+    /// destination accepted it. Exits 1 if any matching dead letter was left behind.
+    Redrive {
+        /// Only dead letters with this `reason` attribute (e.g. oversized); repeat for
+        /// several. None: all.
+        #[arg(
+            long = "reason",
+            env = "FORWARDER_REDRIVE_REASONS",
+            value_name = "R",
+            value_delimiter = ','
+        )]
+        reasons: Vec<String>,
+        /// At most this many dead letters (of those matching).
+        #[arg(long, env = "FORWARDER_REDRIVE_MAX", value_name = "N")]
+        max: Option<usize>,
+        /// Print the counts by reason and stage; change nothing.
+        #[arg(long, env = "FORWARDER_REDRIVE_DRY_RUN")]
+        dry_run: bool,
+    },
     /// Serve AWS Lambda SQS batches (the default inside Lambda, where
     /// AWS_LAMBDA_RUNTIME_API is set); answers with partial batch failures.
     Lambda,

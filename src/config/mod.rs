@@ -61,6 +61,11 @@ pub enum Needs {
     SourceAndDestination,
     /// `replay`: a destination.
     Destination,
+    /// `redrive`: the dead-letter queue, and a destination unless it only counts.
+    DeadLetters {
+        /// Whether the dead letters are sent (not a dry run).
+        destination: bool,
+    },
 }
 
 /// The validated configuration of one command.
@@ -237,19 +242,25 @@ impl Settings {
                 self.source_queue_url.as_deref(),
                 &mut errors,
             ),
-            Needs::Destination => None,
+            Needs::Destination | Needs::DeadLetters { .. } => None,
         };
         let routes = self.routes(&mut errors);
         // With a routes file, the destination variable is optional: it is the default
         // route if the file has none.
-        let dest = match (&self.dest_queue_url, &self.routes_file) {
-            (None, Some(_)) => None,
-            (value, _) => queue_url("FORWARDER_DEST_QUEUE_URL", value.as_deref(), &mut errors),
+        let dest = match (&self.dest_queue_url, &self.routes_file, needs) {
+            (None, _, Needs::DeadLetters { destination: false }) | (None, Some(_), _) => None,
+            (value, _, _) => queue_url("FORWARDER_DEST_QUEUE_URL", value.as_deref(), &mut errors),
         };
-        let dlq_url = self
-            .dlq_url
-            .as_deref()
-            .and_then(|url| queue_url("FORWARDER_DLQ_URL", Some(url), &mut errors));
+        let dlq_url = match (self.dlq_url.as_deref(), needs) {
+            (None, Needs::DeadLetters { .. }) => {
+                errors.push(ConfigError::new(
+                    "FORWARDER_DLQ_URL",
+                    "is not set; redrive reads the dead-letter queue",
+                ));
+                None
+            }
+            (url, _) => url.and_then(|url| queue_url("FORWARDER_DLQ_URL", Some(url), &mut errors)),
+        };
         let health_addr = address(
             "FORWARDER_HEALTH_ADDR",
             self.health_addr.as_deref(),

@@ -121,6 +121,23 @@ impl SqsSource {
         self.wait
     }
 
+    /// How many messages the queue holds, about (`ApproximateNumberOfMessages`).
+    pub async fn approximate_depth(&self) -> Result<u64, AwsError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk(Operation::GetAttributes, e))?;
+        Ok(out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
     /// Healthcheck: the queue's attributes.
     pub async fn info(&self) -> Result<QueueInfo, AwsError> {
         queue_info(&self.client, &self.queue_url).await

@@ -21,6 +21,7 @@ mod isolation;
 mod lambda;
 mod offload;
 mod outage;
+mod redrive;
 mod routes;
 mod secrets;
 mod shared_cache;
