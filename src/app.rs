@@ -128,10 +128,7 @@ impl App {
     /// Loads the AWS configuration from the environment and sets up metrics.
     pub async fn build(config: Config) -> Result<App, StartError> {
         let sdk = aws::load_sdk_config(config.request_timeout).await;
-        let metrics = match &config.statsd {
-            Some(settings) => sink::udp(settings)?,
-            None => Metrics::disabled(),
-        };
+        let metrics = sink::build(&config.metrics)?;
         App::connect(config, &sdk, metrics).await
     }
 

@@ -354,6 +354,38 @@ pub struct Settings {
     )]
     pub statsd_addr: Option<String>,
 
+    /// Where metrics go: off, statsd (plain, no tags), dogstatsd, datadog-api (Datadog's
+    /// HTTP API: DD_API_KEY, DD_SITE, DD_URL), emf (CloudWatch Embedded Metric Format on
+    /// stdout) or log (tracing events at debug). Unset: dogstatsd if
+    /// FORWARDER_STATSD_ADDR is set; else emf in Lambda mode; else off.
+    #[arg(long, env = "FORWARDER_METRICS_BACKEND", value_name = "BACKEND",
+          value_parser = ["off", "statsd", "dogstatsd", "datadog-api", "emf", "log"], global = true)]
+    pub metrics_backend: Option<String>,
+
+    /// How often emf and datadog-api write what they aggregated (1s to 5m).
+    #[arg(long, env = "FORWARDER_METRICS_FLUSH_INTERVAL", value_name = "DURATION",
+          default_value = "10s", value_parser = duration, global = true)]
+    pub metrics_flush_interval: Duration,
+
+    /// Datadog's API key, for datadog-api. Never logged.
+    #[arg(long, env = "DD_API_KEY", value_name = "KEY", hide_env_values = true, global = true,
+          value_parser = |s: &str| Ok::<_, String>(crate::metrics::datadog::ApiKey::new(s)))]
+    pub dd_api_key: Option<crate::metrics::datadog::ApiKey>,
+
+    /// Datadog's site, for datadog-api: the intake is https://api.SITE.
+    #[arg(
+        long,
+        env = "DD_SITE",
+        value_name = "SITE",
+        default_value = "datadoghq.com",
+        global = true
+    )]
+    pub dd_site: String,
+
+    /// The intake's base URL, for datadog-api; overrides DD_SITE (a proxy, a test).
+    #[arg(long, env = "DD_URL", value_name = "URL", global = true)]
+    pub dd_url: Option<String>,
+
     /// Address of the health listener (GET /healthz, GET /readyz), host:port, for
     /// Kubernetes probes; unset: no listener.
     #[arg(

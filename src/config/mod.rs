@@ -14,7 +14,7 @@ use std::time::Duration;
 
 pub use cli::{Cli, Command, IndexerCommand, LogFormat, SecretUrl, Settings, Switch};
 
-use crate::metrics::sink::StatsdSettings;
+use crate::metrics::sink::{MetricsBackend, MetricsSettings};
 use crate::retry::RetryPolicy;
 
 /// A setting that is missing or wrong. Displays as one line naming the variable.
@@ -106,7 +106,7 @@ pub struct Config {
     /// Bound on a message and on a batch, in bytes (`FORWARDER_MAX_MESSAGE_BYTES`).
     pub max_message_bytes: usize,
     /// Where metrics go; `None` turns them off (`FORWARDER_STATSD_ADDR`).
-    pub statsd: Option<StatsdSettings>,
+    pub metrics: MetricsSettings,
     /// Where the health listener serves the probes; `None`: no listener
     /// (`FORWARDER_HEALTH_ADDR`).
     pub health_addr: Option<SocketAddr>,
@@ -159,7 +159,7 @@ impl Config {
             max_in_flight: 40,
             receive_wait: Duration::from_secs(1),
             max_message_bytes: crate::forward::DEFAULT_MAX_MESSAGE_BYTES,
-            statsd: None,
+            metrics: MetricsSettings::off(),
             health_addr: None,
             retry: RetryPolicy {
                 initial_interval: Duration::from_millis(50),
@@ -266,17 +266,7 @@ impl Settings {
             self.health_addr.as_deref(),
             &mut errors,
         );
-        let statsd = address(
-            "FORWARDER_STATSD_ADDR",
-            self.statsd_addr.as_deref(),
-            &mut errors,
-        )
-        .map(|addr| StatsdSettings {
-            addr,
-            prefix: self.metrics_prefix.clone(),
-            tags: self.metrics_tags.0.clone(),
-            sample_rate: self.metrics_sample_rate,
-        });
+        let metrics = self.metrics_settings(&mut errors);
         self.check_retry(&mut errors);
         self.check_offload(&mut errors);
         if !errors.is_empty() {
@@ -300,7 +290,7 @@ impl Settings {
             // Exiting when idle needs a receive that returns within the idle time.
             receive_wait: exit_when_idle.map_or(receive_wait, |idle| receive_wait.min(idle)),
             max_message_bytes: self.max_message_bytes,
-            statsd,
+            metrics,
             health_addr,
             retry: self.retry_policy(),
             request_timeout: self.request_timeout,
@@ -312,6 +302,93 @@ impl Settings {
 }
 
 impl Settings {
+    /// The metrics backend and what it needs: its address, key or nothing.
+    fn metrics_settings(&self, errors: &mut Vec<ConfigError>) -> MetricsSettings {
+        let statsd = address("FORWARDER_STATSD_ADDR", self.statsd_addr.as_deref(), errors);
+        let in_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+        let chosen =
+            self.metrics_backend
+                .as_deref()
+                .unwrap_or(match (&self.statsd_addr, in_lambda) {
+                    (Some(_), _) => "dogstatsd",
+                    (None, true) => "emf",
+                    (None, false) => "off",
+                });
+        let needs_addr = |errors: &mut Vec<ConfigError>| {
+            if statsd.is_none() && self.statsd_addr.is_none() {
+                errors.push(ConfigError::new(
+                    "FORWARDER_STATSD_ADDR",
+                    format!("is not set, but FORWARDER_METRICS_BACKEND is {chosen}"),
+                ));
+            }
+            statsd
+        };
+        let backend = match chosen {
+            "statsd" => needs_addr(errors).map(MetricsBackend::Statsd),
+            "dogstatsd" => needs_addr(errors).map(MetricsBackend::DogStatsd),
+            "datadog-api" => self.datadog(errors).map(MetricsBackend::DatadogApi),
+            "emf" => Some(MetricsBackend::Emf),
+            "log" => Some(MetricsBackend::Log),
+            _ => Some(MetricsBackend::Off),
+        }
+        .unwrap_or(MetricsBackend::Off);
+        if !(Duration::from_secs(1)..=Duration::from_secs(300))
+            .contains(&self.metrics_flush_interval)
+        {
+            errors.push(ConfigError::new(
+                "FORWARDER_METRICS_FLUSH_INTERVAL",
+                "must be between 1s and 5m",
+            ));
+        }
+        MetricsSettings {
+            backend,
+            prefix: self.metrics_prefix.clone(),
+            tags: self.metrics_tags.0.clone(),
+            sample_rate: self.metrics_sample_rate,
+            flush_interval: self.metrics_flush_interval,
+        }
+    }
+
+    /// Datadog's intake and key, for `datadog-api`.
+    fn datadog(
+        &self,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<crate::metrics::datadog::DatadogSettings> {
+        let Some(key) = self.dd_api_key.clone().filter(|k| !k.is_blank()) else {
+            errors.push(ConfigError::new(
+                "DD_API_KEY",
+                "is not set, but FORWARDER_METRICS_BACKEND is datadog-api",
+            ));
+            return None;
+        };
+        let base_url = match &self.dd_url {
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => url.clone(),
+            Some(url) => {
+                errors.push(ConfigError::new(
+                    "DD_URL",
+                    format!("{url:?} is not an http(s) URL"),
+                ));
+                return None;
+            }
+            None => format!("https://api.{}", self.dd_site.trim()),
+        };
+        let prefix = &self.metrics_prefix;
+        let dot = if prefix.is_empty() || prefix.ends_with('.') {
+            ""
+        } else {
+            "."
+        };
+        Some(crate::metrics::datadog::DatadogSettings {
+            base_url,
+            api_key: key,
+            dropped_metric: format!(
+                "{prefix}{dot}{}",
+                crate::metrics::Counter::MetricsDropped.name()
+            ),
+            tags: self.metrics_tags.0.clone(),
+        })
+    }
+
     /// `always` needs a bucket to store in: the worker's, or (with a routes file) a
     /// route's.
     fn check_offload(&self, errors: &mut Vec<ConfigError>) {
@@ -446,7 +523,7 @@ impl fmt::Display for Config {
         write!(
             f,
             "source={} dest={} routes={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} s3_offload={} forward_attributes={} rate_limit={} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
-             statsd={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
+             metrics={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
              retry_max_interval={} retry_max_elapsed={} request_timeout={} shutdown_timeout={} \
              exit_when_idle={} health={} indexer={}",
             self.source_queue_url.as_deref().unwrap_or("-"),
@@ -467,18 +544,20 @@ impl fmt::Display for Config {
             self.batch_size,
             self.receive_wait.as_secs(),
             self.max_message_bytes,
-            self.statsd
-                .as_ref()
-                .map_or("off".to_string(), |s| s.addr.to_string()),
-            self.statsd.as_ref().map_or("", |s| s.prefix.as_str()),
-            self.statsd.as_ref().map_or(String::new(), |s| {
-                s.tags
-                    .iter()
-                    .map(|(k, v)| format!("{k}:{v}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            }),
-            self.statsd.as_ref().map_or(1.0, |s| s.sample_rate),
+            match &self.metrics.backend {
+                MetricsBackend::Statsd(addr) | MetricsBackend::DogStatsd(addr) =>
+                    format!("{} {addr}", self.metrics.backend.name()),
+                MetricsBackend::DatadogApi(dd) => format!("datadog-api {}", dd.base_url),
+                other => other.name().to_string(),
+            },
+            self.metrics.prefix,
+            self.metrics
+                .tags
+                .iter()
+                .map(|(k, v)| format!("{k}:{v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            self.metrics.sample_rate,
             humantime::format_duration(self.retry.initial_interval),
             humantime::format_duration(self.retry.max_interval),
             humantime::format_duration(self.retry.max_elapsed),

@@ -5,11 +5,16 @@
 //! dashboard author reads this file and nothing else. Code elsewhere calls
 //! [`Metrics::incr`], [`Metrics::timing`] or [`Metrics::gauge`] and never spells a name.
 //!
-//! Metrics leave through cadence to statsd/DogStatsD over UDP (see [`sink`]); the sink
-//! queues and buffers, so emitting never blocks the pipeline. What logs and counts
+//! Metrics leave through the backend `FORWARDER_METRICS_BACKEND` picks ([`sink::build`]):
+//! cadence to statsd/DogStatsD over UDP, whose sink queues and buffers; or
+//! [`backend`]'s EMF, Datadog API and log backends, which aggregate or log. Either way,
+//! emitting never blocks the pipeline. What logs and counts
 //! together goes through [`crate::internal_events`]. This module imports nothing of
 //! the pipeline: only the typed labels of [`crate::outcome`].
 
+pub mod backend;
+pub mod datadog;
+pub mod emf;
 pub mod sink;
 
 use std::sync::Arc;
@@ -127,6 +132,10 @@ pub enum Counter {
     /// the message already had SQS's 10 (`FORWARDER_FORWARD_ATTRIBUTES`). Counted by
     /// the attribute; logged once per run.
     AttributesDropped,
+    /// `forwarder.metrics.dropped`: `datadog-api` series that were not accepted (after
+    /// retries within the flush interval) and were dropped; counted by the backend
+    /// itself and sent with the next interval. Logged once per run.
+    MetricsDropped,
     /// `forwarder.sqs.error`: a call that failed for good (after retries).
     ///
     /// Tags: `operation` (as for `forwarder.retry`), `class`.
@@ -139,7 +148,8 @@ pub enum Counter {
 }
 
 impl Counter {
-    fn name(&self) -> &'static str {
+    /// The metric's name, without the prefix.
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Counter::HttpResponse { .. } => "data-forwarding.http_response",
             Counter::InvalidEvent { .. } => "forwarder.event.invalid",
@@ -152,6 +162,7 @@ impl Counter {
             Counter::MessagesDeleted => "forwarder.messages.deleted",
             Counter::AwsError { .. } => "forwarder.sqs.error",
             Counter::AttributesDropped => "forwarder.attributes.dropped",
+            Counter::MetricsDropped => "forwarder.metrics.dropped",
             Counter::IndexerLookup { .. } => "forwarder.indexer.lookup",
             Counter::DeadLettered { .. } => "forwarder.dead_letter",
             Counter::IndexerRefused { .. } => "forwarder.indexer.refused",
@@ -183,7 +194,8 @@ impl Counter {
             Counter::MessagesReceived
             | Counter::MessagesDeleted
             | Counter::RateLimited
-            | Counter::AttributesDropped => Vec::new(),
+            | Counter::AttributesDropped
+            | Counter::MetricsDropped => Vec::new(),
         }
     }
 
@@ -252,17 +264,33 @@ impl Gauge {
 /// A cheap, cloneable handle to the metrics client. Disabled, it does nothing.
 #[derive(Clone, Default)]
 pub struct Metrics {
-    /// `None` when `FORWARDER_STATSD_ADDR` is unset: metrics are off.
+    /// `None` when metrics are off.
     inner: Option<Arc<Inner>>,
 }
 
 struct Inner {
-    /// The cadence client: prefix and global tags are applied here.
-    client: StatsdClient,
-    /// The sink behind `client`, kept to flush it and to wait for its queue at shutdown.
+    /// Where metrics go.
+    out: Output,
+    /// What is behind `out`, kept to flush it and to wait for its queue at shutdown.
     sink: Arc<dyn Flush>,
-    /// Fraction of sampled metrics sent (`FORWARDER_METRICS_SAMPLE_RATE`).
+    /// Fraction of sampled metrics sent (`FORWARDER_METRICS_SAMPLE_RATE`; statsd only:
+    /// the other backends aggregate, so nothing needs sampling).
     sample_rate: f64,
+}
+
+/// The two ways out: cadence's statsd client, or another backend.
+enum Output {
+    /// statsd/DogStatsD: prefix and global tags are applied by the cadence client.
+    Statsd(StatsdClient),
+    /// `emf`, `datadog-api`, `log`: prefix and global tags applied here.
+    Backend {
+        /// The backend.
+        backend: Arc<dyn backend::Backend>,
+        /// Prepended to every name, with a dot.
+        prefix: String,
+        /// Added to every metric, first.
+        tags: Vec<(String, String)>,
+    },
 }
 
 /// What shutdown needs from a sink: push out what is buffered.
@@ -299,9 +327,29 @@ impl Metrics {
         }
         Self {
             inner: Some(Arc::new(Inner {
-                client: builder.build(),
+                out: Output::Statsd(builder.build()),
                 sink: flusher,
                 sample_rate,
+            })),
+        }
+    }
+
+    /// Metrics through another backend (EMF, Datadog's API, logs), with the same
+    /// catalogue, prefix and global tags.
+    pub fn with_backend(
+        backend: Arc<dyn backend::Backend>,
+        prefix: &str,
+        global_tags: &[(String, String)],
+    ) -> Self {
+        Self {
+            inner: Some(Arc::new(Inner {
+                sink: backend.clone(),
+                out: Output::Backend {
+                    backend,
+                    prefix: prefix.to_string(),
+                    tags: global_tags.to_vec(),
+                },
+                sample_rate: 1.0,
             })),
         }
     }
@@ -314,30 +362,50 @@ impl Metrics {
     /// Counts `n`.
     pub fn count(&self, counter: Counter, n: u64) {
         let Some(inner) = &self.inner else { return };
-        if counter.sampled() && !inner.keep() {
-            return;
+        match &inner.out {
+            Output::Statsd(client) => {
+                if counter.sampled() && !inner.keep() {
+                    return;
+                }
+                let builder = client.count_with_tags(counter.name(), n);
+                send(inner.rate_if(counter.sampled(), builder), &counter.tags());
+            }
+            Output::Backend { .. } => {
+                inner.record(counter.name(), &counter.tags(), backend::Value::Count(n))
+            }
         }
-        let builder = inner.client.count_with_tags(counter.name(), n);
-        send(inner.rate_if(counter.sampled(), builder), &counter.tags());
     }
 
     /// Records a duration in milliseconds.
     pub fn timing(&self, timer: Timer, duration: Duration) {
         let Some(inner) = &self.inner else { return };
-        if !inner.keep() {
-            return;
+        match &inner.out {
+            Output::Statsd(client) => {
+                if !inner.keep() {
+                    return;
+                }
+                let builder = client.time_with_tags(timer.name(), duration);
+                send(inner.rate_if(true, builder), &[]);
+            }
+            Output::Backend { .. } => inner.record(
+                timer.name(),
+                &[],
+                backend::Value::Millis(duration.as_secs_f64() * 1000.0),
+            ),
         }
-        let builder = inner.client.time_with_tags(timer.name(), duration);
-        send(inner.rate_if(true, builder), &[]);
     }
 
     /// Sets a gauge. Gauges are never sampled: a dropped value would leave a stale one.
     pub fn gauge(&self, gauge: Gauge, value: u64) {
         let Some(inner) = &self.inner else { return };
-        send(
-            inner.client.gauge_with_tags(gauge.name(), value),
-            &gauge.tags(),
-        );
+        match &inner.out {
+            Output::Statsd(client) => {
+                send(client.gauge_with_tags(gauge.name(), value), &gauge.tags())
+            }
+            Output::Backend { .. } => {
+                inner.record(gauge.name(), &gauge.tags(), backend::Value::Gauge(value))
+            }
+        }
     }
 
     /// The sink's flush, for a flusher that must stop when the metrics are dropped.
@@ -355,6 +423,36 @@ impl Metrics {
 }
 
 impl Inner {
+    /// To a backend: the name with the prefix, the global tags then the metric's own.
+    fn record(&self, name: &str, tags: &[(&str, &str)], value: backend::Value) {
+        let Output::Backend {
+            backend,
+            prefix,
+            tags: global,
+        } = &self.out
+        else {
+            return;
+        };
+        let full;
+        let name = if prefix.is_empty() {
+            name
+        } else {
+            let dot = if prefix.ends_with('.') { "" } else { "." };
+            full = format!("{prefix}{dot}{name}");
+            full.as_str()
+        };
+        let all: Vec<(&str, &str)> = global
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(tags.iter().copied())
+            .collect();
+        backend.record(&backend::Sample {
+            name,
+            tags: &all,
+            value,
+        });
+    }
+
     /// Whether a sampled metric is sent this time.
     fn keep(&self) -> bool {
         self.sample_rate >= 1.0 || fastrand::f64() < self.sample_rate

@@ -1,4 +1,6 @@
-//! Telemetry set-up for metrics: the statsd sink, apart from where metrics are used.
+//! Telemetry set-up for metrics: the backend `FORWARDER_METRICS_BACKEND` picks, apart
+//! from where metrics are used ([`build`]). statsd and DogStatsD go through the sink
+//! below; `emf`, `datadog-api` and `log` through [`super::backend`].
 //!
 //! A bounded [`QueuingMetricSink`] in front of a [`BufferedUdpMetricSink`]: emitting is a
 //! channel push that never blocks (when the queue is full the metric is dropped), a
@@ -34,15 +36,121 @@ pub struct StatsdSettings {
     pub sample_rate: f64,
 }
 
+/// Where metrics go (`FORWARDER_METRICS_BACKEND`), with what every backend shares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsSettings {
+    /// The backend.
+    pub backend: MetricsBackend,
+    /// Prepended to every metric name, with a dot (`FORWARDER_METRICS_PREFIX`).
+    pub prefix: String,
+    /// Added to every metric (`FORWARDER_METRICS_TAGS`).
+    pub tags: Vec<(String, String)>,
+    /// Fraction of sampled metrics sent, statsd and DogStatsD only
+    /// (`FORWARDER_METRICS_SAMPLE_RATE`).
+    pub sample_rate: f64,
+    /// How often `emf` and `datadog-api` write what they aggregated
+    /// (`FORWARDER_METRICS_FLUSH_INTERVAL`).
+    pub flush_interval: Duration,
+}
+
+/// The backends, as Sentry's metrics API offers them, and the one Lambda needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricsBackend {
+    /// Discards (Sentry's dummy backend).
+    Off,
+    /// Plain statsd over UDP: no tags (the protocol has none; they are dropped).
+    Statsd(SocketAddr),
+    /// DogStatsD over UDP, to a local agent: tags as `|#k:v`.
+    DogStatsd(SocketAddr),
+    /// Datadog's HTTP API, with no agent.
+    DatadogApi(super::datadog::DatadogSettings),
+    /// CloudWatch Embedded Metric Format lines on stdout.
+    Emf,
+    /// Each metric as a `tracing` event at debug.
+    Log,
+}
+
+impl MetricsBackend {
+    /// The setting's value, as written.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MetricsBackend::Off => "off",
+            MetricsBackend::Statsd(_) => "statsd",
+            MetricsBackend::DogStatsd(_) => "dogstatsd",
+            MetricsBackend::DatadogApi(_) => "datadog-api",
+            MetricsBackend::Emf => "emf",
+            MetricsBackend::Log => "log",
+        }
+    }
+}
+
+impl MetricsSettings {
+    /// Metrics off.
+    pub fn off() -> Self {
+        Self {
+            backend: MetricsBackend::Off,
+            prefix: String::new(),
+            tags: Vec::new(),
+            sample_rate: 1.0,
+            flush_interval: Duration::from_secs(10),
+        }
+    }
+
+    /// DogStatsD to `addr`, unprefixed, untagged, unsampled.
+    pub fn dogstatsd(addr: SocketAddr) -> Self {
+        Self {
+            backend: MetricsBackend::DogStatsd(addr),
+            ..Self::off()
+        }
+    }
+
+    fn statsd(&self, addr: SocketAddr) -> StatsdSettings {
+        StatsdSettings {
+            addr,
+            prefix: self.prefix.clone(),
+            tags: self.tags.clone(),
+            sample_rate: self.sample_rate,
+        }
+    }
+}
+
+/// Builds the metrics `settings` ask for, and starts their flusher.
+pub fn build(settings: &MetricsSettings) -> io::Result<Metrics> {
+    use std::sync::Arc;
+    let backend: Arc<dyn super::backend::Backend> = match &settings.backend {
+        MetricsBackend::Off => return Ok(Metrics::disabled()),
+        MetricsBackend::Statsd(addr) => return udp_with(&settings.statsd(*addr), true),
+        MetricsBackend::DogStatsd(addr) => return udp_with(&settings.statsd(*addr), false),
+        MetricsBackend::Log => Arc::new(super::backend::LogBackend),
+        MetricsBackend::Emf => Arc::new(super::emf::EmfBackend::stdout()),
+        MetricsBackend::DatadogApi(dd) => Arc::new(super::datadog::DatadogBackend::start(
+            dd.clone(),
+            settings.flush_interval,
+        )?),
+    };
+    let metrics = Metrics::with_backend(backend, &settings.prefix, &settings.tags);
+    if let Some(handle) = metrics.flush_handle() {
+        start_flusher(handle, settings.flush_interval);
+    }
+    Ok(metrics)
+}
+
 /// The production sink: queued, buffered UDP.
 #[derive(Clone)]
 pub struct UdpSink {
     /// The queue in front of the UDP writer; cloning shares it.
     queue: QueuingMetricSink,
+    /// Plain statsd: each line without its DogStatsD tags (`|#…`).
+    plain: bool,
 }
 
 impl MetricSink for UdpSink {
     fn emit(&self, metric: &str) -> io::Result<usize> {
+        if self.plain {
+            if let Some((bare, _tags)) = metric.split_once("|#") {
+                return self.queue.emit(bare);
+            }
+        }
         self.queue.emit(metric)
     }
     fn flush(&self) -> io::Result<()> {
@@ -60,8 +168,13 @@ impl Flush for UdpSink {
     }
 }
 
-/// Builds metrics that go to statsd over UDP, and starts the flusher thread.
+/// Builds metrics that go to DogStatsD over UDP, and starts the flusher thread.
 pub fn udp(settings: &StatsdSettings) -> io::Result<Metrics> {
+    udp_with(settings, false)
+}
+
+/// statsd (`plain`: tags dropped) or DogStatsD over UDP, with the flusher thread.
+fn udp_with(settings: &StatsdSettings, plain: bool) -> io::Result<Metrics> {
     let bind: SocketAddr = if settings.addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -73,20 +186,21 @@ pub fn udp(settings: &StatsdSettings) -> io::Result<Metrics> {
         .map_err(io::Error::other)?;
     let sink = UdpSink {
         queue: QueuingMetricSink::with_capacity(buffered, QUEUE_CAPACITY),
+        plain,
     };
     let metrics = Metrics::new(sink, &settings.prefix, &settings.tags, settings.sample_rate);
     if let Some(handle) = metrics.flush_handle() {
-        start_flusher(handle);
+        start_flusher(handle, FLUSH_INTERVAL);
     }
     Ok(metrics)
 }
 
-/// Flushes every [`FLUSH_INTERVAL`] until the last [`Metrics`] clone is dropped.
-fn start_flusher(sink: Weak<dyn Flush>) {
+/// Flushes every `interval` until the last [`Metrics`] clone is dropped.
+fn start_flusher(sink: Weak<dyn Flush>, interval: Duration) {
     std::thread::Builder::new()
         .name("metrics-flush".into())
         .spawn(move || loop {
-            std::thread::sleep(FLUSH_INTERVAL);
+            std::thread::sleep(interval);
             match sink.upgrade() {
                 Some(sink) => sink.flush_within(Duration::ZERO),
                 None => return,

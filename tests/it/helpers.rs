@@ -11,7 +11,7 @@ use aws_sdk_sqs::config::Credentials;
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 use sqs_forwarder::config::Config;
-use sqs_forwarder::metrics::sink::StatsdSettings;
+use sqs_forwarder::metrics::sink::MetricsSettings;
 
 /// LocalStack's edge endpoint (`make test` starts it).
 pub fn endpoint() -> String {
@@ -45,10 +45,7 @@ pub async fn sdk_at(endpoint: &str) -> SdkConfig {
 /// The app for a configuration, on LocalStack, with metrics to the configured statsd
 /// and the indexer's store opened if the configuration has one.
 pub async fn app(config: Config) -> sqs_forwarder::app::App {
-    let metrics = match &config.statsd {
-        Some(s) => sqs_forwarder::metrics::sink::udp(s).expect("statsd socket"),
-        None => sqs_forwarder::metrics::Metrics::disabled(),
-    };
+    let metrics = sqs_forwarder::metrics::sink::build(&config.metrics).expect("statsd socket");
     sqs_forwarder::app::App::connect(config, &sdk().await, metrics)
         .await
         .expect("app")
@@ -193,12 +190,7 @@ pub fn test_config(source: &str, dest: &str, statsd: Option<SocketAddr>) -> Conf
     Config {
         source_queue_url: Some(source.to_string()),
         dest_queue_url: Some(dest.to_string()),
-        statsd: statsd.map(|addr| StatsdSettings {
-            addr,
-            prefix: String::new(),
-            tags: Vec::new(),
-            sample_rate: 1.0,
-        }),
+        metrics: statsd.map_or_else(MetricsSettings::off, MetricsSettings::dogstatsd),
         ..Config::for_test()
     }
 }

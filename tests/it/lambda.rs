@@ -417,3 +417,35 @@ async fn an_invocation_answers_before_its_deadline() {
     assert!(took >= Duration::from_secs(1), "gave up early: {took:?}");
     drop(child);
 }
+
+/// Inside Lambda, with no backend set, metrics are EMF lines on stdout (CloudWatch turns
+/// them into metrics with no agent), written before each invocation answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_lambda_metrics_default_to_emf_on_stdout() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let dest = create_queue(&client, &unique("lambda-emf"), 30).await;
+    let mut api = RuntimeApi::start().await;
+    let child = function(&api, &[("FORWARDER_DEST_QUEUE_URL", dest.clone())]);
+    let posted = api
+        .invoke(
+            "req-emf",
+            batch(vec![
+                record("e1", &event(1, 1), None),
+                record("e2", &event(2, 1), None),
+                record("e3", &event(3, 1), None),
+            ]),
+        )
+        .await;
+    assert!(failures(&posted).is_empty(), "{posted:?}");
+    child.terminate();
+    let out = child.finish(Duration::from_secs(30)).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ok: u64 = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "sqs-forwarder")
+        .filter(|l| l["success"] == "true")
+        .filter_map(|l| l["data-forwarding.http_response"].as_u64())
+        .sum();
+    assert_eq!(ok, 3, "{stdout}");
+}

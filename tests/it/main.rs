@@ -19,6 +19,7 @@ mod health;
 mod indexer;
 mod isolation;
 mod lambda;
+mod metrics_backends;
 mod offload;
 mod outage;
 mod redrive;

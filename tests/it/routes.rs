@@ -100,7 +100,7 @@ async fn without_a_default_unrouted_projects_are_skipped_and_counted() {
     let mut config = q.config(Some(statsd.addr));
     config.dest_queue_url = None;
     config.routes = Some(routes::load(&path).unwrap());
-    let metrics = sqs_forwarder::metrics::sink::udp(config.statsd.as_ref().unwrap()).unwrap();
+    let metrics = sqs_forwarder::metrics::sink::build(&config.metrics).unwrap();
     let app = App::from_sdk(config, &sdk().await, metrics).unwrap();
     let summary = tokio::time::timeout(Duration::from_secs(60), app.run(std::future::pending()))
         .await

@@ -1,0 +1,273 @@
+//! Every metrics backend with the real binary on LocalStack
+//! (`FORWARDER_METRICS_BACKEND`): `data-forwarding.http_response` exactly once per
+//! forwarded event, with the prefix and the global tags, whichever backend.
+
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const EVENTS: u128 = 7;
+const KEY: &str = "dd0123456789abcdefSECRET";
+
+/// A run of the binary over `EVENTS` events with `env`; its output.
+async fn run_with(env: &[(&str, String)]) -> std::process::Output {
+    let q = Queues::create(30).await;
+    let bodies: Vec<String> = (1..=EVENTS).map(|i| event(i, 3)).collect();
+    send_bodies(&q.client, &q.source, &bodies).await;
+    let mut run = binary(&["run", "--exit-when-idle", "2"]);
+    run.env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+        .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
+        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+        .env("FORWARDER_INDEXER", "off")
+        .env("FORWARDER_METRICS_PREFIX", "sqsf")
+        .env("FORWARDER_METRICS_TAGS", "env:test")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let out = output_of(&mut run, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[tokio::test]
+async fn emf_lines_on_stdout_count_every_forwarded_event() {
+    let out = run_with(&[("FORWARDER_METRICS_BACKEND", "emf".into())]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!lines.is_empty(), "no EMF line");
+    let mut ok = 0;
+    for l in &lines {
+        let directive = &l["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "sqs-forwarder");
+        assert!(l["_aws"]["Timestamp"].is_i64());
+        let dims = directive["Dimensions"][0].as_array().unwrap();
+        assert_eq!(dims[0], "env", "global tags first: {l}");
+        assert_eq!(l["env"], "test");
+        for m in directive["Metrics"].as_array().unwrap() {
+            let name = m["Name"].as_str().unwrap();
+            assert!(name.starts_with("sqsf."), "prefixed: {name}");
+            assert!(!l[name].is_null(), "{name} has a value");
+        }
+        if l["success"] == "true" && l["plugin"] == "amazon-sqs" {
+            ok += l["sqsf.data-forwarding.http_response"]
+                .as_u64()
+                .unwrap_or(0);
+        }
+    }
+    assert_eq!(ok, EVENTS as u64, "exactly once per event: {stdout}");
+}
+
+#[tokio::test]
+async fn log_backend_writes_each_metric_at_debug() {
+    let out = run_with(&[
+        ("FORWARDER_METRICS_BACKEND", "log".into()),
+        ("RUST_LOG", "warn,sqs_forwarder::metrics=debug".into()),
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ok = stderr
+        .lines()
+        .filter(|l| {
+            // Field names may be coloured: match the values.
+            l.contains("\"sqsf.data-forwarding.http_response\"")
+                && l.contains("\"env:test,plugin:amazon-sqs,success:true\"")
+        })
+        .count();
+    assert_eq!(ok, EVENTS as usize, "{stderr}");
+}
+
+#[tokio::test]
+async fn plain_statsd_has_no_tags_and_dogstatsd_has_them() {
+    let statsd = StatsdCapture::start();
+    run_with(&[
+        ("FORWARDER_METRICS_BACKEND", "statsd".into()),
+        ("FORWARDER_STATSD_ADDR", statsd.addr.to_string()),
+    ])
+    .await;
+    let lines = statsd.wait_for(Duration::from_secs(5), |l| {
+        l.iter()
+            .filter(|l| *l == "sqsf.data-forwarding.http_response:1|c")
+            .count()
+            >= EVENTS as usize
+    });
+    assert!(lines.iter().all(|l| !l.contains("|#")), "{lines:?}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| *l == "sqsf.data-forwarding.http_response:1|c")
+            .count(),
+        EVENTS as usize
+    );
+
+    // Unset backend with an address: DogStatsD, as before.
+    let statsd = StatsdCapture::start();
+    run_with(&[("FORWARDER_STATSD_ADDR", statsd.addr.to_string())]).await;
+    let want = "sqsf.data-forwarding.http_response:1|c|#env:test,plugin:amazon-sqs,success:true";
+    let lines = statsd.wait_for(Duration::from_secs(5), |l| {
+        l.iter().filter(|l| *l == want).count() >= EVENTS as usize
+    });
+    assert_eq!(lines.iter().filter(|l| *l == want).count(), EVENTS as usize);
+}
+
+/// One request the intake received: its headers (lower-cased) and its body, gunzipped.
+#[derive(Debug, Clone)]
+struct Posted {
+    headers: String,
+    body: Value,
+}
+
+/// An HTTP intake on a random port; answers 500 to the first `fail` requests, then 202.
+async fn intake(fail: usize) -> (String, Arc<Mutex<Vec<Posted>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let posted = Arc::new(Mutex::new(Vec::new()));
+    let seen = posted.clone();
+    let served = Arc::new(Mutex::new(0usize));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            let served = served.clone();
+            tokio::spawn(async move {
+                while let Some(message) = read_http_message(&mut stream).await {
+                    let end = message.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let headers = String::from_utf8_lossy(&message[..end]).to_lowercase();
+                    let mut json = String::new();
+                    flate2::read::GzDecoder::new(&message[end..])
+                        .read_to_string(&mut json)
+                        .expect("a gzipped body");
+                    let n = {
+                        let mut s = served.lock().unwrap();
+                        *s += 1;
+                        *s
+                    };
+                    let status = if n <= fail {
+                        "500 Internal Server Error"
+                    } else {
+                        "202 Accepted"
+                    };
+                    if n > fail {
+                        seen.lock().unwrap().push(Posted {
+                            headers,
+                            body: serde_json::from_str(&json).unwrap(),
+                        });
+                    }
+                    let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\n{{}}");
+                    if tokio::io::AsyncWriteExt::write_all(&mut stream, reply.as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, posted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datadog_api_posts_gzipped_series_and_retries_and_never_logs_the_key() {
+    let (url, posted) = intake(1).await;
+    let out = run_with(&[
+        ("FORWARDER_METRICS_BACKEND", "datadog-api".into()),
+        ("DD_API_KEY", KEY.into()),
+        ("DD_URL", url),
+        ("FORWARDER_METRICS_FLUSH_INTERVAL", "1s".into()),
+        ("RUST_LOG", "trace".into()),
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(KEY), "the key was logged");
+    let posted = posted.lock().unwrap().clone();
+    assert!(!posted.is_empty(), "nothing posted");
+    let mut ok = 0.0;
+    for p in &posted {
+        assert!(
+            p.headers.starts_with("post /api/v2/series "),
+            "{}",
+            p.headers
+        );
+        assert!(p.headers.contains("content-encoding: gzip"));
+        assert!(p
+            .headers
+            .contains(&format!("dd-api-key: {}", KEY.to_lowercase())));
+        for s in p.body["series"].as_array().unwrap() {
+            assert!(s["metric"].as_str().unwrap().starts_with("sqsf."), "{s}");
+            let tags: Vec<&str> = s["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert_eq!(tags.first(), Some(&"env:test"), "{s}");
+            if s["metric"] == "sqsf.data-forwarding.http_response" && tags.contains(&"success:true")
+            {
+                assert_eq!(s["type"], 1, "a count");
+                assert!(tags.contains(&"plugin:amazon-sqs"));
+                ok += s["points"][0]["value"].as_f64().unwrap();
+            }
+        }
+    }
+    // The first post failed (500) and was retried: nothing lost, nothing doubled.
+    assert_eq!(ok, EVENTS as f64, "{posted:#?}");
+}
+
+#[tokio::test]
+async fn a_backend_without_what_it_needs_fails_at_start_naming_the_variable() {
+    for (env, var) in [
+        (
+            vec![("FORWARDER_METRICS_BACKEND", "datadog-api")],
+            "DD_API_KEY",
+        ),
+        (
+            vec![("FORWARDER_METRICS_BACKEND", "dogstatsd")],
+            "FORWARDER_STATSD_ADDR",
+        ),
+        (
+            vec![("FORWARDER_METRICS_BACKEND", "prometheus")],
+            "FORWARDER_METRICS_BACKEND",
+        ),
+        (
+            vec![
+                ("FORWARDER_METRICS_BACKEND", "datadog-api"),
+                ("DD_API_KEY", KEY),
+                ("DD_URL", "ftp://x"),
+            ],
+            "DD_URL",
+        ),
+    ] {
+        let mut check = binary(&["check"]);
+        check
+            .env(
+                "FORWARDER_SOURCE_QUEUE_URL",
+                "https://sqs.us-east-1.amazonaws.com/1/a",
+            )
+            .env(
+                "FORWARDER_DEST_QUEUE_URL",
+                "https://sqs.us-east-1.amazonaws.com/1/b",
+            )
+            .envs(env.iter().copied());
+        let out = output_of(&mut check, Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("error: {var}: "))),
+            "{var}: {stderr}"
+        );
+        assert!(!stderr.contains(KEY));
+    }
+}
