@@ -127,7 +127,7 @@ pub struct App {
 impl App {
     /// Loads the AWS configuration from the environment and sets up metrics.
     pub async fn build(config: Config) -> Result<App, StartError> {
-        let sdk = aws::load_sdk_config(config.request_timeout).await;
+        let sdk = aws::load_sdk_config(config.request_timeout, config.http_pool).await;
         let metrics = sink::build(&config.metrics)?;
         App::connect(config, &sdk, metrics).await
     }

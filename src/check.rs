@@ -44,7 +44,7 @@ async fn build(settings: &Settings, report: &mut Report) -> Option<App> {
         .retry
         .max_elapsed
         .min(std::time::Duration::from_secs(5));
-    let sdk = aws::load_sdk_config(config.request_timeout).await;
+    let sdk = aws::load_sdk_config(config.request_timeout, config.http_pool).await;
     match App::from_sdk(config, &sdk, Metrics::disabled()) {
         Ok(app) => Some(app),
         Err(err) => {

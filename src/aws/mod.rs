@@ -29,11 +29,45 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// S3 calls need a longer attempt bound than SQS sends: a megabyte upload.
 pub const S3_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The HTTP connection pool of every AWS client (`FORWARDER_HTTP_POOL_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpPool {
+    /// Idle connections kept per host (`FORWARDER_HTTP_POOL_MAX_IDLE`). The pollers and
+    /// senders reuse them; past it, a finished connection is closed.
+    pub max_idle_per_host: usize,
+    /// How long an idle connection is kept (`FORWARDER_HTTP_POOL_IDLE_TIMEOUT`). Below
+    /// the 60 s after which AWS's load balancers close idle connections, so a reused
+    /// connection is not one the server just closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpPool {
+    fn default() -> Self {
+        Self {
+            max_idle_per_host: 64,
+            idle_timeout: Duration::from_secs(50),
+        }
+    }
+}
+
 /// The SDK configuration loader, reading the environment, with SDK retries off.
 ///
 /// `attempt_timeout` bounds one HTTP attempt; long polls override it per call.
 pub fn sdk_loader(attempt_timeout: Duration) -> ConfigLoader {
+    sdk_loader_with(attempt_timeout, HttpPool::default())
+}
+
+/// [`sdk_loader`] with its HTTP connection pool sized and timed by `pool`: the SDK's
+/// own HTTPS client (hyper, rustls with aws-lc), built by its connector builder.
+pub fn sdk_loader_with(attempt_timeout: Duration, pool: HttpPool) -> ConfigLoader {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    let http = aws_smithy_http_client::Builder::new()
+        .pool_max_idle_per_host(pool.max_idle_per_host)
+        .pool_idle_timeout(pool.idle_timeout)
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .build_https();
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
@@ -43,9 +77,9 @@ pub fn sdk_loader(attempt_timeout: Duration) -> ConfigLoader {
         )
 }
 
-/// Loads the SDK configuration from the environment (see [`sdk_loader`]).
-pub async fn load_sdk_config(attempt_timeout: Duration) -> SdkConfig {
-    sdk_loader(attempt_timeout).load().await
+/// Loads the SDK configuration from the environment (see [`sdk_loader_with`]).
+pub async fn load_sdk_config(attempt_timeout: Duration, pool: HttpPool) -> SdkConfig {
+    sdk_loader_with(attempt_timeout, pool).load().await
 }
 
 /// The SQS client for a loaded configuration.

@@ -340,6 +340,17 @@ pub struct Settings {
           value_parser = clap::value_parser!(u8).range(0..=20), global = true)]
     pub receive_wait_seconds: u8,
 
+    /// Idle HTTP connections kept per host, for every AWS client.
+    #[arg(long, env = "FORWARDER_HTTP_POOL_MAX_IDLE", value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000).map(|v| v as usize), global = true)]
+    pub http_pool_max_idle: usize,
+
+    /// How long an idle HTTP connection is kept (1s to 10m); below the 60 s after which
+    /// AWS's load balancers close idle connections.
+    #[arg(long, env = "FORWARDER_HTTP_POOL_IDLE_TIMEOUT", value_name = "DURATION",
+          default_value = "50s", value_parser = duration, global = true)]
+    pub http_pool_idle_timeout: Duration,
+
     /// Largest message, and largest batch, in bytes of body and attributes (SQS: 1 MiB).
     #[arg(long, env = "FORWARDER_MAX_MESSAGE_BYTES", value_name = "BYTES", default_value_t = 1_048_576,
           value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|v| v as usize), global = true)]

@@ -107,6 +107,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Where metrics go; `None` turns them off (`FORWARDER_STATSD_ADDR`).
     pub metrics: MetricsSettings,
+    /// Every AWS client's HTTP connection pool (`FORWARDER_HTTP_POOL_*`).
+    pub http_pool: crate::aws::HttpPool,
     /// Where the health listener serves the probes; `None`: no listener
     /// (`FORWARDER_HEALTH_ADDR`).
     pub health_addr: Option<SocketAddr>,
@@ -160,6 +162,7 @@ impl Config {
             receive_wait: Duration::from_secs(1),
             max_message_bytes: crate::forward::DEFAULT_MAX_MESSAGE_BYTES,
             metrics: MetricsSettings::off(),
+            http_pool: crate::aws::HttpPool::default(),
             health_addr: None,
             retry: RetryPolicy {
                 initial_interval: Duration::from_millis(50),
@@ -267,6 +270,14 @@ impl Settings {
             &mut errors,
         );
         let metrics = self.metrics_settings(&mut errors);
+        if !(Duration::from_secs(1)..=Duration::from_secs(600))
+            .contains(&self.http_pool_idle_timeout)
+        {
+            errors.push(ConfigError::new(
+                "FORWARDER_HTTP_POOL_IDLE_TIMEOUT",
+                "must be between 1s and 10m",
+            ));
+        }
         self.check_retry(&mut errors);
         self.check_offload(&mut errors);
         if !errors.is_empty() {
@@ -291,6 +302,10 @@ impl Settings {
             receive_wait: exit_when_idle.map_or(receive_wait, |idle| receive_wait.min(idle)),
             max_message_bytes: self.max_message_bytes,
             metrics,
+            http_pool: crate::aws::HttpPool {
+                max_idle_per_host: self.http_pool_max_idle,
+                idle_timeout: self.http_pool_idle_timeout,
+            },
             health_addr,
             retry: self.retry_policy(),
             request_timeout: self.request_timeout,
@@ -523,7 +538,7 @@ impl fmt::Display for Config {
         write!(
             f,
             "source={} dest={} routes={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} s3_offload={} forward_attributes={} rate_limit={} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
-             metrics={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
+             http_pool={}/{} metrics={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
              retry_max_interval={} retry_max_elapsed={} request_timeout={} shutdown_timeout={} \
              exit_when_idle={} health={} indexer={}",
             self.source_queue_url.as_deref().unwrap_or("-"),
@@ -544,6 +559,8 @@ impl fmt::Display for Config {
             self.batch_size,
             self.receive_wait.as_secs(),
             self.max_message_bytes,
+            self.http_pool.max_idle_per_host,
+            humantime::format_duration(self.http_pool.idle_timeout),
             match &self.metrics.backend {
                 MetricsBackend::Statsd(addr) | MetricsBackend::DogStatsd(addr) =>
                     format!("{} {addr}", self.metrics.backend.name()),

@@ -161,6 +161,43 @@ mod tests {
     }
 
     #[test]
+    fn bodies_attributes_and_trace_headers_are_moved_not_copied() {
+        let mut batch = event(serde_json::json!({"Records": [
+            {"messageId": "a", "body": "x".repeat(4096),
+             "attributes": {"AWSTraceHeader": "Root=1-5759e988-bd862e3fe1be46a994272793"},
+             "messageAttributes": {
+                "tenant": {"dataType": "String", "stringValue": "acme"},
+                "blob": {"dataType": "Binary", "binaryValue": "AAEC"}}}
+        ]}));
+        let body_at = batch.records[0].body.as_ref().map(|b| b.as_ptr());
+        let records = records(std::mem::take(&mut batch)).unwrap();
+        assert_eq!(Some(records[0].body.as_ptr()), body_at, "the same buffer");
+        assert_eq!(
+            records[0].trace_header.as_deref(),
+            Some("Root=1-5759e988-bd862e3fe1be46a994272793")
+        );
+        let mut attrs: Vec<(String, crate::aws::AttributeValue)> = records[0]
+            .attributes
+            .iter()
+            .map(|a| (a.name.to_string(), a.value.clone()))
+            .collect();
+        attrs.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            attrs,
+            [
+                (
+                    "blob".into(),
+                    crate::aws::AttributeValue::Bytes(vec![0, 1, 2])
+                ),
+                (
+                    "tenant".into(),
+                    crate::aws::AttributeValue::Text("acme".into())
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn a_record_without_a_message_id_fails_the_batch() {
         let err = records(event(serde_json::json!({"Records": [
             {"messageId": "a", "body": "x"}, {"body": "y"}

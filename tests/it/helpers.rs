@@ -759,6 +759,8 @@ pub struct Switch {
     epoch: tokio::sync::watch::Sender<u64>,
     /// Connections dropped because the proxy was down.
     pub dropped: std::sync::atomic::AtomicU64,
+    /// Connections accepted, up or down.
+    pub accepted: std::sync::atomic::AtomicU64,
 }
 
 impl Switch {
@@ -785,10 +787,12 @@ pub async fn tcp_proxy(hold: Duration, upstream: String) -> (String, Arc<Switch>
         down: AtomicBool::new(false),
         epoch: tokio::sync::watch::channel(0).0,
         dropped: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
     });
     let s = switch.clone();
     tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {
+            s.accepted.fetch_add(1, Ordering::Relaxed);
             if s.down.load(Ordering::SeqCst) {
                 s.dropped.fetch_add(1, Ordering::Relaxed);
                 drop(inbound);

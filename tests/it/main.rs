@@ -16,6 +16,7 @@ mod fair_queues;
 mod faults;
 mod forwarding;
 mod health;
+mod http_pool;
 mod indexer;
 mod isolation;
 mod lambda;
