@@ -4,11 +4,14 @@
 //! figures are per event (criterion's throughput is set to 10 elements).
 //!
 //! Run: `cargo bench --bench event_path`. Target: at most 5 µs for a typical (8 KiB) event.
+//! A last group times the hot index alone for 6 tags (target: 1 µs).
+//!
+//! Instruction counts: see [`count`] (`BENCH_COUNT=…`, under callgrind).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // criterion's macros generate functions without docs.
 #![allow(missing_docs)]
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use sqs_forwarder::event::{decode, Event};
 use sqs_forwarder::indexer::{Indexer, IndexerSettings, Store};
 use sqs_forwarder::metrics::Metrics;
@@ -20,6 +23,11 @@ const BATCH: usize = 10;
 /// A Sentry-like error event of about `size` bytes: 12 tags, contexts, an SDK block,
 /// breadcrumbs, and an exception whose stack trace grows to the size.
 fn sentry_event(n: usize, size: usize) -> String {
+    sentry_event_with(n, size, 12)
+}
+
+/// [`sentry_event`] with its first `tag_count` tags only.
+fn sentry_event_with(n: usize, size: usize, tag_count: usize) -> String {
     let tags = [
         ("environment", "production".to_string()),
         ("level", "error".to_string()),
@@ -39,6 +47,7 @@ fn sentry_event(n: usize, size: usize) -> String {
     ];
     let tags: Vec<String> = tags
         .iter()
+        .take(tag_count)
         .map(|(k, v)| format!("[\"{k}\",\"{v}\"]"))
         .collect();
     let head = format!(
@@ -137,6 +146,94 @@ fn bench(c: &mut Criterion) {
             decoded[0].tags.len()
         );
     }
+    // The hot index target is for 6 tags (12 strings), on a typical event.
+    let six: Vec<String> = (0..BATCH)
+        .map(|n| sentry_event_with(n, 8 * 1024, 6))
+        .collect();
+    let decoded: Vec<Event<'_>> = six.iter().map(|b| decode(b).unwrap()).collect();
+    rt.block_on(index_events(&indexer, &metrics, &mut decoded.clone()))
+        .unwrap();
+    let mut group = c.benchmark_group("event/8KiB-6-tags");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function(BenchmarkId::from_parameter("index_hot"), |b| {
+        b.to_async(&rt).iter_batched(
+            || decoded.clone(),
+            |mut events| async {
+                index_events(&indexer, &metrics, &mut events).await.unwrap();
+                events
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+    rt.block_on(indexer.store().close());
+}
+
+/// Instruction counts: `BENCH_COUNT=decode|index|encode|all BENCH_SIZE=1KiB|8KiB|200KiB
+/// BENCH_ITERS=N` runs one step N times over a batch of 10 events and exits, for
+/// `valgrind --tool=callgrind`. Two runs with different N give the marginal
+/// instructions per event: (I(2N) − I(N)) / (10 N).
+fn count(step: &str) {
+    let size = match std::env::var("BENCH_SIZE").as_deref() {
+        Ok("1KiB") => 1024,
+        Ok("200KiB") => 200 * 1024,
+        _ => 8 * 1024,
+    };
+    let iters: usize = std::env::var("BENCH_ITERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
+    let tags: usize = std::env::var("BENCH_TAGS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("event-count-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite:{}", dir.join("count.sqlite3").display());
+    let indexer = rt.block_on(async {
+        let store = Store::connect(&url, 1).await.unwrap();
+        Indexer::new(
+            store,
+            &IndexerSettings {
+                cache_size: 100_000,
+                write_limit: None,
+            },
+            RetryPolicy::default(),
+            Metrics::disabled(),
+        )
+    });
+    let metrics = Metrics::disabled();
+    let bodies: Vec<String> = (0..BATCH)
+        .map(|n| sentry_event_with(n, size, tags))
+        .collect();
+    let mut warm: Vec<Event<'_>> = bodies.iter().map(|b| decode(b).unwrap()).collect();
+    rt.block_on(index_events(&indexer, &metrics, &mut warm))
+        .unwrap();
+    let mut total = 0usize;
+    for _ in 0..iters {
+        total += match step {
+            "decode" => bodies.iter().map(|b| decode(b).unwrap().tags.len()).sum(),
+            "index" => {
+                let mut events = warm.clone();
+                rt.block_on(index_events(&indexer, &metrics, &mut events))
+                    .unwrap();
+                events.len()
+            }
+            "encode" => warm.iter().map(|e| e.encoded().len()).sum(),
+            _ => {
+                let mut events: Vec<Event<'_>> =
+                    bodies.iter().map(|b| decode(b).unwrap()).collect();
+                rt.block_on(index_events(&indexer, &metrics, &mut events))
+                    .unwrap();
+                events.iter().map(|e| e.encoded().len()).sum()
+            }
+        };
+    }
+    println!("{step} {size} x{iters}: {total}");
     rt.block_on(indexer.store().close());
 }
 
@@ -148,4 +245,11 @@ criterion_group! {
         .warm_up_time(std::time::Duration::from_secs(1));
     targets = bench
 }
-criterion_main!(benches);
+fn main() {
+    if let Ok(step) = std::env::var("BENCH_COUNT") {
+        count(&step);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -8,11 +8,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 seconds="${1:-20}"
 bin="$(../tools/install.sh)"
 export PATH="$bin:$PATH" RUSTC_BOOTSTRAP=1
-for target in decode encode_tag_ids; do
+for target in decode encode_tag_ids differential; do
   mkdir -p "corpus/$target"
   echo "fuzz $target: ${seconds}s"
   log="$(mktemp)"
-  if ! cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
+  seeds="seeds/$target"
+  [ -d "$seeds" ] || seeds="seeds/decode"
+  if ! cargo fuzz run -O "$target" "corpus/$target" "$seeds" -- \
       -max_total_time="$seconds" -print_final_stats=1 -max_len=65536 >"$log" 2>&1; then
     # A crash leaves its input in fuzz/artifacts/<target>/.
     grep -vE "^#[0-9]+" "$log" | tail -40 >&2
