@@ -75,12 +75,12 @@ fn sentry_event_with(n: usize, size: usize, tag_count: usize) -> String {
     body
 }
 
-fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
+/// An indexer on a new SQLite file, with a cache large enough for every string.
+fn indexer(rt: &tokio::runtime::Runtime) -> Indexer {
     let dir = std::env::temp_dir().join(format!("event-path-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite:{}", dir.join("bench.sqlite3").display());
-    let indexer = rt.block_on(async {
+    rt.block_on(async {
         let store = Store::connect(&url, 2).await.unwrap();
         Indexer::new(
             store,
@@ -91,7 +91,12 @@ fn bench(c: &mut Criterion) {
             RetryPolicy::default(),
             Metrics::disabled(),
         )
-    });
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let indexer = indexer(&rt);
     let metrics = Metrics::disabled();
 
     for (label, size) in [("1KiB", 1024), ("8KiB", 8 * 1024), ("200KiB", 200 * 1024)] {
@@ -191,21 +196,7 @@ fn count(step: &str) {
         .enable_all()
         .build()
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("event-count-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite:{}", dir.join("count.sqlite3").display());
-    let indexer = rt.block_on(async {
-        let store = Store::connect(&url, 1).await.unwrap();
-        Indexer::new(
-            store,
-            &IndexerSettings {
-                cache_size: 100_000,
-                write_limit: None,
-            },
-            RetryPolicy::default(),
-            Metrics::disabled(),
-        )
-    });
+    let indexer = indexer(&rt);
     let metrics = Metrics::disabled();
     let bodies: Vec<String> = (0..BATCH)
         .map(|n| sentry_event_with(n, size, tags))

@@ -184,10 +184,18 @@ async fn replay(cli: &Cli, input: &str) -> ExitCode {
     };
     let result = replay::replay(&pipeline, input).await;
     app.metrics().flush(std::time::Duration::from_secs(2));
+    report(result.map(|s| {
+        let ok = s.all_forwarded();
+        (s, ok)
+    }))
+}
+
+/// A command's summary on stdout, its error on stderr; exit 0 only if all went.
+fn report<S: std::fmt::Display, E: std::fmt::Display>(result: Result<(S, bool), E>) -> ExitCode {
     match result {
-        Ok(summary) => {
+        Ok((summary, all)) => {
             println!("{summary}");
-            if summary.all_forwarded() {
+            if all {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -248,20 +256,10 @@ async fn redrive(cli: &Cli, options: &sqs_forwarder::redrive::RedriveOptions) ->
     )
     .await;
     app.metrics().flush(std::time::Duration::from_secs(2));
-    match result {
-        Ok(summary) => {
-            println!("{summary}");
-            if summary.all_redriven() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    report(result.map(|s| {
+        let ok = s.all_redriven();
+        (s, ok)
+    }))
 }
 
 /// Lambda mode: built once per cold start, then one batch per invocation.

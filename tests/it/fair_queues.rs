@@ -71,12 +71,7 @@ async fn a_standard_destination_gets_each_organization_as_its_tenant() {
 
     let mut run = binary(&["run", "--exit-when-idle", "2"]);
     env(&mut run);
-    let out = output_of(&mut run, Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&mut run);
 
     let got = drain_messages(&q.client, &q.dest, 30, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 30);
@@ -98,33 +93,16 @@ async fn a_standard_destination_gets_each_organization_as_its_tenant() {
 async fn a_route_to_a_standard_queue_may_name_its_group() {
     let q = Queues::create(30).await;
     let fair = create_queue(&q.client, &unique("fair"), 30).await;
-    let dir = std::env::temp_dir().join(unique("routes"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let routes = dir.join("routes.toml");
-    std::fs::write(
-        &routes,
-        format!(
+    let routes = routes_file(&format!(
             "[default]\nqueue_url = \"{}\"\n\n[projects.7]\nqueue_url = \"{fair}\"\nmessage_group_id = \"{{organization_id}}\"\n",
             q.dest
-        ),
-    )
-    .unwrap();
+        ));
     let bodies: Vec<String> = (1..=8u128)
         .map(|i| org_event(i, if i % 2 == 0 { 7 } else { 8 }, 40 + (i as u64 % 2)))
         .collect();
     send_bodies(&q.client, &q.source, &bodies).await;
 
-    let mut run = binary(&["run", "--exit-when-idle", "2"]);
-    run.env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
-        .env("FORWARDER_ROUTES_FILE", &routes)
-        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
-        .env("FORWARDER_INDEXER", "off");
-    let out = output_of(&mut run, Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_routes(&q.source, &routes);
 
     // Project 7 (all of organization 40) on the fair queue, grouped by organization.
     let routed = drain_messages(&q.client, &fair, 4, Duration::from_secs(20)).await;

@@ -402,6 +402,39 @@ pub fn output_of(command: &mut std::process::Command, deadline: Duration) -> std
     spawn_binary(command).finish_blocking(deadline)
 }
 
+/// A routes file with `text`, in a new directory; its path.
+pub fn routes_file(text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique("routes"));
+    std::fs::create_dir_all(&dir).expect("routes dir");
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, text).expect("routes file");
+    path
+}
+
+/// The binary `run` until the source is idle 2 s, on a routes file, indexer off;
+/// asserts it succeeded.
+pub fn run_routes(source: &str, routes: &std::path::Path) -> std::process::Output {
+    let mut run = binary(&["run", "--exit-when-idle", "2"]);
+    run.env("FORWARDER_SOURCE_QUEUE_URL", source)
+        .env("FORWARDER_ROUTES_FILE", routes)
+        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+        .env("FORWARDER_INDEXER", "off");
+    run_ok(&mut run)
+}
+
+/// Runs `command` to its end (at most two minutes) and asserts it succeeded, showing
+/// its stderr if not; returns what it printed.
+pub fn run_ok(command: &mut std::process::Command) -> std::process::Output {
+    let out = output_of(command, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// As [`spawn_binary`], with `stdin` written to the child's standard input (then
 /// closed); `None`: no input.
 pub fn spawn_with_stdin(command: &mut std::process::Command, stdin: Option<Vec<u8>>) -> Spawned {

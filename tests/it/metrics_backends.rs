@@ -26,13 +26,7 @@ async fn run_with(env: &[(&str, String)]) -> std::process::Output {
         .env("FORWARDER_METRICS_PREFIX", "sqsf")
         .env("FORWARDER_METRICS_TAGS", "env:test")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-    let out = output_of(&mut run, Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run_ok(&mut run)
 }
 
 #[tokio::test]

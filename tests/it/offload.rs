@@ -230,12 +230,7 @@ async fn always_mode_stores_every_event_and_sends_only_pointers() {
             "FORWARDER_DATA_DIR",
             std::env::temp_dir().join(unique("data")),
         );
-    let out = output_of(&mut run, Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&mut run);
     let got = drain_messages(&q.client, &q.dest, 6, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 6);
     for m in &got {
@@ -262,31 +257,14 @@ async fn always_mode_stores_every_event_and_sends_only_pointers() {
 async fn always_mode_per_route_and_refused_without_a_bucket() {
     let q = Queues::create(30).await;
     let bucket = bucket().await;
-    let dir = std::env::temp_dir().join(unique("routes"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let routes = dir.join("routes.toml");
-    std::fs::write(
-        &routes,
-        format!(
+    let routes = routes_file(&format!(
             "[default]\nqueue_url = \"{dest}\"\ns3_bucket = \"{bucket}\"\n\n\
              [projects.7]\nqueue_url = \"{dest}\"\ns3_bucket = \"{bucket}\"\ns3_offload = \"always\"\n",
             dest = q.dest
-        ),
-    )
-    .unwrap();
+        ));
     let bodies = vec![event(201, 7), event(202, 8)];
     send_bodies(&q.client, &q.source, &bodies).await;
-    let mut run = binary(&["run", "--exit-when-idle", "2"]);
-    run.env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
-        .env("FORWARDER_ROUTES_FILE", &routes)
-        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
-        .env("FORWARDER_INDEXER", "off");
-    let out = output_of(&mut run, Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_routes(&q.source, &routes);
     let got = drain_messages(&q.client, &q.dest, 2, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 2);
     let body_of = |id: u128| {
