@@ -19,7 +19,7 @@ use crate::forward::{
     DEFAULT_MAX_MESSAGE_BYTES,
 };
 use crate::health::Health;
-use crate::indexer::{shared_cache, Indexer, SharedCache, Store, StoreError};
+use crate::indexer::{Indexer, SharedCache, Store, StoreError};
 use crate::metrics::{sink, Metrics};
 use crate::outcome::Operation;
 use crate::pipeline::Pipeline;
@@ -91,10 +91,10 @@ pub async fn greet_shared_cache(indexer: &Indexer) {
     };
     match shared.ping().await {
         Ok(()) => {
-            tracing::info!(url = %shared_cache::redacted(&shared.settings().url), "indexer shared cache reached")
+            tracing::info!(url = %crate::redact::url(&shared.settings().url, &[]), "indexer shared cache reached")
         }
         Err(err) => tracing::warn!(
-            url = %shared_cache::redacted(&shared.settings().url),
+            url = %crate::redact::url(&shared.settings().url, &[]),
             error = %err,
             "indexer shared cache not reachable at start: lookups go to the store until it answers"
         ),

@@ -146,7 +146,7 @@ async fn check_indexer(app: &App, report: &mut Report) {
                 ix.database_url
             ));
             if let Some(shared) = indexer.shared_cache() {
-                let url = crate::indexer::shared_cache::redacted(&shared.settings().url);
+                let url = crate::redact::url(&shared.settings().url, &[]);
                 match shared.ping().await {
                     Ok(()) => report
                         .ok

@@ -40,6 +40,7 @@
 //! - `internal_events` (internal): each happening logged and counted together.
 //! - [`metrics`]: every metric as a typed value, and the statsd sink.
 //! - [`telemetry`]: logging set-up.
+//! - `redact` (internal): secrets out of URLs, for every output.
 //! - [`check`], [`replay`], [`redrive`]: the other commands.
 //!
 //! Modules marked internal are private to the crate; the rest is what the binary, the
@@ -65,6 +66,7 @@ pub mod lambda;
 pub mod metrics;
 pub mod outcome;
 pub mod pipeline;
+pub(crate) mod redact;
 pub mod redrive;
 pub mod replay;
 pub mod retry;

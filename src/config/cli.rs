@@ -115,28 +115,7 @@ impl SecretUrl {
 
     /// The URL with any password replaced by `***`.
     pub fn redacted(&self) -> String {
-        let url = &self.0;
-        let (base, query) = match url.split_once('?') {
-            Some((base, query)) => (base, Some(query)),
-            None => (url.as_str(), None),
-        };
-        let mut out = redact_userinfo(base);
-        if let Some(query) = query {
-            out.push('?');
-            let params: Vec<String> = query
-                .split('&')
-                .map(|param| match param.split_once('=') {
-                    Some((name, _))
-                        if !SAFE_PARAMS.contains(&name.to_ascii_lowercase().as_str()) =>
-                    {
-                        format!("{name}=***")
-                    }
-                    _ => param.to_string(),
-                })
-                .collect();
-            out.push_str(&params.join("&"));
-        }
-        out
+        crate::redact::url(&self.0, SAFE_PARAMS)
     }
 }
 
@@ -157,29 +136,6 @@ const SAFE_PARAMS: &[&str] = &[
     "target_session_attrs",
     "statement-cache-capacity",
 ];
-
-/// `scheme://user:***@host/…`: the password of the userinfo masked.
-fn redact_userinfo(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_string()
-            };
-            format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
-        }
-        None => url.to_string(),
-    }
-}
 
 impl std::fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -383,7 +339,7 @@ pub struct Settings {
           value_parser = |s: &str| Ok::<_, String>(crate::metrics::datadog::ApiKey::new(s)))]
     pub dd_api_key: Option<crate::metrics::datadog::ApiKey>,
 
-    /// Datadog's site, for datadog-api: the intake is https://api.SITE.
+    /// Datadog's site, for datadog-api: the intake is api.SITE, over HTTPS.
     #[arg(
         long,
         env = "DD_SITE",
@@ -480,8 +436,9 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub indexer_pool_size: u32,
 
-    /// The indexer's shared cache tier, redis://[user:password@]host:port[/db] (rediss://
-    /// for TLS), asked between the in-process cache and the store; unset: no shared tier.
+    /// The indexer's shared cache tier, a redis:// URL with host and port, optionally a
+    /// user, password and db (rediss:// for TLS), asked between the in-process cache and
+    /// the store; unset: no shared tier.
     #[arg(long, env = "FORWARDER_INDEXER_CACHE_URL", value_name = "URL", value_parser = redis_url,
           hide_env_values = true, global = true)]
     pub indexer_cache_url: Option<RedisUrl>,
@@ -541,13 +498,13 @@ impl RedisUrl {
 
 impl std::fmt::Debug for RedisUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&crate::indexer::shared_cache::redacted(&self.0))
+        f.write_str(&crate::redact::url(&self.0, &[]))
     }
 }
 
 impl std::fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&crate::indexer::shared_cache::redacted(&self.0))
+        f.write_str(&crate::redact::url(&self.0, &[]))
     }
 }
 

@@ -46,28 +46,11 @@ pub struct SharedCacheSettings {
 impl std::fmt::Debug for SharedCacheSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedCacheSettings")
-            .field("url", &redacted(&self.url))
+            .field("url", &crate::redact::url(&self.url, &[]))
             .field("version", &self.version)
             .field("ttl", &self.ttl)
             .field("timeout", &self.timeout)
             .finish()
-    }
-}
-
-/// `redis://user:***@host:port/db`: the URL with any password hidden (and any query,
-/// which may carry one).
-pub fn redacted(url: &str) -> String {
-    let url = url.split(['?', '#']).next().unwrap_or_default();
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<unparsable URL>".into();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => format!("{scheme}://{authority}{path}"),
     }
 }
 
@@ -571,9 +554,5 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("cache:6379"), "{shown}");
-        assert_eq!(redacted("redis://:pw@h:1/2"), "redis://:***@h:1/2");
-        assert_eq!(redacted("redis://h:1"), "redis://h:1");
-        assert_eq!(redacted("rediss://u:pw@h:1"), "rediss://u:***@h:1");
-        assert_eq!(redacted("redis://h:1/0?password=pw"), "redis://h:1/0");
     }
 }
