@@ -406,6 +406,17 @@ impl App {
             .into());
         };
         let info = self.reach("FORWARDER_DLQ_URL", &url).await?;
+        if info.fifo {
+            // One group ("dead-letter"), handed out ten at a time and blocked while they
+            // are held: a run would see ten, and a copy put back would be deduplicated.
+            return Err(ConfigError {
+                var: "FORWARDER_DLQ_URL",
+                problem: "is a FIFO queue; redrive reads standard dead-letter queues only \
+                          (use SQS's own redrive for a FIFO one)"
+                    .into(),
+            }
+            .into());
+        }
         Ok(SqsSource::new(
             self.sqs.clone(),
             url,

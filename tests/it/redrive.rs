@@ -166,3 +166,20 @@ async fn redrive_without_a_dead_letter_queue_names_the_variable() {
         stderr(&out)
     );
 }
+
+#[tokio::test]
+async fn a_fifo_dead_letter_queue_is_refused_at_start() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let dlq = create_fifo_queue(&client, &unique("dlq")).await;
+    let mut dry = binary(&["redrive", "--dry-run"]);
+    dry.env("FORWARDER_DLQ_URL", &dlq);
+    let out = output_of(&mut dry, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .lines()
+            .any(|l| l.starts_with("error: FORWARDER_DLQ_URL: is a FIFO queue")),
+        "{}",
+        stderr(&out)
+    );
+}
