@@ -18,8 +18,9 @@ async fn run_with(env: &[(&str, String)]) -> std::process::Output {
     let q = Queues::create(30).await;
     let bodies: Vec<String> = (1..=EVENTS).map(|i| event(i, 3)).collect();
     send_bodies(&q.client, &q.source, &bodies).await;
-    let mut run = binary(&["run", "--exit-when-idle", "2"]);
-    run.env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+    let mut run = binary(&["run"]);
+    run.env("FORWARDER_EXIT_WHEN_IDLE", "2")
+        .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
         .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
         .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
         .env("FORWARDER_INDEXER", "off")
@@ -119,13 +120,15 @@ struct Posted {
     body: Value,
 }
 
-/// An HTTP intake on a random port; answers 500 to the first `fail` requests, then 202.
-async fn intake(fail: usize) -> (String, Arc<Mutex<Vec<Posted>>>) {
+/// An HTTP intake on a random port; answers 500 to the first `fail` requests and to
+/// every request within `fail_for` of the first one, then 202.
+async fn intake(fail: usize, fail_for: Duration) -> (String, Arc<Mutex<Vec<Posted>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     let posted = Arc::new(Mutex::new(Vec::new()));
     let seen = posted.clone();
     let served = Arc::new(Mutex::new(0usize));
+    let first = Arc::new(Mutex::new(None::<std::time::Instant>));
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
@@ -133,6 +136,7 @@ async fn intake(fail: usize) -> (String, Arc<Mutex<Vec<Posted>>>) {
             };
             let seen = seen.clone();
             let served = served.clone();
+            let first = first.clone();
             tokio::spawn(async move {
                 while let Some(message) = read_http_message(&mut stream).await {
                     let end = message.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
@@ -146,12 +150,18 @@ async fn intake(fail: usize) -> (String, Arc<Mutex<Vec<Posted>>>) {
                         *s += 1;
                         *s
                     };
-                    let status = if n <= fail {
+                    let since = first
+                        .lock()
+                        .unwrap()
+                        .get_or_insert_with(std::time::Instant::now)
+                        .elapsed();
+                    let failing = n <= fail || since < fail_for;
+                    let status = if failing {
                         "500 Internal Server Error"
                     } else {
                         "202 Accepted"
                     };
-                    if n > fail {
+                    if !failing {
                         seen.lock().unwrap().push(Posted {
                             headers,
                             body: serde_json::from_str(&json).unwrap(),
@@ -173,7 +183,7 @@ async fn intake(fail: usize) -> (String, Arc<Mutex<Vec<Posted>>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn datadog_api_posts_gzipped_series_and_retries_and_never_logs_the_key() {
-    let (url, posted) = intake(1).await;
+    let (url, posted) = intake(1, Duration::ZERO).await;
     let out = run_with(&[
         ("FORWARDER_METRICS_BACKEND", "datadog-api".into()),
         ("DD_API_KEY", KEY.into()),
@@ -264,4 +274,37 @@ async fn a_backend_without_what_it_needs_fails_at_start_naming_the_variable() {
         );
         assert!(!stderr.contains(KEY));
     }
+}
+
+/// What the intake does not accept within the interval's retries is dropped, counted in
+/// `forwarder.metrics.dropped` (sent with a later interval) and logged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datadog_api_counts_what_it_drops_and_logs_it_once() {
+    let (url, posted) = intake(0, Duration::from_millis(2500)).await;
+    let out = run_with(&[
+        ("FORWARDER_METRICS_BACKEND", "datadog-api".into()),
+        ("DD_API_KEY", KEY.into()),
+        ("DD_URL", url),
+        ("FORWARDER_METRICS_FLUSH_INTERVAL", "1s".into()),
+        ("FORWARDER_EXIT_WHEN_IDLE", "5".into()),
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("datadog-api metrics not accepted").count(),
+        1,
+        "{stderr}"
+    );
+    let dropped: f64 = posted
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p.body["series"].as_array().cloned().unwrap_or_default())
+        .filter(|s| s["metric"] == "sqsf.forwarder.metrics.dropped")
+        .map(|s| {
+            assert_eq!(s["tags"], serde_json::json!(["env:test"]), "{s}");
+            s["points"][0]["value"].as_f64().unwrap_or(0.0)
+        })
+        .sum();
+    assert!(dropped >= 1.0, "no drop counted");
 }
