@@ -26,7 +26,36 @@ pub async fn check(settings: &Settings) -> Report {
     check_routes(&app, &mut report).await;
     check_buckets(&app, &mut report).await;
     check_indexer(&app, &mut report).await;
+    report_settings(&app, &mut report);
     report
+}
+
+/// Where metrics go, and what each message carries along: settings with nothing to
+/// reach (an agent or an intake is not asked), said so the operator sees them.
+fn report_settings(app: &App, report: &mut Report) {
+    use crate::metrics::sink::MetricsBackend;
+    let m = &app.config().metrics;
+    let to = match &m.backend {
+        MetricsBackend::Off => "off".to_string(),
+        MetricsBackend::Statsd(addr) | MetricsBackend::DogStatsd(addr) => {
+            format!("{} to {addr}", m.backend.name())
+        }
+        MetricsBackend::DatadogApi(dd) => format!(
+            "datadog-api to {} every {}",
+            dd.base_url,
+            humantime::format_duration(m.flush_interval)
+        ),
+        MetricsBackend::Emf => format!(
+            "emf on stdout every {}",
+            humantime::format_duration(m.flush_interval)
+        ),
+        MetricsBackend::Log => "log (debug events)".to_string(),
+    };
+    report.ok.push(format!("metrics: {to}"));
+    report.ok.push(format!(
+        "forwarded attributes: {} (and the trace context)",
+        app.config().forward_attributes
+    ));
 }
 
 /// The settings, validated, and the app they make: `None` after reporting why not.

@@ -308,3 +308,29 @@ async fn datadog_api_counts_what_it_drops_and_logs_it_once() {
         .sum();
     assert!(dropped >= 1.0, "no drop counted");
 }
+
+/// `check` says where metrics go, without the key.
+#[tokio::test]
+async fn check_says_where_metrics_go() {
+    let q = Queues::create(30).await;
+    let mut check = binary(&["check"]);
+    check
+        .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+        .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
+        .env("FORWARDER_INDEXER", "off")
+        .env("FORWARDER_METRICS_BACKEND", "datadog-api")
+        .env("DD_API_KEY", KEY)
+        .env("DD_SITE", "datadoghq.eu")
+        .env("FORWARDER_FORWARD_ATTRIBUTES", "tenant");
+    let out = run_ok(&mut check);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ok: metrics: datadog-api to https://api.datadoghq.eu every 10s"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok: forwarded attributes: tenant"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(KEY) && !String::from_utf8_lossy(&out.stderr).contains(KEY));
+}
