@@ -94,6 +94,26 @@ fn indexer(rt: &tokio::runtime::Runtime) -> Indexer {
     })
 }
 
+/// The indexer stage alone on a hot cache, for a batch of decoded events.
+fn index_hot(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    indexer: &Indexer,
+    decoded: &[Event<'_>],
+) {
+    let metrics = Metrics::disabled();
+    group.bench_function(BenchmarkId::from_parameter("index_hot"), |b| {
+        b.to_async(rt).iter_batched(
+            || decoded.to_vec(),
+            |mut events| async {
+                index_events(indexer, &metrics, &mut events).await.unwrap();
+                events
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let indexer = indexer(&rt);
@@ -120,16 +140,7 @@ fn bench(c: &mut Criterion) {
             })
         });
         let decoded: Vec<Event<'_>> = bodies.iter().map(|b| decode(b).unwrap()).collect();
-        group.bench_function(BenchmarkId::from_parameter("index_hot"), |b| {
-            b.to_async(&rt).iter_batched(
-                || decoded.clone(),
-                |mut events| async {
-                    index_events(&indexer, &metrics, &mut events).await.unwrap();
-                    events
-                },
-                criterion::BatchSize::SmallInput,
-            )
-        });
+        index_hot(&mut group, &rt, &indexer, &decoded);
         let mut indexed = decoded.clone();
         rt.block_on(index_events(&indexer, &metrics, &mut indexed))
             .unwrap();
@@ -160,16 +171,7 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let mut group = c.benchmark_group("event/8KiB-6-tags");
     group.throughput(Throughput::Elements(BATCH as u64));
-    group.bench_function(BenchmarkId::from_parameter("index_hot"), |b| {
-        b.to_async(&rt).iter_batched(
-            || decoded.clone(),
-            |mut events| async {
-                index_events(&indexer, &metrics, &mut events).await.unwrap();
-                events
-            },
-            criterion::BatchSize::SmallInput,
-        )
-    });
+    index_hot(&mut group, &rt, &indexer, &decoded);
     group.finish();
     rt.block_on(indexer.store().close());
 }

@@ -336,36 +336,40 @@ impl App {
     /// Decode, index, forward, dead-letter: after reaching every destination (and
     /// checking each message group against its queue's type) and the dead-letter queue.
     pub async fn pipeline(&self) -> Result<Pipeline, StartError> {
-        let router = self.router().await?;
-        let dead_letter = self.dead_letter_queue().await?;
-        Ok(
-            Pipeline::new(router, self.indexer.clone(), self.metrics.clone())
-                .with_dead_letter(dead_letter),
-        )
-    }
-
-    /// The dead-letter queue (`FORWARDER_DLQ_URL`), after reaching it; `None` if unset.
-    pub async fn dead_letter_queue(&self) -> Result<Option<DeadLetterQueue>, StartError> {
-        Ok(match &self.config.dlq_url {
+        let pipeline = self.pipeline_without_dead_letters().await?;
+        let dead_letter = match &self.config.dlq_url {
             Some(url) => {
                 let info = self.reach("FORWARDER_DLQ_URL", url).await?;
-                // SQS's own limit, not FORWARDER_MAX_MESSAGE_BYTES: an event too large
-                // to forward may still fit in the dead-letter queue.
-                let sender = SqsSender::new(
-                    self.sqs.clone(),
-                    url,
-                    DEFAULT_MAX_MESSAGE_BYTES,
-                    self.config.retry.clone(),
-                    self.metrics.clone(),
-                );
-                Some(DeadLetterQueue::new(
-                    sender,
-                    info.fifo,
-                    self.metrics.clone(),
-                ))
+                Some(self.dead_letter_queue(url, &info))
             }
             None => None,
-        })
+        };
+        Ok(pipeline.with_dead_letter(dead_letter))
+    }
+
+    /// Decode, index, forward, with no dead-letter step (`redrive` puts back what fails
+    /// again itself): after reaching every destination.
+    pub async fn pipeline_without_dead_letters(&self) -> Result<Pipeline, StartError> {
+        let router = self.router().await?;
+        Ok(Pipeline::new(
+            router,
+            self.indexer.clone(),
+            self.metrics.clone(),
+        ))
+    }
+
+    /// The dead-letter queue at `url`, as `info` (its healthcheck) describes it.
+    fn dead_letter_queue(&self, url: &str, info: &QueueInfo) -> DeadLetterQueue {
+        // SQS's own limit, not FORWARDER_MAX_MESSAGE_BYTES: an event too large to forward
+        // may still fit in the dead-letter queue.
+        let sender = SqsSender::new(
+            self.sqs.clone(),
+            url,
+            DEFAULT_MAX_MESSAGE_BYTES,
+            self.config.retry.clone(),
+            self.metrics.clone(),
+        );
+        DeadLetterQueue::new(sender, info.fifo, self.metrics.clone())
     }
 
     /// GetQueueAttributes, with transient failures retried within the retry bound: a
@@ -395,9 +399,9 @@ impl App {
             })
     }
 
-    /// The dead-letter queue as a source (for `redrive`): every message attribute
-    /// received, after reaching it.
-    pub async fn dead_letter_source(&self) -> Result<SqsSource, StartError> {
+    /// The dead-letter queue for `redrive`, reached once: as a source (every message
+    /// attribute received) and as the queue that takes back what fails again.
+    pub async fn dead_letters(&self) -> Result<(SqsSource, DeadLetterQueue), StartError> {
         let Some(url) = self.config.dlq_url.clone() else {
             return Err(ConfigError {
                 var: "FORWARDER_DLQ_URL",
@@ -417,16 +421,16 @@ impl App {
             }
             .into());
         }
-        Ok(SqsSource::new(
+        let source = SqsSource::new(
             self.sqs.clone(),
-            url,
+            url.clone(),
             crate::source::MAX_BATCH,
             std::time::Duration::from_secs(1),
             self.config.retry.clone(),
             self.metrics.clone(),
         )
-        .with_fifo(info.fifo)
-        .with_attributes(&crate::forward::ForwardAttributes::All))
+        .with_attributes(&crate::forward::ForwardAttributes::All);
+        Ok((source, self.dead_letter_queue(&url, &info)))
     }
 
     /// A worker on the source queue, after reaching every configured queue.

@@ -218,28 +218,21 @@ async fn redrive(cli: &Cli, options: &sqs_forwarder::redrive::RedriveOptions) ->
         Ok(app) => app,
         Err(code) => return code,
     };
-    let dlq = match app.dead_letter_source().await {
-        Ok(dlq) => dlq,
+    let (dlq, dead_letters) = match app.dead_letters().await {
+        Ok(parts) => parts,
         Err(err) => {
             eprintln!("error: {err}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let through = if options.dry_run {
+    // What fails again is put back by the redrive itself: no dead-letter step here.
+    let pipeline = if options.dry_run {
         None
     } else {
-        match (app.pipeline().await, app.dead_letter_queue().await) {
-            (Ok(pipeline), Ok(Some(dead_letters))) => {
-                Some((pipeline.with_dead_letter(None), dead_letters))
-            }
-            (Err(err), _) | (_, Err(err)) => {
+        match app.pipeline_without_dead_letters().await {
+            Ok(pipeline) => Some(pipeline),
+            Err(err) => {
                 eprintln!("error: {err}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-            (_, Ok(None)) => {
-                eprintln!(
-                    "error: FORWARDER_DLQ_URL: is not set; redrive reads the dead-letter queue"
-                );
                 return ExitCode::from(EXIT_CONFIG);
             }
         }
@@ -247,9 +240,9 @@ async fn redrive(cli: &Cli, options: &sqs_forwarder::redrive::RedriveOptions) ->
     let bar = redrive::progress_bar(&dlq).await;
     let result = redrive::redrive(
         &dlq,
-        through.as_ref().map(|(pipeline, dead_letters)| Redrive {
+        pipeline.as_ref().map(|pipeline| Redrive {
             pipeline,
-            dead_letters,
+            dead_letters: &dead_letters,
         }),
         options,
         &bar,

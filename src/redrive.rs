@@ -87,17 +87,15 @@ impl RedriveSummary {
     }
 
     fn tally(&mut self, m: &SourceMessage) -> &mut Tally {
-        let get = |name: &str| {
-            m.attributes
-                .iter()
-                .find(|a| a.name == name)
-                .and_then(|a| a.text())
-                .unwrap_or("-")
-                .to_string()
-        };
+        let get = |name: &str| m.attribute(name).unwrap_or("-").to_string();
         self.by_reason
             .entry((get("reason"), get("stage")))
             .or_default()
+    }
+
+    /// Matching dead letters seen so far.
+    fn matched(&self) -> usize {
+        self.by_reason.values().map(|t| t.matched).sum()
     }
 }
 
@@ -114,7 +112,7 @@ impl fmt::Display for RedriveSummary {
                 )?;
             }
         }
-        let matched: usize = self.by_reason.values().map(|t| t.matched).sum();
+        let matched = self.matched();
         if self.dry_run {
             write!(f, "dry run: {matched} dead letters would be redriven")?;
         } else {
@@ -177,9 +175,6 @@ pub async fn redrive(
             fresh.into_iter().partition(|m| run.matches(m, options));
         run.summary.not_matching += other.len();
         run.release.extend(other);
-        for m in &matching {
-            run.summary.tally(m).matched += 1;
-        }
         match &through {
             None => run.release.extend(matching),
             Some(through) => run.send(dlq, through.pipeline, matching).await,
@@ -201,8 +196,6 @@ pub async fn redrive(
 struct Run {
     /// Ids of the dead letters seen: a message seen again (its hold ran out) is skipped.
     seen: HashSet<String>,
-    /// Matching dead letters taken so far (`--max`).
-    taken: usize,
     /// Dead letters to hand back as they were, at the end.
     release: Vec<SourceMessage>,
     /// Dead letters that failed again for good, with their new reason.
@@ -213,7 +206,7 @@ struct Run {
 
 impl Run {
     fn full(&self, options: &RedriveOptions) -> bool {
-        options.max.is_some_and(|max| self.taken >= max)
+        options.max.is_some_and(|max| self.summary.matched() >= max)
     }
 
     /// Hides what was received for the run; returns the messages not seen before.
@@ -226,20 +219,17 @@ impl Run {
             .collect()
     }
 
+    /// Whether `m` is to be redriven (its reason asked for, within `--max`); counted
+    /// as matched if so.
     fn matches(&mut self, m: &SourceMessage, options: &RedriveOptions) -> bool {
-        let reason = m
-            .attributes
-            .iter()
-            .find(|a| a.name == "reason")
-            .and_then(|a| a.text());
         let wanted = options.reasons.is_empty()
-            || reason.is_some_and(|r| options.reasons.iter().any(|w| w == r));
-        if wanted && !self.full(options) {
-            self.taken += 1;
-            true
-        } else {
-            false
+            || m.attribute("reason")
+                .is_some_and(|r| options.reasons.iter().any(|w| w == r));
+        let take = wanted && !self.full(options);
+        if take {
+            self.summary.tally(m).matched += 1;
         }
+        take
     }
 
     /// Forwards the matching dead letters through the pipeline and settles each.
@@ -287,23 +277,12 @@ impl Run {
         if again.is_empty() {
             return;
         }
-        let origin: Vec<String> = again
-            .iter()
-            .map(|(m, _)| {
-                m.attributes
-                    .iter()
-                    .find(|a| a.name == "source_message_id")
-                    .and_then(|a| a.text())
-                    .unwrap_or(&m.message_id)
-                    .to_string()
-            })
-            .collect();
+        // The copy keeps the id of the source message it came from, first.
         let letters: Vec<DeadLetter<'_>> = again
             .iter()
-            .zip(&origin)
-            .map(|((m, reason), origin)| DeadLetter {
+            .map(|(m, reason)| DeadLetter {
                 body: &m.body,
-                source_message_id: origin,
+                source_message_id: m.attribute("source_message_id").unwrap_or(&m.message_id),
                 reason: reason.clone(),
             })
             .collect();

@@ -76,20 +76,36 @@ impl Attribute {
         }
     }
 
-    /// An attribute received with a message; `None` for one without a value of its
-    /// type (SQS's list types, which it never delivers).
-    pub fn from_sdk(name: &str, value: &MessageAttributeValue) -> Option<Self> {
-        let data_type = value.data_type();
+    /// An attribute received with a message, from its type and whichever value it
+    /// has; `None` for one without a value of its type (SQS's list types, which it
+    /// never delivers). A Lambda record's attributes come the same way.
+    pub fn received(
+        name: impl Into<String>,
+        data_type: impl Into<String>,
+        text: Option<String>,
+        bytes: Option<Vec<u8>>,
+    ) -> Option<Self> {
+        let data_type = data_type.into();
         let value = if data_type.starts_with("Binary") {
-            AttributeValue::Bytes(value.binary_value()?.as_ref().to_vec())
+            AttributeValue::Bytes(bytes?)
         } else {
-            AttributeValue::Text(value.string_value()?.to_string())
+            AttributeValue::Text(text?)
         };
         Some(Self {
-            name: Cow::Owned(name.to_string()),
-            data_type: Cow::Owned(data_type.to_string()),
+            name: Cow::Owned(name.into()),
+            data_type: Cow::Owned(data_type),
             value,
         })
+    }
+
+    /// An attribute received from the SQS API (see [`Attribute::received`]).
+    pub fn from_sdk(name: &str, value: &MessageAttributeValue) -> Option<Self> {
+        Self::received(
+            name,
+            value.data_type(),
+            value.string_value().map(str::to_string),
+            value.binary_value().map(|b| b.as_ref().to_vec()),
+        )
     }
 
     /// The value to send.

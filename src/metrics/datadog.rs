@@ -74,6 +74,7 @@ impl DatadogBackend {
         let aggregator = Arc::new(Aggregator::default());
         let (tx, rx) = mpsc::channel::<mpsc::Sender<()>>();
         let poster = Poster {
+            client: client()?,
             settings,
             aggregator: aggregator.clone(),
             retry_within: interval.min(Duration::from_secs(10)),
@@ -106,7 +107,11 @@ impl Flush for DatadogBackend {
 
 /// The posting thread's state.
 struct Poster {
+    /// The HTTP client, built at start.
+    client: Client,
+    /// Where series go.
     settings: DatadogSettings,
+    /// The intervals to post, shared with the backend that fills them.
     aggregator: Arc<Aggregator>,
     /// How long a post is retried.
     retry_within: Duration,
@@ -126,7 +131,6 @@ impl Poster {
                 return;
             }
         };
-        let client = client();
         // Each request answers once its interval is posted (or dropped).
         while let Ok(done) = flushes.recv() {
             let taken = self.aggregator.take();
@@ -136,7 +140,7 @@ impl Poster {
                     .map_or(0, |d| d.as_secs());
                 let body = series(&taken, now);
                 let count = body["series"].as_array().map_or(0, Vec::len);
-                if let Err(why) = runtime.block_on(self.post(&client, &body)) {
+                if let Err(why) = runtime.block_on(self.post(&body)) {
                     self.dropped(count, &why);
                 }
             }
@@ -144,7 +148,7 @@ impl Poster {
         }
     }
 
-    async fn post(&self, client: &Client, body: &Json) -> Result<(), String> {
+    async fn post(&self, body: &Json) -> Result<(), String> {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(body.to_string().as_bytes())
             .map_err(|e| e.to_string())?;
@@ -165,10 +169,11 @@ impl Poster {
                 .header("dd-api-key", &self.settings.api_key.0)
                 .body(http_body_util::Full::new(gzipped.clone()))
                 .map_err(|e| backoff::Error::permanent(e.to_string()))?;
-            let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
-                .await
-                .map_err(|_| backoff::Error::transient("timed out".to_string()))?
-                .map_err(|e| backoff::Error::transient(format!("{e}")))?;
+            let response =
+                tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
+                    .await
+                    .map_err(|_| backoff::Error::transient("timed out".to_string()))?
+                    .map_err(|e| backoff::Error::transient(format!("{e}")))?;
             let status = response.status();
             if status.is_success() {
                 Ok(())
@@ -209,37 +214,20 @@ type Client = hyper_util::client::legacy::Client<
     http_body_util::Full<bytes::Bytes>,
 >;
 
-/// HTTPS with the system's roots (plain HTTP too, for a `DD_URL` proxy or a test).
-fn client() -> Client {
+/// HTTPS with the system's roots (plain HTTP too, for a `DD_URL` proxy or a test). A
+/// system without roots fails at start: no post could succeed.
+fn client() -> std::io::Result<Client> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let connector = match builder.with_provider_and_native_roots(provider) {
-        Ok(b) => b.https_or_http().enable_http1().build(),
-        Err(err) => {
-            tracing::warn!(%err, "datadog-api metrics: no system roots; plain HTTP only");
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(
-                    rustls::ClientConfig::builder_with_provider(Arc::new(
-                        rustls::crypto::aws_lc_rs::default_provider(),
-                    ))
-                    .with_safe_default_protocol_versions()
-                    .map(|b| {
-                        b.with_root_certificates(rustls::RootCertStore::empty())
-                            .with_no_client_auth()
-                    })
-                    .unwrap_or_else(|_| {
-                        rustls::ClientConfig::builder()
-                            .with_root_certificates(rustls::RootCertStore::empty())
-                            .with_no_client_auth()
-                    }),
-                )
-                .https_or_http()
-                .enable_http1()
-                .build()
-        }
-    };
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(connector)
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(provider)
+        .map_err(|e| std::io::Error::other(format!("datadog-api: no TLS root certificates: {e}")))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
 }
 
 /// The v2 series body of an interval.

@@ -55,26 +55,11 @@ fn record_of(i: usize, record: SqsMessage) -> Result<SourceMessage, RecordError>
         attributes: record
             .message_attributes
             .into_iter()
-            .filter_map(|(name, a)| attribute(name, a))
+            .filter_map(|(name, a)| {
+                let bytes = a.binary_value.map(|b| b.to_vec());
+                crate::aws::Attribute::received(name, a.data_type?, a.string_value, bytes)
+            })
             .collect(),
-    })
-}
-
-/// A record's message attribute, with its type (Lambda gives them all).
-fn attribute(
-    name: String,
-    a: aws_lambda_events::event::sqs::SqsMessageAttribute,
-) -> Option<crate::aws::Attribute> {
-    let data_type = a.data_type?;
-    let value = if data_type.starts_with("Binary") {
-        crate::aws::AttributeValue::Bytes(a.binary_value?.to_vec())
-    } else {
-        crate::aws::AttributeValue::Text(a.string_value?)
-    };
-    Some(crate::aws::Attribute {
-        name: name.into(),
-        data_type: data_type.into(),
-        value,
     })
 }
 

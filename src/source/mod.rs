@@ -35,3 +35,13 @@ pub struct SourceMessage {
     /// what `FORWARDER_FORWARD_ATTRIBUTES` names).
     pub attributes: Vec<crate::aws::Attribute>,
 }
+
+impl SourceMessage {
+    /// The text of its attribute `name`, if it has one (a `String` or `Number`).
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|a| a.name == name)
+            .and_then(|a| a.text())
+    }
+}

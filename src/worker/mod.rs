@@ -609,6 +609,17 @@ mod tests {
         Worker::new(source, pipeline, Duration::from_secs(30), metrics)
     }
 
+    /// A forwarder to the fake destination queue.
+    fn forwarder(client: &aws_sdk_sqs::Client, metrics: &Metrics) -> Forwarder {
+        Forwarder::new(
+            client.clone(),
+            "https://sqs.fake/0/dest",
+            256 * 1024,
+            fast(),
+            metrics.clone(),
+        )
+    }
+
     fn fast() -> RetryPolicy {
         RetryPolicy {
             initial_interval: Duration::from_millis(1),
@@ -630,14 +641,7 @@ mod tests {
         ]);
         let metrics = Metrics::disabled();
         let limiter = OrgRateLimiter::new("1/1h".parse().unwrap(), metrics.clone());
-        let forwarder = Forwarder::new(
-            client.clone(),
-            "https://sqs.fake/0/dest",
-            256 * 1024,
-            fast(),
-            metrics.clone(),
-        )
-        .with_rate_limit(Some(Arc::new(limiter)));
+        let forwarder = forwarder(&client, &metrics).with_rate_limit(Some(Arc::new(limiter)));
         let worker = worker(client, forwarder, metrics);
 
         let outcome = worker.run_once().await.unwrap();
@@ -679,13 +683,7 @@ mod tests {
             fake::ok("{}")
         });
         let metrics = Metrics::disabled();
-        let forwarder = Forwarder::new(
-            client.clone(),
-            "https://sqs.fake/0/dest",
-            256 * 1024,
-            fast(),
-            metrics.clone(),
-        );
+        let forwarder = forwarder(&client, &metrics);
         let worker = worker(client, forwarder, metrics).with_max_in_flight(3);
 
         worker.run_once().await.unwrap();
