@@ -3,8 +3,10 @@
 
 CARGO ?= cargo
 export FORWARDER_TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
+# cargo-lambda (the Lambda emulator test) comes from PyPI into tools/.venv.
+export FORWARDER_TEST_CARGO_LAMBDA ?= $(CURDIR)/tools/.venv/bin/cargo-lambda
 
-.PHONY: all build demo test unit lint clippy lint-deploy deny docker-check fuzz fmt localstack localstack-stop clean
+.PHONY: all build demo test test-tools unit lint clippy lint-deploy deny docker-check fuzz fmt localstack localstack-stop clean
 
 all: build
 
@@ -18,7 +20,7 @@ demo: build
 ## test: every test, against a real LocalStack (started here if it is not running).
 ## cargo-nextest runs them with a hard time limit per test (.config/nextest.toml); the
 ## benches run once each as smoke tests (nextest cannot list criterion benches).
-test: localstack
+test: localstack test-tools
 	$(CARGO) nextest run --lib --bins --tests
 	$(CARGO) test --doc
 	timeout 900 $(CARGO) test --benches
@@ -69,6 +71,10 @@ fmt:
 
 localstack:
 	./localstack/start.sh
+
+## test-tools: what the tests run besides LocalStack (cargo-lambda), from PyPI.
+test-tools:
+	./tools/install.sh > /dev/null
 
 localstack-stop:
 	./localstack/stop.sh

@@ -54,7 +54,7 @@ pub async fn serve(pipeline: Pipeline, metrics: Metrics) -> Result<(), LambdaErr
     let pipeline = &pipeline;
     let metrics = &metrics;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        let deadline = remaining(event.context.deadline).map(|left| Instant::now() + left);
+        let deadline = deadline_of(event.context.deadline);
         handle(pipeline, metrics, event.payload, deadline)
             .await
             .map_err(|e| lambda_runtime::Diagnostic {
@@ -70,14 +70,66 @@ pub async fn serve(pipeline: Pipeline, metrics: Metrics) -> Result<(), LambdaErr
 /// deadline, so the partial response still reaches Lambda.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
-/// The time left until a deadline in milliseconds since the epoch (the Runtime API's
-/// `Lambda-Runtime-Deadline-Ms`); `None` if it is unknown.
-fn remaining(deadline_ms: u64) -> Option<Duration> {
-    if deadline_ms == 0 {
-        return None;
+/// Lambda's longest function timeout: no real deadline is further away than this.
+pub const LONGEST_INVOCATION: Duration = Duration::from_secs(15 * 60);
+
+/// What an invocation's `Lambda-Runtime-Deadline-Ms` header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// No header (0): the batch runs with no deadline bound.
+    Absent,
+    /// A real deadline, this far away.
+    In(Duration),
+    /// A value that cannot be a deadline: already passed when the invocation arrived (an
+    /// emulator's timeout as a duration, `600000`, or its start time), or further away
+    /// than Lambda's longest timeout. Handled as [`Deadline::Absent`], with a warning.
+    NotADeadline(&'static str),
+}
+
+impl Deadline {
+    /// Reads the header's value, in milliseconds since the epoch, against `now` (the
+    /// time since the epoch when the invocation arrived).
+    pub fn read(deadline_ms: u64, now: Duration) -> Deadline {
+        if deadline_ms == 0 {
+            return Deadline::Absent;
+        }
+        let deadline = Duration::from_millis(deadline_ms);
+        match deadline.checked_sub(now) {
+            None | Some(Duration::ZERO) => Deadline::NotADeadline("it has already passed"),
+            Some(left) if left > LONGEST_INVOCATION => {
+                Deadline::NotADeadline("it is more than 15 minutes away, Lambda's longest timeout")
+            }
+            Some(left) => Deadline::In(left),
+        }
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
-    Some(Duration::from_millis(deadline_ms).saturating_sub(now))
+
+    /// The time left, if this is a deadline at all.
+    pub fn left(self) -> Option<Duration> {
+        match self {
+            Deadline::In(left) => Some(left),
+            Deadline::Absent | Deadline::NotADeadline(_) => None,
+        }
+    }
+}
+
+/// The invocation's deadline as an instant, from the Runtime API's header; `None` (no
+/// bound) when there is none or it cannot be one, which is warned about once per process
+/// (local emulators send such values on every invocation).
+fn deadline_of(deadline_ms: u64) -> Option<Instant> {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let deadline = Deadline::read(deadline_ms, now);
+    if let Deadline::NotADeadline(why) = deadline {
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "Lambda-Runtime-Deadline-Ms: {deadline_ms} is not a deadline ({why}; a local \
+                 emulator's value?): batches are handled with no deadline bound"
+            );
+        });
+    }
+    deadline.left().map(|left| Instant::now() + left)
 }
 
 /// One invocation: the batch's partial response. Only a batch that cannot be answered
@@ -147,5 +199,50 @@ pub async fn report_init_error(message: &str) {
         if let Err(err) = client.call(request).await {
             tracing::error!(%err, "could not report the init error to the Runtime API");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-12-01, in milliseconds since the epoch.
+    const NOW_MS: u64 = 1_796_112_000_000;
+
+    fn read(deadline_ms: u64) -> Deadline {
+        Deadline::read(deadline_ms, Duration::from_millis(NOW_MS))
+    }
+
+    #[test]
+    fn a_real_deadline_is_the_time_left() {
+        assert_eq!(read(NOW_MS + 3_000), Deadline::In(Duration::from_secs(3)));
+        // Lambda's longest timeout is still a deadline.
+        assert_eq!(read(NOW_MS + 900_000), Deadline::In(LONGEST_INVOCATION));
+        assert_eq!(read(NOW_MS + 1), Deadline::In(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn zero_is_no_deadline() {
+        assert_eq!(read(0), Deadline::Absent);
+        assert_eq!(read(0).left(), None);
+    }
+
+    #[test]
+    fn a_deadline_already_passed_is_not_one() {
+        // cargo lambda watch: its timeout as a duration, a deadline in 1970.
+        assert!(matches!(read(600_000), Deadline::NotADeadline(why) if why.contains("passed")));
+        // An emulator that sends the invocation's start time.
+        assert!(matches!(read(NOW_MS), Deadline::NotADeadline(_)));
+        assert!(matches!(read(NOW_MS - 1), Deadline::NotADeadline(_)));
+        assert_eq!(read(600_000).left(), None);
+    }
+
+    #[test]
+    fn an_absurdly_distant_deadline_is_not_one() {
+        assert!(matches!(
+            read(NOW_MS + 900_001),
+            Deadline::NotADeadline(why) if why.contains("15 minutes")
+        ));
+        assert!(matches!(read(u64::MAX), Deadline::NotADeadline(_)));
     }
 }

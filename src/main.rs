@@ -27,7 +27,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    telemetry::init(cli.settings.log_format);
+    let in_lambda = matches!(cli.command, Command::Lambda);
+    telemetry::init(&telemetry::LogSetup::from_env(
+        cli.settings.log_format,
+        in_lambda,
+    ));
     match cli.command {
         Command::Run { exit_when_idle } => run(&cli, exit_when_idle).await,
         Command::Replay { ref input } => replay(&cli, input).await,

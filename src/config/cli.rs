@@ -383,9 +383,9 @@ pub struct Settings {
           value_parser = sample_rate, global = true)]
     pub metrics_sample_rate: f64,
 
-    /// Log format; RUST_LOG filters what is logged.
-    #[arg(long, env = "FORWARDER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
-    pub log_format: LogFormat,
+    /// Log format [default: pretty; in Lambda, json when AWS_LAMBDA_LOG_FORMAT=JSON]; RUST_LOG filters what is logged.
+    #[arg(long, env = "FORWARDER_LOG_FORMAT", value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
 
     /// Wait before the first retry of a failed call.
     #[arg(long, env = "FORWARDER_RETRY_INITIAL_INTERVAL", value_name = "DURATION", default_value = "100ms",

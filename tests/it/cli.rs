@@ -84,6 +84,28 @@ async fn exit_when_idle_stops_cleanly() {
     assert!(started.elapsed() >= Duration::from_secs(2));
 }
 
+/// Logs captured to a file or a pipe (`make demo > out`, CloudWatch, a log shipper) hold
+/// no ANSI colour escapes: colour is for terminals only.
+#[tokio::test]
+async fn a_workers_captured_logs_hold_no_escape_bytes() {
+    let q = Queues::create(30).await;
+    send_bodies(&q.client, &q.source, &[event(1, 1), "not json".into()]).await;
+    let out = spawn_binary(
+        command(&q)
+            .args(["run", "--exit-when-idle", "2"])
+            .env("RUST_LOG", "info")
+            .env("FORWARDER_INDEXER", "off"),
+    )
+    .finish(Duration::from_secs(60))
+    .await;
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    // Lines at every level the worker writes, each with its fields.
+    assert!(log.contains(" INFO ") && log.contains(" WARN "), "{log}");
+    assert!(log.contains("invalid_json"), "{log}");
+    assert!(!out.stderr.contains(&0x1b), "escape bytes in: {log:?}");
+}
+
 #[tokio::test]
 async fn replay_reports_bad_lines_and_forwards_the_rest() {
     let q = Queues::create(30).await;
