@@ -12,6 +12,7 @@ use aws_config::SdkConfig;
 use aws_sdk_sqs::config::{Region, SharedCredentialsProvider};
 
 use crate::aws::{self, AwsError};
+use crate::batching::BatchWindow;
 use crate::config::routes::{CredentialSource, Route};
 use crate::config::{check_message_group, Config, ConfigError, IndexerConfig};
 use crate::forward::{
@@ -101,6 +102,13 @@ pub async fn greet_shared_cache(indexer: &Indexer) {
     }
 }
 
+/// The batching window where no source queue sizes it: the setting, or the default.
+fn config_window(config: &Config) -> std::time::Duration {
+    config
+        .batch_window
+        .unwrap_or(crate::config::DEFAULT_BATCH_WINDOW)
+}
+
 fn one_line(err: &AwsError) -> String {
     err.to_string().replace('\n', " ")
 }
@@ -122,6 +130,9 @@ pub struct App {
     rate_limit: Option<Arc<OrgRateLimiter>>,
     /// Which routes are paused, for the readiness probe.
     pauses: Arc<Pauses>,
+    /// The batching window of `replay` and `redrive` (`run` sizes its own against the
+    /// source's visibility timeout, [`App::worker`]).
+    window: BatchWindow,
 }
 
 impl App {
@@ -188,14 +199,16 @@ impl App {
         let rate_limit = config
             .rate_limit
             .map(|limit| Arc::new(OrgRateLimiter::new(limit, metrics.clone())));
+        let window = BatchWindow::new(config_window(&config));
         Ok(App {
-            sqs: aws::sqs_client(sdk),
+            sqs: aws::sqs_client(sdk, &metrics),
             config,
             metrics,
             indexer: None,
             sdk: sdk.clone(),
             rate_limit,
             pauses: Arc::new(Pauses::default()),
+            window,
         })
     }
 
@@ -244,8 +257,9 @@ impl App {
         var: &'static str,
         route: &Route,
         sdk: &SdkConfig,
+        window: &BatchWindow,
     ) -> Result<Forwarder, StartError> {
-        let sqs = aws::sqs_client(sdk);
+        let sqs = aws::sqs_client(sdk, &self.metrics);
         // Retried like every other healthcheck: a throttled start-up call is not fatal.
         let info = self
             .queue_info_retried(&sqs, &route.queue_url)
@@ -280,13 +294,14 @@ impl App {
         .with_offloader(offloader)
         .with_forward_attributes(self.config.forward_attributes.clone())
         .with_rate_limit(self.rate_limit.clone())
-        .with_pauses(self.pauses.clone()))
+        .with_pauses(self.pauses.clone())
+        .with_window(window))
     }
 
     /// The S3 side of oversized events, for a bucket.
     pub fn offloader(&self, sdk: &SdkConfig, bucket: &str) -> Offloader {
         Offloader::new(
-            aws::s3_client(sdk),
+            aws::s3_client(sdk, &self.metrics),
             bucket,
             sdk.region().map(|r| r.as_ref()).unwrap_or("us-east-1"),
             self.config.s3_pointer_format,
@@ -298,6 +313,11 @@ impl App {
     /// One forwarder per destination of the effective routes, each built once (clients
     /// included) and shared by the projects routed to it; every destination reached.
     pub async fn router(&self) -> Result<Router, StartError> {
+        self.router_within(&self.window).await
+    }
+
+    /// [`App::router`], its sends shared within `window`.
+    async fn router_within(&self, window: &BatchWindow) -> Result<Router, StartError> {
         let routes = self.config.effective_routes();
         let file_default = self
             .config
@@ -327,7 +347,8 @@ impl App {
                         sdk
                     }
                 };
-                self.forwarder_for(var(is_default), route, &sdk).await
+                self.forwarder_for(var(is_default), route, &sdk, window)
+                    .await
             },
         )
         .await
@@ -336,11 +357,17 @@ impl App {
     /// Decode, index, forward, dead-letter: after reaching every destination (and
     /// checking each message group against its queue's type) and the dead-letter queue.
     pub async fn pipeline(&self) -> Result<Pipeline, StartError> {
-        let pipeline = self.pipeline_without_dead_letters().await?;
+        self.pipeline_within(&self.window).await
+    }
+
+    /// [`App::pipeline`], its sends shared within `window`.
+    async fn pipeline_within(&self, window: &BatchWindow) -> Result<Pipeline, StartError> {
+        let router = self.router_within(window).await?;
+        let pipeline = Pipeline::new(router, self.indexer.clone(), self.metrics.clone());
         let dead_letter = match &self.config.dlq_url {
             Some(url) => {
                 let info = self.reach("FORWARDER_DLQ_URL", url).await?;
-                Some(self.dead_letter_queue(url, &info))
+                Some(self.dead_letter_queue(url, &info, window))
             }
             None => None,
         };
@@ -359,7 +386,12 @@ impl App {
     }
 
     /// The dead-letter queue at `url`, as `info` (its healthcheck) describes it.
-    fn dead_letter_queue(&self, url: &str, info: &QueueInfo) -> DeadLetterQueue {
+    fn dead_letter_queue(
+        &self,
+        url: &str,
+        info: &QueueInfo,
+        window: &BatchWindow,
+    ) -> DeadLetterQueue {
         // SQS's own limit, not FORWARDER_MAX_MESSAGE_BYTES: an event too large to forward
         // may still fit in the dead-letter queue.
         let sender = SqsSender::new(
@@ -368,7 +400,8 @@ impl App {
             DEFAULT_MAX_MESSAGE_BYTES,
             self.config.retry.clone(),
             self.metrics.clone(),
-        );
+        )
+        .with_window(window);
         DeadLetterQueue::new(sender, info.fifo, self.metrics.clone())
     }
 
@@ -429,8 +462,9 @@ impl App {
             self.config.retry.clone(),
             self.metrics.clone(),
         )
-        .with_attributes(&crate::forward::ForwardAttributes::All);
-        Ok((source, self.dead_letter_queue(&url, &info)))
+        .with_attributes(&crate::forward::ForwardAttributes::All)
+        .with_window(&self.window);
+        Ok((source, self.dead_letter_queue(&url, &info, &self.window)))
     }
 
     /// A worker on the source queue, after reaching every configured queue.
@@ -445,7 +479,8 @@ impl App {
         let info = self
             .reach("FORWARDER_SOURCE_QUEUE_URL", &source_url)
             .await?;
-        let pipeline = self.pipeline().await?;
+        let window = BatchWindow::new(self.config.batch_window_for(info.visibility_timeout)?);
+        let pipeline = self.pipeline_within(&window).await?;
         let source = SqsSource::new(
             self.sqs.clone(),
             source_url,
@@ -455,14 +490,21 @@ impl App {
             self.metrics.clone(),
         )
         .with_fifo(info.fifo)
-        .with_attributes(&self.config.forward_attributes);
+        .with_attributes(&self.config.forward_attributes)
+        .with_window(&window);
         let worker = Worker::new(
             source,
             pipeline,
             info.visibility_timeout,
             self.metrics.clone(),
         );
-        Ok(worker.with_max_in_flight(self.config.max_in_flight))
+        tracing::info!(
+            window = %humantime::format_duration(window.duration()),
+            "batching window"
+        );
+        Ok(worker
+            .with_max_in_flight(self.config.max_in_flight)
+            .with_max_in_flight_bytes(self.config.max_in_flight_bytes))
     }
 
     /// Runs the worker pool until `shutdown` completes (or the source stays idle, with

@@ -55,6 +55,7 @@
 
 pub mod app;
 pub mod aws;
+pub mod batching;
 pub mod check;
 pub mod config;
 pub mod event;

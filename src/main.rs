@@ -267,7 +267,14 @@ async fn lambda(cli: &Cli) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     let built = match cli.settings.validate(Needs::Destination, None) {
-        Ok(config) => match App::build(config).await {
+        // One batch per invocation: the event source mapping's own batching window
+        // (MaximumBatchingWindowInSeconds) is the knob in Lambda; nothing waits here.
+        Ok(config) => match App::build(sqs_forwarder::config::Config {
+            batch_window: Some(std::time::Duration::ZERO),
+            ..config
+        })
+        .await
+        {
             Ok(app) => app.pipeline().await.map(|p| (p, app.metrics().clone())),
             Err(err) => Err(err),
         }

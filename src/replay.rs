@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::forward::DeferCause;
 use crate::pipeline::{Pipeline, Settlement};
-use crate::source::{SourceMessage, MAX_BATCH};
+use crate::source::SourceMessage;
 
 /// Totals of a replay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -130,7 +130,7 @@ pub async fn replay_from<R: AsyncRead + Unpin>(
                 bar.suspend(|| eprintln!("line {number}: invalid event (not_utf8): {err}"));
             }
         }
-        if batch.messages.len() == MAX_BATCH {
+        if batch.messages.len() == REPLAY_BATCH {
             flush(pipeline, &mut batch, &mut summary, &bar).await;
         }
     }
@@ -190,6 +190,10 @@ async fn flush(
     batch.numbers.clear();
     batch.messages.clear();
 }
+
+/// Lines processed together: enough for the events of many routes to fill their calls
+/// within the batching window (each batch waits it at most once).
+const REPLAY_BATCH: usize = 200;
 
 /// How long a batch's lines may wait for a paused route.
 const DEFER_BOUND: Duration = Duration::from_secs(60);

@@ -7,7 +7,9 @@
 
 pub mod attribute;
 pub mod classify;
+pub mod entries;
 pub mod fake;
+pub mod requests;
 
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::http::Response;
 
+use crate::metrics::Metrics;
 use crate::outcome::{ErrorClass, Operation};
 use crate::retry::{BatchReply, Classified};
 
@@ -82,16 +85,25 @@ pub async fn load_sdk_config(attempt_timeout: Duration, pool: HttpPool) -> SdkCo
     sdk_loader_with(attempt_timeout, pool).load().await
 }
 
-/// The SQS client for a loaded configuration.
-pub fn sqs_client(sdk: &SdkConfig) -> aws_sdk_sqs::Client {
-    aws_sdk_sqs::Client::new(sdk)
+/// The SQS client for a loaded configuration; every request it sends is counted in
+/// `metrics` ([`requests`]).
+pub fn sqs_client(sdk: &SdkConfig, metrics: &Metrics) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::config::Builder::from(sdk)
+        .interceptor(requests::CountRequests {
+            metrics: metrics.clone(),
+        })
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
 }
 
 /// The S3 client for a loaded configuration. Path-style addressing when a custom
 /// endpoint is set (LocalStack and other S3-compatible stores), with a longer attempt
 /// bound for uploads.
-pub fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
+pub fn s3_client(sdk: &SdkConfig, metrics: &Metrics) -> aws_sdk_s3::Client {
     let config = aws_sdk_s3::config::Builder::from(sdk)
+        .interceptor(requests::CountRequests {
+            metrics: metrics.clone(),
+        })
         .force_path_style(sdk.endpoint_url().is_some())
         .timeout_config(
             TimeoutConfig::builder()

@@ -285,11 +285,20 @@ pub struct Settings {
           value_parser = clap::value_parser!(u8).range(1..=10), global = true)]
     pub batch_size: u8,
 
-    /// Most events held at once by the whole pool (received, not yet settled); memory is
-    /// bounded by it times the largest message. Pollers wait for room.
-    #[arg(long, env = "FORWARDER_MAX_IN_FLIGHT", value_name = "N", default_value_t = 40,
+    /// Most events held at once by the whole pool (received, not yet settled, buffered in
+    /// the batching window included). Pollers wait for room.
+    #[arg(long, env = "FORWARDER_MAX_IN_FLIGHT", value_name = "N", default_value_t = 400,
           value_parser = clap::value_parser!(u32).range(1..=100_000).map(|v| v as usize), global = true)]
     pub max_in_flight: usize,
+
+    /// Most message body bytes held at once by the whole pool, beside the count: memory stays bounded for large events.
+    #[arg(long, env = "FORWARDER_MAX_IN_FLIGHT_BYTES", value_name = "BYTES", default_value = "8MiB",
+          value_parser = byte_size, global = true)]
+    pub max_in_flight_bytes: usize,
+
+    /// The longest an event or a delete waits to share a call (0: none) [default: 1s, at most a third of the source's visibility timeout].
+    #[arg(long, env = "FORWARDER_BATCH_WINDOW", value_name = "DURATION", value_parser = duration, global = true)]
+    pub batch_window: Option<Duration>,
 
     /// Long-poll wait of each receive, in seconds (0 to 20).
     #[arg(long, env = "FORWARDER_RECEIVE_WAIT_SECONDS", value_name = "SECS", default_value_t = 20,
@@ -476,6 +485,32 @@ pub struct Settings {
 }
 
 /// A duration: plain seconds (`30`) or with a unit (`100ms`, `30s`, `2m`).
+/// Bytes: a number, or with a unit (`KiB`, `MiB`, `GiB`, `KB`, `MB`), from 64 KiB to 4 GiB.
+fn byte_size(value: &str) -> Result<usize, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?}: expected bytes, e.g. 8MiB, 512KiB or 1048576"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        other => return Err(format!("{other:?}: unknown unit; use KiB, MiB or GiB")),
+    };
+    let bytes = number.saturating_mul(scale);
+    if !(64 * 1024..=4 << 30).contains(&bytes) {
+        return Err(format!("{value}: must be between 64KiB and 4GiB"));
+    }
+    usize::try_from(bytes).map_err(|_| format!("{value}: too large for this machine"))
+}
+
 fn duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
@@ -743,6 +778,17 @@ mod tests {
             .err()
             .unwrap_or_default();
         assert!(err.starts_with("FORWARDER_INDEXER_CACHE_TTL: "), "{err}");
+    }
+
+    #[test]
+    fn byte_sizes_take_units_and_bounds() {
+        assert_eq!(byte_size("8MiB"), Ok(8 << 20));
+        assert_eq!(byte_size("512KiB"), Ok(512 << 10));
+        assert_eq!(byte_size("1048576"), Ok(1 << 20));
+        assert_eq!(byte_size("2MB"), Ok(2_000_000));
+        assert!(byte_size("1KiB").is_err(), "under 64 KiB");
+        assert!(byte_size("8 parsecs").is_err());
+        assert!(byte_size("-1").is_err());
     }
 
     #[test]

@@ -98,9 +98,17 @@ pub struct Config {
     pub workers: usize,
     /// Messages per receive, 1 to 10 (`FORWARDER_BATCH_SIZE`).
     pub batch_size: usize,
-    /// Most events the pool holds at once (`FORWARDER_MAX_IN_FLIGHT`, default 40: the
-    /// default pool's 4 × 10). A poller receives only what fits, and waits for room.
+    /// Most events the pool holds at once (`FORWARDER_MAX_IN_FLIGHT`, default 400: room
+    /// for 20 routes to fill calls of 10 twice over). A poller receives only what fits,
+    /// and waits for room.
     pub max_in_flight: usize,
+    /// Most body bytes the pool holds at once (`FORWARDER_MAX_IN_FLIGHT_BYTES`, default
+    /// 8 MiB): with large events, memory stays bounded before the count is reached.
+    pub max_in_flight_bytes: usize,
+    /// How long an entry may wait to share a call (`FORWARDER_BATCH_WINDOW`); `None`: the
+    /// default, [`DEFAULT_BATCH_WINDOW`] or a third of the source's visibility timeout if
+    /// that is less. Zero: no window.
+    pub batch_window: Option<Duration>,
     /// Long-poll wait (`FORWARDER_RECEIVE_WAIT_SECONDS`).
     pub receive_wait: Duration,
     /// Bound on a message and on a batch, in bytes (`FORWARDER_MAX_MESSAGE_BYTES`).
@@ -139,7 +147,31 @@ pub struct IndexerConfig {
     pub shared_cache: Option<crate::indexer::SharedCacheSettings>,
 }
 
+/// The batching window when `FORWARDER_BATCH_WINDOW` is not set: at a trickle, calls
+/// carry ten times the events, for at most a second more on the way.
+pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_secs(1);
+
 impl Config {
+    /// The batching window for a source whose visibility timeout is `visibility`: the
+    /// setting, or the default; an explicit value over a third of the visibility timeout
+    /// is refused (buffered messages must be settled long before they reappear).
+    pub fn batch_window_for(&self, visibility: Duration) -> Result<Duration, ConfigError> {
+        let third = visibility / 3;
+        match self.batch_window {
+            None => Ok(DEFAULT_BATCH_WINDOW.min(third)),
+            Some(window) if window > third => Err(ConfigError::new(
+                "FORWARDER_BATCH_WINDOW",
+                format!(
+                    "{} is over a third of the source queue's visibility timeout ({}s); at most {}",
+                    humantime::format_duration(window),
+                    visibility.as_secs(),
+                    humantime::format_duration(third)
+                ),
+            )),
+            Some(window) => Ok(window),
+        }
+    }
+
     /// A configuration for tests: no queue yet, two workers, short waits and retries
     /// (1 s long polls, retries within 5 s), exit after 2 s idle, no metrics, no
     /// indexer. Tests name what they need with struct-update syntax:
@@ -159,6 +191,8 @@ impl Config {
             workers: 2,
             batch_size: 10,
             max_in_flight: 40,
+            max_in_flight_bytes: 8 << 20,
+            batch_window: Some(Duration::ZERO),
             receive_wait: Duration::from_secs(1),
             max_message_bytes: crate::forward::DEFAULT_MAX_MESSAGE_BYTES,
             metrics: MetricsSettings::off(),
@@ -298,6 +332,8 @@ impl Settings {
             workers: self.workers,
             batch_size: usize::from(self.batch_size),
             max_in_flight: self.max_in_flight,
+            max_in_flight_bytes: self.max_in_flight_bytes,
+            batch_window: self.batch_window,
             // Exiting when idle needs a receive that returns within the idle time.
             receive_wait: exit_when_idle.map_or(receive_wait, |idle| receive_wait.min(idle)),
             max_message_bytes: self.max_message_bytes,
@@ -537,7 +573,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "source={} dest={} routes={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} s3_offload={} forward_attributes={} rate_limit={} workers={} batch_size={} receive_wait={}s max_message_bytes={} \
+            "source={} dest={} routes={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} s3_offload={} forward_attributes={} rate_limit={} workers={} batch_size={} receive_wait={}s batch_window={} max_in_flight={}/{}B max_message_bytes={} \
              http_pool={}/{} metrics={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
              retry_max_interval={} retry_max_elapsed={} request_timeout={} shutdown_timeout={} \
              exit_when_idle={} health={} indexer={}",
@@ -558,6 +594,9 @@ impl fmt::Display for Config {
             self.workers,
             self.batch_size,
             self.receive_wait.as_secs(),
+            self.batch_window.map_or("default".to_string(), |w| humantime::format_duration(w).to_string()),
+            self.max_in_flight,
+            self.max_in_flight_bytes,
             self.max_message_bytes,
             self.http_pool.max_idle_per_host,
             humantime::format_duration(self.http_pool.idle_timeout),

@@ -206,7 +206,12 @@ impl Forwarder {
         }
     }
 
-    /// Counts this route in `pauses`, which the readiness probe reads.
+    /// Shares each SendMessageBatch with the other callers' events within `window`.
+    pub fn with_window(mut self, window: &crate::batching::BatchWindow) -> Self {
+        self.sender = self.sender.with_window(window);
+        self
+    }
+
     /// Sends on the source message attributes `pass` lets through.
     pub fn with_forward_attributes(mut self, pass: ForwardAttributes) -> Self {
         self.pass_attributes = pass;

@@ -10,6 +10,7 @@
 //! [`SendOutcome::NotSent`].
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Instant;
 
 use aws_sdk_sqs::types::{
@@ -20,7 +21,8 @@ use aws_sdk_sqs::Client;
 use super::batch;
 pub use crate::aws::Attribute;
 use crate::aws::{batch_reply, entry_missing, AwsError};
-use crate::metrics::{Metrics, Timer};
+use crate::batching::{BatchWindow, CallFn, Window};
+use crate::metrics::{Distribution, Metrics, Timer};
 use crate::outcome::{ErrorClass, Operation};
 use crate::retry::{retry_batch, RetryPolicy};
 
@@ -84,6 +86,9 @@ impl Outgoing<'_> {
 pub struct SqsSender {
     /// Shared SQS client.
     client: Client,
+    /// Where every SendMessageBatch goes: shared by every clone of this sender (every
+    /// poller), so their entries share calls within `FORWARDER_BATCH_WINDOW`.
+    window: Arc<Window<SendMessageBatchRequestEntry, AwsError>>,
     /// The queue.
     queue_url: String,
     /// Bound on each message and each batch, in bytes (`FORWARDER_MAX_MESSAGE_BYTES`).
@@ -103,13 +108,34 @@ impl SqsSender {
         policy: RetryPolicy,
         metrics: Metrics,
     ) -> Self {
+        let queue_url = queue_url.into();
+        let window = Arc::new(send_window(
+            BatchWindow::none(),
+            &client,
+            &queue_url,
+            max_message_bytes,
+            &metrics,
+        ));
         Self {
             client,
-            queue_url: queue_url.into(),
+            window,
+            queue_url,
             max_message_bytes,
             policy,
             metrics,
         }
+    }
+
+    /// The same sender, its calls shared within `window` by every clone made after.
+    pub fn with_window(mut self, window: &BatchWindow) -> Self {
+        self.window = Arc::new(send_window(
+            window.clone(),
+            &self.client,
+            &self.queue_url,
+            self.max_message_bytes,
+            &self.metrics,
+        ));
+        self
     }
 
     /// The queue's URL.
@@ -217,25 +243,7 @@ impl SqsSender {
             Operation::Send,
             &self.metrics,
             entries,
-            |req| {
-                let call = self
-                    .client
-                    .send_message_batch()
-                    .queue_url(&self.queue_url)
-                    .set_entries(Some(req));
-                let metrics = self.metrics.clone();
-                async move {
-                    let started = Instant::now();
-                    let out = call.send().await;
-                    metrics.timing(Timer::BatchSend, started.elapsed());
-                    let out = out.map_err(|e| AwsError::from_sdk(Operation::Send, e))?;
-                    Ok(batch_reply(
-                        Operation::Send,
-                        out.successful.into_iter().map(|s| s.id),
-                        out.failed,
-                    ))
-                }
-            },
+            |req| self.window.submit(req),
             || entry_missing(Operation::Send),
         )
         .await;
@@ -254,6 +262,38 @@ impl SqsSender {
             })
             .collect()
     }
+}
+
+/// The batching window of SendMessageBatch calls to `queue_url`: each call timed, its
+/// entries counted (`forwarder.send_batch.entries`).
+fn send_window(
+    window: BatchWindow,
+    client: &Client,
+    queue_url: &str,
+    max_message_bytes: usize,
+    metrics: &Metrics,
+) -> Window<SendMessageBatchRequestEntry, AwsError> {
+    let (client, queue_url, metrics) = (client.clone(), queue_url.to_string(), metrics.clone());
+    let call: CallFn<SendMessageBatchRequestEntry, AwsError> = Arc::new(move |entries| {
+        metrics.distribution(Distribution::SendBatchEntries, entries.len() as u64);
+        let call = client
+            .send_message_batch()
+            .queue_url(&queue_url)
+            .set_entries(Some(entries));
+        let metrics = metrics.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let out = call.send().await;
+            metrics.timing(Timer::BatchSend, started.elapsed());
+            let out = out.map_err(|e| AwsError::from_sdk(Operation::Send, e))?;
+            Ok(batch_reply(
+                Operation::Send,
+                out.successful.into_iter().map(|s| s.id),
+                out.failed,
+            ))
+        })
+    });
+    Window::new(window, batch::MAX_ENTRIES, max_message_bytes, call)
 }
 
 fn entry(id: &str, m: &Outgoing<'_>) -> Result<SendMessageBatchRequestEntry, String> {

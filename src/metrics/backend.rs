@@ -22,6 +22,8 @@ pub enum Value {
     Millis(f64),
     /// A gauge's value.
     Gauge(u64),
+    /// One value of a distribution (a count, not a duration).
+    Sample(f64),
 }
 
 /// One metric as emitted: its full name, its tags (global first), its value.
@@ -59,6 +61,9 @@ impl Backend for LogBackend {
                 tracing::debug!(metric = s.name, kind = "timer", value_ms = ms, tags)
             }
             Value::Gauge(v) => tracing::debug!(metric = s.name, kind = "gauge", value = v, tags),
+            Value::Sample(v) => {
+                tracing::debug!(metric = s.name, kind = "distribution", value = v, tags)
+            }
         }
     }
 }
@@ -79,6 +84,8 @@ pub enum Aggregate {
     Millis(Vec<f64>),
     /// A gauge's last value.
     Gauge(u64),
+    /// A distribution's values, in the order recorded.
+    Samples(Vec<f64>),
 }
 
 /// Sums counters, keeps timers' values and gauges' last values, per flush interval.
@@ -113,6 +120,11 @@ impl Aggregator {
                 }
             }
             (Some(Aggregate::Gauge(last)), Value::Gauge(v)) => *last = v,
+            (Some(Aggregate::Samples(values)), Value::Sample(v)) => {
+                if values.len() < MAX_TIMER_VALUES {
+                    values.push(v);
+                }
+            }
             (_, value) => {
                 current.insert(
                     key,
@@ -120,6 +132,7 @@ impl Aggregator {
                         Value::Count(n) => Aggregate::Count(n),
                         Value::Millis(ms) => Aggregate::Millis(vec![ms]),
                         Value::Gauge(v) => Aggregate::Gauge(v),
+                        Value::Sample(v) => Aggregate::Samples(vec![v]),
                     },
                 );
             }

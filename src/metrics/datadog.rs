@@ -246,7 +246,7 @@ pub fn series(taken: &BTreeMap<Key, Aggregate>, timestamp: u64) -> Json {
         match aggregate {
             Aggregate::Count(n) => one(name.clone(), COUNT, *n as f64),
             Aggregate::Gauge(v) => one(name.clone(), GAUGE, *v as f64),
-            Aggregate::Millis(values) => {
+            Aggregate::Millis(values) | Aggregate::Samples(values) => {
                 let mut sorted = values.clone();
                 sorted.sort_by(f64::total_cmp);
                 let n = sorted.len();

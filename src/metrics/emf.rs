@@ -84,6 +84,11 @@ pub fn lines(taken: &BTreeMap<Key, Aggregate>, timestamp_ms: i64) -> Vec<String>
                     entries.push((name, "Milliseconds", json!(chunk)));
                 }
             }
+            Aggregate::Samples(values) => {
+                for chunk in values.chunks(MAX_METRICS) {
+                    entries.push((name, "Count", json!(chunk)));
+                }
+            }
         }
     }
     let mut out = Vec::new();

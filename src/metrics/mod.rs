@@ -136,6 +136,16 @@ pub enum Counter {
     /// retries within the flush interval) and were dropped; counted by the backend
     /// itself and sent with the next interval. Logged once per run.
     MetricsDropped,
+    /// `forwarder.sqs.requests`: every SQS and S3 request sent, retries included: what
+    /// AWS bills (counted by the clients themselves, [`crate::aws::requests`]).
+    ///
+    /// Tags: `operation`, the API's name (`ReceiveMessage`, `SendMessageBatch`,
+    /// `DeleteMessageBatch`, `ChangeMessageVisibilityBatch`, `GetQueueAttributes`,
+    /// `PutObject`, `HeadBucket`, …).
+    SqsRequests {
+        /// The `operation` tag.
+        operation: &'static str,
+    },
     /// `forwarder.sqs.error`: a call that failed for good (after retries).
     ///
     /// Tags: `operation` (as for `forwarder.retry`), `class`.
@@ -161,6 +171,7 @@ impl Counter {
             Counter::RateLimited => "forwarder.rate_limited",
             Counter::MessagesDeleted => "forwarder.messages.deleted",
             Counter::AwsError { .. } => "forwarder.sqs.error",
+            Counter::SqsRequests { .. } => "forwarder.sqs.requests",
             Counter::AttributesDropped => "forwarder.attributes.dropped",
             Counter::MetricsDropped => "forwarder.metrics.dropped",
             Counter::IndexerLookup { .. } => "forwarder.indexer.lookup",
@@ -183,6 +194,7 @@ impl Counter {
                 vec![("reason", reason)]
             }
             Counter::IndexerLookup { fetch_type } => vec![("fetch_type", fetch_type)],
+            Counter::SqsRequests { operation } => vec![("operation", operation)],
             Counter::EventDeferred { cause } => vec![("cause", cause)],
             Counter::DeadLettered { stage, reason } => {
                 vec![("stage", stage.as_str()), ("reason", reason)]
@@ -199,9 +211,12 @@ impl Counter {
         }
     }
 
-    /// Counters users alert on are never sampled.
+    /// Counters users alert on (or bill by) are never sampled.
     fn sampled(&self) -> bool {
-        !matches!(self, Counter::HttpResponse { .. })
+        !matches!(
+            self,
+            Counter::HttpResponse { .. } | Counter::SqsRequests { .. }
+        )
     }
 }
 
@@ -223,6 +238,22 @@ impl Timer {
             Timer::BatchSend => "forwarder.send_batch.duration",
             Timer::EndToEnd => "forwarder.event.latency",
             Timer::IndexerStore => "forwarder.indexer.store.duration",
+        }
+    }
+}
+
+/// Distributions of counts (statsd histograms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distribution {
+    /// `forwarder.send_batch.entries`: entries in one SendMessageBatch call (1 to 10):
+    /// how well the batching window fills calls.
+    SendBatchEntries,
+}
+
+impl Distribution {
+    fn name(&self) -> &'static str {
+        match self {
+            Distribution::SendBatchEntries => "forwarder.send_batch.entries",
         }
     }
 }
@@ -391,6 +422,25 @@ impl Metrics {
                 timer.name(),
                 &[],
                 backend::Value::Millis(duration.as_secs_f64() * 1000.0),
+            ),
+        }
+    }
+
+    /// Records one value of a distribution.
+    pub fn distribution(&self, distribution: Distribution, value: u64) {
+        let Some(inner) = &self.inner else { return };
+        match &inner.out {
+            Output::Statsd(client) => {
+                if !inner.keep() {
+                    return;
+                }
+                let builder = client.histogram_with_tags(distribution.name(), value);
+                send(inner.rate_if(true, builder), &[]);
+            }
+            Output::Backend { .. } => inner.record(
+                distribution.name(),
+                &[],
+                backend::Value::Sample(value as f64),
             ),
         }
     }

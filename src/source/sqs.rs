@@ -1,5 +1,6 @@
 //! The source queue over the SQS API.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_sqs::types::{
@@ -10,6 +11,7 @@ use aws_sdk_sqs::Client;
 
 use super::SourceMessage;
 use crate::aws::{batch_reply, entry_missing, AwsError};
+use crate::batching::{BatchWindow, CallFn, Window};
 use crate::internal_events::{InternalEvent, MessagesDeleted, MessagesReceived};
 use crate::metrics::Metrics;
 use crate::outcome::{ErrorClass, Operation};
@@ -75,6 +77,14 @@ pub struct SqsSource {
     /// The message attribute names each receive asks for (the W3C trace context, and
     /// what `FORWARDER_FORWARD_ATTRIBUTES` names; `All` for all).
     attribute_names: Vec<String>,
+    /// The settings of the batching window, for the pollers' pacing.
+    window: BatchWindow,
+    /// Where every DeleteMessageBatch goes: shared by every clone (every poller), so
+    /// deletes of many receives share calls within the window.
+    deletes: Arc<Window<DeleteMessageBatchRequestEntry, AwsError>>,
+    /// Where every ChangeMessageVisibilityBatch goes (deferrals, heartbeats,
+    /// hand-backs), shared the same way.
+    visibility: Arc<Window<ChangeMessageVisibilityBatchRequestEntry, AwsError>>,
 }
 
 impl SqsSource {
@@ -87,9 +97,14 @@ impl SqsSource {
         policy: RetryPolicy,
         metrics: Metrics,
     ) -> Self {
+        let queue_url = queue_url.into();
+        let window = BatchWindow::none();
         Self {
+            deletes: Arc::new(delete_window(&window, &client, &queue_url)),
+            visibility: Arc::new(visibility_window(&window, &client, &queue_url)),
+            window,
             client,
-            queue_url: queue_url.into(),
+            queue_url,
             batch_size: batch_size.clamp(1, MAX_BATCH),
             wait: wait.min(MAX_WAIT),
             policy,
@@ -97,6 +112,20 @@ impl SqsSource {
             fifo: false,
             attribute_names: crate::forward::ForwardAttributes::None.receive_names(),
         }
+    }
+
+    /// The same source, its deletes and visibility changes shared within `window` by
+    /// every clone made after.
+    pub fn with_window(mut self, window: &BatchWindow) -> Self {
+        self.deletes = Arc::new(delete_window(window, &self.client, &self.queue_url));
+        self.visibility = Arc::new(visibility_window(window, &self.client, &self.queue_url));
+        self.window = window.clone();
+        self
+    }
+
+    /// The batching window.
+    pub fn window(&self) -> &BatchWindow {
+        &self.window
     }
 
     /// Asks each receive for the attributes `pass` forwards (and the trace context).
@@ -220,24 +249,7 @@ impl SqsSource {
                 Operation::Delete,
                 &self.metrics,
                 entries,
-                |req| {
-                    let call = self
-                        .client
-                        .delete_message_batch()
-                        .queue_url(&self.queue_url)
-                        .set_entries(Some(req));
-                    async move {
-                        let out = call
-                            .send()
-                            .await
-                            .map_err(|e| AwsError::from_sdk(Operation::Delete, e))?;
-                        Ok(batch_reply(
-                            Operation::Delete,
-                            out.successful.into_iter().map(|s| s.id),
-                            out.failed,
-                        ))
-                    }
-                },
+                |req| self.deletes.submit(req),
                 || entry_missing(Operation::Delete),
             )
             .await;
@@ -299,24 +311,7 @@ impl SqsSource {
                 Operation::ChangeVisibility,
                 &self.metrics,
                 entries,
-                |req| {
-                    let call = self
-                        .client
-                        .change_message_visibility_batch()
-                        .queue_url(&self.queue_url)
-                        .set_entries(Some(req));
-                    async move {
-                        let out = call
-                            .send()
-                            .await
-                            .map_err(|e| AwsError::from_sdk(Operation::ChangeVisibility, e))?;
-                        Ok(batch_reply(
-                            Operation::ChangeVisibility,
-                            out.successful.into_iter().map(|s| s.id),
-                            out.failed,
-                        ))
-                    }
-                },
+                |req| self.visibility.submit(req),
                 || entry_missing(Operation::ChangeVisibility),
             )
             .await;
@@ -330,6 +325,62 @@ impl SqsSource {
         }
         failed
     }
+}
+
+/// The batching window of DeleteMessageBatch calls to `queue_url`.
+fn delete_window(
+    window: &BatchWindow,
+    client: &Client,
+    queue_url: &str,
+) -> Window<DeleteMessageBatchRequestEntry, AwsError> {
+    let (client, queue_url) = (client.clone(), queue_url.to_string());
+    let call: CallFn<DeleteMessageBatchRequestEntry, AwsError> = Arc::new(move |entries| {
+        let call = client
+            .delete_message_batch()
+            .queue_url(&queue_url)
+            .set_entries(Some(entries));
+        Box::pin(async move {
+            let out = call
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk(Operation::Delete, e))?;
+            Ok(batch_reply(
+                Operation::Delete,
+                out.successful.into_iter().map(|s| s.id),
+                out.failed,
+            ))
+        })
+    });
+    Window::new(window.clone(), MAX_BATCH, usize::MAX, call)
+}
+
+/// The batching window of ChangeMessageVisibilityBatch calls to `queue_url`: each entry
+/// carries its own timeout, so deferrals, heartbeats and hand-backs share calls.
+fn visibility_window(
+    window: &BatchWindow,
+    client: &Client,
+    queue_url: &str,
+) -> Window<ChangeMessageVisibilityBatchRequestEntry, AwsError> {
+    let (client, queue_url) = (client.clone(), queue_url.to_string());
+    let call: CallFn<ChangeMessageVisibilityBatchRequestEntry, AwsError> =
+        Arc::new(move |entries| {
+            let call = client
+                .change_message_visibility_batch()
+                .queue_url(&queue_url)
+                .set_entries(Some(entries));
+            Box::pin(async move {
+                let out = call
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk(Operation::ChangeVisibility, e))?;
+                Ok(batch_reply(
+                    Operation::ChangeVisibility,
+                    out.successful.into_iter().map(|s| s.id),
+                    out.failed,
+                ))
+            })
+        });
+    Window::new(window.clone(), MAX_BATCH, usize::MAX, call)
 }
 
 /// Seconds for ChangeMessageVisibility: rounded up (a deferral of 200 ms must not be

@@ -3,6 +3,15 @@
 //! [`Worker::run_once`] is one step (receive one batch, settle it) that tests call
 //! directly; [`run`] drives `workers` of them and takes its shutdown signal as an
 //! argument, so a test can stop it as SIGTERM does.
+//!
+//! With a batching window ([`crate::batching`]), a poller does not wait for its batch
+//! to be settled before it receives again: its batches are settled on their own tasks,
+//! so the events of many receives meet in the window and fill calls. The in-flight
+//! bound (a count and a byte budget) is then what holds the pollers back. After a
+//! receive that came back short, a poller waits the window before the next one, so a
+//! trickle shares receives too; at full load receives come back full and nothing waits.
+//! At shutdown the window is closed (what it buffers goes at once), batches get the
+//! shutdown bound to settle, and what is still unsettled then is handed back.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +99,17 @@ pub struct Worker {
     admission: Option<Arc<Semaphore>>,
     /// The bound itself, so a receive never waits for more room than exists.
     max_in_flight: usize,
+    /// Room for body bytes held at once (`FORWARDER_MAX_IN_FLIGHT_BYTES`), taken once a
+    /// batch is received (its size is known only then) and given back when it is
+    /// settled; a receive waits while the budget is spent. `None`: no byte bound.
+    bytes: Option<Arc<Semaphore>>,
+    /// The byte budget itself.
+    max_bytes: usize,
+    /// The messages of every batch in work, by batch: handed back at once if the
+    /// shutdown bound passes before they are settled.
+    in_work: Mutex<std::collections::HashMap<u64, Vec<SourceMessage>>>,
+    /// Numbers the batches of `in_work`.
+    next_batch: AtomicU64,
     /// Where the gauge goes.
     metrics: Metrics,
 }
@@ -110,8 +130,34 @@ impl Worker {
             in_flight: Arc::new(AtomicU64::new(0)),
             admission: None,
             max_in_flight: usize::MAX,
+            bytes: None,
+            max_bytes: usize::MAX,
+            in_work: Mutex::new(std::collections::HashMap::new()),
+            next_batch: AtomicU64::new(0),
             metrics,
         }
+    }
+
+    /// The same worker, holding at most `max` body bytes at once over every poller.
+    pub fn with_max_in_flight_bytes(mut self, max: usize) -> Self {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS).min(u32::MAX as usize);
+        self.bytes = Some(Arc::new(Semaphore::new(max)));
+        self.max_bytes = max;
+        self
+    }
+
+    /// Room for a received batch's bodies under the byte budget; waits while it is
+    /// spent. A batch larger than the whole budget takes all of it.
+    pub async fn admit_bytes(&self, messages: &[SourceMessage]) -> Option<OwnedSemaphorePermit> {
+        let budget = self.bytes.as_ref()?;
+        let size: usize = messages.iter().map(|m| m.body.len()).sum();
+        let want = size.clamp(1, self.max_bytes) as u32;
+        budget.clone().acquire_many_owned(want).await.ok()
+    }
+
+    /// Whether batches are settled on their own tasks (a batching window is open).
+    fn pipelined(&self) -> bool {
+        self.source.window().is_open()
     }
 
     /// The same worker, holding at most `max` events at once over every poller.
@@ -192,6 +238,19 @@ impl Worker {
         let n = messages.len() as u64;
         let now = self.in_flight.fetch_add(n, Ordering::SeqCst) + n;
         self.metrics.gauge(Gauge::InFlight, now);
+        let batch = self.next_batch.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut in_work) = self.in_work.lock() {
+            // Only what a hand-back needs: no bodies.
+            let handles = messages
+                .iter()
+                .map(|m| SourceMessage {
+                    message_id: m.message_id.clone(),
+                    receipt_handle: m.receipt_handle.clone(),
+                    ..SourceMessage::default()
+                })
+                .collect();
+            in_work.insert(batch, handles);
+        }
 
         let work = self.settle(&messages);
         let outcome = tokio::select! {
@@ -199,12 +258,31 @@ impl Worker {
             never = self.keep_invisible(&messages) => match never {},
         };
 
+        if let Ok(mut in_work) = self.in_work.lock() {
+            in_work.remove(&batch);
+        }
         let now = self
             .in_flight
             .fetch_sub(n, Ordering::SeqCst)
             .saturating_sub(n);
         self.metrics.gauge(Gauge::InFlight, now);
         outcome
+    }
+
+    /// Hands back (visibility 0) every message still in work: the shutdown bound
+    /// passed before their batches were settled. Returns how many were handed back.
+    pub async fn hand_back_unsettled(&self) -> usize {
+        let messages: Vec<SourceMessage> = match self.in_work.lock() {
+            Ok(mut in_work) => in_work.drain().flat_map(|(_, m)| m).collect(),
+            Err(_) => return 0,
+        };
+        if messages.is_empty() {
+            return 0;
+        }
+        let all: Vec<(&SourceMessage, Duration)> =
+            messages.iter().map(|m| (m, Duration::ZERO)).collect();
+        let failed = self.source.change_visibility(&all, RETURN_BOUND).await;
+        messages.len() - failed
     }
 
     async fn settle(&self, messages: &[SourceMessage]) -> BatchOutcome {
@@ -326,6 +404,8 @@ pub async fn run(
         _ = stop.cancelled() => {}
     }
     stop.cancel();
+    // What the batching window holds goes now, and nothing waits in it again.
+    worker.source.window().close();
     options.health.stopping();
 
     let mut summary = RunSummary::default();
@@ -344,7 +424,15 @@ pub async fn run(
             "in-flight batches did not finish in time; their messages will reappear in the source queue"
         );
         tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
         summary.abandoned = true;
+        let handed = worker.hand_back_unsettled().await;
+        if handed > 0 {
+            tracing::info!(
+                messages = handed,
+                "unsettled messages handed back to the source queue"
+            );
+        }
     }
     summary
 }
@@ -364,6 +452,7 @@ async fn poll(
         last_activity,
         failing: None,
         totals: BatchOutcome::default(),
+        settling: JoinSet::new(),
     };
     while !poller.stop.is_cancelled() {
         let Some(received) = poller.receive().await else {
@@ -378,6 +467,10 @@ async fn poll(
             break;
         }
     }
+    // Batches still settling (the window is closed at shutdown, so they end soon).
+    while let Some(joined) = poller.settling.join_next().await {
+        poller.collect(joined);
+    }
     poller.totals
 }
 
@@ -386,8 +479,12 @@ async fn poll(
 struct Admitted {
     /// The messages.
     messages: Vec<SourceMessage>,
+    /// How many the receive asked for: fewer came back, the queue is about drained.
+    asked: usize,
     /// The permits; `None` without a bound.
     _room: Option<OwnedSemaphorePermit>,
+    /// The byte budget's permits; `None` without one.
+    _bytes: Option<OwnedSemaphorePermit>,
 }
 
 /// Whether a poller goes on.
@@ -416,6 +513,8 @@ struct Poller {
     failing: Option<Schedule>,
     /// What this poller settled.
     totals: BatchOutcome,
+    /// Its batches being settled on their own tasks (with a batching window).
+    settling: JoinSet<BatchOutcome>,
 }
 
 impl Poller {
@@ -443,13 +542,22 @@ impl Poller {
                 return None;
             }
         };
-        if received.is_ok() {
-            self.options.health.received();
-            self.failing = None;
-        }
-        Some(received.map(|messages| Admitted {
+        let messages = match received {
+            Ok(messages) => messages,
+            Err(err) => return Some(Err(err)),
+        };
+        self.options.health.received();
+        self.failing = None;
+        let bytes = if messages.is_empty() {
+            None
+        } else {
+            self.worker.admit_bytes(&messages).await
+        };
+        Some(Ok(Admitted {
             messages,
+            asked: max,
             _room: room,
+            _bytes: bytes,
         }))
     }
 
@@ -473,15 +581,53 @@ impl Poller {
         self.pause(short).await
     }
 
-    /// A batch: settle it.
+    /// A batch: settle it. With a batching window, on its own task, and after a short
+    /// receive the next one waits the window; without, here, before the next receive.
     async fn settle(&mut self, admitted: Admitted) -> Next {
         self.worker.refresh_visibility().await;
         self.touch();
-        let outcome = self.worker.handle(admitted.messages).await;
-        tracing::debug!(worker = self.id, ?outcome, "batch settled");
-        self.totals += outcome;
-        self.touch();
+        let short = admitted.messages.len() < admitted.asked;
+        let worker = self.worker.clone();
+        let last_activity = self.last_activity.clone();
+        self.settling.spawn(async move {
+            // The room is held until the batch is settled.
+            let Admitted {
+                messages,
+                _room: room,
+                _bytes: bytes,
+                ..
+            } = admitted;
+            let outcome = worker.handle(messages).await;
+            drop((room, bytes));
+            if let Ok(mut t) = last_activity.lock() {
+                *t = Instant::now();
+            }
+            outcome
+        });
+        if !self.worker.pipelined() {
+            while let Some(joined) = self.settling.join_next().await {
+                self.collect(joined);
+            }
+            return Next::Poll;
+        }
+        while let Some(joined) = self.settling.try_join_next() {
+            self.collect(joined);
+        }
+        if short {
+            return self.pause(self.worker.source.window().duration()).await;
+        }
         Next::Poll
+    }
+
+    /// A settled batch's outcome, into the totals.
+    fn collect(&mut self, joined: Result<BatchOutcome, tokio::task::JoinError>) {
+        match joined {
+            Ok(outcome) => {
+                tracing::debug!(worker = self.id, ?outcome, "batch settled");
+                self.totals += outcome;
+            }
+            Err(err) => tracing::error!(worker = self.id, %err, "a batch's task ended abnormally"),
+        }
     }
 
     /// A receive that failed past its retries: count it, and wait with a backoff that

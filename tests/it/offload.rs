@@ -19,7 +19,7 @@ fn big_event(id: u128) -> String {
 }
 
 async fn s3() -> aws_sdk_s3::Client {
-    sqs_forwarder::aws::s3_client(&sdk().await)
+    sqs_forwarder::aws::s3_client(&sdk().await, &sqs_forwarder::metrics::Metrics::disabled())
 }
 
 async fn bucket() -> String {

@@ -307,6 +307,9 @@ fn worker(
             .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
             .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
             .env("FORWARDER_WORKERS", workers)
+            // No batching window: a poller settles one batch at a time, so with one
+            // poller each string is looked up once.
+            .env("FORWARDER_BATCH_WINDOW", "0")
             .env("FORWARDER_STATSD_ADDR", statsd.addr.to_string())
             .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
             .env("FORWARDER_EXIT_WHEN_IDLE", idle)

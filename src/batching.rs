@@ -1,0 +1,572 @@
+//! The batching window: SQS bills per request, so entries bound for one queue share
+//! batch calls across every caller of the process (every poller, every batch, every
+//! retry), for at most the window (`FORWARDER_BATCH_WINDOW`).
+//!
+//! One [`Window`] serves one kind of batch call to one queue: SendMessageBatch to a
+//! route's destination or to the dead-letter queue, DeleteMessageBatch or
+//! ChangeMessageVisibilityBatch to the source. A caller submits up to a call's worth of
+//! entries ([`Window::submit`]) and gets, for each of its entries, what the call that
+//! carried it answered, exactly as if it had made the call itself. So the retry layer
+//! ([`crate::retry::retry_batch`]) is unchanged above it: each retry is one more
+//! submission.
+//!
+//! A call goes as soon as it is full ([`Window::max_entries`] entries, or the next entry
+//! would pass the byte budget), or once its oldest entry has waited the window. A full
+//! call never waits. Calls run on their own tasks, so a caller that stops waiting (a
+//! Lambda deadline, a shutdown) never strands the entries of others. Once the window is
+//! [closed](BatchWindow::close) (shutdown), what is buffered goes at once and later
+//! submissions go straight out.
+//!
+//! This module knows nothing of AWS: the call is a function, its entries a trait.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::retry::BatchReply;
+
+/// An entry of a batch call: it carries its id within the call, which the window
+/// rewrites when entries of several callers share a call, and its size.
+pub trait Entry: Send + 'static {
+    /// Its id in the request.
+    fn id(&self) -> &str;
+    /// Gives it another id (its position in a shared call).
+    fn set_id(&mut self, id: String);
+    /// Bytes it adds to the call's payload, as the service counts them against its
+    /// limit; 0 where the call has no byte limit that matters.
+    fn size(&self) -> usize {
+        0
+    }
+}
+
+/// The setting, shared by every window of a process: how long an entry may wait to
+/// share a call, and the switch that flushes them all at shutdown.
+#[derive(Debug, Clone, Default)]
+pub struct BatchWindow {
+    /// The longest an entry waits; zero: every submission is its own call, as without
+    /// a window.
+    window: Duration,
+    /// Cancelled at shutdown: what is buffered goes at once, and nothing waits again.
+    closed: CancellationToken,
+}
+
+impl BatchWindow {
+    /// A window of `window` (zero: none).
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            closed: CancellationToken::new(),
+        }
+    }
+
+    /// No window: each submission is its own call (Lambda mode, tests).
+    pub fn none() -> Self {
+        Self::new(Duration::ZERO)
+    }
+
+    /// How long an entry may wait.
+    pub fn duration(&self) -> Duration {
+        self.window
+    }
+
+    /// Whether entries wait at all (a window above zero, not closed).
+    pub fn is_open(&self) -> bool {
+        !self.window.is_zero() && !self.closed.is_cancelled()
+    }
+
+    /// Sends what every window buffers now, and lets nothing wait again: shutdown.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+}
+
+/// What answers a call: the entries in, the reply by entry id out; an error of the
+/// whole call is the error of each of its entries.
+pub type CallFn<T, E> = Arc<
+    dyn Fn(Vec<T>) -> Pin<Box<dyn Future<Output = Result<BatchReply<E>, E>> + Send>> + Send + Sync,
+>;
+
+/// One kind of batch call to one queue, shared by every caller (see the module).
+pub struct Window<T, E> {
+    /// The setting.
+    setting: BatchWindow,
+    /// Entries per call at most (SQS: 10).
+    max_entries: usize,
+    /// Payload bytes per call at most ([`Entry::size`] summed).
+    max_bytes: usize,
+    /// Makes the call.
+    call: CallFn<T, E>,
+    /// What waits for a call.
+    pending: Arc<Mutex<Pending<T, E>>>,
+}
+
+impl<T, E> std::fmt::Debug for Window<T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Window")
+            .field("window", &self.setting.window)
+            .field("max_entries", &self.max_entries)
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+/// Entries waiting for a call, oldest first.
+struct Pending<T, E> {
+    /// The entries.
+    queue: VecDeque<Queued<T, E>>,
+    /// Their bytes.
+    bytes: usize,
+    /// Whether a timer task is watching the oldest entry's deadline.
+    timer: bool,
+}
+
+/// One waiting entry.
+struct Queued<T, E> {
+    /// The entry, with its caller's id until the call renumbers it.
+    entry: T,
+    /// Its caller's id for it.
+    id: String,
+    /// Its size.
+    size: usize,
+    /// When it must go at the latest.
+    due: Instant,
+    /// Its caller's submission, which collects the answers.
+    submission: Arc<Submission<E>>,
+}
+
+/// One caller's submission: the answers for its entries, sent to it once all came.
+struct Submission<E> {
+    /// The answers so far, and the caller's end.
+    state: Mutex<Answers<E>>,
+}
+
+struct Answers<E> {
+    /// Entries still without an answer.
+    left: usize,
+    /// The answers.
+    reply: BatchReply<E>,
+    /// The caller; `None` once answered (or gone).
+    to: Option<oneshot::Sender<BatchReply<E>>>,
+}
+
+impl<E> Submission<E> {
+    /// Records the answers for `ids`: `Ok(reply)` as the call answered them (an id the
+    /// reply does not mention stays unmentioned, as in a direct call), `Err` for all.
+    fn answer(&self, ids: Vec<(String, String)>, reply: &CallReply<E>)
+    where
+        E: Clone,
+    {
+        let Ok(mut answers) = self.state.lock() else {
+            return;
+        };
+        for (call_id, own_id) in ids {
+            answers.left = answers.left.saturating_sub(1);
+            match reply {
+                Ok(reply) => {
+                    if reply.successful.contains(&call_id) {
+                        answers.reply.successful.push(own_id);
+                    } else if let Some((_, err)) =
+                        reply.failed.iter().find(|(id, _)| *id == call_id)
+                    {
+                        answers.reply.failed.push((own_id, err.clone()));
+                    }
+                }
+                Err(err) => answers.reply.failed.push((own_id, err.clone())),
+            }
+        }
+        if answers.left == 0 {
+            if let Some(to) = answers.to.take() {
+                let reply = std::mem::replace(&mut answers.reply, empty());
+                let _ = to.send(reply);
+            }
+        }
+    }
+}
+
+type CallReply<E> = Result<BatchReply<E>, E>;
+
+impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
+    /// A window for calls made by `call`, each of at most `max_entries` entries and
+    /// `max_bytes` bytes.
+    pub fn new(
+        setting: BatchWindow,
+        max_entries: usize,
+        max_bytes: usize,
+        call: CallFn<T, E>,
+    ) -> Self {
+        Self {
+            setting,
+            max_entries: max_entries.max(1),
+            max_bytes,
+            call,
+            pending: Arc::new(Mutex::new(Pending {
+                queue: VecDeque::new(),
+                bytes: 0,
+                timer: false,
+            })),
+        }
+    }
+
+    /// Entries per call at most.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
+    /// Sends `entries` (at most a call's worth, with distinct ids) in a call, shared
+    /// with other callers' entries within the window; the reply for them, by their
+    /// ids. An error of the whole call is each entry's failure.
+    pub async fn submit(&self, entries: Vec<T>) -> Result<BatchReply<E>, E> {
+        if entries.is_empty() {
+            return Ok(empty());
+        }
+        if !self.setting.is_open() {
+            // No window (or closed): the call itself, as without one.
+            return (self.call)(entries).await;
+        }
+        let (to, answered) = oneshot::channel();
+        let submission = Arc::new(Submission {
+            state: Mutex::new(Answers {
+                left: entries.len(),
+                reply: empty(),
+                to: Some(to),
+            }),
+        });
+        let ids: Vec<String> = entries.iter().map(|e| e.id().to_string()).collect();
+        let due = Instant::now() + self.setting.window;
+        let arm = {
+            let Ok(mut pending) = self.pending.lock() else {
+                // Unanswered entries are retried by the caller as missing.
+                return Ok(empty());
+            };
+            for entry in entries {
+                let size = entry.size();
+                pending.bytes += size;
+                pending.queue.push_back(Queued {
+                    id: entry.id().to_string(),
+                    entry,
+                    size,
+                    due,
+                    submission: submission.clone(),
+                });
+            }
+            // Full calls go now, from here.
+            while let Some(call) = take_full(&mut pending, self.max_entries, self.max_bytes) {
+                self.spawn_call(call);
+            }
+            let arm = !pending.queue.is_empty() && !pending.timer;
+            if arm {
+                pending.timer = true;
+            }
+            arm
+        };
+        if arm {
+            self.spawn_timer();
+        }
+        // A call's task that ended without answering (the runtime shutting down) tells
+        // nothing of these entries: unmentioned, as missing from a reply.
+        let reply = answered.await.unwrap_or_else(|_| empty());
+        Ok(reply.mentioning_only(&ids))
+    }
+
+    /// Watches the oldest entry: once it is due (or the window closes), its call goes;
+    /// ends when nothing waits.
+    fn spawn_timer(&self) {
+        let pending = self.pending.clone();
+        let call = self.call.clone();
+        let (max_entries, max_bytes) = (self.max_entries, self.max_bytes);
+        let closed = self.setting.closed.clone();
+        tokio::spawn(async move {
+            loop {
+                let due = match pending.lock() {
+                    Ok(mut p) => match p.queue.front() {
+                        Some(oldest) => oldest.due,
+                        None => {
+                            p.timer = false;
+                            return;
+                        }
+                    },
+                    Err(_) => return,
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = closed.cancelled() => {}
+                }
+                let now = Instant::now();
+                let Ok(mut p) = pending.lock() else { return };
+                let closing = closed.is_cancelled();
+                while p.queue.front().is_some_and(|q| closing || q.due <= now) {
+                    let entries = take(&mut p, max_entries, max_bytes);
+                    spawn(call.clone(), entries);
+                }
+            }
+        });
+    }
+
+    fn spawn_call(&self, entries: Vec<Queued<T, E>>) {
+        spawn(self.call.clone(), entries);
+    }
+}
+
+/// A call's worth from the front, if the front is full already: `max_entries`
+/// entries, or as many as fit when the next would pass `max_bytes`.
+fn take_full<T, E>(
+    p: &mut Pending<T, E>,
+    max_entries: usize,
+    max_bytes: usize,
+) -> Option<Vec<Queued<T, E>>> {
+    let mut n = 0;
+    let mut bytes = 0;
+    for q in &p.queue {
+        if n == max_entries || (n > 0 && bytes + q.size > max_bytes) {
+            return Some(take(p, max_entries, max_bytes));
+        }
+        n += 1;
+        bytes += q.size;
+    }
+    (n == max_entries).then(|| take(p, max_entries, max_bytes))
+}
+
+/// The front entries that fit one call (at least one).
+fn take<T, E>(p: &mut Pending<T, E>, max_entries: usize, max_bytes: usize) -> Vec<Queued<T, E>> {
+    let mut out = Vec::with_capacity(max_entries);
+    let mut bytes = 0;
+    while let Some(q) = p.queue.front() {
+        if out.len() == max_entries || (!out.is_empty() && bytes + q.size > max_bytes) {
+            break;
+        }
+        bytes += q.size;
+        if let Some(q) = p.queue.pop_front() {
+            p.bytes = p.bytes.saturating_sub(q.size);
+            out.push(q);
+        }
+    }
+    out
+}
+
+/// Makes one call on its own task, renumbering its entries, and answers each
+/// submission it carries.
+fn spawn<T: Entry, E: Clone + Send + 'static>(call: CallFn<T, E>, queued: Vec<Queued<T, E>>) {
+    if queued.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut entries = Vec::with_capacity(queued.len());
+        let mut owners: Vec<(Arc<Submission<E>>, String, String)> =
+            Vec::with_capacity(queued.len());
+        for (n, mut q) in queued.into_iter().enumerate() {
+            let call_id = n.to_string();
+            q.entry.set_id(call_id.clone());
+            entries.push(q.entry);
+            owners.push((q.submission, call_id, q.id));
+        }
+        let reply = call(entries).await;
+        // Group the answers by submission, so each is locked once.
+        while let Some((submission, _, _)) = owners.first().cloned() {
+            let (mine, rest): (Vec<_>, Vec<_>) = owners
+                .into_iter()
+                .partition(|(s, _, _)| Arc::ptr_eq(s, &submission));
+            owners = rest;
+            let ids = mine.into_iter().map(|(_, call, own)| (call, own)).collect();
+            submission.answer(ids, &reply);
+        }
+    });
+}
+
+/// A reply that mentions nothing.
+fn empty<E>() -> BatchReply<E> {
+    BatchReply {
+        successful: Vec::new(),
+        failed: Vec::new(),
+    }
+}
+
+impl<E> BatchReply<E> {
+    /// Only the entries of `ids`.
+    fn mentioning_only(mut self, ids: &[String]) -> Self {
+        self.successful.retain(|id| ids.contains(id));
+        self.failed.retain(|(id, _)| ids.contains(id));
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An entry of `size` bytes named `id`, and who made it.
+    #[derive(Debug, Clone, PartialEq)]
+    struct E {
+        id: String,
+        owner: &'static str,
+        size: usize,
+    }
+
+    impl Entry for E {
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn set_id(&mut self, id: String) {
+            self.id = id;
+        }
+        fn size(&self) -> usize {
+            self.size
+        }
+    }
+
+    fn entries(owner: &'static str, n: usize, size: usize) -> Vec<E> {
+        (0..n)
+            .map(|i| E {
+                id: i.to_string(),
+                owner,
+                size,
+            })
+            .collect()
+    }
+
+    /// The owners of each call's entries, call by call.
+    type Calls = Arc<Mutex<Vec<Vec<&'static str>>>>;
+
+    /// A window whose calls record their entries' owners and answer every entry
+    /// successful, but for entries of the owner `"bad"`, failed with "refused".
+    fn window(wait: Duration, max_bytes: usize) -> (Window<E, String>, Calls) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let call: CallFn<E, String> = Arc::new(move |entries: Vec<E>| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                let ids: Vec<&String> = entries.iter().map(|e| &e.id).collect();
+                let distinct: std::collections::HashSet<_> = ids.iter().collect();
+                assert_eq!(distinct.len(), ids.len(), "ids within a call are distinct");
+                seen.lock()
+                    .unwrap()
+                    .push(entries.iter().map(|e| e.owner).collect());
+                let (bad, good): (Vec<E>, Vec<E>) =
+                    entries.into_iter().partition(|e| e.owner == "bad");
+                Ok(BatchReply {
+                    successful: good.into_iter().map(|e| e.id).collect(),
+                    failed: bad
+                        .into_iter()
+                        .map(|e| (e.id, "refused".to_string()))
+                        .collect(),
+                })
+            })
+        });
+        (
+            Window::new(BatchWindow::new(wait), 10, max_bytes, call),
+            calls,
+        )
+    }
+
+    #[tokio::test]
+    async fn callers_share_calls_within_the_window_and_each_gets_its_own_answers() {
+        let (w, calls) = window(Duration::from_millis(100), usize::MAX);
+        let started = Instant::now();
+        let (a, b, c) = tokio::join!(
+            w.submit(entries("a", 3, 1)),
+            w.submit(entries("b", 2, 1)),
+            w.submit(entries("bad", 1, 1)),
+        );
+        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "the call waited the window"
+        );
+        assert_eq!(calls.lock().unwrap().len(), 1, "one call for 6 entries");
+        let mut got = a.successful.clone();
+        got.sort();
+        assert_eq!(got, ["0", "1", "2"], "a's ids, not the call's");
+        assert!(a.failed.is_empty());
+        assert_eq!(b.successful.len(), 2);
+        assert_eq!(c.successful.len(), 0);
+        assert_eq!(c.failed, [("0".to_string(), "refused".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn a_full_call_never_waits() {
+        let (w, calls) = window(Duration::from_secs(60), usize::MAX);
+        let full = tokio::time::timeout(Duration::from_secs(5), w.submit(entries("a", 10, 1)))
+            .await
+            .expect("a full call goes at once")
+            .unwrap();
+        assert_eq!(full.successful.len(), 10);
+        // 7 wait; 5 more fill a call of 10 with 2 of them: that one goes at once.
+        let (seven, five) = tokio::join!(w.submit(entries("b", 7, 1)), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            w.setting.close();
+            w.submit(entries("c", 5, 1)).await
+        });
+        assert_eq!(seven.unwrap().successful.len(), 7);
+        assert_eq!(five.unwrap().successful.len(), 5);
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls[0], ["a"; 10]);
+        assert!(calls.iter().all(|c| c.len() <= 10), "{calls:?}");
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_closes_a_call() {
+        let (w, calls) = window(Duration::from_millis(50), 100);
+        let (a, b) = tokio::join!(w.submit(entries("a", 2, 40)), w.submit(entries("b", 2, 40)));
+        assert_eq!(a.unwrap().successful.len() + b.unwrap().successful.len(), 4);
+        let calls = calls.lock().unwrap();
+        // 40 + 40 fit in 100, a third does not: the first call went once it was full.
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!(calls[0].len(), 2);
+    }
+
+    #[tokio::test]
+    async fn closing_sends_what_waits_at_once() {
+        let (w, calls) = window(Duration::from_secs(60), usize::MAX);
+        let w = Arc::new(w);
+        let setting = w.setting.clone();
+        let waiting = tokio::spawn({
+            let w = w.clone();
+            async move { w.submit(entries("a", 3, 1)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(calls.lock().unwrap().is_empty(), "waits for the window");
+        setting.close();
+        let reply = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("sent at once when closed")
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.successful.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn without_a_window_each_submission_is_its_own_call() {
+        let (w, calls) = window(Duration::ZERO, usize::MAX);
+        let (a, b) = tokio::join!(w.submit(entries("a", 1, 1)), w.submit(entries("b", 1, 1)));
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(calls.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_whole_call_error_fails_each_entry_of_every_caller_in_it() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        let call: CallFn<E, String> = Arc::new(move |_entries: Vec<E>| {
+            c.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Err("throttled".to_string()) })
+        });
+        let w = Window::new(
+            BatchWindow::new(Duration::from_millis(30)),
+            10,
+            usize::MAX,
+            call,
+        );
+        let (a, b) = tokio::join!(w.submit(entries("a", 2, 1)), w.submit(entries("b", 1, 1)));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert_eq!(a.failed.len(), 2);
+        assert!(a.failed.iter().all(|(_, e)| e == "throttled"));
+        assert_eq!(b.failed, [("0".to_string(), "throttled".to_string())]);
+    }
+}
