@@ -8,8 +8,9 @@
 //! to be settled before it receives again: its batches are settled on their own tasks,
 //! so the events of many receives meet in the window and fill calls. The in-flight
 //! bound (a count and a byte budget) is then what holds the pollers back. After a
-//! receive that came back short, a poller waits the window before the next one, so a
-//! trickle shares receives too; at full load receives come back full and nothing waits.
+//! receive that came back short, a poller waits the window before the next one (the
+//! pollers in turn), so a trickle shares receives too; at full load receives come back
+//! full and nothing waits.
 //! At shutdown the window is closed (what it buffers goes at once), batches get the
 //! shutdown bound to settle, and what is still unsettled then is handed back.
 
@@ -110,6 +111,10 @@ pub struct Worker {
     in_work: Mutex<std::collections::HashMap<u64, Vec<SourceMessage>>>,
     /// Numbers the batches of `in_work`.
     next_batch: AtomicU64,
+    /// Taken by a poller for its pause after a short receive: at a trickle the pollers
+    /// pause one after the other, so each receive gathers a window's worth of messages
+    /// instead of all of them receiving a few at the same moment.
+    pacer: tokio::sync::Mutex<()>,
     /// Where the gauge goes.
     metrics: Metrics,
 }
@@ -134,6 +139,7 @@ impl Worker {
             max_bytes: usize::MAX,
             in_work: Mutex::new(std::collections::HashMap::new()),
             next_batch: AtomicU64::new(0),
+            pacer: tokio::sync::Mutex::new(()),
             metrics,
         }
     }
@@ -614,6 +620,11 @@ impl Poller {
             self.collect(joined);
         }
         if short {
+            let worker = self.worker.clone();
+            let _turn = tokio::select! {
+                turn = worker.pacer.lock() => turn,
+                _ = self.stop.cancelled() => return Next::Stop,
+            };
             return self.pause(self.worker.source.window().duration()).await;
         }
         Next::Poll

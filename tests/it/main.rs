@@ -9,6 +9,7 @@ mod helpers;
 
 mod attributes;
 mod bad_input;
+mod batching;
 mod cargo_lambda;
 mod classify;
 mod cli;
