@@ -607,6 +607,54 @@ mod tests {
         }
     }
 
+    /// FIFO order under the batching window: two callers' events of one group meet in
+    /// the window, yet an event still goes only once the previous one of its group was
+    /// accepted, never in the same call, and once one fails its followers are held.
+    #[tokio::test]
+    async fn a_group_keeps_its_order_when_callers_share_calls() {
+        let (client, seen) = destination(
+            |b| {
+                b.contains(&format!("{:032x}", 3))
+                    .then_some("InvalidMessageContents")
+            },
+            Arc::default(),
+        );
+        let window = crate::batching::BatchWindow::new(Duration::from_millis(40));
+        let f = forwarder(client)
+            .with_group(Some("g-{organization_id}".parse().unwrap()), true)
+            .with_window(&window);
+        // Caller a: group 1 (events 1, 2) and group 2 (3, 4, 5); caller b: group 3 (6, 7).
+        let a: Vec<String> = [(1, 1), (2, 1), (3, 2), (4, 2), (5, 2)]
+            .iter()
+            .map(|&(n, org)| body(n, org))
+            .collect();
+        let b: Vec<String> = [(6, 3), (7, 3)]
+            .iter()
+            .map(|&(n, org)| body(n, org))
+            .collect();
+        let (out_a, out_b) = tokio::join!(forward(&f, &a), forward(&f, &b));
+        assert!(out_a[0].is_accepted() && out_a[1].is_accepted());
+        assert_eq!(class(&out_a[2]), Some(ErrorClass::MessageRejected));
+        assert_eq!(cause(&out_a[3]), Some(DeferCause::HeldBack));
+        assert_eq!(cause(&out_a[4]), Some(DeferCause::HeldBack));
+        assert!(out_b.iter().all(Outcome::is_accepted));
+        let calls = seen.calls.lock().unwrap().clone();
+        let id = |n: u32| format!("{n:032x}");
+        let call_of = |n: u32| {
+            calls
+                .iter()
+                .position(|c| c.iter().any(|m| m.contains(&id(n))))
+        };
+        // The callers' first events share a call; each group goes one call at a time.
+        assert_eq!(call_of(1), call_of(6), "{calls:?}");
+        assert!(
+            call_of(1) < call_of(2) && call_of(6) < call_of(7),
+            "{calls:?}"
+        );
+        assert_eq!(call_of(4), None, "held back behind its group's failure");
+        assert_eq!(call_of(5), None);
+    }
+
     #[tokio::test]
     async fn a_refused_entry_fails_alone_and_its_batch_mates_are_accepted() {
         let (client, seen) = destination(

@@ -684,6 +684,7 @@ mod tests {
     use super::*;
     use crate::aws::fake;
     use crate::forward::{Forwarder, OrgRateLimiter, Router};
+    use crate::health::Health;
 
     /// A source queue in-process: one receive hands out `bodies`, later ones nothing;
     /// deletes and visibility changes are recorded as `(receipt handle, seconds)`.
@@ -862,5 +863,199 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 3, "room comes back when the batch is settled");
+    }
+
+    /// A source queue in-process that hands out `batches` receives of `per` messages
+    /// each (events of projects 1 and 2 in turn), then nothing; every call recorded as
+    /// `(action, queue, entries)`.
+    fn busy_source(
+        batches: usize,
+        per: usize,
+    ) -> (
+        aws_sdk_sqs::Client,
+        Arc<Mutex<Vec<(String, String, usize)>>>,
+    ) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let handed = Arc::new(AtomicU64::new(0));
+        let client = fake::sqs_client(move |req| {
+            let body: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+            let entries = body["Entries"].as_array().cloned().unwrap_or_default();
+            let queue = body["QueueUrl"].as_str().unwrap_or_default().to_string();
+            seen.lock()
+                .unwrap()
+                .push((req.action.clone(), queue, entries.len()));
+            let ids: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| serde_json::json!({"Id": e["Id"], "MessageId": "d", "MD5OfMessageBody": "0"}))
+                .collect();
+            match req.action.as_str() {
+                "ReceiveMessage" => {
+                    let b = handed.fetch_add(1, Ordering::SeqCst) as usize;
+                    if b >= batches {
+                        return fake::ok("{}");
+                    }
+                    let messages: Vec<serde_json::Value> = (0..per)
+                        .map(|i| {
+                            let n = b * per + i;
+                            serde_json::json!({
+                                "MessageId": format!("m{n}"), "ReceiptHandle": format!("h{n}"),
+                                "Body": format!(r#"{{"event_id":"{n:032x}","project_id":{},"organization_id":1}}"#, n % 2 + 1),
+                                "MD5OfBody": "0", "Attributes": {"ApproximateReceiveCount": "1"}
+                            })
+                        })
+                        .collect();
+                    fake::ok(serde_json::json!({ "Messages": messages }).to_string())
+                }
+                _ => fake::ok(serde_json::json!({"Successful": ids, "Failed": []}).to_string()),
+            }
+        });
+        (client, calls)
+    }
+
+    /// Two routes (projects 1 and 2), and a pool of `workers` pollers, every call
+    /// shared within `window`.
+    fn windowed_worker(client: &aws_sdk_sqs::Client, window: Duration) -> Arc<Worker> {
+        let metrics = Metrics::disabled();
+        let window = crate::batching::BatchWindow::new(window);
+        let route = |queue: &str| {
+            Arc::new(
+                Forwarder::new(client.clone(), queue, 256 * 1024, fast(), metrics.clone())
+                    .with_window(&window),
+            )
+        };
+        let projects = [
+            (1, route("https://sqs.fake/0/one")),
+            (2, route("https://sqs.fake/0/two")),
+        ]
+        .into_iter()
+        .collect();
+        let pipeline = Pipeline::new(Router::new(None, projects), None, metrics.clone());
+        // Receives of 5: full when the fake hands out 5, so no poller pauses.
+        let source = SqsSource::new(
+            client.clone(),
+            "https://sqs.fake/0/src",
+            5,
+            Duration::ZERO,
+            fast(),
+            metrics.clone(),
+        )
+        .with_window(&window);
+        Arc::new(
+            Worker::new(source, pipeline, Duration::from_secs(30), metrics)
+                .with_max_in_flight(100)
+                .with_max_in_flight_bytes(1 << 20),
+        )
+    }
+
+    fn pool(workers: usize, shutdown: Duration) -> PoolOptions {
+        PoolOptions {
+            workers,
+            exit_when_idle: Some(Duration::from_millis(600)),
+            shutdown_timeout: shutdown,
+            receive_backoff: fast(),
+            health: Health::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn receives_of_every_poller_share_each_routes_sends_and_the_deletes() {
+        // 6 full receives of 5 events, 2 or 3 to each route: without a window, 12
+        // sends of 2 or 3 entries and 6 deletes of 5.
+        let (client, calls) = busy_source(6, 5);
+        let worker = windowed_worker(&client, Duration::from_millis(300));
+        let summary = tokio::time::timeout(
+            Duration::from_secs(10),
+            run(
+                worker,
+                pool(3, Duration::from_secs(5)),
+                std::future::pending(),
+            ),
+        )
+        .await
+        .expect("stops when idle");
+        assert_eq!(summary.totals.forwarded, 30, "{summary:?}");
+        assert_eq!(summary.totals.deleted, 30, "{summary:?}");
+        let calls = calls.lock().unwrap();
+        let of = |action: &str, queue: &str| -> Vec<usize> {
+            calls
+                .iter()
+                .filter(|(a, q, _)| a == action && q.ends_with(queue))
+                .map(|(_, _, n)| *n)
+                .collect()
+        };
+        let (one, two) = (
+            of("SendMessageBatch", "/one"),
+            of("SendMessageBatch", "/two"),
+        );
+        assert_eq!(
+            one.iter().sum::<usize>(),
+            15,
+            "route one gets only its events"
+        );
+        assert_eq!(
+            two.iter().sum::<usize>(),
+            15,
+            "route two gets only its events"
+        );
+        assert!(
+            one.len() <= 3 && two.len() <= 3,
+            "sends shared across receives: {one:?} {two:?}"
+        );
+        assert!(one.iter().chain(&two).all(|n| *n <= 10));
+        let deletes = of("DeleteMessageBatch", "/src");
+        assert_eq!(deletes.iter().sum::<usize>(), 30);
+        assert!(
+            deletes.len() <= 4,
+            "deletes shared across receives: {deletes:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_sends_and_deletes_what_the_window_holds_at_once() {
+        let (client, calls) = busy_source(1, 3);
+        // A window far longer than the test: only the shutdown can send its batch.
+        let worker = windowed_worker(&client, Duration::from_secs(600));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let calls_seen = calls.clone();
+        tokio::spawn(async move {
+            // Once the batch is in (received, waiting in the window), SIGTERM.
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if calls_seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(a, _, _)| a == "ReceiveMessage")
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let _ = stop.send(());
+                    return;
+                }
+            }
+        });
+        let started = Instant::now();
+        let summary = tokio::time::timeout(
+            Duration::from_secs(10),
+            run(worker, pool(1, Duration::from_secs(5)), async {
+                let _ = stopped.await;
+            }),
+        )
+        .await
+        .expect("the shutdown does not wait for the window");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!summary.abandoned, "{summary:?}");
+        assert_eq!(
+            (summary.totals.forwarded, summary.totals.deleted),
+            (3, 3),
+            "{summary:?}"
+        );
+        let calls = calls.lock().unwrap();
+        let sent: usize = calls
+            .iter()
+            .filter(|(a, _, _)| a == "SendMessageBatch")
+            .map(|(_, _, n)| n)
+            .sum();
+        assert_eq!(sent, 3);
     }
 }
