@@ -865,16 +865,13 @@ mod tests {
         assert_eq!(n, 3, "room comes back when the batch is settled");
     }
 
+    /// Every call of a fake: `(action, queue, entries)`.
+    type Recorded = Arc<Mutex<Vec<(String, String, usize)>>>;
+
     /// A source queue in-process that hands out `batches` receives of `per` messages
     /// each (events of projects 1 and 2 in turn), then nothing; every call recorded as
     /// `(action, queue, entries)`.
-    fn busy_source(
-        batches: usize,
-        per: usize,
-    ) -> (
-        aws_sdk_sqs::Client,
-        Arc<Mutex<Vec<(String, String, usize)>>>,
-    ) {
+    fn busy_source(batches: usize, per: usize) -> (aws_sdk_sqs::Client, Recorded) {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let seen = calls.clone();
         let handed = Arc::new(AtomicU64::new(0));
