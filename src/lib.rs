@@ -33,6 +33,8 @@
 //!   limit, route pauses, the dead-letter queue, and `track_response_metric`.
 //! - [`aws`]: SDK clients (SDK retries off), their errors, and the one decision of what
 //!   kind of failure an AWS error is ([`aws::classify()`]).
+//! - [`batching`]: the batching window: entries bound for one queue, from every poller,
+//!   share batch calls for at most `FORWARDER_BATCH_WINDOW` (sends, deletes, visibility).
 //! - [`retry`]: the one retry layer, knowing nothing of AWS: the backoff schedule, a
 //!   call retried, a batch retried entry by entry.
 //! - [`outcome`]: typed outcomes (stage, operation, error class, failure), the leaf
@@ -46,7 +48,7 @@
 //! Modules marked internal are private to the crate; the rest is what the binary, the
 //! benches, the fuzz targets and the integration tests use.
 //!
-//! Dependencies point one way: `pipeline` → `forward` → `aws` → `retry` →
+//! Dependencies point one way: `pipeline` → `forward` → `aws` → `batching` → `retry` →
 //! `internal_events` → `metrics` → `outcome`.
 
 // Module docs link to private modules: they are the tour for maintainers
