@@ -10,7 +10,7 @@
 //! ([`crate::retry::retry_batch`]) is unchanged above it: each retry is one more
 //! submission.
 //!
-//! A call goes as soon as it is full ([`Window::max_entries`] entries, or the next entry
+//! A call goes as soon as it is full (its most entries, 10 for SQS, or the next entry
 //! would pass the byte budget), or once its oldest entry has waited the window. A full
 //! call never waits. Calls run on their own tasks, so a caller that stops waiting (a
 //! Lambda deadline, a shutdown) never strands the entries of others. Once the window is
@@ -120,8 +120,6 @@ impl<T, E> std::fmt::Debug for Window<T, E> {
 struct Pending<T, E> {
     /// The entries.
     queue: VecDeque<Queued<T, E>>,
-    /// Their bytes.
-    bytes: usize,
     /// Whether a timer task is watching the oldest entry's deadline.
     timer: bool,
 }
@@ -156,29 +154,26 @@ struct Answers<E> {
 }
 
 impl<E> Submission<E> {
-    /// Records the answers for `ids`: `Ok(reply)` as the call answered them (an id the
-    /// reply does not mention stays unmentioned, as in a direct call), `Err` for all.
-    fn answer(&self, ids: Vec<(String, String)>, reply: &CallReply<E>)
+    /// Records the answer for the entry the call knew as `call_id` (the caller's
+    /// `own_id`): as the call answered it (one the reply does not mention stays
+    /// unmentioned, as in a direct call), or the call's error.
+    fn answer(&self, call_id: &str, own_id: String, reply: &CallReply<E>)
     where
         E: Clone,
     {
         let Ok(mut answers) = self.state.lock() else {
             return;
         };
-        for (call_id, own_id) in ids {
-            answers.left = answers.left.saturating_sub(1);
-            match reply {
-                Ok(reply) => {
-                    if reply.successful.contains(&call_id) {
-                        answers.reply.successful.push(own_id);
-                    } else if let Some((_, err)) =
-                        reply.failed.iter().find(|(id, _)| *id == call_id)
-                    {
-                        answers.reply.failed.push((own_id, err.clone()));
-                    }
+        answers.left = answers.left.saturating_sub(1);
+        match reply {
+            Ok(reply) => {
+                if reply.successful.iter().any(|id| id == call_id) {
+                    answers.reply.successful.push(own_id);
+                } else if let Some((_, err)) = reply.failed.iter().find(|(id, _)| id == call_id) {
+                    answers.reply.failed.push((own_id, err.clone()));
                 }
-                Err(err) => answers.reply.failed.push((own_id, err.clone())),
             }
+            Err(err) => answers.reply.failed.push((own_id, err.clone())),
         }
         if answers.left == 0 {
             if let Some(to) = answers.to.take() {
@@ -207,15 +202,9 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
             call,
             pending: Arc::new(Mutex::new(Pending {
                 queue: VecDeque::new(),
-                bytes: 0,
                 timer: false,
             })),
         }
-    }
-
-    /// Entries per call at most.
-    pub fn max_entries(&self) -> usize {
-        self.max_entries
     }
 
     /// Sends `entries` (at most a call's worth, with distinct ids) in a call, shared
@@ -237,7 +226,6 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
                 to: Some(to),
             }),
         });
-        let ids: Vec<String> = entries.iter().map(|e| e.id().to_string()).collect();
         let due = Instant::now() + self.setting.window;
         let arm = {
             let Ok(mut pending) = self.pending.lock() else {
@@ -245,19 +233,17 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
                 return Ok(empty());
             };
             for entry in entries {
-                let size = entry.size();
-                pending.bytes += size;
                 pending.queue.push_back(Queued {
                     id: entry.id().to_string(),
+                    size: entry.size(),
                     entry,
-                    size,
                     due,
                     submission: submission.clone(),
                 });
             }
             // Full calls go now, from here.
             while let Some(call) = take_full(&mut pending, self.max_entries, self.max_bytes) {
-                self.spawn_call(call);
+                spawn(self.call.clone(), call);
             }
             let arm = !pending.queue.is_empty() && !pending.timer;
             if arm {
@@ -270,8 +256,7 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
         }
         // A call's task that ended without answering (the runtime shutting down) tells
         // nothing of these entries: unmentioned, as missing from a reply.
-        let reply = answered.await.unwrap_or_else(|_| empty());
-        Ok(reply.mentioning_only(&ids))
+        Ok(answered.await.unwrap_or_else(|_| empty()))
     }
 
     /// Watches the oldest entry: once it is due (or the window closes), its call goes;
@@ -307,10 +292,6 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
             }
         });
     }
-
-    fn spawn_call(&self, entries: Vec<Queued<T, E>>) {
-        spawn(self.call.clone(), entries);
-    }
 }
 
 /// A call's worth from the front, if the front is full already: `max_entries`
@@ -342,7 +323,6 @@ fn take<T, E>(p: &mut Pending<T, E>, max_entries: usize, max_bytes: usize) -> Ve
         }
         bytes += q.size;
         if let Some(q) = p.queue.pop_front() {
-            p.bytes = p.bytes.saturating_sub(q.size);
             out.push(q);
         }
     }
@@ -357,8 +337,7 @@ fn spawn<T: Entry, E: Clone + Send + 'static>(call: CallFn<T, E>, queued: Vec<Qu
     }
     tokio::spawn(async move {
         let mut entries = Vec::with_capacity(queued.len());
-        let mut owners: Vec<(Arc<Submission<E>>, String, String)> =
-            Vec::with_capacity(queued.len());
+        let mut owners = Vec::with_capacity(queued.len());
         for (n, mut q) in queued.into_iter().enumerate() {
             let call_id = n.to_string();
             q.entry.set_id(call_id.clone());
@@ -366,14 +345,8 @@ fn spawn<T: Entry, E: Clone + Send + 'static>(call: CallFn<T, E>, queued: Vec<Qu
             owners.push((q.submission, call_id, q.id));
         }
         let reply = call(entries).await;
-        // Group the answers by submission, so each is locked once.
-        while let Some((submission, _, _)) = owners.first().cloned() {
-            let (mine, rest): (Vec<_>, Vec<_>) = owners
-                .into_iter()
-                .partition(|(s, _, _)| Arc::ptr_eq(s, &submission));
-            owners = rest;
-            let ids = mine.into_iter().map(|(_, call, own)| (call, own)).collect();
-            submission.answer(ids, &reply);
+        for (submission, call_id, own_id) in owners {
+            submission.answer(&call_id, own_id, &reply);
         }
     });
 }
@@ -383,15 +356,6 @@ fn empty<E>() -> BatchReply<E> {
     BatchReply {
         successful: Vec::new(),
         failed: Vec::new(),
-    }
-}
-
-impl<E> BatchReply<E> {
-    /// Only the entries of `ids`.
-    fn mentioning_only(mut self, ids: &[String]) -> Self {
-        self.successful.retain(|id| ids.contains(id));
-        self.failed.retain(|(id, _)| ids.contains(id));
-        self
     }
 }
 

@@ -106,11 +106,9 @@ pub struct Worker {
     bytes: Option<Arc<Semaphore>>,
     /// The byte budget itself.
     max_bytes: usize,
-    /// The messages of every batch in work, by batch: handed back at once if the
-    /// shutdown bound passes before they are settled.
-    in_work: Mutex<std::collections::HashMap<u64, Vec<SourceMessage>>>,
-    /// Numbers the batches of `in_work`.
-    next_batch: AtomicU64,
+    /// Cancelled once the shutdown bound has passed: every batch still in work stops
+    /// and hands its messages back to the source queue at once.
+    abandon: CancellationToken,
     /// Taken by a poller for its pause after a short receive: at a trickle the pollers
     /// pause one after the other, so each receive gathers a window's worth of messages
     /// instead of all of them receiving a few at the same moment.
@@ -137,8 +135,7 @@ impl Worker {
             max_in_flight: usize::MAX,
             bytes: None,
             max_bytes: usize::MAX,
-            in_work: Mutex::new(std::collections::HashMap::new()),
-            next_batch: AtomicU64::new(0),
+            abandon: CancellationToken::new(),
             pacer: tokio::sync::Mutex::new(()),
             metrics,
         }
@@ -244,29 +241,14 @@ impl Worker {
         let n = messages.len() as u64;
         let now = self.in_flight.fetch_add(n, Ordering::SeqCst) + n;
         self.metrics.gauge(Gauge::InFlight, now);
-        let batch = self.next_batch.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut in_work) = self.in_work.lock() {
-            // Only what a hand-back needs: no bodies.
-            let handles = messages
-                .iter()
-                .map(|m| SourceMessage {
-                    message_id: m.message_id.clone(),
-                    receipt_handle: m.receipt_handle.clone(),
-                    ..SourceMessage::default()
-                })
-                .collect();
-            in_work.insert(batch, handles);
-        }
 
         let work = self.settle(&messages);
         let outcome = tokio::select! {
             outcome = work => outcome,
             never = self.keep_invisible(&messages) => match never {},
+            _ = self.abandon.cancelled() => self.hand_back(&messages).await,
         };
 
-        if let Ok(mut in_work) = self.in_work.lock() {
-            in_work.remove(&batch);
-        }
         let now = self
             .in_flight
             .fetch_sub(n, Ordering::SeqCst)
@@ -275,20 +257,21 @@ impl Worker {
         outcome
     }
 
-    /// Hands back (visibility 0) every message still in work: the shutdown bound
-    /// passed before their batches were settled. Returns how many were handed back.
-    pub async fn hand_back_unsettled(&self) -> usize {
-        let messages: Vec<SourceMessage> = match self.in_work.lock() {
-            Ok(mut in_work) => in_work.drain().flat_map(|(_, m)| m).collect(),
-            Err(_) => return 0,
-        };
-        if messages.is_empty() {
-            return 0;
-        }
+    /// Hands a batch back (visibility 0): the shutdown bound passed before it was
+    /// settled. What it forwarded meanwhile may come again: a duplicate, never a loss.
+    async fn hand_back(&self, messages: &[SourceMessage]) -> BatchOutcome {
         let all: Vec<(&SourceMessage, Duration)> =
             messages.iter().map(|m| (m, Duration::ZERO)).collect();
         let failed = self.source.change_visibility(&all, RETURN_BOUND).await;
-        messages.len() - failed
+        tracing::info!(
+            messages = messages.len(),
+            not_handed_back = failed,
+            "shutdown bound passed: an unsettled batch handed back to the source queue"
+        );
+        BatchOutcome {
+            received: messages.len(),
+            ..BatchOutcome::default()
+        }
     }
 
     async fn settle(&self, messages: &[SourceMessage]) -> BatchOutcome {
@@ -362,7 +345,8 @@ pub struct RunSummary {
     /// Sum over every batch.
     pub totals: BatchOutcome,
     /// Whether in-flight batches were abandoned at the shutdown bound (their messages
-    /// reappear in the source queue after their visibility timeout).
+    /// were handed back to the source queue, or reappear after their visibility
+    /// timeout if even that failed).
     pub abandoned: bool,
 }
 
@@ -386,8 +370,9 @@ pub struct PoolOptions {
 
 /// Runs `options.workers` pollers until `shutdown` completes or the source stays idle.
 ///
-/// On shutdown, polling stops at once and batches in work get `shutdown_timeout` to
-/// finish; what is not finished by then is abandoned, never deleted, so it reappears.
+/// On shutdown, polling stops at once, the batching window sends what it holds, and
+/// batches in work get `shutdown_timeout` to finish; what is not finished by then is
+/// handed back, never deleted, so it reappears at once.
 pub async fn run(
     worker: Arc<Worker>,
     options: PoolOptions,
@@ -427,18 +412,21 @@ pub async fn run(
     if drained.is_err() {
         tracing::warn!(
             timeout = ?options.shutdown_timeout,
-            "in-flight batches did not finish in time; their messages will reappear in the source queue"
+            "in-flight batches did not finish in time: handing their messages back to the source queue"
         );
+        // Every batch still in work hands its messages back, within the hand-back's
+        // own bound; then what is left is stopped.
+        worker.abandon.cancel();
+        let _ = tokio::time::timeout(RETURN_BOUND + Duration::from_secs(1), async {
+            while let Some(joined) = tasks.join_next().await {
+                if let Ok(totals) = joined {
+                    summary.totals += totals;
+                }
+            }
+        })
+        .await;
         tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
         summary.abandoned = true;
-        let handed = worker.hand_back_unsettled().await;
-        if handed > 0 {
-            tracing::info!(
-                messages = handed,
-                "unsettled messages handed back to the source queue"
-            );
-        }
     }
     summary
 }
@@ -1054,5 +1042,117 @@ mod tests {
             .map(|(_, _, n)| n)
             .sum();
         assert_eq!(sent, 3);
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_holds_receives_back_until_a_batch_is_settled() {
+        let (client, _) = busy_source(0, 0);
+        let metrics = Metrics::disabled();
+        let forwarder = forwarder(&client, &metrics);
+        let worker = worker(client, forwarder, metrics).with_max_in_flight_bytes(64 * 1024);
+        let big = |n: usize| SourceMessage {
+            body: "x".repeat(n),
+            ..SourceMessage::default()
+        };
+        // 90 KiB received: more than the whole budget, which it takes all of.
+        let held = worker
+            .admit_bytes(&[big(30 * 1024), big(30 * 1024), big(30 * 1024)])
+            .await;
+        assert!(held.is_some());
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(50), worker.admit_bytes(&[big(10)])).await;
+        assert!(
+            waiting.is_err(),
+            "the next batch waits while the budget is spent"
+        );
+        drop(held);
+        let next = tokio::time::timeout(Duration::from_secs(1), worker.admit_bytes(&[big(10)]))
+            .await
+            .expect("room comes back when the batch is settled");
+        assert!(next.is_some());
+    }
+
+    #[tokio::test]
+    async fn what_is_unsettled_at_the_shutdown_bound_is_handed_back() {
+        let hidden = Arc::new(Mutex::new(Vec::new()));
+        let h = hidden.clone();
+        let handed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let client = fake::sqs_client(move |req| {
+            let body: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+            let entries = body["Entries"].as_array().cloned().unwrap_or_default();
+            match req.action.as_str() {
+                "ReceiveMessage" if !handed.swap(true, Ordering::SeqCst) => {
+                    let messages: Vec<serde_json::Value> = (0..3)
+                        .map(|n| {
+                            serde_json::json!({
+                                "MessageId": format!("m{n}"), "ReceiptHandle": format!("h{n}"),
+                                "Body": format!(r#"{{"event_id":"{n:032x}","project_id":1,"organization_id":1}}"#),
+                                "MD5OfBody": "0", "Attributes": {"ApproximateReceiveCount": "1"}
+                            })
+                        })
+                        .collect();
+                    fake::ok(serde_json::json!({ "Messages": messages }).to_string())
+                }
+                "ReceiveMessage" => fake::ok("{}"),
+                // The destination keeps failing transiently: the batch retries for a minute.
+                "SendMessageBatch" => fake::error(503, "ServiceUnavailable"),
+                "ChangeMessageVisibilityBatch" => {
+                    let ids: Vec<serde_json::Value> = entries
+                        .iter()
+                        .map(|e| {
+                            h.lock().unwrap().push((
+                                e["ReceiptHandle"].as_str().unwrap_or_default().to_string(),
+                                e["VisibilityTimeout"].as_i64().unwrap_or(-1),
+                            ));
+                            serde_json::json!({"Id": e["Id"]})
+                        })
+                        .collect();
+                    fake::ok(serde_json::json!({"Successful": ids, "Failed": []}).to_string())
+                }
+                _ => fake::ok(r#"{"Successful": [], "Failed": []}"#),
+            }
+        });
+        let metrics = Metrics::disabled();
+        let slow = RetryPolicy {
+            initial_interval: Duration::from_millis(50),
+            max_interval: Duration::from_millis(100),
+            max_elapsed: Duration::from_secs(60),
+        };
+        let forwarder = Forwarder::new(
+            client.clone(),
+            "https://sqs.fake/0/dest",
+            256 * 1024,
+            slow,
+            metrics.clone(),
+        );
+        let worker = Arc::new(worker(client, forwarder, metrics));
+        let started = Instant::now();
+        let summary = tokio::time::timeout(
+            Duration::from_secs(10),
+            run(
+                worker,
+                PoolOptions {
+                    exit_when_idle: None,
+                    ..pool(1, Duration::from_millis(300))
+                },
+                tokio::time::sleep(Duration::from_millis(200)),
+            ),
+        )
+        .await
+        .expect("the shutdown bound holds");
+        assert!(summary.abandoned, "{summary:?}");
+        assert_eq!(summary.totals.deleted, 0, "nothing unsent is deleted");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let mut hidden = hidden.lock().unwrap().clone();
+        hidden.sort();
+        assert_eq!(
+            hidden,
+            [
+                ("h0".to_string(), 0),
+                ("h1".to_string(), 0),
+                ("h2".to_string(), 0)
+            ],
+            "handed back at once, not left hidden for the visibility timeout"
+        );
     }
 }

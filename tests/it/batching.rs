@@ -8,14 +8,6 @@ use std::time::{Duration, Instant};
 use crate::helpers::*;
 
 /// The sum of a counter's lines whose tags contain `tag`.
-fn sum(lines: &[String], name: &str, tag: &str) -> u64 {
-    lines
-        .iter()
-        .filter(|l| l.starts_with(&format!("{name}:")) && l.contains(tag))
-        .filter_map(|l| l.split(':').nth(1)?.split('|').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// The values of a timer, in milliseconds.
 fn timings(lines: &[String], name: &str) -> Vec<u64> {
     let mut v: Vec<u64> = lines
@@ -73,7 +65,7 @@ async fn a_trickle_shares_calls_within_the_window() {
     assert_eq!(ids.len(), events as usize, "every event arrives");
 
     let lines = statsd.lines();
-    let requests = sum(&lines, "forwarder.sqs.requests", "operation:");
+    let requests = statsd_sum(&lines, "forwarder.sqs.requests", "operation:");
     let per_event = requests as f64 / events as f64;
     let by_op: HashMap<&str, u64> = [
         "ReceiveMessage",
@@ -86,7 +78,7 @@ async fn a_trickle_shares_calls_within_the_window() {
     .map(|op| {
         (
             op,
-            sum(&lines, "forwarder.sqs.requests", &format!("operation:{op}")),
+            statsd_sum(&lines, "forwarder.sqs.requests", &format!("operation:{op}")),
         )
     })
     .collect();
@@ -148,7 +140,7 @@ async fn twenty_routes_fill_their_calls_across_receives() {
         }
     }
     let lines = statsd.lines();
-    let sends = sum(
+    let sends = statsd_sum(
         &lines,
         "forwarder.sqs.requests",
         "operation:SendMessageBatch",
@@ -157,7 +149,7 @@ async fn twenty_routes_fill_their_calls_across_receives() {
     let entries = timings(&lines, "forwarder.send_batch.entries");
     println!(
         "20 routes: {sends} SendMessageBatch for {events} events = {per_event:.3}/event; {} requests in all; entries per call p50 {}",
-        sum(&lines, "forwarder.sqs.requests", "operation:"),
+        statsd_sum(&lines, "forwarder.sqs.requests", "operation:"),
         entries[entries.len() / 2]
     );
     assert_eq!(entries.len() as u64, sends, "one entries value per call");

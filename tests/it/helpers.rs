@@ -280,6 +280,15 @@ pub async fn depth(client: &Client, queue: &str) -> usize {
     .sum()
 }
 
+/// The sum of a statsd counter's lines (`name:N|c|#tags`) whose tags contain `tag`.
+pub fn statsd_sum(lines: &[String], name: &str, tag: &str) -> u64 {
+    lines
+        .iter()
+        .filter(|l| l.starts_with(&format!("{name}:")) && l.contains(tag))
+        .filter_map(|l| l.split(':').nth(1)?.split('|').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// The event id of a forwarded body.
 pub fn event_id_of(body: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(body).expect("forwarded body is JSON");

@@ -106,14 +106,6 @@ fn statsd_metrics(statsd: &StatsdCapture) -> Metrics {
 }
 
 /// The sum of a counter's values over the captured lines that carry `tag`.
-fn sum(lines: &[String], name: &str, tag: &str) -> u64 {
-    lines
-        .iter()
-        .filter(|l| l.starts_with(&format!("{name}:")) && l.contains(tag))
-        .filter_map(|l| l.split(':').nth(1)?.split('|').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn a_cold_indexer_finds_in_redis_what_another_stored_under_sentrys_keys() {
     let org = random_org();
@@ -174,10 +166,10 @@ async fn a_cold_indexer_finds_in_redis_what_another_stored_under_sentrys_keys() 
     );
 
     let lines = statsd.wait_for(Duration::from_secs(2), |l| {
-        sum(l, "forwarder.indexer.lookup", "fetch_type:cache") >= 6
+        statsd_sum(l, "forwarder.indexer.lookup", "fetch_type:cache") >= 6
     });
     assert_eq!(
-        sum(
+        statsd_sum(
             &lines,
             "forwarder.indexer.lookup",
             "fetch_type:shared_cache"
@@ -276,13 +268,13 @@ async fn redis_down_or_silent_fails_nothing_and_costs_at_most_the_timeout() {
             "{name}: a lookup took {slowest:?}"
         );
         let lines = statsd.wait_for(Duration::from_secs(2), |l| {
-            sum(l, "forwarder.indexer.cache.error", "reason:breaker_open") > 0
+            statsd_sum(l, "forwarder.indexer.cache.error", "reason:breaker_open") > 0
         });
-        let failed = sum(&lines, "forwarder.indexer.cache.error", "reason:timeout")
-            + sum(&lines, "forwarder.indexer.cache.error", "reason:connection");
+        let failed = statsd_sum(&lines, "forwarder.indexer.cache.error", "reason:timeout")
+            + statsd_sum(&lines, "forwarder.indexer.cache.error", "reason:connection");
         assert!(failed >= 3, "{name}: failures not counted: {lines:#?}");
         assert!(
-            sum(
+            statsd_sum(
                 &lines,
                 "forwarder.indexer.cache.error",
                 "reason:breaker_open"
@@ -360,7 +352,7 @@ async fn a_second_cold_worker_reads_the_first_ones_strings_from_redis_not_the_st
     send_bodies(&q.client, &q.source, &first_events).await;
     let lines = run_until_idle(&q).await;
     assert_eq!(
-        sum(&lines, "forwarder.indexer.lookup", "fetch_type:first_seen"),
+        statsd_sum(&lines, "forwarder.indexer.lookup", "fetch_type:first_seen"),
         11,
         "{lines:#?}"
     );
@@ -376,7 +368,7 @@ async fn a_second_cold_worker_reads_the_first_ones_strings_from_redis_not_the_st
     send_bodies(&q.client, &q.source, &second_events).await;
     let lines = run_until_idle(&q).await;
     assert_eq!(
-        sum(
+        statsd_sum(
             &lines,
             "forwarder.indexer.lookup",
             "fetch_type:shared_cache"
@@ -386,7 +378,7 @@ async fn a_second_cold_worker_reads_the_first_ones_strings_from_redis_not_the_st
     );
     for none in ["fetch_type:db", "fetch_type:first_seen"] {
         assert_eq!(
-            sum(&lines, "forwarder.indexer.lookup", none),
+            statsd_sum(&lines, "forwarder.indexer.lookup", none),
             0,
             "{none}: {lines:#?}"
         );
@@ -475,7 +467,7 @@ async fn redis_stopped_mid_run_loses_nothing() {
     }
     let lines = statsd.lines();
     assert!(
-        sum(&lines, "forwarder.indexer.cache.error", "reason:") > 0,
+        statsd_sum(&lines, "forwarder.indexer.cache.error", "reason:") > 0,
         "Redis's absence was not counted: {lines:#?}"
     );
 }
