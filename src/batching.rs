@@ -214,8 +214,9 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
         if entries.is_empty() {
             return Ok(empty());
         }
-        if !self.setting.is_open() {
-            // No window (or closed): the call itself, as without one.
+        if !self.setting.is_open() || self.fills_a_call_alone(&entries) {
+            // No window (or closed), or a full call with nothing waiting before it (full
+            // load): the call itself, from here, as without a window.
             return (self.call)(entries).await;
         }
         let (to, answered) = oneshot::channel();
@@ -257,6 +258,11 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
         // A call's task that ended without answering (the runtime shutting down) tells
         // nothing of these entries: unmentioned, as missing from a reply.
         Ok(answered.await.unwrap_or_else(|_| empty()))
+    }
+
+    /// Whether `entries` make a full call by themselves while nothing waits.
+    fn fills_a_call_alone(&self, entries: &[T]) -> bool {
+        entries.len() >= self.max_entries && self.pending.lock().is_ok_and(|p| p.queue.is_empty())
     }
 
     /// Watches the oldest entry: once it is due (or the window closes), its call goes;
