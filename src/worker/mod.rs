@@ -500,8 +500,9 @@ struct Poller {
     options: PoolOptions,
     /// Cancelled when the pool stops.
     stop: CancellationToken,
-    /// When a batch last came or a receive last failed, over the whole pool: an
-    /// `exit_when_idle` run ends only once this is old enough.
+    /// When a batch last came or a receive last failed, over the whole pool, or when
+    /// messages left for a later try are back (a time to come): an `exit_when_idle` run
+    /// ends only once this is old enough.
     last_activity: Arc<Mutex<Instant>>,
     /// Waits after consecutive failed receives; reset by the first one that succeeds.
     failing: Option<Schedule>,
@@ -593,8 +594,15 @@ impl Poller {
             } = admitted;
             let outcome = worker.handle(messages).await;
             drop((room, bytes));
+            // Messages left for a later try (failed, deferred) are hidden, not gone: the
+            // source is not idle before they are back.
+            let back = if outcome.failed + outcome.deferred > 0 {
+                worker.visibility_timeout()
+            } else {
+                Duration::ZERO
+            };
             if let Ok(mut t) = last_activity.lock() {
-                *t = Instant::now();
+                *t = (*t).max(Instant::now() + back);
             }
             outcome
         });
@@ -662,7 +670,7 @@ impl Poller {
 
     fn touch(&self) {
         if let Ok(mut t) = self.last_activity.lock() {
-            *t = Instant::now();
+            *t = (*t).max(Instant::now());
         }
     }
 }
