@@ -12,6 +12,7 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use sqs_forwarder::event::fields::FieldRules;
 use sqs_forwarder::event::{decode, Event};
 use sqs_forwarder::indexer::{Indexer, IndexerSettings, Store};
 use sqs_forwarder::metrics::Metrics;
@@ -147,6 +148,29 @@ fn bench(c: &mut Criterion) {
         group.bench_function(BenchmarkId::from_parameter("encode"), |b| {
             b.iter(|| indexed.iter().map(|e| e.encoded().len()).sum::<usize>())
         });
+        // The field splice (a route's exclude_fields / include_fields), with tag_ids.
+        let exclude = FieldRules::new(
+            &[
+                "user.ip_address".into(),
+                "request.headers".into(),
+                "exception.values.*.stacktrace.frames.*.vars".into(),
+            ],
+            &[],
+        )
+        .unwrap();
+        let include =
+            FieldRules::new(&[], &["level".into(), "exception".into(), "user.id".into()]).unwrap();
+        for (name, rules) in [("splice_exclude", &exclude), ("splice_include", &include)] {
+            assert!(indexed[0].encoded_with(rules.as_ref()).len() < indexed[0].encoded().len());
+            group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter(|| {
+                    indexed
+                        .iter()
+                        .map(|e| e.encoded_with(rules.as_ref()).len())
+                        .sum::<usize>()
+                })
+            });
+        }
         group.bench_function(BenchmarkId::from_parameter("all"), |b| {
             b.to_async(&rt).iter(|| async {
                 let mut events: Vec<Event<'_>> =

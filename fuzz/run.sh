@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 seconds="${1:-20}"
 bin="$(../tools/install.sh)"
 export PATH="$bin:$PATH" RUSTC_BOOTSTRAP=1
-for target in decode encode_tag_ids differential; do
+for target in decode encode_tag_ids differential splice; do
   mkdir -p "corpus/$target"
   echo "fuzz $target: ${seconds}s"
   log="$(mktemp)"

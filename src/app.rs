@@ -295,7 +295,11 @@ impl App {
         .with_forward_attributes(self.config.forward_attributes.clone())
         .with_rate_limit(self.rate_limit.clone())
         .with_pauses(self.pauses.clone())
-        .with_window(window))
+        .with_window(window)
+        .with_shape(
+            route.fields.clone().or_else(|| self.config.fields.clone()),
+            route.filter.clone().or_else(|| self.config.filter.clone()),
+        ))
     }
 
     /// The S3 side of oversized events, for a bucket.

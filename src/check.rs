@@ -122,15 +122,20 @@ async fn check_routes(app: &App, report: &mut Report) {
                 .iter()
                 .map(|(p, r)| (format!("project {p}"), r)),
         );
+    let config = app.config();
     for (name, route) in named {
+        let fields = route.fields.as_ref().or(config.fields.as_ref());
+        let filter = route.filter.as_ref().or(config.filter.as_ref());
         report.ok.push(format!(
-            "route {name}: reached {}{}",
+            "route {name}: reached {}{}; fields: {}; filter: {}",
             route.queue_url,
             route
                 .message_group
                 .as_ref()
                 .map(|g| format!(" (message group {})", g.as_str()))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            fields.map_or("all".to_string(), |f| f.describe()),
+            filter.map_or("none".to_string(), |f| f.describe()),
         ));
     }
     if routes.default.is_none() {

@@ -171,6 +171,26 @@ impl InternalEvent for SkippedUnconfigured<'_> {
     }
 }
 
+/// An event its route's filter does not let through: skipped on purpose, counted, and its
+/// source message deleted, as an unrouted project's.
+pub struct SkippedFiltered<'a> {
+    /// The event.
+    pub event_id: &'a str,
+    /// Its route's queue.
+    pub route: &'a str,
+}
+
+impl InternalEvent for SkippedFiltered<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::debug!(
+            event_id = self.event_id,
+            route = self.route,
+            "the route's filter does not match the event: skipped"
+        );
+        metrics.incr(Counter::EventSkipped { reason: "filtered" });
+    }
+}
+
 /// A message the dead-letter queue accepted (its source message is deleted next).
 pub struct DeadLettered<'a> {
     /// The source message.

@@ -13,7 +13,8 @@ use crate::forward::{
 };
 use crate::indexer::{BulkRequest, Indexer, IndexerError};
 use crate::internal_events::{
-    DeadLetterRefused, EventDeferred, EventFailed, InternalEvent, InvalidEvent, SkippedUnconfigured,
+    DeadLetterRefused, EventDeferred, EventFailed, InternalEvent, InvalidEvent, SkippedFiltered,
+    SkippedUnconfigured,
 };
 use crate::metrics::{Counter, Metrics, Timer};
 use crate::outcome::{ErrorClass, Stage};
@@ -304,7 +305,18 @@ impl Pipeline {
     ) {
         let mut routes: Vec<(Arc<Forwarder>, Vec<usize>)> = Vec::new();
         for (k, (i, event)) in events.at.iter().zip(&events.events).enumerate() {
-            match self.router.route(event.project_id) {
+            let route = self.router.route(event.project_id);
+            if let Some(forwarder) = route.filter(|f| f.filter().is_some_and(|f| !f.matches(event)))
+            {
+                SkippedFiltered {
+                    event_id: &event.event_id,
+                    route: forwarder.queue_url(),
+                }
+                .emit(&self.metrics);
+                settlements[*i] = Some(Settlement::Skipped("filtered"));
+                continue;
+            }
+            match route {
                 Some(forwarder) => match routes.iter_mut().find(|(f, _)| Arc::ptr_eq(f, forwarder))
                 {
                     Some((_, members)) => members.push(k),

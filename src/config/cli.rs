@@ -300,6 +300,30 @@ pub struct Settings {
     #[arg(long, env = "FORWARDER_BATCH_WINDOW", value_name = "DURATION", value_parser = duration, global = true)]
     pub batch_window: Option<Duration>,
 
+    /// Fields left out of every forwarded event (a route's exclude_fields wins): dotted paths, `*` for every element or member.
+    #[arg(
+        long,
+        env = "FORWARDER_EXCLUDE_FIELDS",
+        value_name = "PATHS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub exclude_fields: Vec<String>,
+
+    /// The only fields forwarded, with event_id, project_id, organization_id and tag_ids (a route's include_fields wins).
+    #[arg(
+        long,
+        env = "FORWARDER_INCLUDE_FIELDS",
+        value_name = "PATHS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub include_fields: Vec<String>,
+
+    /// Which events are forwarded, as path=value|value,... (all must match; tags.KEY is a tag; a route's filter wins).
+    #[arg(long, env = "FORWARDER_FILTER", value_name = "RULES", global = true)]
+    pub filter: Option<String>,
+
     /// Long-poll wait of each receive, in seconds (0 to 20).
     #[arg(long, env = "FORWARDER_RECEIVE_WAIT_SECONDS", value_name = "SECS", default_value_t = 20,
           value_parser = clap::value_parser!(u8).range(0..=20), global = true)]

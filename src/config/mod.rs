@@ -109,6 +109,11 @@ pub struct Config {
     /// default, [`DEFAULT_BATCH_WINDOW`] or a third of the source's visibility timeout if
     /// that is less. Zero: no window.
     pub batch_window: Option<Duration>,
+    /// The fields every route without its own rules receives
+    /// (`FORWARDER_EXCLUDE_FIELDS` / `FORWARDER_INCLUDE_FIELDS`).
+    pub fields: Option<crate::event::fields::FieldRules>,
+    /// The events every route without its own filter receives (`FORWARDER_FILTER`).
+    pub filter: Option<crate::event::fields::Filter>,
     /// Long-poll wait (`FORWARDER_RECEIVE_WAIT_SECONDS`).
     pub receive_wait: Duration,
     /// Bound on a message and on a batch, in bytes (`FORWARDER_MAX_MESSAGE_BYTES`).
@@ -193,6 +198,8 @@ impl Config {
             max_in_flight: 40,
             max_in_flight_bytes: 8 << 20,
             batch_window: Some(Duration::ZERO),
+            fields: None,
+            filter: None,
             receive_wait: Duration::from_secs(1),
             max_message_bytes: crate::forward::DEFAULT_MAX_MESSAGE_BYTES,
             metrics: MetricsSettings::off(),
@@ -222,6 +229,8 @@ impl Config {
                 s3_bucket: self.s3_bucket.clone(),
                 s3_offload: None,
                 credentials: routes::CredentialSource::DefaultChain,
+                fields: None,
+                filter: None,
             });
         }
         effective
@@ -314,6 +323,22 @@ impl Settings {
         }
         self.check_retry(&mut errors);
         self.check_offload(&mut errors);
+        let fields =
+            crate::event::fields::FieldRules::new(&self.exclude_fields, &self.include_fields)
+                .unwrap_or_else(|problem| {
+                    let var = if self.include_fields.is_empty() {
+                        "FORWARDER_EXCLUDE_FIELDS"
+                    } else {
+                        "FORWARDER_INCLUDE_FIELDS"
+                    };
+                    errors.push(ConfigError::new(var, problem));
+                    None
+                });
+        let filter = crate::event::fields::Filter::parse_env(self.filter.as_deref().unwrap_or(""))
+            .unwrap_or_else(|problem| {
+                errors.push(ConfigError::new("FORWARDER_FILTER", problem));
+                None
+            });
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -334,6 +359,8 @@ impl Settings {
             max_in_flight: self.max_in_flight,
             max_in_flight_bytes: self.max_in_flight_bytes,
             batch_window: self.batch_window,
+            fields,
+            filter,
             // Exiting when idle needs a receive that returns within the idle time.
             receive_wait: exit_when_idle.map_or(receive_wait, |idle| receive_wait.min(idle)),
             max_message_bytes: self.max_message_bytes,

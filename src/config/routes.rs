@@ -12,6 +12,8 @@
 //! s3_bucket = "acme-large-events"
 //! s3_offload = "always"          # optional: oversized (default) or always
 //! credentials = { role_arn = "arn:aws:iam::210987654321:role/forwarder", external_id = "x" }
+//! exclude_fields = ["user.ip_address", "request.cookies"]   # or include_fields = [...]
+//! filter = { level = ["error", "fatal"], "tags.customer" = "acme" }
 //!
 //! [projects.43]
 //! queue_url = "https://sqs.us-east-1.amazonaws.com/123456789012/other"
@@ -62,6 +64,11 @@ pub struct Route {
     pub s3_offload: Option<crate::forward::OffloadMode>,
     /// Whose credentials send.
     pub credentials: CredentialSource,
+    /// The fields it receives (`exclude_fields` / `include_fields`); `None`: as
+    /// `FORWARDER_EXCLUDE_FIELDS` / `FORWARDER_INCLUDE_FIELDS` say.
+    pub fields: Option<crate::event::fields::FieldRules>,
+    /// The events it receives (`filter`); `None`: as `FORWARDER_FILTER` says.
+    pub filter: Option<crate::event::fields::Filter>,
 }
 
 /// Every project's destination.
@@ -103,6 +110,20 @@ struct RouteSpec {
     s3_offload: Option<String>,
     #[serde(default)]
     credentials: Option<CredentialsSpec>,
+    #[serde(default)]
+    exclude_fields: Vec<String>,
+    #[serde(default)]
+    include_fields: Vec<String>,
+    #[serde(default)]
+    filter: BTreeMap<String, OneOrMany>,
+}
+
+/// A filter's accepted values: one string or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -187,6 +208,16 @@ fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
             format!("{at}.s3_offload: is \"always\", but the route has no s3_bucket"),
         ));
     }
+    let fields = crate::event::fields::FieldRules::new(&spec.exclude_fields, &spec.include_fields)
+        .map_err(|e| error(path, format!("{at}: {e}")))?;
+    let filter = crate::event::fields::Filter::new(spec.filter.into_iter().map(|(k, v)| {
+        let values = match v {
+            OneOrMany::One(v) => vec![v],
+            OneOrMany::Many(v) => v,
+        };
+        (k, values)
+    }))
+    .map_err(|e| error(path, format!("{at}.filter: {e}")))?;
     let credentials = match spec.credentials {
         None => CredentialSource::DefaultChain,
         Some(CredentialsSpec {
@@ -231,6 +262,8 @@ fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
         s3_bucket,
         s3_offload,
         credentials,
+        fields,
+        filter,
     })
 }
 

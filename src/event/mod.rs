@@ -5,6 +5,8 @@
 //! object of strings. Every other field passes through untouched: the forwarded body is
 //! the original text, byte for byte.
 
+pub mod fields;
+
 use std::borrow::Cow;
 
 use serde::Deserialize;
@@ -43,8 +45,18 @@ impl<'a> Event<'a> {
     /// The body to forward: the original, with `tag_ids` added when the indexer ran.
     /// The only copy of the body made on the way out.
     pub fn encoded(&self) -> Cow<'a, str> {
+        self.encoded_with(None)
+    }
+
+    /// [`Event::encoded`] for a destination with field rules: the fields they leave out
+    /// are spliced out of the same copy (kept bytes unchanged), `tag_ids` added.
+    pub fn encoded_with(&self, fields: Option<&fields::FieldRules>) -> Cow<'a, str> {
+        let deletions = fields.map(|f| f.deletions(self.body)).unwrap_or_default();
         let Some(tag_ids) = &self.tag_ids else {
-            return Cow::Borrowed(self.body);
+            if deletions.is_empty() {
+                return Cow::Borrowed(self.body);
+            }
+            return Cow::Owned(splice(self.body, &deletions, None));
         };
         let mut ids = String::with_capacity(2 + tag_ids.len() * 16);
         ids.push('[');
@@ -66,24 +78,45 @@ impl<'a> Event<'a> {
         }
         ids.push(']');
         let body = self.body;
-        let mut out = String::with_capacity(body.len() + ids.len() + 12);
-        match &self.existing_tag_ids {
-            Some(range) => {
-                out.push_str(&body[..range.start]);
-                out.push_str(&ids);
-                out.push_str(&body[range.end..]);
-            }
+        let edit = match &self.existing_tag_ids {
+            Some(range) => (range.clone(), ids),
             None => {
                 // Decoding checked the body is an object with fields: it ends in `}`.
                 let close = body.rfind('}').unwrap_or(body.len());
-                out.push_str(&body[..close]);
-                out.push_str(",\"tag_ids\":");
-                out.push_str(&ids);
-                out.push_str(&body[close..]);
+                (close..close, format!(",\"tag_ids\":{ids}"))
             }
-        }
-        Cow::Owned(out)
+        };
+        Cow::Owned(splice(body, &deletions, Some(edit)))
     }
+}
+
+/// `body` without the `deletions` (sorted, apart), with `edit`'s range replaced by its
+/// text (a range no deletion touches: the top-level `tag_ids`, or the closing brace).
+fn splice(
+    body: &str,
+    deletions: &[std::ops::Range<usize>],
+    edit: Option<(std::ops::Range<usize>, String)>,
+) -> String {
+    let extra = edit.as_ref().map_or(0, |(_, text)| text.len());
+    let mut out = String::with_capacity(body.len() + extra);
+    let mut at = 0;
+    let mut edit = edit;
+    for d in deletions {
+        if let Some((range, text)) = edit.take_if(|(r, _)| r.start <= d.start) {
+            out.push_str(&body[at..range.start]);
+            out.push_str(&text);
+            at = range.end;
+        }
+        out.push_str(&body[at..d.start]);
+        at = d.end;
+    }
+    if let Some((range, text)) = edit {
+        out.push_str(&body[at..range.start]);
+        out.push_str(&text);
+        at = range.end;
+    }
+    out.push_str(&body[at..]);
+    out
 }
 
 /// Why a body is not a valid event. Each has a stable [`reason`](DecodeError::reason)
@@ -506,6 +539,44 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["tag_ids"], serde_json::json!([[70000, 1], [null, 70001]]));
+    }
+
+    #[test]
+    fn field_rules_and_tag_ids_splice_into_one_copy() {
+        let exclude = |p: &str| fields::FieldRules::new(&[p.to_string()], &[]).unwrap();
+        // The last member removed right before the brace where tag_ids goes.
+        let body = format!(
+            r#"{{"event_id":"{ID}","project_id":1,"organization_id":1,"tags":[["a","b"]],"secret":1}}"#
+        );
+        let mut e = ok(&body);
+        e.tag_ids = Some(vec![[Some(5), Some(6)]]);
+        let rules = exclude("secret");
+        assert_eq!(
+            e.encoded_with(rules.as_ref()),
+            format!(
+                r#"{{"event_id":"{ID}","project_id":1,"organization_id":1,"tags":[["a","b"]],"tag_ids":[[5,6]]}}"#
+            )
+        );
+        // An incoming tag_ids replaced, a field before it removed.
+        let body = format!(
+            r#"{{"secret":1,"event_id":"{ID}","project_id":1,"organization_id":1,"tag_ids":"x","n":2}}"#
+        );
+        let mut e = ok(&body);
+        e.tag_ids = Some(vec![]);
+        assert_eq!(
+            e.encoded_with(rules.as_ref()),
+            format!(
+                r#"{{"event_id":"{ID}","project_id":1,"organization_id":1,"tag_ids":[],"n":2}}"#
+            )
+        );
+        // Without the indexer, only the removal.
+        let e = ok(&body);
+        assert_eq!(
+            e.encoded_with(exclude("n").as_ref()),
+            format!(
+                r#"{{"secret":1,"event_id":"{ID}","project_id":1,"organization_id":1,"tag_ids":"x"}}"#
+            )
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ use std::time::Duration;
 use aws_sdk_sqs::Client;
 
 use crate::aws::AwsError;
+use crate::event::fields::{FieldRules, Filter};
 use crate::event::Event;
 use crate::internal_events::{InternalEvent, OversizedSkipped};
 use crate::metrics::{Counter, Metrics};
@@ -167,6 +168,11 @@ pub struct Forwarder {
     policy: RetryPolicy,
     /// Which source message attributes go on (`FORWARDER_FORWARD_ATTRIBUTES`).
     pass_attributes: ForwardAttributes,
+    /// The fields this destination receives (`exclude_fields` / `include_fields`);
+    /// `None`: the whole event.
+    fields: Option<FieldRules>,
+    /// The events this destination receives (`filter`); `None`: every one.
+    filter: Option<Filter>,
     /// Where `data-forwarding.http_response` is counted.
     metrics: Metrics,
 }
@@ -202,8 +208,27 @@ impl Forwarder {
             gate: Arc::new(gate),
             policy,
             pass_attributes: ForwardAttributes::None,
+            fields: None,
+            filter: None,
             metrics,
         }
+    }
+
+    /// Sends only the fields `fields` leaves, and only the events `filter` lets through.
+    pub fn with_shape(mut self, fields: Option<FieldRules>, filter: Option<Filter>) -> Self {
+        self.fields = fields;
+        self.filter = filter;
+        self
+    }
+
+    /// The events this destination receives; `None`: every one.
+    pub fn filter(&self) -> Option<&Filter> {
+        self.filter.as_ref()
+    }
+
+    /// The fields this destination receives; `None`: the whole event.
+    pub fn fields(&self) -> Option<&FieldRules> {
+        self.fields.as_ref()
     }
 
     /// Shares each SendMessageBatch with the other callers' events within `window`.
@@ -381,7 +406,7 @@ impl Forwarder {
             }
         }
         let mut message = Outgoing {
-            body: e.encoded(),
+            body: e.encoded_with(self.fields.as_ref()),
             attributes: vec![
                 Attribute::string("event_id", e.event_id.as_ref()),
                 Attribute::number("project_id", e.project_id),

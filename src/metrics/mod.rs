@@ -60,7 +60,8 @@ pub enum Counter {
     /// `forwarder.event.skipped`: an event not forwarded on purpose, as Sentry skips it.
     ///
     /// Tags: `reason` (`oversized`: over the size limit with no S3 bucket;
-    /// `skip_unconfigured`: the project has no route).
+    /// `skip_unconfigured`: the project has no route; `filtered`: its route's filter
+    /// does not let it through).
     EventSkipped {
         /// The `reason` tag.
         reason: &'static str,

@@ -28,5 +28,6 @@ mod outage;
 mod redrive;
 mod routes;
 mod secrets;
+mod shape;
 mod shared_cache;
 mod worker;
