@@ -37,30 +37,6 @@ impl<'a, I: Iterator<Item = &'a str> + Clone> std::fmt::Display for Ids<I> {
     }
 }
 
-/// Runs `futures` together on this task; their outputs in order.
-async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => *output = Some(value),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
-}
-
 /// What became of one message.
 #[derive(Debug, Clone)]
 pub enum Settlement {
@@ -354,7 +330,7 @@ impl Pipeline {
                 (outcomes, SystemTime::now())
             }
         });
-        let results = join_all(sends.collect()).await;
+        let results = futures_util::future::join_all(sends).await;
         for ((forwarder, members), (outcomes, accepted_at)) in routes.iter().zip(results) {
             for (&k, outcome) in members.iter().zip(outcomes) {
                 let (i, event) = (events.at[k], &events.events[k]);
