@@ -198,11 +198,14 @@ impl FieldRules {
 /// The members of an object (with their keys) or the elements of an array, as raw
 /// values in their order.
 enum Items<'a> {
-    Object(Vec<(Text<'a>, &'a RawValue)>),
+    Object(Vec<(Option<Cow<'a, str>>, &'a RawValue)>),
     Array(Vec<&'a RawValue>),
 }
 
-struct Members<'a>(Vec<(Text<'a>, &'a RawValue)>);
+/// An object's members, keys raw: a key JSON allows but a Rust string cannot hold (a
+/// lone surrogate escape) must not make the whole object unreadable, or its excluded
+/// fields would go out. Such a key is `None`: it matches only `*`.
+struct Members<'a>(Vec<(Option<Cow<'a, str>>, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
@@ -217,8 +220,11 @@ impl<'de> Deserialize<'de> for Members<'de> {
                 mut map: A,
             ) -> Result<Members<'de>, A::Error> {
                 let mut out = Vec::new();
-                while let Some(entry) = map.next_entry()? {
-                    out.push(entry);
+                while let Some((key, value)) = map.next_entry::<&RawValue, &RawValue>()? {
+                    let key = serde_json::from_str::<Text<'de>>(key.get())
+                        .ok()
+                        .map(|Text(k)| k);
+                    out.push((key, value));
                 }
                 Ok(Members(out))
             }
@@ -260,7 +266,7 @@ fn visit(
     let entries: Vec<(Option<&str>, Range<usize>)> = match &items {
         Items::Object(members) => members
             .iter()
-            .map(|(Text(k), v)| (Some(k.as_ref()), span(v)))
+            .map(|(k, v)| (k.as_deref(), span(v)))
             .collect(),
         Items::Array(elements) => elements.iter().map(|v| (None, span(v))).collect(),
     };
@@ -382,7 +388,11 @@ fn lookup<'a>(body: &'a str, path: &FieldPath) -> Option<Cow<'a, str>> {
         let Some(Items::Object(members)) = items(raw) else {
             return None;
         };
-        raw = members.into_iter().find(|(Text(k), _)| k == name)?.1.get();
+        raw = members
+            .into_iter()
+            .find(|(k, _)| k.as_deref() == Some(name))?
+            .1
+            .get();
     }
     match raw.as_bytes().first()? {
         b'"' => serde_json::from_str::<Text<'a>>(raw).ok().map(|Text(t)| t),
@@ -470,6 +480,21 @@ mod tests {
         );
         let out = apply(&include(&["nothing_there"]), &body);
         assert_eq!(out, format!(r#"{{{HEAD},"tag_ids":[[1,2]]}}"#));
+    }
+
+    #[test]
+    fn a_key_no_rust_string_can_hold_does_not_keep_an_excluded_field() {
+        // `"\ud800"`: valid JSON, not a Rust string. Its object is still spliced.
+        let body = format!(r#"{{{HEAD},"user":{{"\ud800x":1,"ip_address":"10.0.0.1"}}}}"#);
+        crate::event::decode(&body).unwrap();
+        assert_eq!(
+            apply(&exclude(&["user.ip_address"]), &body),
+            format!(r#"{{{HEAD},"user":{{"\ud800x":1}}}}"#)
+        );
+        assert_eq!(
+            apply(&exclude(&["user.*"]), &body),
+            format!(r#"{{{HEAD},"user":{{}}}}"#)
+        );
     }
 
     #[test]
