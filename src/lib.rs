@@ -26,7 +26,8 @@
 //!   `replay` and Lambda mode.
 //! - [`lambda`]: Lambda mode: one SQS batch per invocation, a partial batch response.
 //! - `health` (internal): the liveness and readiness listener for Kubernetes probes.
-//! - [`event`]: the event, its decoder, and the encoder that adds `tag_ids`.
+//! - [`event`]: the event, its decoder, the encoder that adds `tag_ids`, and what each
+//!   destination receives of it ([`event::fields`]: the field splice and the filters).
 //! - [`indexer`]: tag strings interned per organization into stable ids (shared strings,
 //!   cache, store, limits).
 //! - [`forward`]: where events go: batching within SQS limits, FIFO order, the rate
