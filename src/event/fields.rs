@@ -14,9 +14,6 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
 use super::{Event, Text};
 
 /// The fields the forwarder needs at the destination: never removed, always included.
@@ -195,53 +192,130 @@ impl FieldRules {
     }
 }
 
-/// The members of an object (with their keys) or the elements of an array, as raw
-/// values in their order.
+/// The members of an object (with their keys) or the elements of an array, each value
+/// as its raw JSON text (a slice of the body), in their order.
 enum Items<'a> {
-    Object(Vec<(Option<Cow<'a, str>>, &'a RawValue)>),
-    Array(Vec<&'a RawValue>),
+    /// A key JSON allows but a Rust string cannot hold (a lone surrogate escape) is
+    /// `None`: it matches only `*`, and the rest of its object is still read, or the
+    /// fields it excluded would go out.
+    Object(Vec<(Option<Cow<'a, str>>, &'a str)>),
+    Array(Vec<&'a str>),
 }
 
-/// An object's members, keys raw: a key JSON allows but a Rust string cannot hold (a
-/// lone surrogate escape) must not make the whole object unreadable, or its excluded
-/// fields would go out. Such a key is `None`: it matches only `*`.
-struct Members<'a>(Vec<(Option<Cow<'a, str>>, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Members<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object")
+/// The items of `text`, a JSON object or array (the decoder validated the body): one
+/// pass over its bytes that skips each value, copying nothing but escaped keys. `None`
+/// for anything else, or for text that is not what it should be.
+fn items(text: &str) -> Option<Items<'_>> {
+    let b = text.as_bytes();
+    let object = match b.first()? {
+        b'{' => true,
+        b'[' => false,
+        _ => return None,
+    };
+    let close = if object { b'}' } else { b']' };
+    let mut members = Vec::new();
+    let mut elements = Vec::new();
+    let mut i = skip_ws(b, 1);
+    if b.get(i) == Some(&close) {
+        return Some(if object {
+            Items::Object(members)
+        } else {
+            Items::Array(elements)
+        });
+    }
+    loop {
+        if object {
+            let key_end = string_end(b, i)?;
+            let raw = text.get(i..key_end)?;
+            let key = if raw.contains('\\') {
+                serde_json::from_str::<Text<'_>>(raw).ok().map(|Text(k)| k)
+            } else {
+                raw.get(1..raw.len() - 1).map(Cow::Borrowed)
+            };
+            i = skip_ws(b, key_end);
+            if b.get(i) != Some(&b':') {
+                return None;
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Members<'de>, A::Error> {
-                let mut out = Vec::new();
-                while let Some((key, value)) = map.next_entry::<&RawValue, &RawValue>()? {
-                    let key = serde_json::from_str::<Text<'de>>(key.get())
-                        .ok()
-                        .map(|Text(k)| k);
-                    out.push((key, value));
-                }
-                Ok(Members(out))
-            }
+            i = skip_ws(b, i + 1);
+            let end = value_end(b, i)?;
+            members.push((key, text.get(i..end)?));
+            i = end;
+        } else {
+            let end = value_end(b, i)?;
+            elements.push(text.get(i..end)?);
+            i = end;
         }
-        de.deserialize_map(Visitor)
+        i = skip_ws(b, i);
+        match b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            c if *c == close => break,
+            _ => return None,
+        }
+    }
+    Some(if object {
+        Items::Object(members)
+    } else {
+        Items::Array(elements)
+    })
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The end (exclusive) of the string starting at `i` (its opening quote).
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let mut j = i + 1;
+    loop {
+        j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        match b.get(j)? {
+            b'"' => return Some(j + 1),
+            _ => j += 2,
+        }
     }
 }
 
-fn items(text: &str) -> Option<Items<'_>> {
-    match text.as_bytes().first() {
-        Some(b'{') => serde_json::from_str::<Members<'_>>(text)
-            .ok()
-            .map(|m| Items::Object(m.0)),
-        Some(b'[') => serde_json::from_str::<Vec<&RawValue>>(text)
-            .ok()
-            .map(Items::Array),
-        _ => None,
+/// The end (exclusive) of the value starting at `i`.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match b.get(j)? {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let mut j = i;
+            while !matches!(
+                b.get(j),
+                None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            ) {
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
     }
 }
 
@@ -259,9 +333,9 @@ fn visit(
         return;
     };
     let base = body.as_ptr() as usize;
-    let span = |raw: &RawValue| {
-        let start = raw.get().as_ptr() as usize - base;
-        start..start + raw.get().len()
+    let span = |raw: &str| {
+        let start = raw.as_ptr() as usize - base;
+        start..start + raw.len()
     };
     let entries: Vec<(Option<&str>, Range<usize>)> = match &items {
         Items::Object(members) => members
@@ -391,8 +465,7 @@ fn lookup<'a>(body: &'a str, path: &FieldPath) -> Option<Cow<'a, str>> {
         raw = members
             .into_iter()
             .find(|(k, _)| k.as_deref() == Some(name))?
-            .1
-            .get();
+            .1;
     }
     match raw.as_bytes().first()? {
         b'"' => serde_json::from_str::<Text<'a>>(raw).ok().map(|Text(t)| t),
