@@ -95,11 +95,23 @@ async fn check_queues(app: &App, report: &mut Report) {
     for (var, url) in queues {
         let Some(url) = url else { continue };
         match app.reach(var, &url).await {
-            Ok(info) => report.ok.push(format!(
-                "{var}: reached {url} (visibility timeout {}s{})",
-                info.visibility_timeout.as_secs(),
-                if info.fifo { ", FIFO" } else { "" }
-            )),
+            Ok(info) => {
+                report.ok.push(format!(
+                    "{var}: reached {url} (visibility timeout {}s{})",
+                    info.visibility_timeout.as_secs(),
+                    if info.fifo { ", FIFO" } else { "" }
+                ));
+                // The batching window is sized against the source's visibility timeout.
+                if var == "FORWARDER_SOURCE_QUEUE_URL" {
+                    match app.config().batch_window_for(info.visibility_timeout) {
+                        Ok(window) => report.ok.push(format!(
+                            "FORWARDER_BATCH_WINDOW: {}",
+                            humantime::format_duration(window)
+                        )),
+                        Err(err) => report.problems.push(err.to_string()),
+                    }
+                }
+            }
             Err(err) => report.problems.push(err.to_string()),
         }
     }

@@ -177,6 +177,22 @@ async fn a_window_over_a_third_of_the_visibility_timeout_is_refused() {
         line.starts_with("error: FORWARDER_BATCH_WINDOW: 3s is over a third of the source queue's visibility timeout (6s)"),
         "{stderr}"
     );
+    // `check` says the same.
+    let mut check = binary(&["check"]);
+    check
+        .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+        .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
+        .env("FORWARDER_BATCH_WINDOW", "3s")
+        .env("FORWARDER_INDEXER", "off");
+    let out = output_of(&mut check, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("error: FORWARDER_BATCH_WINDOW: 3s is over a third")),
+        "{stderr}"
+    );
     // The default adapts instead: at most a third (2 s here), and the worker runs.
     let mut run = binary(&["run", "--exit-when-idle", "1"]);
     run.env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
