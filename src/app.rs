@@ -299,6 +299,13 @@ impl App {
         .with_shape(
             route.fields.clone().or_else(|| self.config.fields.clone()),
             route.filter.clone().or_else(|| self.config.filter.clone()),
+        )
+        .with_pack(
+            route.pack.unwrap_or(self.config.pack),
+            route
+                .pack_compression
+                .unwrap_or(self.config.pack_compression),
+            window,
         ))
     }
 

@@ -321,7 +321,8 @@ fn take_full<T, E>(
 
 /// The front entries that fit one call (at least one).
 fn take<T, E>(p: &mut Pending<T, E>, max_entries: usize, max_bytes: usize) -> Vec<Queued<T, E>> {
-    let mut out = Vec::with_capacity(max_entries);
+    // A pack's window has no entry bound to speak of: allocate what is there.
+    let mut out = Vec::with_capacity(max_entries.min(p.queue.len()));
     let mut bytes = 0;
     while let Some(q) = p.queue.front() {
         if out.len() == max_entries || (!out.is_empty() && bytes + q.size > max_bytes) {

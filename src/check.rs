@@ -138,8 +138,10 @@ async fn check_routes(app: &App, report: &mut Report) {
     for (name, route) in named {
         let fields = route.fields.as_ref().or(config.fields.as_ref());
         let filter = route.filter.as_ref().or(config.filter.as_ref());
+        let pack = route.pack.unwrap_or(config.pack);
+        let compression = route.pack_compression.unwrap_or(config.pack_compression);
         report.ok.push(format!(
-            "route {name}: reached {}{}; fields: {}; filter: {}",
+            "route {name}: reached {}{}; fields: {}; filter: {}; pack: {}",
             route.queue_url,
             route
                 .message_group
@@ -148,6 +150,11 @@ async fn check_routes(app: &App, report: &mut Report) {
                 .unwrap_or_default(),
             fields.map_or("all".to_string(), |f| f.describe()),
             filter.map_or("none".to_string(), |f| f.describe()),
+            match (pack, compression) {
+                (crate::forward::Pack::Off, _) => "off".to_string(),
+                (p, crate::forward::PackCompression::None) => p.as_str().to_string(),
+                (p, c) => format!("{} ({c} objects)", p.as_str(), c = c.as_str()),
+            },
         ));
     }
     if routes.default.is_none() {

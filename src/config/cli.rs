@@ -324,6 +324,20 @@ pub struct Settings {
     #[arg(long, env = "FORWARDER_FILTER", value_name = "RULES", global = true)]
     pub filter: Option<String>,
 
+    /// `ndjson`: many events per destination message, one per line (a route's pack wins); `off`: one per message.
+    #[arg(long, env = "FORWARDER_PACK", value_name = "PACK",
+          value_parser = clap::builder::PossibleValuesParser::new(["off", "ndjson"])
+              .map(|s| s.parse::<crate::forward::Pack>().unwrap_or_default()),
+          default_value = "off", global = true)]
+    pub pack: crate::forward::Pack,
+
+    /// `gzip`: each pack's S3 object (s3_offload always) is gzip-compressed, Content-Encoding gzip (a route's pack_compression wins).
+    #[arg(long, env = "FORWARDER_PACK_COMPRESSION", value_name = "COMPRESSION",
+          value_parser = clap::builder::PossibleValuesParser::new(["none", "gzip"])
+              .map(|s| s.parse::<crate::forward::PackCompression>().unwrap_or_default()),
+          default_value = "none", global = true)]
+    pub pack_compression: crate::forward::PackCompression,
+
     /// Long-poll wait of each receive, in seconds (0 to 20).
     #[arg(long, env = "FORWARDER_RECEIVE_WAIT_SECONDS", value_name = "SECS", default_value_t = 20,
           value_parser = clap::value_parser!(u8).range(0..=20), global = true)]

@@ -114,6 +114,12 @@ pub struct Config {
     pub fields: Option<crate::event::fields::FieldRules>,
     /// The events every route without its own filter receives (`FORWARDER_FILTER`).
     pub filter: Option<crate::event::fields::Filter>,
+    /// Whether the messages of every route without its own `pack` carry many events
+    /// (`FORWARDER_PACK`).
+    pub pack: crate::forward::Pack,
+    /// How packs' S3 objects are stored, where a route does not say
+    /// (`FORWARDER_PACK_COMPRESSION`).
+    pub pack_compression: crate::forward::PackCompression,
     /// Long-poll wait (`FORWARDER_RECEIVE_WAIT_SECONDS`).
     pub receive_wait: Duration,
     /// Bound on a message and on a batch, in bytes (`FORWARDER_MAX_MESSAGE_BYTES`).
@@ -200,6 +206,8 @@ impl Config {
             batch_window: Some(Duration::ZERO),
             fields: None,
             filter: None,
+            pack: crate::forward::Pack::Off,
+            pack_compression: crate::forward::PackCompression::None,
             receive_wait: Duration::from_secs(1),
             max_message_bytes: crate::forward::DEFAULT_MAX_MESSAGE_BYTES,
             metrics: MetricsSettings::off(),
@@ -231,6 +239,8 @@ impl Config {
                 credentials: routes::CredentialSource::DefaultChain,
                 fields: None,
                 filter: None,
+                pack: None,
+                pack_compression: None,
             });
         }
         effective
@@ -339,6 +349,7 @@ impl Settings {
                 errors.push(ConfigError::new("FORWARDER_FILTER", problem));
                 None
             });
+        self.check_packs(routes.as_ref(), &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -361,6 +372,8 @@ impl Settings {
             batch_window: self.batch_window,
             fields,
             filter,
+            pack: self.pack,
+            pack_compression: self.pack_compression,
             // Exiting when idle needs a receive that returns within the idle time.
             receive_wait: exit_when_idle.map_or(receive_wait, |idle| receive_wait.min(idle)),
             max_message_bytes: self.max_message_bytes,
@@ -465,6 +478,61 @@ impl Settings {
             ),
             tags: self.metrics_tags.0.clone(),
         })
+    }
+
+    /// `pack_compression = gzip` compresses a pack's S3 object: a route with it packs,
+    /// offloads always, and points with Sentry's pointer (the Extended Client Library
+    /// reads an object as text). Checked per route, with the global settings where a
+    /// route does not say.
+    fn check_packs(&self, routes: Option<&routes::Routes>, errors: &mut Vec<ConfigError>) {
+        use crate::forward::{OffloadMode, Pack, PackCompression, PointerFormat};
+        let problem = |pack: Pack, offload: OffloadMode, compression: PackCompression| {
+            if compression != PackCompression::Gzip {
+                None
+            } else if pack != Pack::Ndjson {
+                Some("is gzip, which compresses a pack's S3 object, but events are not packed (pack = ndjson)")
+            } else if offload != OffloadMode::Always {
+                Some("is gzip, which compresses a pack's S3 object, but packs are not stored in S3 (s3_offload = always)")
+            } else if self.s3_pointer_format == PointerFormat::Extended {
+                Some("is gzip, but the Extended Client Library's pointer reads its object as text; use the sentry pointer format")
+            } else {
+                None
+            }
+        };
+        let file_default = routes.is_some_and(|r| r.default.is_some());
+        if !file_default && self.dest_queue_url.is_some() {
+            if let Some(p) = problem(self.pack, self.s3_offload, self.pack_compression) {
+                errors.push(ConfigError::new("FORWARDER_PACK_COMPRESSION", p));
+            }
+        }
+        let Some(routes) = routes else { return };
+        let named = routes
+            .default
+            .iter()
+            .map(|r| ("default".to_string(), r))
+            .chain(
+                routes
+                    .projects
+                    .iter()
+                    .map(|(p, r)| (format!("projects.{p}"), r)),
+            );
+        for (at, route) in named {
+            let found = problem(
+                route.pack.unwrap_or(self.pack),
+                route.s3_offload.unwrap_or(self.s3_offload),
+                route.pack_compression.unwrap_or(self.pack_compression),
+            );
+            if let Some(p) = found {
+                let file = self
+                    .routes_file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""));
+                errors.push(ConfigError::new(
+                    "FORWARDER_ROUTES_FILE",
+                    format!("{}: {at}.pack_compression {p}", file.display()),
+                ));
+            }
+        }
     }
 
     /// `always` needs a bucket to store in: the worker's, or (with a routes file) a
@@ -600,7 +668,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "source={} dest={} routes={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} s3_offload={} forward_attributes={} rate_limit={} workers={} batch_size={} receive_wait={}s batch_window={} max_in_flight={}/{}B max_message_bytes={} \
+            "source={} dest={} routes={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} s3_offload={} pack={} forward_attributes={} rate_limit={} workers={} batch_size={} receive_wait={}s batch_window={} max_in_flight={}/{}B max_message_bytes={} \
              http_pool={}/{} metrics={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
              retry_max_interval={} retry_max_elapsed={} request_timeout={} shutdown_timeout={} \
              exit_when_idle={} health={} indexer={}",
@@ -616,6 +684,10 @@ impl fmt::Display for Config {
             self.s3_bucket.as_deref().unwrap_or("-"),
             self.s3_pointer_format,
             self.s3_offload.as_str(),
+            match (self.pack, self.pack_compression) {
+                (crate::forward::Pack::Ndjson, crate::forward::PackCompression::Gzip) => "ndjson+gzip",
+                (p, _) => p.as_str(),
+            },
             self.forward_attributes,
             self.rate_limit.map_or("off".to_string(), |r| r.to_string()),
             self.workers,

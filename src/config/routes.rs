@@ -14,6 +14,8 @@
 //! credentials = { role_arn = "arn:aws:iam::210987654321:role/forwarder", external_id = "x" }
 //! exclude_fields = ["user.ip_address", "request.cookies"]   # or include_fields = [...]
 //! filter = { level = ["error", "fatal"], "tags.customer" = "acme" }
+//! pack = "ndjson"                # optional: many events per message, one per line
+//! pack_compression = "gzip"      # optional, with s3_offload = "always": gzip objects
 //!
 //! [projects.43]
 //! queue_url = "https://sqs.us-east-1.amazonaws.com/123456789012/other"
@@ -69,6 +71,11 @@ pub struct Route {
     pub fields: Option<crate::event::fields::FieldRules>,
     /// The events it receives (`filter`); `None`: as `FORWARDER_FILTER` says.
     pub filter: Option<crate::event::fields::Filter>,
+    /// Whether its messages pack many events (`pack`); `None`: as `FORWARDER_PACK` says.
+    pub pack: Option<crate::forward::Pack>,
+    /// How its packs' S3 objects are stored (`pack_compression`); `None`: as
+    /// `FORWARDER_PACK_COMPRESSION` says.
+    pub pack_compression: Option<crate::forward::PackCompression>,
 }
 
 /// Every project's destination.
@@ -116,6 +123,10 @@ struct RouteSpec {
     include_fields: Vec<String>,
     #[serde(default)]
     filter: BTreeMap<String, OneOrMany>,
+    #[serde(default)]
+    pack: Option<String>,
+    #[serde(default)]
+    pack_compression: Option<String>,
 }
 
 /// A filter's accepted values: one string or a list.
@@ -210,6 +221,16 @@ fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
     }
     let fields = crate::event::fields::FieldRules::new(&spec.exclude_fields, &spec.include_fields)
         .map_err(|e| error(path, format!("{at}: {e}")))?;
+    let pack = spec
+        .pack
+        .map(|p| p.parse::<crate::forward::Pack>())
+        .transpose()
+        .map_err(|e| error(path, format!("{at}.pack: {e}")))?;
+    let pack_compression = spec
+        .pack_compression
+        .map(|c| c.parse::<crate::forward::PackCompression>())
+        .transpose()
+        .map_err(|e| error(path, format!("{at}.pack_compression: {e}")))?;
     let filter = crate::event::fields::Filter::new(spec.filter.into_iter().map(|(k, v)| {
         let values = match v {
             OneOrMany::One(v) => vec![v],
@@ -264,6 +285,8 @@ fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
         credentials,
         fields,
         filter,
+        pack,
+        pack_compression,
     })
 }
 
@@ -272,6 +295,35 @@ mod tests {
     use super::*;
 
     const Q: &str = "https://sqs.us-east-1.amazonaws.com/1/q";
+
+    #[test]
+    fn a_route_packs_and_a_bad_pack_is_refused_naming_the_route() {
+        let path = Path::new("r.toml");
+        let routes = parse(
+            path,
+            &format!(
+                "[default]\nqueue_url = \"{Q}\"\npack = \"ndjson\"\npack_compression = \"gzip\"\n"
+            ),
+        )
+        .unwrap();
+        let default = routes.default.unwrap();
+        assert_eq!(default.pack, Some(crate::forward::Pack::Ndjson));
+        assert_eq!(
+            default.pack_compression,
+            Some(crate::forward::PackCompression::Gzip)
+        );
+        for (text, says) in [
+            ("pack = \"csv\"", "default.pack: \"csv\" is not a packing"),
+            (
+                "pack_compression = \"zip\"",
+                "default.pack_compression: \"zip\" is not",
+            ),
+        ] {
+            let err =
+                parse(path, &format!("[default]\nqueue_url = \"{Q}\"\n{text}\n")).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+    }
 
     #[test]
     fn toml_and_json_give_the_same_routes() {

@@ -8,6 +8,8 @@
 //! sent. FIFO destinations get a message group ([`fifo`]) and the event id as
 //! deduplication id, and each group goes in order.
 //!
+//! A route may pack many events into one message, one per line ([`pack`]).
+//!
 //! One failure stays where it belongs: an organization over its rate limit
 //! ([`rate_limit`]) has its own events deferred, nobody else's; a destination that is
 //! unusable pauses its own route ([`pause`]), not the others.
@@ -17,6 +19,7 @@ mod batch;
 mod dead_letter;
 mod fifo;
 mod offload;
+mod pack;
 mod pause;
 mod rate_limit;
 mod router;
@@ -42,6 +45,7 @@ pub use attributes::{ForwardAttributes, TRACE_CONTEXT};
 pub use dead_letter::{DeadLetter, DeadLetterQueue, Reason};
 pub use fifo::GroupTemplate;
 pub use offload::{OffloadMode, Offloader, PointerFormat};
+pub use pack::{Pack, PackCompression, Packer};
 pub use pause::{Gate, Pauses, RouteGate};
 pub use rate_limit::{OrgRateLimiter, RateLimit};
 pub use router::Router;
@@ -173,6 +177,8 @@ pub struct Forwarder {
     fields: Option<FieldRules>,
     /// The events this destination receives (`filter`); `None`: every one.
     filter: Option<Filter>,
+    /// Packs many events into each message (`pack = "ndjson"`); `None`: one per message.
+    packer: Option<Packer>,
     /// Where `data-forwarding.http_response` is counted.
     metrics: Metrics,
 }
@@ -210,8 +216,37 @@ impl Forwarder {
             pass_attributes: ForwardAttributes::None,
             fields: None,
             filter: None,
+            packer: None,
             metrics,
         }
+    }
+
+    /// Packs the events into messages of many lines (`pack`), within `window`, each
+    /// pack's S3 object compressed as `compression` says. Given after the group and the
+    /// offloader, which the packs follow.
+    pub fn with_pack(
+        mut self,
+        pack: Pack,
+        compression: PackCompression,
+        window: &crate::batching::BatchWindow,
+    ) -> Self {
+        self.packer = match pack {
+            Pack::Off => None,
+            Pack::Ndjson => Some(Packer::new(
+                &self.sender,
+                self.offloader.clone(),
+                compression,
+                self.fifo,
+                window,
+                self.metrics.clone(),
+            )),
+        };
+        self
+    }
+
+    /// Whether events are packed many to a message.
+    pub fn packs(&self) -> bool {
+        self.packer.is_some()
     }
 
     /// Sends only the fields `fields` leaves, and only the events `filter` lets through.
@@ -333,6 +368,7 @@ impl Forwarder {
     async fn send_events(&self, events: &[Routed<'_, '_>]) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut outgoing = Vec::with_capacity(events.len());
+        let mut lines = Vec::new();
         let mut positions = Vec::with_capacity(events.len());
         // FIFO destinations: per message group, the last message planned and, once one
         // of the group is not going, the delay its followers inherit.
@@ -351,6 +387,11 @@ impl Forwarder {
                 continue;
             }
             match self.prepare(routed, group_id).await {
+                Prepared::Ready(message) if self.packer.is_some() => {
+                    // Its pack keeps its group's order.
+                    lines.push(pack::Line::new(&routed.event.event_id, owned(message)));
+                    positions.push(i);
+                }
                 Prepared::Ready(mut message) => {
                     if let Some(c) = chain {
                         message.after = c.last;
@@ -374,7 +415,10 @@ impl Forwarder {
                 }
             }
         }
-        let sent = self.sender.send(&outgoing).await;
+        let sent = match &self.packer {
+            Some(packer) => packer.send(lines).await,
+            None => self.sender.send(&outgoing).await,
+        };
         for (i, outcome) in positions.into_iter().zip(sent) {
             outcomes[i] = Some(self.outcome_of(outcome));
         }
@@ -431,6 +475,10 @@ impl Forwarder {
         );
         let size = message.size();
         let always = self.offloader.as_ref().is_some_and(Offloader::always);
+        if always && self.packer.is_some() {
+            // Its pack is stored whole, whatever its size.
+            return Prepared::Ready(message);
+        }
         if size <= self.sender.max_message_bytes() && !always {
             return Prepared::Ready(message);
         }
@@ -506,6 +554,18 @@ struct Chain {
     last: Option<usize>,
     /// Set once a message of the group is not going: the delay its followers get.
     blocked: Option<Option<Duration>>,
+}
+
+/// A message that owns its body, to wait in its pack's window.
+fn owned(message: Outgoing<'_>) -> Outgoing<'static> {
+    Outgoing {
+        body: Cow::Owned(message.body.into_owned()),
+        attributes: message.attributes,
+        group_id: message.group_id,
+        trace_header: message.trace_header,
+        dedup_id: message.dedup_id,
+        after: None,
+    }
 }
 
 fn deferred(cause: DeferCause, delay: Option<Duration>) -> Outcome {
@@ -678,6 +738,149 @@ mod tests {
         );
         assert_eq!(call_of(4), None, "held back behind its group's failure");
         assert_eq!(call_of(5), None);
+    }
+
+    fn packed(client: aws_sdk_sqs::Client, fifo: bool) -> Forwarder {
+        let f = forwarder(client);
+        let f = if fifo {
+            f.with_group(Some("g-{organization_id}".parse().unwrap()), true)
+        } else {
+            f
+        };
+        f.with_pack(
+            Pack::Ndjson,
+            PackCompression::None,
+            &crate::batching::BatchWindow::none(),
+        )
+    }
+
+    /// A packed route: one message for the batch, one event per line, each as it
+    /// would have gone alone; the `events` attribute counts them.
+    #[tokio::test]
+    async fn a_packed_route_sends_one_message_of_many_lines() {
+        let attributes = Arc::new(Mutex::new(Vec::new()));
+        let seen_attributes = attributes.clone();
+        let seen = Seen::default();
+        let s = seen.clone();
+        let client = fake::sqs_client(move |req| {
+            let body: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+            for e in body["Entries"].as_array().into_iter().flatten() {
+                seen_attributes
+                    .lock()
+                    .unwrap()
+                    .push(e["MessageAttributes"].clone());
+                s.accepted
+                    .lock()
+                    .unwrap()
+                    .push(e["MessageBody"].as_str().unwrap_or_default().to_string());
+            }
+            let ok: Vec<_> = body["Entries"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| serde_json::json!({"Id": e["Id"], "MessageId": "m", "MD5OfMessageBody": "0"}))
+                .collect();
+            fake::ok(serde_json::json!({"Successful": ok, "Failed": []}).to_string())
+        });
+        let bodies: Vec<String> = (1..=5).map(|n| body(n, n as u64)).collect();
+        let out = forward(&packed(client, false), &bodies).await;
+        assert!(out.iter().all(Outcome::is_accepted), "{out:?}");
+        let accepted = seen.accepted.lock().unwrap().clone();
+        assert_eq!(accepted.len(), 1, "one message: {accepted:?}");
+        assert_eq!(accepted[0], bodies.join("\n") + "\n");
+        let attributes = attributes.lock().unwrap();
+        assert_eq!(attributes[0]["events"]["StringValue"], "5");
+        assert_eq!(attributes[0]["events"]["DataType"], "Number");
+    }
+
+    /// Within the batching window, the lines of several callers (pollers) share one
+    /// packed message.
+    #[tokio::test]
+    async fn callers_share_a_pack_within_the_window() {
+        let (client, seen) = destination(|_| None, Arc::default());
+        let window = crate::batching::BatchWindow::new(Duration::from_millis(40));
+        let f = forwarder(client).with_window(&window).with_pack(
+            Pack::Ndjson,
+            PackCompression::None,
+            &window,
+        );
+        let a: Vec<String> = (1..=3).map(|n| body(n, 1)).collect();
+        let b: Vec<String> = (4..=5).map(|n| body(n, 2)).collect();
+        let (out_a, out_b) = tokio::join!(forward(&f, &a), forward(&f, &b));
+        assert!(out_a.iter().chain(&out_b).all(Outcome::is_accepted));
+        let calls = seen.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].len(), 1, "one message");
+        assert_eq!(calls[0][0].lines().count(), 5);
+    }
+
+    /// A packed message refused as a message: its events go again one per message, so
+    /// only the bad one fails.
+    #[tokio::test]
+    async fn a_rejected_pack_falls_back_to_single_messages() {
+        let bad = format!("{:032x}", 3);
+        let (client, seen) = destination(
+            move |b| b.contains(&bad).then_some("InvalidMessageContents"),
+            Arc::default(),
+        );
+        let bodies: Vec<String> = (1..=4).map(|n| body(n, 1)).collect();
+        let out = forward(&packed(client, false), &bodies).await;
+        assert!(
+            out[0].is_accepted() && out[1].is_accepted() && out[3].is_accepted(),
+            "{out:?}"
+        );
+        assert_eq!(class(&out[2]), Some(ErrorClass::MessageRejected));
+        let calls = seen.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls.len(),
+            2,
+            "the pack, then its events one per message: {calls:?}"
+        );
+        assert_eq!(calls[0].len(), 1);
+        assert_eq!(calls[1].len(), 4);
+        let accepted = seen.accepted.lock().unwrap().clone();
+        assert_eq!(
+            accepted,
+            vec![bodies[0].clone(), bodies[1].clone(), bodies[3].clone()]
+        );
+    }
+
+    /// FIFO: a pack per message group, in order, its deduplication id from its events.
+    #[tokio::test]
+    async fn fifo_packs_hold_one_group_each_with_a_dedup_id_from_their_events() {
+        let entries = Arc::new(Mutex::new(Vec::new()));
+        let e2 = entries.clone();
+        let client = fake::sqs_client(move |req| {
+            let body: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+            let list = body["Entries"].as_array().cloned().unwrap_or_default();
+            e2.lock().unwrap().extend(list.iter().cloned());
+            let ok: Vec<_> = list
+                .iter()
+                .map(|e| serde_json::json!({"Id": e["Id"], "MessageId": "m", "MD5OfMessageBody": "0"}))
+                .collect();
+            fake::ok(serde_json::json!({"Successful": ok, "Failed": []}).to_string())
+        });
+        let bodies: Vec<String> = [(1, 1), (2, 2), (3, 1), (4, 2), (5, 1)]
+            .iter()
+            .map(|&(n, org)| body(n, org))
+            .collect();
+        let out = forward(&packed(client, true), &bodies).await;
+        assert!(out.iter().all(Outcome::is_accepted), "{out:?}");
+        let entries = entries.lock().unwrap();
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        let g1 = entries
+            .iter()
+            .find(|e| e["MessageGroupId"] == "g-1")
+            .unwrap();
+        assert_eq!(
+            g1["MessageBody"],
+            format!("{}\n{}\n{}\n", bodies[0], bodies[2], bodies[4])
+        );
+        let ids = [1u32, 3, 5].map(|n| format!("{n:032x}"));
+        assert_eq!(
+            g1["MessageDeduplicationId"],
+            pack::pack_id(ids.iter().map(String::as_str))
+        );
     }
 
     #[tokio::test]

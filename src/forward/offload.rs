@@ -8,6 +8,7 @@
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 
+use super::pack::PackCompression;
 use super::sender::Attribute;
 use crate::aws::AwsError;
 use crate::event::Event;
@@ -171,26 +172,88 @@ impl Offloader {
     /// Stores `body` (the event as it would have been sent) and returns the pointer.
     pub async fn offload(&self, event: &Event<'_>, body: &str) -> Result<Pointer, AwsError> {
         let key = Self::key(event, Utc::now());
+        self.put(&key, body.as_bytes().to_vec(), "application/json", None)
+            .await?;
+        tracing::debug!(event_id = %event.event_id, key, bytes = body.len(), "oversized event stored in S3");
+        let sentry = serde_json::json!({
+            "s3Url": self.url(&key),
+            "eventID": event.event_id,
+        });
+        Ok(self.pointer(&key, sentry, body.len()))
+    }
+
+    /// The key of a pack (`pack_id`, see [`super::pack`]) stored on `now`'s date:
+    /// `packs/{YYYY-MM-DD}/{pack_id}.ndjson`, `.gz` added when compressed.
+    pub fn pack_key(pack_id: &str, compression: PackCompression, now: DateTime<Utc>) -> String {
+        let ext = match compression {
+            PackCompression::None => "",
+            PackCompression::Gzip => ".gz",
+        };
+        format!("packs/{}/{pack_id}.ndjson{ext}", now.format("%Y-%m-%d"))
+    }
+
+    /// Stores a pack (`events` events as NDJSON lines) as one object,
+    /// `Content-Type: application/x-ndjson`, gzip-compressed if asked
+    /// (`Content-Encoding: gzip`); returns the pointer: Sentry's with the event count
+    /// (`{"s3Url": …, "events": N}`), or the Extended Client Library's.
+    pub async fn offload_pack(
+        &self,
+        pack_id: &str,
+        ndjson: &[u8],
+        events: usize,
+        compression: PackCompression,
+    ) -> Result<Pointer, AwsError> {
+        let key = Self::pack_key(pack_id, compression, Utc::now());
+        let (bytes, encoding) = match compression {
+            PackCompression::None => (ndjson.to_vec(), None),
+            PackCompression::Gzip => (gzip(ndjson)?, Some("gzip")),
+        };
+        let stored = bytes.len();
+        self.put(&key, bytes, "application/x-ndjson", encoding)
+            .await?;
+        tracing::debug!(key, events, bytes = stored, "pack stored in S3");
+        let sentry = serde_json::json!({"s3Url": self.url(&key), "events": events});
+        Ok(self.pointer(&key, sentry, stored))
+    }
+
+    /// PutObject, retried: a retry writes the same key, so no orphan is left.
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        encoding: Option<&str>,
+    ) -> Result<(), AwsError> {
         retry(&self.policy, Operation::S3Put, &self.metrics, || async {
             self.s3
                 .put_object()
                 .bucket(&self.bucket)
-                .key(&key)
-                .content_type("application/json")
-                .body(ByteStream::from(body.as_bytes().to_vec()))
+                .key(key)
+                .content_type(content_type)
+                .set_content_encoding(encoding.map(str::to_string))
+                .body(ByteStream::from(bytes.clone()))
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk(Operation::S3Put, e))
         })
-        .await?;
-        tracing::debug!(event_id = %event.event_id, key, bytes = body.len(), "oversized event stored in S3");
-        Ok(match self.format {
+        .await
+        .map(drop)
+    }
+
+    /// The object's URL, as Sentry's pointer gives it.
+    fn url(&self, key: &str) -> String {
+        format!(
+            "https://{}.s3.{}.amazonaws.com/{}",
+            self.bucket, self.region, key
+        )
+    }
+
+    /// The pointer to `key` in the configured format: `sentry` as given, or the
+    /// Extended Client Library's with the payload's size.
+    fn pointer(&self, key: &str, sentry: serde_json::Value, payload: usize) -> Pointer {
+        match self.format {
             PointerFormat::Sentry => Pointer {
-                body: serde_json::json!({
-                    "s3Url": format!("https://{}.s3.{}.amazonaws.com/{}", self.bucket, self.region, key),
-                    "eventID": event.event_id,
-                })
-                .to_string(),
+                body: sentry.to_string(),
                 attributes: Vec::new(),
             },
             PointerFormat::Extended => Pointer {
@@ -199,10 +262,24 @@ impl Offloader {
                     {"s3BucketName": self.bucket, "s3Key": key}
                 ])
                 .to_string(),
-                attributes: vec![Attribute::number("ExtendedPayloadSize", body.len() as u64)],
+                attributes: vec![Attribute::number("ExtendedPayloadSize", payload as u64)],
             },
-        })
+        }
     }
+}
+
+/// Gzip of a pack's bytes.
+fn gzip(bytes: &[u8]) -> Result<Vec<u8>, AwsError> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(bytes)
+        .and_then(|()| gz.finish())
+        .map_err(|e| AwsError {
+            operation: Operation::S3Put,
+            class: crate::outcome::ErrorClass::Local,
+            code: None,
+            message: format!("gzip: {e}"),
+        })
 }
 
 #[cfg(test)]
@@ -222,6 +299,20 @@ mod tests {
         assert_eq!(
             Offloader::key(&undated, now),
             "42/1970-01-01/0123456789abcdef0123456789abcdef"
+        );
+    }
+
+    #[test]
+    fn pack_keys_are_dated_today_and_named_by_their_events() {
+        let now = DateTime::<Utc>::from_timestamp(1_764_547_200, 0).unwrap(); // 2025-12-01
+        let id = super::super::pack::pack_id(["a", "b"]);
+        assert_eq!(
+            Offloader::pack_key(&id, PackCompression::Gzip, now),
+            format!("packs/2025-12-01/{id}.ndjson.gz")
+        );
+        assert_eq!(
+            Offloader::pack_key(&id, PackCompression::None, now),
+            format!("packs/2025-12-01/{id}.ndjson")
         );
     }
 }

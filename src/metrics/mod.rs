@@ -249,12 +249,16 @@ pub enum Distribution {
     /// `forwarder.send_batch.entries`: entries in one SendMessageBatch call (1 to 10):
     /// how well the batching window fills calls.
     SendBatchEntries,
+    /// `forwarder.pack.events`: events in one packed message (`pack = "ndjson"`): how
+    /// many writes packing saves.
+    PackEvents,
 }
 
 impl Distribution {
     fn name(&self) -> &'static str {
         match self {
             Distribution::SendBatchEntries => "forwarder.send_batch.entries",
+            Distribution::PackEvents => "forwarder.pack.events",
         }
     }
 }

@@ -223,6 +223,10 @@ async fn bad_settings_fail_at_start_in_one_line_naming_the_variable() {
         ("FORWARDER_MESSAGE_GROUP_ID", "tenant {project_id}"),
         ("FORWARDER_S3_OFFLOAD", "sometimes"),
         ("FORWARDER_FORWARD_ATTRIBUTES", "tenant,AWS.x"),
+        ("FORWARDER_PACK", "json"),
+        ("FORWARDER_PACK_COMPRESSION", "zstd"),
+        // gzip compresses a pack's S3 object: not without packing and a bucket.
+        ("FORWARDER_PACK_COMPRESSION", "gzip"),
     ];
     for (var, value) in cases {
         let out = output_of(
@@ -270,6 +274,8 @@ fn help_lists_every_variable_with_its_default() {
         "FORWARDER_SHUTDOWN_TIMEOUT",
         "FORWARDER_S3_OFFLOAD",
         "FORWARDER_FORWARD_ATTRIBUTES",
+        "FORWARDER_PACK",
+        "FORWARDER_PACK_COMPRESSION",
     ] {
         assert!(
             help.contains(&format!("[env: {var}")),

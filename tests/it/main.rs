@@ -25,6 +25,7 @@ mod lambda;
 mod metrics_backends;
 mod offload;
 mod outage;
+mod pack;
 mod redrive;
 mod routes;
 mod secrets;
