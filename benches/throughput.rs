@@ -17,6 +17,11 @@
 //! `BENCH_MAX_IN_FLIGHT`: `FORWARDER_MAX_IN_FLIGHT` of the binary whose RSS is read.
 //! `BENCH_ONLY=ceiling|forwarder|none`: one loop only (or none), to profile it. Each loop's CPU per
 //! event is this process's user + system time over the loop.
+//!
+//! Packing: the worker pool as `run` runs it (pipelined pollers, the default 1 s batching
+//! window), once with an unpacked route and once with `pack = "ndjson"`, on N fresh
+//! events each (`BENCH_PACK_WORKERS`, default the largest worker count): events/s up to
+//! the source's last delete, and SQS requests per event. `BENCH_PACK=off` skips it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // criterion's macros generate functions without docs.
 #![allow(missing_docs)]
@@ -557,6 +562,74 @@ async fn row(
     (w, ours, bare)
 }
 
+/// The worker pool of `sqs-forwarder run` on `n` fresh events with `w` pollers, packed
+/// or not, stopped once the source is empty. Events/s up to then, and the calls.
+async fn pool(
+    sdk: &aws_config::SdkConfig,
+    client: &Client,
+    calls: &Calls,
+    n: usize,
+    w: usize,
+    pack: sqs_forwarder::forward::Pack,
+) -> (f64, [u64; 4]) {
+    let tag = format!("tp-pack-{:08x}", fastrand::u32(..));
+    let source = create_queue(client, &format!("{tag}-src")).await;
+    let dest = create_queue(client, &format!("{tag}-dst")).await;
+    fill(client, &source, n).await;
+    let dir = std::env::temp_dir().join(&tag);
+    let mut config = config(&source, &dest, &dir, w);
+    config.pack = pack;
+    config.max_in_flight = 400;
+    config.batch_window = None;
+    let app = sqs_forwarder::app::App::connect(config, sdk, Metrics::disabled())
+        .await
+        .unwrap();
+    // Watched with a client of its own, not counted.
+    let watcher = Client::from_conf(aws_sdk_sqs::config::Builder::from(&sdk_plain().await).build());
+    let finished = Arc::new(std::sync::OnceLock::new());
+    calls.take();
+    let started = Instant::now();
+    let done = {
+        let finished = finished.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let attrs = watcher
+                    .get_queue_attributes()
+                    .queue_url(&source)
+                    .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+                    .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                    .send()
+                    .await
+                    .unwrap();
+                let left: u64 = attrs
+                    .attributes()
+                    .into_iter()
+                    .flat_map(|a| a.values())
+                    .filter_map(|v| v.parse::<u64>().ok())
+                    .sum();
+                if left == 0 {
+                    let _ = finished.set(Instant::now());
+                    return;
+                }
+            }
+        }
+    };
+    let summary = app.run(done).await.unwrap();
+    assert_eq!(summary.totals.forwarded, n, "{summary:?}");
+    (rate(n, started, &finished), calls.take())
+}
+
+/// An SDK configuration for LocalStack (or the stand-in) whose calls are not counted.
+async fn sdk_plain() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "bench"))
+        .load()
+        .await
+}
+
 fn main() {
     if std::env::var_os("BENCH_STANDIN_SERVE").is_some() {
         sqs_standin::serve();
@@ -592,6 +665,25 @@ fn main() {
         let mut rows = Vec::new();
         for &w in &workers {
             rows.push(row(&sdk, &client, &calls, n, w).await);
+        }
+        if std::env::var("BENCH_PACK").as_deref() != Ok("off") {
+            let w: usize = std::env::var("BENCH_PACK_WORKERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| workers.iter().copied().max().unwrap_or(4));
+            println!("packing ({w} workers, the worker pool, batching window 1 s): route | events/s | requests/event (receive, send, delete) | requests/event");
+            for pack in [sqs_forwarder::forward::Pack::Off, sqs_forwarder::forward::Pack::Ndjson] {
+                let (ev, c) = pool(&sdk, &client, &calls, n, w, pack).await;
+                let per = |k: u64| k as f64 / n as f64;
+                println!(
+                    "{:>6} | {ev:>9.0} | {:.3}, {:.3}, {:.3} | {:.3}",
+                    pack.as_str(),
+                    per(c[0]),
+                    per(c[1]),
+                    per(c[2]),
+                    per(c[0] + c[1] + c[2] + c[3])
+                );
+            }
         }
         let rss_workers: usize = std::env::var("BENCH_RSS_WORKERS")
             .ok()

@@ -524,7 +524,9 @@ impl App {
     /// The health listener, if configured, starts first: liveness answers while the
     /// queues are being reached (with retries), readiness waits for the first receive.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<RunSummary, StartError> {
-        let health = Health::default().with_pauses(self.pauses.clone());
+        let health = Health::default()
+            .with_pauses(self.pauses.clone())
+            .with_exporter(self.metrics.exporter());
         let listener = CancellationToken::new();
         let _stop_listener = listener.clone().drop_guard();
         if let Some(addr) = self.config.health_addr {

@@ -4,7 +4,8 @@
 //!
 //! One [`Window`] serves one kind of batch call to one queue: SendMessageBatch to a
 //! route's destination or to the dead-letter queue, DeleteMessageBatch or
-//! ChangeMessageVisibilityBatch to the source. A caller submits up to a call's worth of
+//! ChangeMessageVisibilityBatch to the source, or the lines of a packed route's
+//! messages ([`crate::forward::Packer`]). A caller submits up to a call's worth of
 //! entries ([`Window::submit`]) and gets, for each of its entries, what the call that
 //! carried it answered, exactly as if it had made the call itself. So the retry layer
 //! ([`crate::retry::retry_batch`]) is unchanged above it: each retry is one more

@@ -33,24 +33,8 @@ pub async fn check(settings: &Settings) -> Report {
 /// Where metrics go, and what each message carries along: settings with nothing to
 /// reach (an agent or an intake is not asked), said so the operator sees them.
 fn report_settings(app: &App, report: &mut Report) {
-    use crate::metrics::sink::MetricsBackend;
-    let m = &app.config().metrics;
-    let to = match &m.backend {
-        MetricsBackend::Off => "off".to_string(),
-        MetricsBackend::Statsd(addr) | MetricsBackend::DogStatsd(addr) => {
-            format!("{} to {addr}", m.backend.name())
-        }
-        MetricsBackend::DatadogApi(dd) => format!(
-            "datadog-api to {} every {}",
-            dd.base_url,
-            humantime::format_duration(m.flush_interval)
-        ),
-        MetricsBackend::Emf => format!(
-            "emf on stdout every {}",
-            humantime::format_duration(m.flush_interval)
-        ),
-        MetricsBackend::Log => "log (debug events)".to_string(),
-    };
+    let config = app.config();
+    let to = config.metrics.describe(config.health_addr);
     report.ok.push(format!("metrics: {to}"));
     report.ok.push(format!(
         "forwarded attributes: {} (and the trace context)",

@@ -5,6 +5,8 @@
 //!   503 before that, while every route is paused, and from the moment shutdown begins.
 //!   A pod that cannot reach its queue (credentials, network) never turns ready, so a
 //!   rollout stops there.
+//! - `GET /metrics`, with the `prometheus` metrics backend: the metrics, in the
+//!   Prometheus text format, or OpenMetrics when the scraper's `Accept` asks for it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,9 +43,17 @@ pub struct Health {
     /// The routes' pauses: while every route is paused, nothing can be forwarded, so
     /// the pod is not ready (and a rollout stops there).
     pauses: Option<Arc<Pauses>>,
+    /// What `/metrics` serves (the `prometheus` backend); `None`: 404.
+    exporter: Option<crate::metrics::prometheus::Exporter>,
 }
 
 impl Health {
+    /// Serves `exporter` at `/metrics`.
+    pub fn with_exporter(mut self, exporter: Option<crate::metrics::prometheus::Exporter>) -> Self {
+        self.exporter = exporter;
+        self
+    }
+
     /// Not ready while every route in `pauses` is paused.
     pub fn with_pauses(mut self, pauses: Arc<Pauses>) -> Self {
         self.pauses = Some(pauses);
@@ -92,7 +102,11 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|source| HealthError { addr, source })?;
-    tracing::info!(%bound, "health listener: /healthz, /readyz");
+    if health.exporter.is_some() {
+        tracing::info!(%bound, "health listener: /healthz, /readyz, /metrics");
+    } else {
+        tracing::info!(%bound, "health listener: /healthz, /readyz");
+    }
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
@@ -131,6 +145,24 @@ pub async fn serve(
 }
 
 fn answer(health: &Health, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if let (&Method::GET | &Method::HEAD, "/metrics", Some(exporter)) =
+        (req.method(), req.uri().path(), &health.exporter)
+    {
+        let accept = req
+            .headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let (content_type, body) = exporter.render(
+            crate::metrics::prometheus::Exporter::wants_openmetrics(accept),
+        );
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, value);
+        }
+        return response;
+    }
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") if health.is_ready() => {

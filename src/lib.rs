@@ -25,13 +25,15 @@
 //! - [`pipeline`]: decode, index, forward, settling each message; shared by `run`,
 //!   `replay` and Lambda mode.
 //! - [`lambda`]: Lambda mode: one SQS batch per invocation, a partial batch response.
-//! - `health` (internal): the liveness and readiness listener for Kubernetes probes.
+//! - `health` (internal): the liveness and readiness listener for Kubernetes probes,
+//!   and `/metrics` for Prometheus.
 //! - [`event`]: the event, its decoder, the encoder that adds `tag_ids`, and what each
 //!   destination receives of it ([`event::fields`]: the field splice and the filters).
 //! - [`indexer`]: tag strings interned per organization into stable ids (shared strings,
 //!   cache, store, limits).
 //! - [`forward`]: where events go: batching within SQS limits, FIFO order, the rate
-//!   limit, route pauses, the dead-letter queue, and `track_response_metric`.
+//!   limit, route pauses, packing many events per message, the dead-letter queue, and
+//!   `track_response_metric`.
 //! - [`aws`]: SDK clients (SDK retries off), their errors, and the one decision of what
 //!   kind of failure an AWS error is ([`aws::classify()`]).
 //! - [`batching`]: the batching window: entries bound for one queue, from every poller,
@@ -41,7 +43,8 @@
 //! - [`outcome`]: typed outcomes (stage, operation, error class, failure), the leaf
 //!   that every layer maps its errors to, once.
 //! - `internal_events` (internal): each happening logged and counted together.
-//! - [`metrics`]: every metric as a typed value, and the statsd sink.
+//! - [`metrics`]: every metric as a typed value, and its backends (statsd and
+//!   DogStatsD, Datadog's API, EMF, log, Prometheus), one or several at once.
 //! - [`telemetry`]: logging set-up.
 //! - `redact` (internal): secrets out of URLs, for every output.
 //! - [`check`], [`replay`], [`redrive`]: the other commands.

@@ -368,13 +368,14 @@ pub struct Settings {
     )]
     pub statsd_addr: Option<String>,
 
-    /// Where metrics go: off, statsd (plain, no tags), dogstatsd, datadog-api (Datadog's
-    /// HTTP API: DD_API_KEY, DD_SITE, DD_URL), emf (CloudWatch Embedded Metric Format on
-    /// stdout) or log (tracing events at debug). Unset: dogstatsd if
-    /// FORWARDER_STATSD_ADDR is set; else emf in Lambda mode; else off.
-    #[arg(long, env = "FORWARDER_METRICS_BACKEND", value_name = "BACKEND",
-          value_parser = ["off", "statsd", "dogstatsd", "datadog-api", "emf", "log"], global = true)]
-    pub metrics_backend: Option<String>,
+    /// Where metrics go, one or several comma-separated (each gets every metric): off,
+    /// statsd (plain, no tags), dogstatsd, datadog-api (Datadog's HTTP API: DD_API_KEY,
+    /// DD_SITE, DD_URL), emf (CloudWatch Embedded Metric Format on stdout), log (tracing
+    /// events at debug) or prometheus (GET /metrics on FORWARDER_HEALTH_ADDR). Unset:
+    /// dogstatsd if FORWARDER_STATSD_ADDR is set; else emf in Lambda mode; else off.
+    #[arg(long, env = "FORWARDER_METRICS_BACKEND", value_name = "BACKENDS", value_delimiter = ',',
+          value_parser = ["off", "statsd", "dogstatsd", "datadog-api", "emf", "log", "prometheus"], global = true)]
+    pub metrics_backend: Vec<String>,
 
     /// How often emf and datadog-api write what they aggregated (1s to 5m).
     #[arg(long, env = "FORWARDER_METRICS_FLUSH_INTERVAL", value_name = "DURATION",

@@ -397,32 +397,58 @@ impl Settings {
     fn metrics_settings(&self, errors: &mut Vec<ConfigError>) -> MetricsSettings {
         let statsd = address("FORWARDER_STATSD_ADDR", self.statsd_addr.as_deref(), errors);
         let in_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
-        let chosen =
-            self.metrics_backend
-                .as_deref()
-                .unwrap_or(match (&self.statsd_addr, in_lambda) {
-                    (Some(_), _) => "dogstatsd",
-                    (None, true) => "emf",
-                    (None, false) => "off",
-                });
+        let default = match (&self.statsd_addr, in_lambda) {
+            (Some(_), _) => "dogstatsd",
+            (None, true) => "emf",
+            (None, false) => "off",
+        };
+        let chosen: Vec<&str> = if self.metrics_backend.is_empty() {
+            vec![default]
+        } else {
+            self.metrics_backend.iter().map(|b| b.trim()).collect()
+        };
+        let named = chosen.join(",");
         let needs_addr = |errors: &mut Vec<ConfigError>| {
             if statsd.is_none() && self.statsd_addr.is_none() {
                 errors.push(ConfigError::new(
                     "FORWARDER_STATSD_ADDR",
-                    format!("is not set, but FORWARDER_METRICS_BACKEND is {chosen}"),
+                    format!("is not set, but FORWARDER_METRICS_BACKEND is {named}"),
                 ));
             }
             statsd
         };
-        let backend = match chosen {
-            "statsd" => needs_addr(errors).map(MetricsBackend::Statsd),
-            "dogstatsd" => needs_addr(errors).map(MetricsBackend::DogStatsd),
-            "datadog-api" => self.datadog(errors).map(MetricsBackend::DatadogApi),
-            "emf" => Some(MetricsBackend::Emf),
-            "log" => Some(MetricsBackend::Log),
-            _ => Some(MetricsBackend::Off),
+        if chosen.len() > 1 && chosen.contains(&"off") {
+            errors.push(ConfigError::new(
+                "FORWARDER_METRICS_BACKEND",
+                format!("{named:?} names off beside other backends"),
+            ));
         }
-        .unwrap_or(MetricsBackend::Off);
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = chosen.iter().find(|b| !seen.insert(**b)) {
+            errors.push(ConfigError::new(
+                "FORWARDER_METRICS_BACKEND",
+                format!("{named:?} names {twice} twice"),
+            ));
+        }
+        if chosen.contains(&"prometheus") && self.health_addr.is_none() {
+            errors.push(ConfigError::new(
+                "FORWARDER_METRICS_BACKEND",
+                "is prometheus, which is scraped at the health listener's /metrics, but FORWARDER_HEALTH_ADDR is not set",
+            ));
+        }
+        let mut backends = Vec::new();
+        for b in &chosen {
+            let backend = match *b {
+                "statsd" => needs_addr(errors).map(MetricsBackend::Statsd),
+                "dogstatsd" => needs_addr(errors).map(MetricsBackend::DogStatsd),
+                "datadog-api" => self.datadog(errors).map(MetricsBackend::DatadogApi),
+                "emf" => Some(MetricsBackend::Emf),
+                "log" => Some(MetricsBackend::Log),
+                "prometheus" => Some(MetricsBackend::Prometheus),
+                _ => None,
+            };
+            backends.extend(backend);
+        }
         if !(Duration::from_secs(1)..=Duration::from_secs(300))
             .contains(&self.metrics_flush_interval)
         {
@@ -432,7 +458,7 @@ impl Settings {
             ));
         }
         MetricsSettings {
-            backend,
+            backends,
             prefix: self.metrics_prefix.clone(),
             tags: self.metrics_tags.0.clone(),
             sample_rate: self.metrics_sample_rate,
@@ -699,12 +725,7 @@ impl fmt::Display for Config {
             self.max_message_bytes,
             self.http_pool.max_idle_per_host,
             humantime::format_duration(self.http_pool.idle_timeout),
-            match &self.metrics.backend {
-                MetricsBackend::Statsd(addr) | MetricsBackend::DogStatsd(addr) =>
-                    format!("{} {addr}", self.metrics.backend.name()),
-                MetricsBackend::DatadogApi(dd) => format!("datadog-api {}", dd.base_url),
-                other => other.name().to_string(),
-            },
+            self.metrics.describe(self.health_addr),
             self.metrics.prefix,
             self.metrics
                 .tags

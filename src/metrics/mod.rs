@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod datadog;
 pub mod emf;
+pub mod prometheus;
 pub mod sink;
 
 use std::sync::Arc;
@@ -263,6 +264,38 @@ impl Distribution {
     }
 }
 
+/// The histogram buckets of a timer (in seconds) or a distribution, by its name without
+/// the prefix: what the `prometheus` backend gives each. A name not in the catalogue
+/// gets the timers' default.
+pub(crate) fn buckets(name: &str) -> &'static [f64] {
+    /// One SQS or S3 call, retries apart.
+    const CALL: &[f64] = &[
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    /// From the source's `SentTimestamp` to the destination: the batching window, retries
+    /// and deferrals (rate limits, paused routes) included.
+    const LATENCY: &[f64] = &[
+        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    ];
+    /// One indexer store query.
+    const STORE: &[f64] = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+    ];
+    /// Entries of one batch call: 1 to 10.
+    const ENTRIES: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0];
+    /// Events of one pack.
+    const EVENTS: &[f64] = &[
+        1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+    ];
+    match name {
+        n if n == Timer::EndToEnd.name() => LATENCY,
+        n if n == Timer::IndexerStore.name() => STORE,
+        n if n == Distribution::SendBatchEntries.name() => ENTRIES,
+        n if n == Distribution::PackEvents.name() => EVENTS,
+        _ => CALL,
+    }
+}
+
 /// Gauges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gauge {
@@ -300,10 +333,12 @@ impl Gauge {
 /// A cheap, cloneable handle to the metrics client. Disabled, it does nothing.
 #[derive(Clone, Default)]
 pub struct Metrics {
+    /// Every backend each metric goes to (`FORWARDER_METRICS_BACKEND` may name several);
     /// `None` when metrics are off.
-    inner: Option<Arc<Inner>>,
+    inner: Option<Arc<[Arc<Inner>]>>,
 }
 
+/// One backend.
 struct Inner {
     /// Where metrics go.
     out: Output,
@@ -318,7 +353,7 @@ struct Inner {
 enum Output {
     /// statsd/DogStatsD: prefix and global tags are applied by the cadence client.
     Statsd(StatsdClient),
-    /// `emf`, `datadog-api`, `log`: prefix and global tags applied here.
+    /// `emf`, `datadog-api`, `log`, `prometheus`: prefix and global tags applied here.
     Backend {
         /// The backend.
         backend: Arc<dyn backend::Backend>,
@@ -338,7 +373,7 @@ pub trait Flush: Send + Sync {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics")
-            .field("enabled", &self.inner.is_some())
+            .field("backends", &self.outputs().len())
             .finish()
     }
 }
@@ -361,33 +396,59 @@ impl Metrics {
         for (k, v) in global_tags {
             builder = builder.with_tag(k.as_str(), v.as_str());
         }
-        Self {
-            inner: Some(Arc::new(Inner {
-                out: Output::Statsd(builder.build()),
-                sink: flusher,
-                sample_rate,
-            })),
-        }
+        Self::one(Inner {
+            out: Output::Statsd(builder.build()),
+            sink: flusher,
+            sample_rate,
+        })
     }
 
-    /// Metrics through another backend (EMF, Datadog's API, logs), with the same
-    /// catalogue, prefix and global tags.
+    /// Metrics through another backend (EMF, Datadog's API, logs, Prometheus), with the
+    /// same catalogue, prefix and global tags.
     pub fn with_backend(
         backend: Arc<dyn backend::Backend>,
         prefix: &str,
         global_tags: &[(String, String)],
     ) -> Self {
+        Self::one(Inner {
+            sink: backend.clone(),
+            out: Output::Backend {
+                backend,
+                prefix: prefix.to_string(),
+                tags: global_tags.to_vec(),
+            },
+            sample_rate: 1.0,
+        })
+    }
+
+    fn one(inner: Inner) -> Self {
         Self {
-            inner: Some(Arc::new(Inner {
-                sink: backend.clone(),
-                out: Output::Backend {
-                    backend,
-                    prefix: prefix.to_string(),
-                    tags: global_tags.to_vec(),
-                },
-                sample_rate: 1.0,
-            })),
+            inner: Some(Arc::from(vec![Arc::new(inner)])),
         }
+    }
+
+    /// Every metric to each of `all` (`FORWARDER_METRICS_BACKEND=dogstatsd,prometheus`).
+    pub fn fanout(all: Vec<Metrics>) -> Self {
+        let outs: Vec<Arc<Inner>> = all
+            .iter()
+            .flat_map(|m| m.outputs().iter().cloned())
+            .collect();
+        Self {
+            inner: (!outs.is_empty()).then(|| Arc::from(outs)),
+        }
+    }
+
+    fn outputs(&self) -> &[Arc<Inner>] {
+        self.inner.as_deref().unwrap_or(&[])
+    }
+
+    /// The Prometheus exposition of the `prometheus` backend, if it is one of them: what
+    /// `GET /metrics` serves.
+    pub fn exporter(&self) -> Option<prometheus::Exporter> {
+        self.outputs().iter().find_map(|inner| match &inner.out {
+            Output::Backend { backend, .. } => backend.exporter(),
+            Output::Statsd(_) => None,
+        })
     }
 
     /// Counts one.
@@ -397,81 +458,87 @@ impl Metrics {
 
     /// Counts `n`.
     pub fn count(&self, counter: Counter, n: u64) {
-        let Some(inner) = &self.inner else { return };
-        match &inner.out {
-            Output::Statsd(client) => {
-                if counter.sampled() && !inner.keep() {
-                    return;
+        for inner in self.outputs() {
+            match &inner.out {
+                Output::Statsd(client) => {
+                    if counter.sampled() && !inner.keep() {
+                        continue;
+                    }
+                    let builder = client.count_with_tags(counter.name(), n);
+                    send(inner.rate_if(counter.sampled(), builder), &counter.tags());
                 }
-                let builder = client.count_with_tags(counter.name(), n);
-                send(inner.rate_if(counter.sampled(), builder), &counter.tags());
-            }
-            Output::Backend { .. } => {
-                inner.record(counter.name(), &counter.tags(), backend::Value::Count(n))
+                Output::Backend { .. } => {
+                    inner.record(counter.name(), &counter.tags(), backend::Value::Count(n))
+                }
             }
         }
     }
 
     /// Records a duration in milliseconds.
     pub fn timing(&self, timer: Timer, duration: Duration) {
-        let Some(inner) = &self.inner else { return };
-        match &inner.out {
-            Output::Statsd(client) => {
-                if !inner.keep() {
-                    return;
+        for inner in self.outputs() {
+            match &inner.out {
+                Output::Statsd(client) => {
+                    if !inner.keep() {
+                        continue;
+                    }
+                    let builder = client.time_with_tags(timer.name(), duration);
+                    send(inner.rate_if(true, builder), &[]);
                 }
-                let builder = client.time_with_tags(timer.name(), duration);
-                send(inner.rate_if(true, builder), &[]);
+                Output::Backend { .. } => inner.record(
+                    timer.name(),
+                    &[],
+                    backend::Value::Millis(duration.as_secs_f64() * 1000.0),
+                ),
             }
-            Output::Backend { .. } => inner.record(
-                timer.name(),
-                &[],
-                backend::Value::Millis(duration.as_secs_f64() * 1000.0),
-            ),
         }
     }
 
     /// Records one value of a distribution.
     pub fn distribution(&self, distribution: Distribution, value: u64) {
-        let Some(inner) = &self.inner else { return };
-        match &inner.out {
-            Output::Statsd(client) => {
-                if !inner.keep() {
-                    return;
+        for inner in self.outputs() {
+            match &inner.out {
+                Output::Statsd(client) => {
+                    if !inner.keep() {
+                        continue;
+                    }
+                    let builder = client.histogram_with_tags(distribution.name(), value);
+                    send(inner.rate_if(true, builder), &[]);
                 }
-                let builder = client.histogram_with_tags(distribution.name(), value);
-                send(inner.rate_if(true, builder), &[]);
+                Output::Backend { .. } => inner.record(
+                    distribution.name(),
+                    &[],
+                    backend::Value::Sample(value as f64),
+                ),
             }
-            Output::Backend { .. } => inner.record(
-                distribution.name(),
-                &[],
-                backend::Value::Sample(value as f64),
-            ),
         }
     }
 
     /// Sets a gauge. Gauges are never sampled: a dropped value would leave a stale one.
     pub fn gauge(&self, gauge: Gauge, value: u64) {
-        let Some(inner) = &self.inner else { return };
-        match &inner.out {
-            Output::Statsd(client) => {
-                send(client.gauge_with_tags(gauge.name(), value), &gauge.tags())
-            }
-            Output::Backend { .. } => {
-                inner.record(gauge.name(), &gauge.tags(), backend::Value::Gauge(value))
+        for inner in self.outputs() {
+            match &inner.out {
+                Output::Statsd(client) => {
+                    send(client.gauge_with_tags(gauge.name(), value), &gauge.tags())
+                }
+                Output::Backend { .. } => {
+                    inner.record(gauge.name(), &gauge.tags(), backend::Value::Gauge(value))
+                }
             }
         }
     }
 
     /// The sink's flush, for a flusher that must stop when the metrics are dropped.
     pub(crate) fn flush_handle(&self) -> Option<std::sync::Weak<dyn Flush>> {
-        self.inner.as_ref().map(|inner| Arc::downgrade(&inner.sink))
+        self.outputs()
+            .first()
+            .map(|inner| Arc::downgrade(&inner.sink))
     }
 
     /// Sends what is queued or buffered. Called every second by the sink's flusher and
     /// once at shutdown.
     pub fn flush(&self, timeout: Duration) {
-        if let Some(inner) = &self.inner {
+        for inner in self.outputs() {
             inner.sink.flush_within(timeout);
         }
     }

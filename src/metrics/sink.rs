@@ -1,6 +1,7 @@
-//! Telemetry set-up for metrics: the backend `FORWARDER_METRICS_BACKEND` picks, apart
-//! from where metrics are used ([`build`]). statsd and DogStatsD go through the sink
-//! below; `emf`, `datadog-api` and `log` through [`super::backend`].
+//! Telemetry set-up for metrics: the backends `FORWARDER_METRICS_BACKEND` picks (one or
+//! several, each given every metric), apart from where metrics are used ([`build`]).
+//! statsd and DogStatsD go through the sink below; `emf`, `datadog-api`, `log` and
+//! `prometheus` through [`super::backend`].
 //!
 //! A bounded [`QueuingMetricSink`] in front of a [`BufferedUdpMetricSink`]: emitting is a
 //! channel push that never blocks (when the queue is full the metric is dropped), a
@@ -39,8 +40,8 @@ pub struct StatsdSettings {
 /// Where metrics go (`FORWARDER_METRICS_BACKEND`), with what every backend shares.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsSettings {
-    /// The backend.
-    pub backend: MetricsBackend,
+    /// The backends, each given every metric; none: metrics off.
+    pub backends: Vec<MetricsBackend>,
     /// Prepended to every metric name, with a dot (`FORWARDER_METRICS_PREFIX`).
     pub prefix: String,
     /// Added to every metric (`FORWARDER_METRICS_TAGS`).
@@ -68,6 +69,8 @@ pub enum MetricsBackend {
     Emf,
     /// Each metric as a `tracing` event at debug.
     Log,
+    /// A registry scraped at the health listener's `GET /metrics`.
+    Prometheus,
 }
 
 impl MetricsBackend {
@@ -80,15 +83,45 @@ impl MetricsBackend {
             MetricsBackend::DatadogApi(_) => "datadog-api",
             MetricsBackend::Emf => "emf",
             MetricsBackend::Log => "log",
+            MetricsBackend::Prometheus => "prometheus",
         }
     }
 }
 
 impl MetricsSettings {
+    /// Where each backend sends, for `check` and the start-up line: `off`, or each
+    /// backend as `dogstatsd to 127.0.0.1:8125`, `prometheus at http://…/metrics`, ….
+    /// `health` is the health listener, where `prometheus` is scraped.
+    pub fn describe(&self, health: Option<SocketAddr>) -> String {
+        if self.backends.is_empty() {
+            return "off".to_string();
+        }
+        let every = humantime::format_duration(self.flush_interval);
+        self.backends
+            .iter()
+            .map(|b| match b {
+                MetricsBackend::Off => "off".to_string(),
+                MetricsBackend::Statsd(addr) | MetricsBackend::DogStatsd(addr) => {
+                    format!("{} to {addr}", b.name())
+                }
+                MetricsBackend::DatadogApi(dd) => {
+                    format!("datadog-api to {} every {every}", dd.base_url)
+                }
+                MetricsBackend::Emf => format!("emf on stdout every {every}"),
+                MetricsBackend::Log => "log (debug events)".to_string(),
+                MetricsBackend::Prometheus => match health {
+                    Some(addr) => format!("prometheus at http://{addr}/metrics"),
+                    None => "prometheus (no health listener)".to_string(),
+                },
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Metrics off.
     pub fn off() -> Self {
         Self {
-            backend: MetricsBackend::Off,
+            backends: Vec::new(),
             prefix: String::new(),
             tags: Vec::new(),
             sample_rate: 1.0,
@@ -99,7 +132,7 @@ impl MetricsSettings {
     /// DogStatsD to `addr`, unprefixed, untagged, unsampled.
     pub fn dogstatsd(addr: SocketAddr) -> Self {
         Self {
-            backend: MetricsBackend::DogStatsd(addr),
+            backends: vec![MetricsBackend::DogStatsd(addr)],
             ..Self::off()
         }
     }
@@ -114,15 +147,32 @@ impl MetricsSettings {
     }
 }
 
-/// Builds the metrics `settings` ask for, and starts their flusher.
+/// Builds the metrics `settings` ask for (every backend given each metric), and starts
+/// their flushers.
 pub fn build(settings: &MetricsSettings) -> io::Result<Metrics> {
+    let all = settings
+        .backends
+        .iter()
+        .map(|b| build_one(settings, b))
+        .collect::<io::Result<Vec<Metrics>>>()?;
+    Ok(match all.len() {
+        1 => all.into_iter().next().unwrap_or_default(),
+        _ => Metrics::fanout(all),
+    })
+}
+
+/// One backend's metrics, its flusher started.
+fn build_one(settings: &MetricsSettings, backend: &MetricsBackend) -> io::Result<Metrics> {
     use std::sync::Arc;
-    let backend: Arc<dyn super::backend::Backend> = match &settings.backend {
+    let backend: Arc<dyn super::backend::Backend> = match backend {
         MetricsBackend::Off => return Ok(Metrics::disabled()),
         MetricsBackend::Statsd(addr) => return udp_with(&settings.statsd(*addr), true),
         MetricsBackend::DogStatsd(addr) => return udp_with(&settings.statsd(*addr), false),
         MetricsBackend::Log => Arc::new(super::backend::LogBackend),
         MetricsBackend::Emf => Arc::new(super::emf::EmfBackend::stdout()),
+        MetricsBackend::Prometheus => {
+            Arc::new(super::prometheus::PrometheusBackend::new(&settings.prefix))
+        }
         MetricsBackend::DatadogApi(dd) => Arc::new(super::datadog::DatadogBackend::start(
             dd.clone(),
             settings.flush_interval,

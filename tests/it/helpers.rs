@@ -604,6 +604,23 @@ pub fn status(addr: &str, path: &str) -> Option<u16> {
     out.split(' ').nth(1)?.parse().ok()
 }
 
+/// `GET path` with `accept`: the response's head (lower-cased) and body, or `None` if
+/// nothing listens.
+pub fn get(addr: &str, path: &str, accept: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\naccept: {accept}\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    Some((head.to_lowercase(), body.to_string()))
+}
+
 /// Polls until `GET path` answers `want`, or 20 s.
 pub fn wait_status(addr: &str, path: &str, want: u16) -> Option<u16> {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -334,3 +334,106 @@ async fn check_says_where_metrics_go() {
     );
     assert!(!stdout.contains(KEY) && !String::from_utf8_lossy(&out.stderr).contains(KEY));
 }
+
+/// The value of the sample `series` (name and labels, exactly) in an exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn prometheus_beside_dogstatsd_gets_the_same_catalogue_at_metrics() {
+    let q = Queues::create(30).await;
+    let bodies: Vec<String> = (1..=EVENTS).map(|i| event(i, 3)).collect();
+    send_bodies(&q.client, &q.source, &bodies).await;
+    let statsd = StatsdCapture::start();
+    let health = free_addr();
+    let env = |cmd: &mut std::process::Command| {
+        cmd.env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+            .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
+            .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+            .env("FORWARDER_INDEXER", "off")
+            .env("FORWARDER_METRICS_BACKEND", "dogstatsd,prometheus")
+            .env("FORWARDER_STATSD_ADDR", statsd.addr.to_string())
+            .env("FORWARDER_HEALTH_ADDR", &health)
+            .env("FORWARDER_METRICS_PREFIX", "sqsf")
+            .env("FORWARDER_METRICS_TAGS", "env:test");
+    };
+    let mut check = binary(&["check"]);
+    env(&mut check);
+    let stdout = String::from_utf8_lossy(&run_ok(&mut check).stdout).to_string();
+    assert!(
+        stdout.contains(&format!(
+            "ok: metrics: dogstatsd to {}, prometheus at http://{health}/metrics",
+            statsd.addr
+        )),
+        "{stdout}"
+    );
+    let mut run = binary(&["run"]);
+    env(&mut run);
+    let child = spawn_binary(&mut run);
+    let want = "sqsf.data-forwarding.http_response:1|c|#env:test,plugin:amazon-sqs,success:true";
+    let lines = statsd.wait_for(Duration::from_secs(30), |l| {
+        l.iter().filter(|l| *l == want).count() >= EVENTS as usize
+    });
+    assert_eq!(lines.iter().filter(|l| *l == want).count(), EVENTS as usize);
+
+    let series = "sqsf_data_forwarding_http_response_total{env=\"test\",plugin=\"amazon-sqs\",success=\"true\"}";
+    let (head, text) = get(&health, "/metrics", "text/plain").expect("/metrics answers");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    assert_eq!(sample(&text, series), Some(EVENTS as f64), "{text}");
+    assert!(
+        text.contains("# TYPE sqsf_data_forwarding_http_response_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE sqsf_forwarder_event_latency_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sqsf_forwarder_messages_received_total{env=\"test\"}"),
+        "{text}"
+    );
+    let (head, open) = get(
+        &health,
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+    )
+    .expect("/metrics answers");
+    assert!(
+        head.contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    assert_eq!(sample(&open, series), Some(EVENTS as f64), "{open}");
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    child.terminate();
+    let out = child.finish(Duration::from_secs(30)).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn prometheus_needs_the_health_listener() {
+    let q = Queues::create(30).await;
+    let mut run = binary(&["run"]);
+    run.env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+        .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
+        .env("FORWARDER_METRICS_BACKEND", "prometheus");
+    let out = output_of(&mut run, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: FORWARDER_METRICS_BACKEND: is prometheus")
+            && stderr.contains("FORWARDER_HEALTH_ADDR"),
+        "{stderr}"
+    );
+}
