@@ -1,7 +1,7 @@
 """Schema check of rendered Kubernetes manifests (stdin, as `kubectl kustomize` prints).
 
-Built-in kinds go to kubernetes-validate (strict). KEDA's kinds, which it has no schema
-for, are checked here against the schema below: the fields of keda.sh/v1alpha1
+Built-in kinds go to kubernetes-validate (strict). KEDA's and the Prometheus Operator's
+kinds, which it has no schema for, are checked here against the schemas below: the fields of keda.sh/v1alpha1
 ScaledObject and TriggerAuthentication that this project uses or may use, no others, and
 for the aws-sqs-queue trigger, the metadata KEDA requires. A kind with no schema at all
 fails the check: nothing is passed over.
@@ -124,9 +124,100 @@ TRIGGER_AUTHENTICATION = {
     },
 }
 
+DURATION = {"type": "string", "pattern": "^([0-9]+(ms|s|m|h))+$"}
+
+POD_MONITOR = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PodMonitor"},
+        "metadata": METADATA,
+        "spec": {
+            "type": "object",
+            "required": ["selector", "podMetricsEndpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": {"type": "object", "additionalProperties": STR}, "matchExpressions": {"type": "array"}},
+                },
+                "namespaceSelector": {"type": "object"},
+                "jobLabel": STR,
+                "podMetricsEndpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": STR,
+                            "path": STR,
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": DURATION,
+                            "scrapeTimeout": DURATION,
+                            "honorLabels": {"type": "boolean"},
+                            "relabelings": {"type": "array"},
+                            "metricRelabelings": {"type": "array"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+RULE = {
+    "type": "object",
+    "required": ["expr"],
+    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+    "additionalProperties": False,
+    "properties": {
+        "alert": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+        "record": STR,
+        "expr": STR,
+        "for": DURATION,
+        "keep_firing_for": DURATION,
+        "labels": {"type": "object", "additionalProperties": STR},
+        "annotations": {"type": "object", "additionalProperties": STR},
+    },
+}
+
+PROMETHEUS_RULE = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": METADATA,
+        "spec": {
+            "type": "object",
+            "required": ["groups"],
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "rules"],
+                        "additionalProperties": False,
+                        "properties": {"name": STR, "interval": DURATION, "rules": {"type": "array", "minItems": 1, "items": RULE}},
+                    },
+                },
+            },
+        },
+    },
+}
+
 SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT,
     ("keda.sh/v1alpha1", "TriggerAuthentication"): TRIGGER_AUTHENTICATION,
+    ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
 }
 
 
@@ -176,7 +267,7 @@ def main() -> int:
                 print(f"FAIL {name}: {'/'.join(map(str, e.absolute_path))}: {e.message}")
             failed |= bool(errors)
             if not errors:
-                print(f"ok   {name} (keda.sh schema)")
+                print(f"ok   {name} ({key[0].split('/')[0]} schema)")
         elif not is_builtin(str(key[0])):
             print(f"FAIL {name}: no schema for {key[0]} {key[1]}")
             failed = True

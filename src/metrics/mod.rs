@@ -301,6 +301,9 @@ pub(crate) fn buckets(name: &str) -> &'static [f64] {
 pub enum Gauge {
     /// `forwarder.events.in_flight`: events received and not yet settled, over all workers.
     InFlight,
+    /// `forwarder.events.in_flight.limit`: the bound on them (`FORWARDER_MAX_IN_FLIGHT`),
+    /// set with each batch: in-flight against it says whether the pool is saturated.
+    InFlightLimit,
     /// `forwarder.indexer.cache.size`: entries in the indexer's in-process cache.
     IndexerCacheSize,
     /// `forwarder.route.paused`: 1 while a route is paused (its destination, bucket or
@@ -317,6 +320,7 @@ impl Gauge {
     fn name(&self) -> &'static str {
         match self {
             Gauge::InFlight => "forwarder.events.in_flight",
+            Gauge::InFlightLimit => "forwarder.events.in_flight.limit",
             Gauge::IndexerCacheSize => "forwarder.indexer.cache.size",
             Gauge::RoutePaused { .. } => "forwarder.route.paused",
         }
@@ -325,7 +329,7 @@ impl Gauge {
     fn tags(&self) -> Vec<(&'static str, &'static str)> {
         match *self {
             Gauge::RoutePaused { route } => vec![("route", route)],
-            Gauge::InFlight | Gauge::IndexerCacheSize => Vec::new(),
+            Gauge::InFlight | Gauge::InFlightLimit | Gauge::IndexerCacheSize => Vec::new(),
         }
     }
 }

@@ -241,6 +241,10 @@ impl Worker {
         let n = messages.len() as u64;
         let now = self.in_flight.fetch_add(n, Ordering::SeqCst) + n;
         self.metrics.gauge(Gauge::InFlight, now);
+        if self.admission.is_some() {
+            self.metrics
+                .gauge(Gauge::InFlightLimit, self.max_in_flight as u64);
+        }
 
         let work = self.settle(&messages);
         let outcome = tokio::select! {

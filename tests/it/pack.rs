@@ -303,8 +303,8 @@ async fn with_s3_offload_always_each_pack_is_one_gzip_ndjson_object() {
     }
 }
 
-/// Runs the README's Python consumer (boto3, from LocalStack's venv) on `queue` until it
-/// is empty; what it printed, or why it could not run.
+/// Runs the README's Python consumer (boto3, from tools/.venv: `make test-tools`) on
+/// `queue` until it is empty; what it printed, or why it could not run.
 fn readme_consumer(queue: &str) -> Result<String, String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join("localstack/.venv/bin/python");
