@@ -72,9 +72,12 @@ fmt:
 localstack:
 	./localstack/start.sh
 
-## test-tools: what the tests run besides LocalStack (cargo-lambda), from PyPI.
+## test-tools: what the tests run besides LocalStack: cargo-lambda and boto3 from PyPI,
+## Prometheus from Debian's package (its test skips, saying so, where it cannot be
+## installed; under CI=true it fails).
 test-tools:
 	./tools/install.sh > /dev/null
+	./tools/install-prometheus.sh > /dev/null || echo "prometheus not installed: tests/it/prometheus.rs will skip"
 
 localstack-stop:
 	./localstack/stop.sh

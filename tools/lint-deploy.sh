@@ -23,4 +23,7 @@ echo "kubectl kustomize deploy/examples/kubernetes-monitoring | schema check"
 
 tools/promtool.sh
 
+echo "deploy/grafana/sqs-forwarder.json is JSON"
+"$bin/python" -m json.tool deploy/grafana/sqs-forwarder.json > /dev/null
+
 echo "deploy lint: ok"

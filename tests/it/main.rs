@@ -26,6 +26,7 @@ mod metrics_backends;
 mod offload;
 mod outage;
 mod pack;
+mod prometheus;
 mod redrive;
 mod routes;
 mod secrets;
