@@ -22,6 +22,10 @@
 //! window), once with an unpacked route and once with `pack = "ndjson"`, on N fresh
 //! events each (`BENCH_PACK_WORKERS`, default the largest worker count): events/s up to
 //! the source's last delete, and SQS requests per event. `BENCH_PACK=off` skips it.
+//!
+//! Metrics backends: the worker step once more per backend (none, DogStatsD to a local
+//! socket, Prometheus's registry), events/s and CPU µs/event in the same run.
+//! `BENCH_METRICS=off` skips it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // criterion's macros generate functions without docs.
 #![allow(missing_docs)]
@@ -342,19 +346,16 @@ async fn forwarder_worker(
     source: &str,
     dest: &str,
     workers: usize,
+    metrics: Metrics,
 ) -> Arc<sqs_forwarder::worker::Worker> {
     let dir = std::env::temp_dir().join(format!(
         "throughput-{}-{}",
         std::process::id(),
         fastrand::u64(..)
     ));
-    let app = sqs_forwarder::app::App::connect(
-        config(source, dest, &dir, workers),
-        sdk,
-        Metrics::disabled(),
-    )
-    .await
-    .unwrap();
+    let app = sqs_forwarder::app::App::connect(config(source, dest, &dir, workers), sdk, metrics)
+        .await
+        .unwrap();
     Arc::new(app.worker().await.unwrap())
 }
 
@@ -536,7 +537,7 @@ async fn row(
     let (ours, our_cpu) = if !only.is_empty() && only != "forwarder" {
         (1.0, 1.0)
     } else {
-        let worker = forwarder_worker(sdk, &queues[2], &queues[3], w).await;
+        let worker = forwarder_worker(sdk, &queues[2], &queues[3], w, Metrics::disabled()).await;
         with_cpu(n, forwarder(worker, n, w)).await
     };
     let our_calls = calls.take();
@@ -620,6 +621,58 @@ async fn pool(
     (rate(n, started, &finished), calls.take())
 }
 
+/// The metrics backends compared on the worker step: none, DogStatsD (to a local UDP
+/// socket that drops what it gets) and Prometheus (its registry, as scraped).
+fn backends() -> Vec<(&'static str, Metrics)> {
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sink.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while sink.recv(&mut buf).is_ok() {}
+    });
+    let dogstatsd =
+        sqs_forwarder::metrics::sink::udp(&sqs_forwarder::metrics::sink::StatsdSettings {
+            addr,
+            prefix: String::new(),
+            tags: vec![("env".into(), "bench".into())],
+            sample_rate: 1.0,
+        })
+        .unwrap();
+    let prometheus = Metrics::with_backend(
+        Arc::new(sqs_forwarder::metrics::prometheus::PrometheusBackend::new(
+            "",
+        )),
+        "",
+        &[("env".into(), "bench".into())],
+    );
+    vec![
+        ("off", Metrics::disabled()),
+        ("dogstatsd", dogstatsd),
+        ("prometheus", prometheus),
+    ]
+}
+
+/// The worker step on `n` fresh events with `w` tasks and `metrics`: events/s and CPU
+/// µs/event.
+async fn with_metrics(
+    sdk: &aws_config::SdkConfig,
+    client: &Client,
+    n: usize,
+    w: usize,
+    metrics: Metrics,
+) -> (f64, f64) {
+    let tag = format!("tp-m-{:08x}", fastrand::u32(..));
+    let source = create_queue(client, &format!("{tag}-src")).await;
+    let dest = create_queue(client, &format!("{tag}-dst")).await;
+    fill(client, &source, n).await;
+    let worker = forwarder_worker(sdk, &source, &dest, w, metrics).await;
+    let out = with_cpu(n, forwarder(worker, n, w)).await;
+    for q in [&source, &dest] {
+        let _ = client.delete_queue().queue_url(q).send().await;
+    }
+    out
+}
+
 /// An SDK configuration for LocalStack (or the stand-in) whose calls are not counted.
 async fn sdk_plain() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -683,6 +736,14 @@ fn main() {
                     per(c[2]),
                     per(c[0] + c[1] + c[2] + c[3])
                 );
+            }
+        }
+        if std::env::var("BENCH_METRICS").as_deref() != Ok("off") {
+            let w = workers.iter().copied().max().unwrap_or(4);
+            println!("metrics backends ({w} workers, the worker step, same run): backend | events/s | CPU µs/event");
+            for (name, metrics) in backends() {
+                let (ev, cpu) = with_metrics(&sdk, &client, n, w, metrics).await;
+                println!("{name:>10} | {ev:>9.0} | {cpu:>6.1}");
             }
         }
         let rss_workers: usize = std::env::var("BENCH_RSS_WORKERS")
