@@ -36,6 +36,11 @@ fn report_settings(app: &App, report: &mut Report) {
     let config = app.config();
     let to = config.metrics.describe(config.health_addr);
     report.ok.push(format!("metrics: {to}"));
+    let var = |name: &str| std::env::var(name).ok();
+    match crate::telemetry::otlp::describe(&var) {
+        Ok(traces) => report.ok.push(format!("traces: {traces}")),
+        Err(problem) => report.problems.push(problem),
+    }
     report.ok.push(format!(
         "forwarded attributes: {} (and the trace context)",
         app.config().forward_attributes

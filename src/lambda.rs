@@ -178,6 +178,7 @@ pub async fn handle(
         "batch settled"
     );
     metrics.flush(METRICS_FLUSH);
+    crate::telemetry::otlp::flush().await;
     Ok(response)
 }
 

@@ -45,7 +45,7 @@
 //! - `internal_events` (internal): each happening logged and counted together.
 //! - [`metrics`]: every metric as a typed value, and its backends (statsd and
 //!   DogStatsD, Datadog's API, EMF, log, Prometheus), one or several at once.
-//! - [`telemetry`]: logging set-up.
+//! - [`telemetry`]: logging set-up, and traces over OTLP ([`telemetry::otlp`]).
 //! - `redact` (internal): secrets out of URLs, for every output.
 //! - [`check`], [`replay`], [`redrive`]: the other commands.
 //!

@@ -28,11 +28,14 @@ async fn main() -> ExitCode {
         }
     };
     let in_lambda = matches!(cli.command, Command::Lambda);
-    telemetry::init(&telemetry::LogSetup::from_env(
+    if let Err(line) = telemetry::init(&telemetry::LogSetup::from_env(
         cli.settings.log_format,
         in_lambda,
-    ));
-    match cli.command {
+    )) {
+        eprintln!("error: {line}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let code = match cli.command {
         Command::Run { exit_when_idle } => run(&cli, exit_when_idle).await,
         Command::Replay { ref input } => replay(&cli, input).await,
         Command::Check => check(&cli).await,
@@ -50,7 +53,10 @@ async fn main() -> ExitCode {
         }
         Command::Lambda => lambda(&cli).await,
         Command::Indexer(ref command) => indexer(&cli, command).await,
-    }
+    };
+    // The spans that ended go before the process does.
+    telemetry::otlp::flush().await;
+    code
 }
 
 async fn indexer(cli: &Cli, command: &IndexerCommand) -> ExitCode {

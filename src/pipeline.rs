@@ -185,6 +185,14 @@ impl Pipeline {
             messages = messages.len(),
             message_ids = %Ids(messages.iter().map(|m| m.message_id.as_str())),
         );
+        // One trace through the hop: the batch continues its first message's trace
+        // (the others' are its links), when traces are exported.
+        crate::telemetry::otlp::continue_trace(
+            &span,
+            messages
+                .iter()
+                .filter_map(|m| Some((m.attribute("traceparent")?, m.attribute("tracestate")))),
+        );
         self.process_batch(messages).instrument(span).await
     }
 

@@ -22,7 +22,9 @@ pub fn endpoint() -> String {
 /// quiet by default, `TEST_LOG=1 cargo nextest run …` shows them (`RUST_LOG` filters).
 pub fn test_log() {
     if std::env::var_os("TEST_LOG").is_some() {
-        sqs_forwarder::telemetry::init(&sqs_forwarder::telemetry::LogSetup::from_env(None, false));
+        let _ = sqs_forwarder::telemetry::init(&sqs_forwarder::telemetry::LogSetup::from_env(
+            None, false,
+        ));
     }
 }
 

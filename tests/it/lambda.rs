@@ -449,3 +449,31 @@ async fn in_lambda_metrics_default_to_emf_on_stdout() {
         .sum();
     assert_eq!(ok, 3, "{stdout}");
 }
+
+/// Traces over OTLP in Lambda: each invocation's spans are exported before it answers,
+/// as the process may be frozen right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_lambda_each_invocation_flushes_its_spans() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let dest = create_queue(&client, &unique("lambda-otlp"), 30).await;
+    let (collector, spans, _) = crate::otlp::receiver().await;
+    let mut api = RuntimeApi::start().await;
+    let child = function(
+        &api,
+        &[
+            ("FORWARDER_DEST_QUEUE_URL", dest.clone()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
+        ],
+    );
+    let posted = api
+        .invoke("req-otlp", batch(vec![record("o1", &event(1, 1), None)]))
+        .await;
+    assert!(failures(&posted).is_empty(), "{posted:?}");
+    // Answered: its spans are already out, with the process still running.
+    let got = spans.lock().unwrap().clone();
+    assert!(got.iter().any(|s| s.name == "batch"), "{got:#?}");
+    assert!(got.iter().any(|s| s.name == "route"), "{got:#?}");
+    assert!(got.iter().all(|s| s.service == "sqs-forwarder"), "{got:#?}");
+    child.terminate();
+    let _ = child.finish(Duration::from_secs(30)).await;
+}

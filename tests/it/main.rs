@@ -24,6 +24,7 @@ mod isolation;
 mod lambda;
 mod metrics_backends;
 mod offload;
+mod otlp;
 mod outage;
 mod pack;
 mod prometheus;

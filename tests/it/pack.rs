@@ -307,10 +307,10 @@ async fn with_s3_offload_always_each_pack_is_one_gzip_ndjson_object() {
 /// `queue` until it is empty; what it printed, or why it could not run.
 fn readme_consumer(queue: &str) -> Result<String, String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join("localstack/.venv/bin/python");
+    let python = root.join("tools/.venv/bin/python");
     if !python.exists() {
         return Err(format!(
-            "{} is not installed (make localstack)",
+            "{} is not installed (make test-tools)",
             python.display()
         ));
     }

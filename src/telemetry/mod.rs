@@ -6,10 +6,18 @@
 //! controls apply: `AWS_LAMBDA_LOG_FORMAT=JSON` gives the `json` format (unless
 //! `FORWARDER_LOG_FORMAT` says otherwise), and `AWS_LAMBDA_LOG_LEVEL` sets the level
 //! unless `RUST_LOG` is set.
+//!
+//! Traces leave the process over OTLP when the standard OpenTelemetry variables ask for
+//! it ([`otlp`]).
+
+pub mod otlp;
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
@@ -76,23 +84,36 @@ fn lambda_level(level: &str) -> Option<&'static str> {
     })
 }
 
-/// Installs the global subscriber. Safe to call more than once (later calls are no-ops).
-pub fn init(setup: &LogSetup) {
+/// Installs the global subscriber: the log lines, and the OTLP exporter of the worker's
+/// own spans when the environment asks for one. Safe to call more than once (later
+/// calls are no-ops). A bad OpenTelemetry setting: one line naming its variable. Must
+/// run within the Tokio runtime (the exporter's requests run on it).
+pub fn init(setup: &LogSetup) -> Result<(), String> {
     let filter = EnvFilter::try_new(&setup.filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(setup.ansi)
         .with_writer(std::io::stderr);
-    let _ = match setup.format {
+    let fmt = match setup.format {
         // Each line carries its spans (the batch's message ids, the route and its
         // event ids), outermost first.
-        LogFormat::Json => builder
+        LogFormat::Json => fmt
             .json()
             .with_current_span(false)
             .with_span_list(true)
-            .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+            .boxed(),
+        LogFormat::Pretty => fmt.boxed(),
     };
+    // Only the worker's own spans are traced (`batch`, `route`), not its dependencies'.
+    let traces = otlp::tracer()?.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(Targets::new().with_target("sqs_forwarder", LevelFilter::INFO))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(traces)
+        .try_init();
+    Ok(())
 }
 
 #[cfg(test)]
