@@ -814,6 +814,71 @@ mod tests {
         assert_eq!(calls[0][0].lines().count(), 5);
     }
 
+    /// FIFO: a pack whose S3 object could not be stored fails its events, and the later
+    /// packs of its group are held back, never sent ahead of it.
+    #[tokio::test]
+    async fn a_fifo_pack_not_stored_holds_back_the_rest_of_its_group() {
+        let sends = Arc::new(Mutex::new(0));
+        let counted = sends.clone();
+        let sqs = fake::sqs_client(move |req| {
+            if req.action == "SendMessageBatch" {
+                *counted.lock().unwrap() += 1;
+            }
+            fake::ok(r#"{"Successful":[],"Failed":[]}"#)
+        });
+        let first = format!("{:032x}", 1);
+        let s3_config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "a", "b", None, None, "t",
+            ))
+            .force_path_style(true)
+            .http_client(fake::client_fn(move |req| {
+                let status = if req.body.contains(&first) { 500 } else { 200 };
+                http::Response::builder()
+                    .status(status)
+                    .body(
+                        "<Error><Code>InternalError</Code><Message>x</Message></Error>".to_string(),
+                    )
+                    .map_err(|e| e.to_string())
+            }))
+            .build();
+        let offloader = Offloader::new(
+            aws_sdk_s3::Client::from_conf(s3_config),
+            "b",
+            "us-east-1",
+            PointerFormat::Sentry,
+            fast(),
+            Metrics::disabled(),
+        )
+        .with_mode(OffloadMode::Always);
+        // Room for three lines per pack: events 1-3, then 4-5.
+        let f = Forwarder::new(
+            sqs,
+            "https://sqs.fake/0/q.fifo",
+            400,
+            fast(),
+            Metrics::disabled(),
+        )
+        .with_group(Some("all".parse().unwrap()), true)
+        .with_offloader(Some(offloader))
+        .with_pack(
+            Pack::Ndjson,
+            PackCompression::None,
+            &crate::batching::BatchWindow::none(),
+        );
+        let bodies: Vec<String> = (1..=5).map(|n| body(n, 1)).collect();
+        let out = forward(&f, &bodies).await;
+        for o in &out[..3] {
+            assert_eq!(class(o), Some(ErrorClass::ServerError), "{out:?}");
+        }
+        for o in &out[3..] {
+            assert_eq!(cause(o), Some(DeferCause::HeldBack), "{out:?}");
+        }
+        assert_eq!(*sends.lock().unwrap(), 0, "nothing of the group went");
+    }
+
     /// A packed message refused as a message: its events go again one per message, so
     /// only the bad one fails.
     #[tokio::test]

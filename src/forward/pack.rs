@@ -252,15 +252,25 @@ impl Packing {
         };
         let mut messages = Vec::new();
         let mut members: Vec<Vec<usize>> = Vec::new();
-        // FIFO: the last pack of each group, which the next one follows.
+        // FIFO: the last pack of each group, which the next one follows, and the groups
+        // a pack of which could not be built: their later packs are held back.
         let mut last: HashMap<Option<&str>, usize> = HashMap::new();
+        let mut broken: Vec<Option<&str>> = Vec::new();
         for pack in plan(&lines, self.budget) {
+            let group = lines[pack[0]].message.group_id.as_deref();
+            if self.fifo && broken.contains(&group) {
+                for &i in &pack {
+                    reply
+                        .failed
+                        .push((lines[i].id.clone(), SendOutcome::HeldBack));
+                }
+                continue;
+            }
             self.metrics
                 .distribution(Distribution::PackEvents, pack.len() as u64);
             match self.message(&lines, &pack).await {
                 Ok(mut message) => {
                     if self.fifo {
-                        let group = lines[pack[0]].message.group_id.as_deref();
                         message.after = last.insert(group, messages.len());
                     }
                     messages.push(message);
@@ -268,6 +278,7 @@ impl Packing {
                 }
                 // Its object could not be stored: none of its events goes.
                 Err(outcome) => {
+                    broken.push(group);
                     for &i in &pack {
                         reply.failed.push((lines[i].id.clone(), outcome.clone()));
                     }
