@@ -20,7 +20,8 @@
 //!
 //! Packing: the worker pool as `run` runs it (pipelined pollers, the default 1 s batching
 //! window), once with an unpacked route and once with `pack = "ndjson"`, on N fresh
-//! events each (`BENCH_PACK_WORKERS`, default the largest worker count): events/s up to
+//! events each (`BENCH_PACK_WORKERS`, default the largest worker count;
+//! `BENCH_PACK_IN_FLIGHT`, default 400, the in-flight bound): events/s up to
 //! the source's last delete, and SQS requests per event. `BENCH_PACK=off` skips it.
 //!
 //! Metrics backends: the worker step once more per backend (none, DogStatsD to a local
@@ -580,7 +581,11 @@ async fn pool(
     let dir = std::env::temp_dir().join(&tag);
     let mut config = config(&source, &dest, &dir, w);
     config.pack = pack;
-    config.max_in_flight = 400;
+    // The default bound, or BENCH_PACK_IN_FLIGHT.
+    config.max_in_flight = std::env::var("BENCH_PACK_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
     config.batch_window = None;
     let app = sqs_forwarder::app::App::connect(config, sdk, Metrics::disabled())
         .await
@@ -603,12 +608,14 @@ async fn pool(
                     .send()
                     .await
                     .unwrap();
-                let left: u64 = attrs
-                    .attributes()
-                    .into_iter()
-                    .flat_map(|a| a.values())
-                    .filter_map(|v| v.parse::<u64>().ok())
-                    .sum();
+                use aws_sdk_sqs::types::QueueAttributeName as A;
+                let left: u64 = [
+                    A::ApproximateNumberOfMessages,
+                    A::ApproximateNumberOfMessagesNotVisible,
+                ]
+                .iter()
+                .filter_map(|name| attrs.attributes()?.get(name)?.parse::<u64>().ok())
+                .sum();
                 if left == 0 {
                     let _ = finished.set(Instant::now());
                     return;
