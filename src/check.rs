@@ -113,18 +113,9 @@ async fn check_routes(app: &App, report: &mut Report) {
         report.problems.push(err.to_string());
         return;
     }
-    let named = routes
-        .default
-        .iter()
-        .map(|r| ("default".to_string(), r))
-        .chain(
-            routes
-                .projects
-                .iter()
-                .map(|(p, r)| (format!("project {p}"), r)),
-        );
     let config = app.config();
-    for (name, route) in named {
+    for (project, route) in routes.keyed() {
+        let name = project.map_or("default".to_string(), |p| format!("project {p}"));
         let fields = route.fields.as_ref().or(config.fields.as_ref());
         let filter = route.filter.as_ref().or(config.filter.as_ref());
         let pack = route.pack.unwrap_or(config.pack);

@@ -532,17 +532,8 @@ impl Settings {
             }
         }
         let Some(routes) = routes else { return };
-        let named = routes
-            .default
-            .iter()
-            .map(|r| ("default".to_string(), r))
-            .chain(
-                routes
-                    .projects
-                    .iter()
-                    .map(|(p, r)| (format!("projects.{p}"), r)),
-            );
-        for (at, route) in named {
+        for (project, route) in routes.keyed() {
+            let at = project.map_or("default".to_string(), |p| format!("projects.{p}"));
             let found = problem(
                 route.pack.unwrap_or(self.pack),
                 route.s3_offload.unwrap_or(self.s3_offload),

@@ -88,6 +88,15 @@ pub struct Routes {
 }
 
 impl Routes {
+    /// Every route with its key: `None` for the default, else the project id; the
+    /// default first.
+    pub fn keyed(&self) -> impl Iterator<Item = (Option<u64>, &Route)> {
+        self.default
+            .iter()
+            .map(|r| (None, r))
+            .chain(self.projects.iter().map(|(p, r)| (Some(*p), r)))
+    }
+
     /// The route of a project.
     pub fn route(&self, project_id: u64) -> Option<&Route> {
         self.projects.get(&project_id).or(self.default.as_ref())

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::helpers::*;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use sqs_forwarder::app::App;
 use sqs_forwarder::forward::{Outcome, Routed};
 
@@ -184,28 +184,7 @@ async fn fifo_destination_gets_groups_keeps_order_and_deduplicates_resends() {
     let dest = create_fifo_queue(&client, &format!("{name}-dst")).await;
     // 30 events of two projects, in order, through a FIFO source.
     let bodies: Vec<String> = (0..30).map(|i| event(i, 1 + (i as u64 % 2))).collect();
-    for (n, chunk) in bodies.chunks(10).enumerate() {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(b)
-                    .message_group_id("src")
-                    .message_deduplication_id(format!("{n}-{i}"))
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        client
-            .send_message_batch()
-            .queue_url(&source)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .unwrap();
-    }
+    send_in_group(&client, &source, &bodies).await;
     let mut config = test_config(&source, &dest, None);
     config.message_group = Some("project-{project_id}".parse().unwrap());
     let app = app(config).await;

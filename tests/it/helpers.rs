@@ -222,6 +222,32 @@ pub fn event(id: u128, project: u64) -> String {
     )
 }
 
+/// Sends bodies to a FIFO queue in order, all in the message group `src`, ten per call.
+pub async fn send_in_group(client: &Client, queue: &str, bodies: &[String]) {
+    for (n, chunk) in bodies.chunks(10).enumerate() {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(b)
+                    .message_group_id("src")
+                    .message_deduplication_id(format!("{n}-{i}"))
+                    .build()
+                    .expect("entry")
+            })
+            .collect();
+        client
+            .send_message_batch()
+            .queue_url(queue)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .expect("send to LocalStack");
+    }
+}
+
 /// Sends bodies to a queue, ten per call.
 pub async fn send_bodies(client: &Client, queue: &str, bodies: &[String]) {
     for chunk in bodies.chunks(10) {

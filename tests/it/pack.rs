@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use md5::{Digest, Md5};
 
 use crate::helpers::*;
@@ -108,32 +108,6 @@ async fn a_packed_route_carries_many_events_per_message_and_an_unpacked_one_does
     assert_eq!(depth(&client, &source).await, 0);
 }
 
-/// Sends `bodies` to a FIFO queue in one message group, in order.
-async fn send_in_order(client: &aws_sdk_sqs::Client, queue: &str, bodies: &[String]) {
-    for (n, chunk) in bodies.chunks(10).enumerate() {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(b)
-                    .message_group_id("src")
-                    .message_deduplication_id(format!("{n}-{i}"))
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        client
-            .send_message_batch()
-            .queue_url(queue)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .unwrap();
-    }
-}
-
 fn system(m: &aws_sdk_sqs::types::Message, name: MessageSystemAttributeName) -> Option<String> {
     m.attributes.as_ref().and_then(|a| a.get(&name)).cloned()
 }
@@ -147,6 +121,21 @@ fn pack_id(ids: &[String]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The binary from a FIFO `source` to a FIFO `dest`, packed, a group per project, with a
+/// small message limit: a batch's group spills over several packs, which must still go
+/// in order.
+fn run_fifo_packed(source: &str, dest: &str) {
+    let mut run = binary(&["run", "--exit-when-idle", "3"]);
+    run.env("FORWARDER_SOURCE_QUEUE_URL", source)
+        .env("FORWARDER_DEST_QUEUE_URL", dest)
+        .env("FORWARDER_MESSAGE_GROUP_ID", "project-{project_id}")
+        .env("FORWARDER_PACK", "ndjson")
+        .env("FORWARDER_MAX_MESSAGE_BYTES", "1024")
+        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+        .env("FORWARDER_INDEXER", "off");
+    run_ok(&mut run);
+}
+
 #[tokio::test]
 async fn fifo_packs_keep_each_groups_order_and_a_resent_pack_is_deduplicated() {
     let client = aws_sdk_sqs::Client::new(&sdk().await);
@@ -154,18 +143,8 @@ async fn fifo_packs_keep_each_groups_order_and_a_resent_pack_is_deduplicated() {
     let source = create_fifo_queue(&client, &format!("{name}-src")).await;
     let dest = create_fifo_queue(&client, &format!("{name}-dst")).await;
     let bodies: Vec<String> = (1..=40u128).map(|i| event(i, 1 + (i as u64 % 2))).collect();
-    send_in_order(&client, &source, &bodies).await;
-    // A small message limit: a batch's group spills over several packs, which must
-    // still go in order.
-    let mut run = binary(&["run", "--exit-when-idle", "3"]);
-    run.env("FORWARDER_SOURCE_QUEUE_URL", &source)
-        .env("FORWARDER_DEST_QUEUE_URL", &dest)
-        .env("FORWARDER_MESSAGE_GROUP_ID", "project-{project_id}")
-        .env("FORWARDER_PACK", "ndjson")
-        .env("FORWARDER_MAX_MESSAGE_BYTES", "1024")
-        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
-        .env("FORWARDER_INDEXER", "off");
-    run_ok(&mut run);
+    send_in_group(&client, &source, &bodies).await;
+    run_fifo_packed(&source, &dest);
 
     let got = drain_messages(&client, &dest, 40, Duration::from_secs(5)).await;
     let mut first_pack = None;
@@ -207,16 +186,8 @@ async fn fifo_packs_keep_each_groups_order_and_a_resent_pack_is_deduplicated() {
         .cloned()
         .collect();
     let resend = create_fifo_queue(&client, &format!("{name}-again")).await;
-    send_in_order(&client, &resend, &again).await;
-    let mut run = binary(&["run", "--exit-when-idle", "3"]);
-    run.env("FORWARDER_SOURCE_QUEUE_URL", &resend)
-        .env("FORWARDER_DEST_QUEUE_URL", &dest)
-        .env("FORWARDER_MESSAGE_GROUP_ID", "project-{project_id}")
-        .env("FORWARDER_PACK", "ndjson")
-        .env("FORWARDER_MAX_MESSAGE_BYTES", "1024")
-        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
-        .env("FORWARDER_INDEXER", "off");
-    run_ok(&mut run);
+    send_in_group(&client, &resend, &again).await;
+    run_fifo_packed(&resend, &dest);
     assert_eq!(depth(&client, &resend).await, 0, "accepted");
     let dup = drain_messages(&client, &dest, 1, Duration::from_secs(2)).await;
     assert!(dup.is_empty(), "deduplicated: {dup:?}");
