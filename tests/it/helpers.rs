@@ -619,17 +619,8 @@ pub fn free_addr() -> String {
 
 /// The status of `GET path`, or `None` if nothing listens.
 pub fn status(addr: &str, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split(' ').nth(1)?.parse().ok()
+    let (head, _) = get(addr, path, "*/*")?;
+    head.split(' ').nth(1)?.parse().ok()
 }
 
 /// `GET path` with `accept`: the response's head (lower-cased) and body, or `None` if
