@@ -26,7 +26,7 @@ use std::sync::Arc;
 use md5::{Digest, Md5};
 
 use super::offload::Offloader;
-use super::sender::{Attribute, Outgoing, SendOutcome, SqsSender};
+use super::sender::{local, Attribute, Outgoing, SendOutcome, SqsSender};
 use crate::batching::{BatchWindow, CallFn, Entry, Window};
 use crate::metrics::{Distribution, Metrics};
 use crate::outcome::ErrorClass;
@@ -235,9 +235,7 @@ impl Packer {
         outcomes
             .into_iter()
             .map(|o| {
-                o.unwrap_or_else(|| {
-                    SendOutcome::Failed(local("no outcome for the event's pack".into()))
-                })
+                o.unwrap_or_else(|| SendOutcome::Failed(local("no outcome for the event's pack")))
             })
             .collect()
     }
@@ -428,15 +426,6 @@ pub fn pack_id<'a>(event_ids: impl IntoIterator<Item = &'a str>) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn local(message: String) -> crate::aws::AwsError {
-    crate::aws::AwsError {
-        operation: crate::outcome::Operation::Send,
-        class: ErrorClass::Local,
-        code: None,
-        message,
-    }
 }
 
 #[cfg(test)]

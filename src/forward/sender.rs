@@ -317,7 +317,8 @@ fn entry(id: &str, m: &Outgoing<'_>) -> Result<SendMessageBatchRequestEntry, Str
     builder.build().map_err(|e| e.to_string())
 }
 
-fn local(message: &str) -> AwsError {
+/// A send that failed here, not at SQS.
+pub(super) fn local(message: &str) -> AwsError {
     AwsError {
         operation: Operation::Send,
         class: ErrorClass::Local,

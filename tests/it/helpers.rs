@@ -224,6 +224,17 @@ pub fn event(id: u128, project: u64) -> String {
 
 /// Sends bodies to a FIFO queue in order, all in the message group `src`, ten per call.
 pub async fn send_in_group(client: &Client, queue: &str, bodies: &[String]) {
+    send_entries(client, queue, bodies, Some("src")).await;
+}
+
+/// Sends bodies to a queue, ten per call.
+pub async fn send_bodies(client: &Client, queue: &str, bodies: &[String]) {
+    send_entries(client, queue, bodies, None).await;
+}
+
+/// Sends bodies ten per call, in order; with `group`, all in that message group with
+/// deduplication ids (a FIFO queue). Every entry must be accepted.
+async fn send_entries(client: &Client, queue: &str, bodies: &[String], group: Option<&str>) {
     for (n, chunk) in bodies.chunks(10).enumerate() {
         let entries = chunk
             .iter()
@@ -232,32 +243,8 @@ pub async fn send_in_group(client: &Client, queue: &str, bodies: &[String]) {
                 SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
                     .message_body(b)
-                    .message_group_id("src")
-                    .message_deduplication_id(format!("{n}-{i}"))
-                    .build()
-                    .expect("entry")
-            })
-            .collect();
-        client
-            .send_message_batch()
-            .queue_url(queue)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .expect("send to LocalStack");
-    }
-}
-
-/// Sends bodies to a queue, ten per call.
-pub async fn send_bodies(client: &Client, queue: &str, bodies: &[String]) {
-    for chunk in bodies.chunks(10) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(b)
+                    .set_message_group_id(group.map(str::to_string))
+                    .set_message_deduplication_id(group.map(|_| format!("{n}-{i}")))
                     .build()
                     .expect("entry")
             })
