@@ -15,8 +15,13 @@
 //! `BENCH_SQS=standin`: against the in-memory SQS stand-in (`support/sqs_standin.rs`, in
 //! its own process) instead of LocalStack. `BENCH_EVENT_BYTES`: the event size (8192).
 //! `BENCH_MAX_IN_FLIGHT`: `FORWARDER_MAX_IN_FLIGHT` of the binary whose RSS is read.
-//! `BENCH_ONLY=ceiling|forwarder|none`: one loop only (or none), to profile it. Each loop's CPU per
-//! event is this process's user + system time over the loop.
+//! `BENCH_ONLY=ceiling|forwarder|pool|none`: one loop only (or none), to profile it. Each
+//! loop's CPU per event is this process's user + system time over the loop, and its
+//! context switches per event those of this process's threads (each a task that parked
+//! and was woken: what a network costs beyond the work). The third loop, `pool`, is the
+//! worker pool as `sqs-forwarder run` runs it (pipelined pollers, the batching window).
+//! The stand-in answers each call `BENCH_STANDIN_LATENCY_MS` (default 3) late, as SQS
+//! in-region does, so a parked task and its wake-up cost there as on a network.
 //!
 //! Packing: the worker pool as `run` runs it (pipelined pollers, the default 1 s batching
 //! window), once with an unpacked route and once with `pack = "ndjson"`, on N fresh
@@ -78,12 +83,46 @@ fn cpu_time() -> Duration {
     Duration::from_millis(fields.iter().sum::<u64>() * 10)
 }
 
-/// `f`'s result and the CPU this process spent on it, per event in µs.
-async fn with_cpu<T>(n: usize, f: impl std::future::Future<Output = T>) -> (T, f64) {
-    let before = cpu_time();
+/// Context switches of this process so far, voluntary and involuntary, summed over its
+/// live threads (`/proc/self/task/*/status`; a thread that ended meanwhile is not
+/// counted, and the runtime's workers and the SQLite thread live throughout). Each is a
+/// task that parked and was woken: what a network costs beyond the work itself.
+fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// What a loop cost this process, per event: CPU µs (user + system) and context
+/// switches.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    cpu_us: f64,
+    switches: f64,
+}
+
+/// `f`'s result and what this process spent on it, per event.
+async fn with_cpu<T>(n: usize, f: impl std::future::Future<Output = T>) -> (T, Cost) {
+    let (cpu, switches) = (cpu_time(), context_switches());
     let out = f.await;
-    let spent = cpu_time().saturating_sub(before);
-    (out, spent.as_secs_f64() * 1e6 / n as f64)
+    let spent = cpu_time().saturating_sub(cpu);
+    let switched = context_switches().saturating_sub(switches);
+    let cost = Cost {
+        cpu_us: spent.as_secs_f64() * 1e6 / n as f64,
+        switches: switched as f64 / n as f64,
+    };
+    (out, cost)
 }
 
 /// The size of each event's body (`BENCH_EVENT_BYTES`, default 8192: Sentry's typical
@@ -507,8 +546,13 @@ fn svg(rows: &[(usize, f64, f64)]) -> String {
     out
 }
 
-/// One worker count: both loops on fresh queues, one printed row. Returns
+/// One worker count: the three loops on fresh queues, one printed row. Returns
 /// (workers, forwarder ev/s, ceiling ev/s).
+///
+/// The loops: the ceiling (bare receive → send → delete), the worker step
+/// (`Worker::run_once` in `w` tasks, no batching window), and the worker pool as
+/// `sqs-forwarder run` runs it (pipelined pollers, the default batching window and
+/// in-flight bound). Each with its CPU and context switches per event.
 async fn row(
     sdk: &aws_config::SdkConfig,
     client: &Client,
@@ -526,22 +570,32 @@ async fn row(
     fill(client, &queues[0], n).await;
     fill(client, &queues[2], n).await;
     calls.take();
-    // BENCH_ONLY=ceiling|forwarder runs one loop (for a profiler), `none` neither
+    // BENCH_ONLY=ceiling|forwarder|pool runs one loop (for a profiler), `none` none
     // (the set-up alone, to subtract); a loop not run shows 1.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let (bare, bare_cpu) = if !only.is_empty() && only != "ceiling" {
-        (1.0, 1.0)
-    } else {
+    let runs = |name: &str| only.is_empty() || only == name;
+    let skipped = Cost {
+        cpu_us: 1.0,
+        switches: 1.0,
+    };
+    let (bare, bare_cost) = if runs("ceiling") {
         with_cpu(n, ceiling(client, &queues[0], &queues[1], n, w)).await
+    } else {
+        (1.0, skipped)
     };
     let bare_calls = calls.take();
-    let (ours, our_cpu) = if !only.is_empty() && only != "forwarder" {
-        (1.0, 1.0)
-    } else {
+    let (ours, our_cost) = if runs("forwarder") {
         let worker = forwarder_worker(sdk, &queues[2], &queues[3], w, Metrics::disabled()).await;
         with_cpu(n, forwarder(worker, n, w)).await
+    } else {
+        (1.0, skipped)
     };
     let our_calls = calls.take();
+    let (pooled, _, pool_cost) = if runs("pool") {
+        pool(sdk, client, calls, n, w, sqs_forwarder::forward::Pack::Off).await
+    } else {
+        (1.0, [0; 4], skipped)
+    };
     let per = |c: [u64; 4]| {
         format!(
             "{:.3}, {:.3}, {:.3}",
@@ -551,9 +605,15 @@ async fn row(
         )
     };
     println!(
-        "{w:>7} | {bare:>12.0} | {ours:>14.0} | {:>4.0}% | {bare_cpu:>6.1} | {our_cpu:>6.1} | {:.2}x | {} | {} (+{} start-up calls)",
-        100.0 * ours / bare,
-        our_cpu / bare_cpu,
+        "{w:>7} | {bare:>7.0} | {ours:>7.0} | {pooled:>7.0} | {:>6.1} | {:>6.1} | {:>6.1} | {:.2}x {:.2}x | {:.2} | {:.2} | {:.2} | {} | {} (+{} start-up calls)",
+        bare_cost.cpu_us,
+        our_cost.cpu_us,
+        pool_cost.cpu_us,
+        our_cost.cpu_us / bare_cost.cpu_us,
+        pool_cost.cpu_us / bare_cost.cpu_us,
+        bare_cost.switches,
+        our_cost.switches,
+        pool_cost.switches,
         per(bare_calls),
         per(our_calls),
         our_calls[3]
@@ -573,7 +633,7 @@ async fn pool(
     n: usize,
     w: usize,
     pack: sqs_forwarder::forward::Pack,
-) -> (f64, [u64; 4]) {
+) -> (f64, [u64; 4], Cost) {
     let tag = format!("tp-pack-{:08x}", fastrand::u32(..));
     let source = create_queue(client, &format!("{tag}-src")).await;
     let dest = create_queue(client, &format!("{tag}-dst")).await;
@@ -599,7 +659,8 @@ async fn pool(
         let finished = finished.clone();
         async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Its own calls cost the measured process a little: 10 a second.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 let attrs = watcher
                     .get_queue_attributes()
                     .queue_url(&source)
@@ -623,9 +684,10 @@ async fn pool(
             }
         }
     };
-    let summary = app.run(done).await.unwrap();
+    let (summary, cost) = with_cpu(n, app.run(done)).await;
+    let summary = summary.unwrap();
     assert_eq!(summary.totals.forwarded, n, "{summary:?}");
-    (rate(n, started, &finished), calls.take())
+    (rate(n, started, &finished), calls.take(), cost)
 }
 
 /// The metrics backends compared on the worker step: none, DogStatsD (to a local UDP
@@ -667,7 +729,7 @@ async fn with_metrics(
     n: usize,
     w: usize,
     metrics: Metrics,
-) -> (f64, f64) {
+) -> (f64, Cost) {
     let tag = format!("tp-m-{:08x}", fastrand::u32(..));
     let source = create_queue(client, &format!("{tag}-src")).await;
     let dest = create_queue(client, &format!("{tag}-dst")).await;
@@ -721,7 +783,7 @@ fn main() {
             event(0).len(),
             endpoint()
         );
-        println!("workers | ceiling ev/s | forwarder ev/s | ratio | CPU µs/event: ceiling | forwarder | ratio | calls/event (receive, send, delete): ceiling | forwarder");
+        println!("workers | events/s: ceiling | step | pool | CPU µs/event: ceiling | step | pool | step, pool / ceiling | context switches/event: ceiling | step | pool | calls/event (receive, send, delete): ceiling | step");
         let mut rows = Vec::new();
         for &w in &workers {
             rows.push(row(&sdk, &client, &calls, n, w).await);
@@ -733,7 +795,7 @@ fn main() {
                 .unwrap_or_else(|| workers.iter().copied().max().unwrap_or(4));
             println!("packing ({w} workers, the worker pool, batching window 1 s): route | events/s | requests/event (receive, send, delete) | requests/event");
             for pack in [sqs_forwarder::forward::Pack::Off, sqs_forwarder::forward::Pack::Ndjson] {
-                let (ev, c) = pool(&sdk, &client, &calls, n, w, pack).await;
+                let (ev, c, _) = pool(&sdk, &client, &calls, n, w, pack).await;
                 let per = |k: u64| k as f64 / n as f64;
                 println!(
                     "{:>6} | {ev:>9.0} | {:.3}, {:.3}, {:.3} | {:.3}",
@@ -749,8 +811,8 @@ fn main() {
             let w = workers.iter().copied().max().unwrap_or(4);
             println!("metrics backends ({w} workers, the worker step, same run): backend | events/s | CPU µs/event");
             for (name, metrics) in backends() {
-                let (ev, cpu) = with_metrics(&sdk, &client, n, w, metrics).await;
-                println!("{name:>10} | {ev:>9.0} | {cpu:>6.1}");
+                let (ev, cost) = with_metrics(&sdk, &client, n, w, metrics).await;
+                println!("{name:>10} | {ev:>9.0} | {:>6.1}", cost.cpu_us);
             }
         }
         let rss_workers: usize = std::env::var("BENCH_RSS_WORKERS")

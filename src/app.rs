@@ -290,6 +290,7 @@ impl App {
             self.config.retry.clone(),
             self.metrics.clone(),
         )
+        .with_queue_limit(info.max_message_bytes)
         .with_group(route.message_group.clone(), info.fifo)
         .with_offloader(offloader)
         .with_forward_attributes(self.config.forward_attributes.clone())

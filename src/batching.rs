@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -93,14 +94,64 @@ pub type CallFn<T, E> = Arc<
     dyn Fn(Vec<T>) -> Pin<Box<dyn Future<Output = Result<BatchReply<E>, E>> + Send>> + Send + Sync,
 >;
 
+/// A byte bound that may change while the windows that read it live (a route's message
+/// size limit, read again from its queue every minute): every clone reads and sets the
+/// same value; [`less`](Self::less) gives one that reads `room` bytes fewer of it.
+#[derive(Debug, Clone)]
+pub struct ByteBound {
+    /// The bound itself, shared.
+    shared: Arc<AtomicUsize>,
+    /// Taken off what `shared` holds when read (a pack's room for its attributes).
+    less: usize,
+}
+
+impl ByteBound {
+    /// A bound of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            shared: Arc::new(AtomicUsize::new(bytes)),
+            less: 0,
+        }
+    }
+
+    /// The bound now, at least 1.
+    pub fn get(&self) -> usize {
+        self.shared
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.less)
+            .max(1)
+    }
+
+    /// Sets the shared value (for every clone, and every bound made by `less`); returns
+    /// the one before.
+    pub fn set(&self, bytes: usize) -> usize {
+        self.shared.swap(bytes, Ordering::Relaxed)
+    }
+
+    /// The same shared bound, read `room` bytes fewer.
+    pub fn less(&self, room: usize) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            less: self.less + room,
+        }
+    }
+}
+
+impl From<usize> for ByteBound {
+    fn from(bytes: usize) -> Self {
+        Self::new(bytes)
+    }
+}
+
 /// One kind of batch call to one queue, shared by every caller (see the module).
 pub struct Window<T, E> {
     /// The setting.
     setting: BatchWindow,
     /// Entries per call at most (SQS: 10).
     max_entries: usize,
-    /// Payload bytes per call at most ([`Entry::size`] summed).
-    max_bytes: usize,
+    /// Payload bytes per call at most ([`Entry::size`] summed), as the bound is when
+    /// the call is made.
+    max_bytes: ByteBound,
     /// Makes the call.
     call: CallFn<T, E>,
     /// What waits for a call.
@@ -193,13 +244,13 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
     pub fn new(
         setting: BatchWindow,
         max_entries: usize,
-        max_bytes: usize,
+        max_bytes: impl Into<ByteBound>,
         call: CallFn<T, E>,
     ) -> Self {
         Self {
             setting,
             max_entries: max_entries.max(1),
-            max_bytes,
+            max_bytes: max_bytes.into(),
             call,
             pending: Arc::new(Mutex::new(Pending {
                 queue: VecDeque::new(),
@@ -244,7 +295,8 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
                 });
             }
             // Full calls go now, from here.
-            while let Some(call) = take_full(&mut pending, self.max_entries, self.max_bytes) {
+            let max_bytes = self.max_bytes.get();
+            while let Some(call) = take_full(&mut pending, self.max_entries, max_bytes) {
                 spawn(self.call.clone(), call);
             }
             let arm = !pending.queue.is_empty() && !pending.timer;
@@ -271,7 +323,7 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
     fn spawn_timer(&self) {
         let pending = self.pending.clone();
         let call = self.call.clone();
-        let (max_entries, max_bytes) = (self.max_entries, self.max_bytes);
+        let (max_entries, max_bytes) = (self.max_entries, self.max_bytes.clone());
         let closed = self.setting.closed.clone();
         tokio::spawn(async move {
             loop {
@@ -293,7 +345,7 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
                 let Ok(mut p) = pending.lock() else { return };
                 let closing = closed.is_cancelled();
                 while p.queue.front().is_some_and(|q| closing || q.due <= now) {
-                    let entries = take(&mut p, max_entries, max_bytes);
+                    let entries = take(&mut p, max_entries, max_bytes.get());
                     spawn(call.clone(), entries);
                 }
             }

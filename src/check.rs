@@ -109,19 +109,34 @@ async fn check_queues(app: &App, report: &mut Report) {
 /// Every destination route, each message group against its queue's type.
 async fn check_routes(app: &App, report: &mut Report) {
     let routes = app.config().effective_routes();
-    if let Err(err) = app.router().await {
-        report.problems.push(err.to_string());
-        return;
-    }
+    let router = match app.router().await {
+        Ok(router) => router,
+        Err(err) => {
+            report.problems.push(err.to_string());
+            return;
+        }
+    };
     let config = app.config();
     for (project, route) in routes.keyed() {
         let name = project.map_or("default".to_string(), |p| format!("project {p}"));
+        let forwarder = match project {
+            Some(p) => router.route(p),
+            None => router.default_route(),
+        };
+        let limit = forwarder.map(|f| f.limit()).map_or(String::new(), |l| {
+            let by = if l.bytes() < l.configured() {
+                "the queue's MaximumMessageSize"
+            } else {
+                "FORWARDER_MAX_MESSAGE_BYTES"
+            };
+            format!("; message limit: {} bytes ({by})", l.bytes())
+        });
         let fields = route.fields.as_ref().or(config.fields.as_ref());
         let filter = route.filter.as_ref().or(config.filter.as_ref());
         let pack = route.pack.unwrap_or(config.pack);
         let compression = route.pack_compression.unwrap_or(config.pack_compression);
         report.ok.push(format!(
-            "route {name}: reached {}{}; fields: {}; filter: {}; pack: {}",
+            "route {name}: reached {}{}{limit}; fields: {}; filter: {}; pack: {}",
             route.queue_url,
             route
                 .message_group

@@ -145,6 +145,9 @@ pub async fn handle(
     deadline: Option<Instant>,
 ) -> Result<SqsBatchResponse, RecordError> {
     let messages = records(event)?;
+    // A warm instance lives for hours: its destinations' size limits are read again
+    // every minute, as in `run`.
+    pipeline.router().refresh_limits().await;
     let work = pipeline.process(&messages);
     let settlements = match deadline {
         None => work.await,
@@ -171,7 +174,7 @@ pub async fn handle(
             }
         }
     };
-    let response = batch_response(&messages, &settlements);
+    let response = batch_response(&messages, settlements.iter().map(Settlement::is_done));
     tracing::info!(
         messages = messages.len(),
         failures = response.batch_item_failures.len(),

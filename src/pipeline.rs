@@ -279,14 +279,60 @@ impl Pipeline {
         }
     }
 
-    /// Step 4: each event to its route's forwarder, the routes one after the other, in
-    /// the order of the batch within each.
+    /// Step 4: each event to its route's forwarder, every route at once, in the order of
+    /// the batch within each.
     async fn forward(
         &self,
         messages: &[SourceMessage],
         events: Decoded<'_>,
         settlements: &mut [Option<Settlement>],
     ) {
+        let routes = self.by_route(&events, settlements);
+        // Every route at once: one waiting in its batching window (or slow, or retrying)
+        // holds back no other route's events.
+        let sends = routes.iter().map(|(forwarder, members)| {
+            let batch: Vec<Routed<'_, '_>> = members
+                .iter()
+                .map(|&k| Routed {
+                    event: &events.events[k],
+                    source_group: messages[events.at[k]].group.as_deref(),
+                    trace_header: messages[events.at[k]].trace_header.as_deref(),
+                    attributes: &messages[events.at[k]].attributes,
+                })
+                .collect();
+            let span = tracing::info_span!(
+                "route",
+                route = %forwarder.queue_url(),
+                event_ids = %Ids(batch.iter().map(|r| r.event.event_id.as_ref())),
+            );
+            async move {
+                let outcomes = forwarder.forward(&batch).instrument(span).await;
+                (outcomes, SystemTime::now())
+            }
+        });
+        let results = futures_util::future::join_all(sends).await;
+        for ((forwarder, members), (outcomes, accepted_at)) in routes.iter().zip(results) {
+            for (&k, outcome) in members.iter().zip(outcomes) {
+                let i = events.at[k];
+                settlements[i] = Some(self.sent(
+                    &messages[i],
+                    &events.events[k],
+                    forwarder,
+                    outcome,
+                    accepted_at,
+                ));
+            }
+        }
+    }
+
+    /// Which route each decoded event goes to (its index among `events`), the routes in
+    /// the order of their first event; an event its route's filter leaves out, or whose
+    /// project has no route, is settled as skipped here.
+    fn by_route(
+        &self,
+        events: &Decoded<'_>,
+        settlements: &mut [Option<Settlement>],
+    ) -> Vec<(Arc<Forwarder>, Vec<usize>)> {
         let mut routes: Vec<(Arc<Forwarder>, Vec<usize>)> = Vec::new();
         for (k, (i, event)) in events.at.iter().zip(&events.events).enumerate() {
             let route = self.router.route(event.project_id);
@@ -316,67 +362,52 @@ impl Pipeline {
                 }
             }
         }
-        // Every route at once: one waiting in its batching window (or slow, or retrying)
-        // holds back no other route's events.
-        let sends = routes.iter().map(|(forwarder, members)| {
-            let batch: Vec<Routed<'_, '_>> = members
-                .iter()
-                .map(|&k| Routed {
-                    event: &events.events[k],
-                    source_group: messages[events.at[k]].group.as_deref(),
-                    trace_header: messages[events.at[k]].trace_header.as_deref(),
-                    attributes: &messages[events.at[k]].attributes,
-                })
-                .collect();
-            let span = tracing::info_span!(
-                "route",
-                route = %forwarder.queue_url(),
-                event_ids = %Ids(batch.iter().map(|r| r.event.event_id.as_ref())),
-            );
-            async move {
-                let outcomes = forwarder.forward(&batch).instrument(span).await;
-                (outcomes, SystemTime::now())
+        routes
+    }
+
+    /// What one event's send through `forwarder` makes of its message: forwarded (its
+    /// end-to-end latency timed to `accepted_at`), failed (deferred instead when the
+    /// failure paused the route), or deferred.
+    fn sent(
+        &self,
+        message: &SourceMessage,
+        event: &Event<'_>,
+        forwarder: &Forwarder,
+        outcome: Outcome,
+        accepted_at: SystemTime,
+    ) -> Settlement {
+        match outcome {
+            Outcome::Accepted => {
+                if let Some(latency) = message
+                    .sent_at
+                    .and_then(|sent| accepted_at.duration_since(sent).ok())
+                {
+                    self.metrics.timing(Timer::EndToEnd, latency);
+                }
+                Settlement::Forwarded
             }
-        });
-        let results = futures_util::future::join_all(sends).await;
-        for ((forwarder, members), (outcomes, accepted_at)) in routes.iter().zip(results) {
-            for (&k, outcome) in members.iter().zip(outcomes) {
-                let (i, event) = (events.at[k], &events.events[k]);
-                let message = &messages[i];
-                settlements[i] = Some(match outcome {
-                    Outcome::Accepted => {
-                        if let Some(latency) = message
-                            .sent_at
-                            .and_then(|sent| accepted_at.duration_since(sent).ok())
-                        {
-                            self.metrics.timing(Timer::EndToEnd, latency);
-                        }
-                        Settlement::Forwarded
-                    }
-                    Outcome::Failed(err) => {
-                        let failure = Failure::from(&err);
-                        failed(message, event, &failure).emit(&self.metrics);
-                        if err.class.is_route_level() {
-                            // The route paused on it: kept, and back with the probe.
-                            Settlement::Deferred(Deferral {
-                                cause: DeferCause::RoutePaused,
-                                delay: forwarder.gate().retry_in(),
-                            })
-                        } else {
-                            Settlement::Failed(failure)
-                        }
-                    }
-                    Outcome::Deferred(deferral) => {
-                        EventDeferred {
-                            message_id: &message.message_id,
-                            event_id: &event.event_id,
-                            cause: deferral.cause.as_str(),
-                            delay: deferral.delay,
-                        }
-                        .emit(&self.metrics);
-                        Settlement::Deferred(deferral)
-                    }
-                });
+            Outcome::Failed(err) => {
+                let failure = Failure::from(&err);
+                failed(message, event, &failure).emit(&self.metrics);
+                if err.class.is_route_level() {
+                    // The route paused on it: kept, and back with the probe.
+                    Settlement::Deferred(Deferral {
+                        cause: DeferCause::RoutePaused,
+                        delay: forwarder.gate().retry_in(),
+                    })
+                } else {
+                    Settlement::Failed(failure)
+                }
+            }
+            Outcome::Deferred(deferral) => {
+                EventDeferred {
+                    message_id: &message.message_id,
+                    event_id: &event.event_id,
+                    cause: deferral.cause.as_str(),
+                    delay: deferral.delay,
+                }
+                .emit(&self.metrics);
+                Settlement::Deferred(deferral)
             }
         }
     }

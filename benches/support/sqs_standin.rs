@@ -1,5 +1,7 @@
 //! A bench-only SQS stand-in: a small in-memory HTTP server speaking the SQS JSON protocol
-//! (awsJson1.0) for the calls the forwarder and the bare loop make, answering at once.
+//! (awsJson1.0) for the calls the forwarder and the bare loop make, each answered
+//! `BENCH_STANDIN_LATENCY_MS` late (default 3 ms, as SQS in-region and LocalStack
+//! answer): one that answered at once would hide what each parked task costs.
 //! LocalStack stays the test double for correctness; this only measures the forwarder's
 //! own ceiling, without LocalStack's CPU on the same cores.
 //!
@@ -47,6 +49,8 @@ struct StandIn {
     state: Mutex<State>,
     arrived: tokio::sync::Notify,
     base: String,
+    /// How late each call is answered.
+    latency: Duration,
 }
 
 /// Serves on 127.0.0.1 (an ephemeral port), prints `listening http://ADDR` on stdout,
@@ -64,10 +68,15 @@ pub fn serve() {
         let addr = listener.local_addr().expect("addr");
         let base = format!("http://{addr}");
         println!("listening {base}");
+        let latency = std::env::var("BENCH_STANDIN_LATENCY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_millis(3), Duration::from_millis);
         let standin = Arc::new(StandIn {
             state: Mutex::new(State::default()),
             arrived: tokio::sync::Notify::new(),
             base,
+            latency,
         });
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -139,6 +148,9 @@ impl StandIn {
         };
         let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let (status, output) = self.call(&action, &input).await;
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         Response::builder()
             .status(status)
             .header("content-type", "application/x-amz-json-1.0")

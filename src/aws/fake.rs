@@ -3,6 +3,7 @@
 //! forwarder's decisions in milliseconds. Nothing in the worker uses it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
@@ -27,10 +28,16 @@ pub struct FakeRequest {
 }
 
 type Respond = dyn Fn(FakeRequest) -> Answer + Send + Sync;
+type Delay = dyn Fn(&str) -> Duration + Send + Sync;
 
 /// The client (see the module).
 #[derive(Clone)]
-struct FakeHttp(Arc<Respond>);
+struct FakeHttp {
+    /// Answers each request.
+    respond: Arc<Respond>,
+    /// How long each action takes to answer: a long poll, a slow network.
+    delay: Arc<Delay>,
+}
 
 impl std::fmt::Debug for FakeHttp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -42,7 +49,19 @@ impl std::fmt::Debug for FakeHttp {
 pub fn client_fn(
     respond: impl Fn(FakeRequest) -> Answer + Send + Sync + 'static,
 ) -> SharedHttpClient {
-    SharedHttpClient::new(FakeHttp(Arc::new(respond)))
+    delayed_client_fn(|_| Duration::ZERO, respond)
+}
+
+/// As [`client_fn`], each answer given `delay(action)` later (a call that is dropped
+/// meanwhile, as a cancelled long poll, is never answered).
+pub fn delayed_client_fn(
+    delay: impl Fn(&str) -> Duration + Send + Sync + 'static,
+    respond: impl Fn(FakeRequest) -> Answer + Send + Sync + 'static,
+) -> SharedHttpClient {
+    SharedHttpClient::new(FakeHttp {
+        respond: Arc::new(respond),
+        delay: Arc::new(delay),
+    })
 }
 
 impl HttpConnector for FakeHttp {
@@ -58,11 +77,18 @@ impl HttpConnector for FakeHttp {
             .bytes()
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default();
-        let answer = (self.0)(FakeRequest { action, body });
-        HttpConnectorFuture::ready(match answer {
+        let delay = (self.delay)(&action);
+        let answer = match (self.respond)(FakeRequest { action, body }) {
             Ok(response) => HttpResponse::try_from(response.map(SdkBody::from))
                 .map_err(|e| ConnectorError::other(e.into(), None)),
             Err(reason) => Err(ConnectorError::io(reason.into())),
+        };
+        if delay.is_zero() {
+            return HttpConnectorFuture::ready(answer);
+        }
+        HttpConnectorFuture::new(async move {
+            tokio::time::sleep(delay).await;
+            answer
         })
     }
 }
@@ -81,6 +107,11 @@ impl HttpClient for FakeHttp {
 pub fn sqs_client(
     respond: impl Fn(FakeRequest) -> Answer + Send + Sync + 'static,
 ) -> aws_sdk_sqs::Client {
+    sqs_client_on(client_fn(respond))
+}
+
+/// An SQS client on `http` (as [`sqs_client`]; `http` from [`delayed_client_fn`], say).
+pub fn sqs_client_on(http: SharedHttpClient) -> aws_sdk_sqs::Client {
     let config = aws_sdk_sqs::Config::builder()
         .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
         .region(aws_sdk_sqs::config::Region::new("us-east-1"))
@@ -92,7 +123,7 @@ pub fn sqs_client(
             "fake",
         ))
         .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
-        .http_client(client_fn(respond))
+        .http_client(http)
         .build();
     aws_sdk_sqs::Client::from_conf(config)
 }

@@ -292,63 +292,22 @@ impl Settings {
         exit_when_idle: Option<Duration>,
     ) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
-        let source = match needs {
-            Needs::SourceAndDestination => queue_url(
-                "FORWARDER_SOURCE_QUEUE_URL",
-                self.source_queue_url.as_deref(),
-                &mut errors,
-            ),
-            Needs::Destination | Needs::DeadLetters { .. } => None,
-        };
-        let routes = self.routes(&mut errors);
-        // With a routes file, the destination variable is optional: it is the default
-        // route if the file has none.
-        let dest = match (&self.dest_queue_url, &self.routes_file, needs) {
-            (None, _, Needs::DeadLetters { destination: false }) | (None, Some(_), _) => None,
-            (value, _, _) => queue_url("FORWARDER_DEST_QUEUE_URL", value.as_deref(), &mut errors),
-        };
-        let dlq_url = match (self.dlq_url.as_deref(), needs) {
-            (None, Needs::DeadLetters { .. }) => {
-                errors.push(ConfigError::new(
-                    "FORWARDER_DLQ_URL",
-                    "is not set; redrive reads the dead-letter queue",
-                ));
-                None
-            }
-            (url, _) => url.and_then(|url| queue_url("FORWARDER_DLQ_URL", Some(url), &mut errors)),
-        };
+        let Queues {
+            source,
+            routes,
+            dest,
+            dlq_url,
+        } = self.queues(needs, &mut errors);
         let health_addr = address(
             "FORWARDER_HEALTH_ADDR",
             self.health_addr.as_deref(),
             &mut errors,
         );
         let metrics = self.metrics_settings(&mut errors);
-        if !(Duration::from_secs(1)..=Duration::from_secs(600))
-            .contains(&self.http_pool_idle_timeout)
-        {
-            errors.push(ConfigError::new(
-                "FORWARDER_HTTP_POOL_IDLE_TIMEOUT",
-                "must be between 1s and 10m",
-            ));
-        }
+        self.check_http_pool(&mut errors);
         self.check_retry(&mut errors);
         self.check_offload(&mut errors);
-        let fields =
-            crate::event::fields::FieldRules::new(&self.exclude_fields, &self.include_fields)
-                .unwrap_or_else(|problem| {
-                    let var = if self.include_fields.is_empty() {
-                        "FORWARDER_EXCLUDE_FIELDS"
-                    } else {
-                        "FORWARDER_INCLUDE_FIELDS"
-                    };
-                    errors.push(ConfigError::new(var, problem));
-                    None
-                });
-        let filter = crate::event::fields::Filter::parse_env(self.filter.as_deref().unwrap_or(""))
-            .unwrap_or_else(|problem| {
-                errors.push(ConfigError::new("FORWARDER_FILTER", problem));
-                None
-            });
+        let (fields, filter) = self.fields_and_filter(&mut errors);
         self.check_packs(routes.as_ref(), &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -374,8 +333,12 @@ impl Settings {
             filter,
             pack: self.pack,
             pack_compression: self.pack_compression,
-            // Exiting when idle needs a receive that returns within the idle time.
-            receive_wait: exit_when_idle.map_or(receive_wait, |idle| receive_wait.min(idle)),
+            // Exiting when idle: polls of at most a second, which the idle stop lets end
+            // (a poll dropped half-way stays open at SQS, and may take messages sent
+            // after the exit, hidden then for a visibility timeout).
+            receive_wait: exit_when_idle.map_or(receive_wait, |_| {
+                receive_wait.min(crate::worker::IDLE_RECEIVE_WAIT)
+            }),
             max_message_bytes: self.max_message_bytes,
             metrics,
             http_pool: crate::aws::HttpPool {
@@ -392,7 +355,93 @@ impl Settings {
     }
 }
 
+/// The queues a command reads and writes, as validated.
+struct Queues {
+    /// The source queue, for the commands that poll one.
+    source: Option<String>,
+    /// The routes file's routes, if one is set.
+    routes: Option<routes::Routes>,
+    /// The default destination (optional beside a routes file).
+    dest: Option<String>,
+    /// The dead-letter queue (required by `redrive`).
+    dlq_url: Option<String>,
+}
+
 impl Settings {
+    /// The queues `needs` asks for: each URL checked, the routes file read.
+    fn queues(&self, needs: Needs, errors: &mut Vec<ConfigError>) -> Queues {
+        let source = match needs {
+            Needs::SourceAndDestination => queue_url(
+                "FORWARDER_SOURCE_QUEUE_URL",
+                self.source_queue_url.as_deref(),
+                errors,
+            ),
+            Needs::Destination | Needs::DeadLetters { .. } => None,
+        };
+        let routes = self.routes(errors);
+        // With a routes file, the destination variable is optional: it is the default
+        // route if the file has none.
+        let dest = match (&self.dest_queue_url, &self.routes_file, needs) {
+            (None, _, Needs::DeadLetters { destination: false }) | (None, Some(_), _) => None,
+            (value, _, _) => queue_url("FORWARDER_DEST_QUEUE_URL", value.as_deref(), errors),
+        };
+        let dlq_url = match (self.dlq_url.as_deref(), needs) {
+            (None, Needs::DeadLetters { .. }) => {
+                errors.push(ConfigError::new(
+                    "FORWARDER_DLQ_URL",
+                    "is not set; redrive reads the dead-letter queue",
+                ));
+                None
+            }
+            (url, _) => url.and_then(|url| queue_url("FORWARDER_DLQ_URL", Some(url), errors)),
+        };
+        Queues {
+            source,
+            routes,
+            dest,
+            dlq_url,
+        }
+    }
+
+    /// The idle connections' lifetime must be a sane one.
+    fn check_http_pool(&self, errors: &mut Vec<ConfigError>) {
+        if !(Duration::from_secs(1)..=Duration::from_secs(600))
+            .contains(&self.http_pool_idle_timeout)
+        {
+            errors.push(ConfigError::new(
+                "FORWARDER_HTTP_POOL_IDLE_TIMEOUT",
+                "must be between 1s and 10m",
+            ));
+        }
+    }
+
+    /// The global field rules (exclude or include) and filter, parsed.
+    fn fields_and_filter(
+        &self,
+        errors: &mut Vec<ConfigError>,
+    ) -> (
+        Option<crate::event::fields::FieldRules>,
+        Option<crate::event::fields::Filter>,
+    ) {
+        let fields =
+            crate::event::fields::FieldRules::new(&self.exclude_fields, &self.include_fields)
+                .unwrap_or_else(|problem| {
+                    let var = if self.include_fields.is_empty() {
+                        "FORWARDER_EXCLUDE_FIELDS"
+                    } else {
+                        "FORWARDER_INCLUDE_FIELDS"
+                    };
+                    errors.push(ConfigError::new(var, problem));
+                    None
+                });
+        let filter = crate::event::fields::Filter::parse_env(self.filter.as_deref().unwrap_or(""))
+            .unwrap_or_else(|problem| {
+                errors.push(ConfigError::new("FORWARDER_FILTER", problem));
+                None
+            });
+        (fields, filter)
+    }
+
     /// The metrics backend and what it needs: its address, key or nothing.
     fn metrics_settings(&self, errors: &mut Vec<ConfigError>) -> MetricsSettings {
         let statsd = address("FORWARDER_STATSD_ADDR", self.statsd_addr.as_deref(), errors);

@@ -211,17 +211,11 @@ fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
                 format!("{at}.queue_url: {:?} is not a queue URL", spec.queue_url),
             )
         })?;
-    let message_group = spec
-        .message_group_id
-        .map(|g| g.parse::<GroupTemplate>())
-        .transpose()
-        .map_err(|e| error(path, format!("{at}.message_group_id: {e}")))?;
+    let message_group: Option<GroupTemplate> =
+        parsed(path, at, "message_group_id", spec.message_group_id)?;
     let s3_bucket = spec.s3_bucket.filter(|b| !b.is_empty());
-    let s3_offload = spec
-        .s3_offload
-        .map(|m| m.parse::<crate::forward::OffloadMode>())
-        .transpose()
-        .map_err(|e| error(path, format!("{at}.s3_offload: {e}")))?;
+    let s3_offload: Option<crate::forward::OffloadMode> =
+        parsed(path, at, "s3_offload", spec.s3_offload)?;
     if s3_offload == Some(crate::forward::OffloadMode::Always) && s3_bucket.is_none() {
         return Err(error(
             path,
@@ -230,16 +224,6 @@ fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
     }
     let fields = crate::event::fields::FieldRules::new(&spec.exclude_fields, &spec.include_fields)
         .map_err(|e| error(path, format!("{at}: {e}")))?;
-    let pack = spec
-        .pack
-        .map(|p| p.parse::<crate::forward::Pack>())
-        .transpose()
-        .map_err(|e| error(path, format!("{at}.pack: {e}")))?;
-    let pack_compression = spec
-        .pack_compression
-        .map(|c| c.parse::<crate::forward::PackCompression>())
-        .transpose()
-        .map_err(|e| error(path, format!("{at}.pack_compression: {e}")))?;
     let filter = crate::event::fields::Filter::new(spec.filter.into_iter().map(|(k, v)| {
         let values = match v {
             OneOrMany::One(v) => vec![v],
@@ -248,7 +232,45 @@ fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
         (k, values)
     }))
     .map_err(|e| error(path, format!("{at}.filter: {e}")))?;
-    let credentials = match spec.credentials {
+    Ok(Route {
+        queue_url,
+        region: spec.region.filter(|r| !r.is_empty()),
+        message_group,
+        s3_bucket,
+        s3_offload,
+        credentials: credentials(path, at, spec.credentials)?,
+        fields,
+        filter,
+        pack: parsed(path, at, "pack", spec.pack)?,
+        pack_compression: parsed(path, at, "pack_compression", spec.pack_compression)?,
+    })
+}
+
+/// A route's optional setting `key`, parsed; a bad value is an error naming it.
+fn parsed<T>(
+    path: &Path,
+    at: &str,
+    key: &str,
+    value: Option<String>,
+) -> Result<Option<T>, ConfigError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    value
+        .map(|v| v.parse::<T>())
+        .transpose()
+        .map_err(|e| error(path, format!("{at}.{key}: {e}")))
+}
+
+/// Where a route's credentials come from: the default chain, a profile, or a role to
+/// assume (with an optional external id); never both a profile and a role.
+fn credentials(
+    path: &Path,
+    at: &str,
+    spec: Option<CredentialsSpec>,
+) -> Result<CredentialSource, ConfigError> {
+    Ok(match spec {
         None => CredentialSource::DefaultChain,
         Some(CredentialsSpec {
             profile: Some(p),
@@ -284,18 +306,6 @@ fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
             ),
             ))
         }
-    };
-    Ok(Route {
-        queue_url,
-        region: spec.region.filter(|r| !r.is_empty()),
-        message_group,
-        s3_bucket,
-        s3_offload,
-        credentials,
-        fields,
-        filter,
-        pack,
-        pack_compression,
     })
 }
 

@@ -20,6 +20,7 @@ mod dead_letter;
 mod fifo;
 mod offload;
 mod pack;
+mod pack_object;
 mod pause;
 mod rate_limit;
 mod router;
@@ -45,11 +46,12 @@ pub use attributes::{ForwardAttributes, TRACE_CONTEXT};
 pub use dead_letter::{DeadLetter, DeadLetterQueue, Reason};
 pub use fifo::GroupTemplate;
 pub use offload::{OffloadMode, Offloader, PointerFormat};
-pub use pack::{Pack, PackCompression, Packer};
+pub use pack::{Pack, Packer};
+pub use pack_object::PackCompression;
 pub use pause::{Gate, Pauses, RouteGate};
 pub use rate_limit::{OrgRateLimiter, RateLimit};
 pub use router::Router;
-pub use sender::{Attribute, Delivery, Outgoing, SendOutcome, SqsSender};
+pub use sender::{Attribute, Delivery, MessageLimit, Outgoing, SendOutcome, SqsSender};
 
 /// SQS's message size limit (1 MiB), the default of `FORWARDER_MAX_MESSAGE_BYTES`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -319,6 +321,23 @@ impl Forwarder {
     /// The route's pause state.
     pub fn gate(&self) -> &RouteGate {
         &self.gate
+    }
+
+    /// The route's bound on a message: the setting, or the queue's own limit if smaller.
+    pub fn limit(&self) -> &MessageLimit {
+        self.sender.limit()
+    }
+
+    /// Bounds messages by the queue's own `MaximumMessageSize` as well (`None`: not
+    /// known; the setting alone bounds).
+    pub fn with_queue_limit(self, queue_max: Option<usize>) -> Self {
+        self.sender.follow_queue_limit(queue_max);
+        self
+    }
+
+    /// Reads the queue's `MaximumMessageSize` again (one try).
+    pub async fn refresh_limit(&self) {
+        self.sender.refresh_limit().await;
     }
 
     /// Forwards events; returns one outcome per event, in order.
@@ -944,7 +963,7 @@ mod tests {
         let ids = [1u32, 3, 5].map(|n| format!("{n:032x}"));
         assert_eq!(
             g1["MessageDeduplicationId"],
-            pack::pack_id(ids.iter().map(String::as_str))
+            pack_object::pack_id(ids.iter().map(String::as_str))
         );
     }
 
@@ -1048,5 +1067,68 @@ mod tests {
         }
         assert_eq!(f.gate().paused_on(), None, "resumed");
         assert_eq!(seen.accepted.lock().unwrap().len(), 2);
+    }
+
+    /// The queue's own `MaximumMessageSize`, read again, bounds the route below the
+    /// setting: an event over it is oversized (not sent, so not refused by SQS), and the
+    /// batch byte budget follows it (two events that fit one call of the setting's
+    /// bound go in two).
+    #[tokio::test]
+    async fn the_queues_own_limit_bounds_messages_and_batches() {
+        let calls: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let c = calls.clone();
+        let client = fake::sqs_client(move |req| {
+            if req.action == "GetQueueAttributes" {
+                return fake::ok(r#"{"Attributes":{"MaximumMessageSize":"600"}}"#);
+            }
+            let body: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+            let entries = body["Entries"].as_array().cloned().unwrap_or_default();
+            c.lock().unwrap().push(entries.len());
+            let ok: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| serde_json::json!({"Id": e["Id"], "MessageId": "m", "MD5OfMessageBody": "0"}))
+                .collect();
+            fake::ok(serde_json::json!({"Successful": ok, "Failed": []}).to_string())
+        });
+        let f = Forwarder::new(
+            client,
+            "https://sqs.fake/0/q",
+            4096,
+            fast(),
+            Metrics::disabled(),
+        );
+        let sized = |n: u32, bytes: usize| {
+            format!(
+                r#"{{"event_id":"{n:032x}","project_id":1,"organization_id":1,"x":"{}"}}"#,
+                "a".repeat(bytes)
+            )
+        };
+        let (small, big) = ([sized(1, 300), sized(2, 300)], [sized(3, 1000)]);
+        // The setting alone: both small events in one call, the big one sent.
+        assert!(forward(&f, &small)
+            .await
+            .iter()
+            .all(|o| matches!(o, Outcome::Accepted)));
+        assert!(forward(&f, &big)
+            .await
+            .iter()
+            .all(|o| matches!(o, Outcome::Accepted)));
+        assert_eq!(*calls.lock().unwrap(), [2, 1]);
+
+        f.refresh_limit().await;
+        assert_eq!((f.limit().bytes(), f.limit().configured()), (600, 4096));
+        calls.lock().unwrap().clear();
+        assert!(forward(&f, &small)
+            .await
+            .iter()
+            .all(|o| matches!(o, Outcome::Accepted)));
+        assert_eq!(*calls.lock().unwrap(), [1, 1], "one call each now");
+        let out = forward(&f, &big).await;
+        assert_eq!(class(&out[0]), Some(ErrorClass::Oversized), "{out:?}");
+        assert_eq!(calls.lock().unwrap().len(), 2, "the big one is not sent");
+
+        // A queue limit above the setting leaves the setting's.
+        f.sender.follow_queue_limit(Some(1 << 20));
+        assert_eq!(f.limit().bytes(), 4096);
     }
 }

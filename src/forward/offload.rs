@@ -8,7 +8,7 @@
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 
-use super::pack::PackCompression;
+use super::pack_object::{pack_key, PackCompression};
 use super::sender::Attribute;
 use crate::aws::AwsError;
 use crate::event::Event;
@@ -182,16 +182,6 @@ impl Offloader {
         Ok(self.pointer(&key, sentry, body.len()))
     }
 
-    /// The key of a pack (`pack_id`, see [`super::pack`]) stored on `now`'s date:
-    /// `packs/{YYYY-MM-DD}/{pack_id}.ndjson`, `.gz` added when compressed.
-    pub fn pack_key(pack_id: &str, compression: PackCompression, now: DateTime<Utc>) -> String {
-        let ext = match compression {
-            PackCompression::None => "",
-            PackCompression::Gzip => ".gz",
-        };
-        format!("packs/{}/{pack_id}.ndjson{ext}", now.format("%Y-%m-%d"))
-    }
-
     /// Stores a pack (`events` events as NDJSON lines) as one object,
     /// `Content-Type: application/x-ndjson`, gzip-compressed if asked
     /// (`Content-Encoding: gzip`); returns the pointer: Sentry's with the event count
@@ -203,7 +193,7 @@ impl Offloader {
         events: usize,
         compression: PackCompression,
     ) -> Result<Pointer, AwsError> {
-        let key = Self::pack_key(pack_id, compression, Utc::now());
+        let key = pack_key(pack_id, compression, Utc::now());
         let (bytes, encoding) = match compression {
             PackCompression::None => (ndjson.to_vec(), None),
             PackCompression::Gzip => (gzip(ndjson)?, Some("gzip")),
@@ -299,20 +289,6 @@ mod tests {
         assert_eq!(
             Offloader::key(&undated, now),
             "42/1970-01-01/0123456789abcdef0123456789abcdef"
-        );
-    }
-
-    #[test]
-    fn pack_keys_are_dated_today_and_named_by_their_events() {
-        let now = DateTime::<Utc>::from_timestamp(1_764_547_200, 0).unwrap(); // 2025-12-01
-        let id = super::super::pack::pack_id(["a", "b"]);
-        assert_eq!(
-            Offloader::pack_key(&id, PackCompression::Gzip, now),
-            format!("packs/2025-12-01/{id}.ndjson.gz")
-        );
-        assert_eq!(
-            Offloader::pack_key(&id, PackCompression::None, now),
-            format!("packs/2025-12-01/{id}.ndjson")
         );
     }
 }

@@ -23,11 +23,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use md5::{Digest, Md5};
-
 use super::offload::Offloader;
+use super::pack_object::{pack_id, PackCompression};
 use super::sender::{local, Attribute, Outgoing, SendOutcome, SqsSender};
-use crate::batching::{BatchWindow, CallFn, Entry, Window};
+use crate::batching::{BatchWindow, ByteBound, CallFn, Entry, Window};
 use crate::metrics::{Distribution, Metrics};
 use crate::outcome::ErrorClass;
 use crate::retry::BatchReply;
@@ -68,39 +67,6 @@ impl Pack {
         match self {
             Pack::Off => "off",
             Pack::Ndjson => "ndjson",
-        }
-    }
-}
-
-/// How a pack's S3 object is stored (`pack_compression` / `FORWARDER_PACK_COMPRESSION`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub enum PackCompression {
-    /// As it is.
-    #[default]
-    None,
-    /// Gzip, with `Content-Encoding: gzip`.
-    Gzip,
-}
-
-impl std::str::FromStr for PackCompression {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "none" => Ok(PackCompression::None),
-            "gzip" => Ok(PackCompression::Gzip),
-            other => Err(format!(
-                "{other:?} is not a pack compression; expected none or gzip"
-            )),
-        }
-    }
-}
-
-impl PackCompression {
-    /// The setting's value, as written.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PackCompression::None => "none",
-            PackCompression::Gzip => "gzip",
         }
     }
 }
@@ -168,8 +134,9 @@ struct Packing {
     /// Whether the destination is a FIFO queue: deduplication ids, and a group's packs
     /// one after the other.
     fifo: bool,
-    /// The most line bytes in one pack.
-    budget: usize,
+    /// The most line bytes in one pack: the route's message limit less the room for
+    /// the pack's attributes (it follows the queue's own limit).
+    budget: ByteBound,
     /// Where pack sizes are counted.
     metrics: Metrics,
 }
@@ -185,16 +152,13 @@ impl Packer {
         window: &BatchWindow,
         metrics: Metrics,
     ) -> Self {
-        let budget = sender
-            .max_message_bytes()
-            .saturating_sub(ATTRIBUTE_ROOM)
-            .max(1);
+        let budget = sender.limit().bound().less(ATTRIBUTE_ROOM);
         let packing = Packing {
             sender: sender.clone().with_window(&BatchWindow::none()),
             offloader: offloader.filter(Offloader::always),
             compression,
             fifo,
-            budget,
+            budget: budget.clone(),
             metrics,
         };
         let call: CallFn<Line, SendOutcome> = Arc::new(move |lines| {
@@ -207,7 +171,7 @@ impl Packer {
             window.clone()
         };
         Self {
-            window: Arc::new(Window::new(setting, MAX_LINES, budget, call)),
+            window: Arc::new(Window::new(setting, MAX_LINES, budget.clone(), call)),
         }
     }
 
@@ -254,7 +218,7 @@ impl Packing {
         // a pack of which could not be built: their later packs are held back.
         let mut last: HashMap<Option<&str>, usize> = HashMap::new();
         let mut broken: Vec<Option<&str>> = Vec::new();
-        for pack in plan(&lines, self.budget) {
+        for pack in plan(&lines, self.budget.get()) {
             let group = lines[pack[0]].message.group_id.as_deref();
             if self.fifo && broken.contains(&group) {
                 for &i in &pack {
@@ -413,21 +377,6 @@ fn plan(lines: &[Line], budget: usize) -> Vec<Vec<usize>> {
     packs
 }
 
-/// A pack's id: the MD5 of its event ids, in hex. The same events give the same id, so
-/// a resent pack is deduplicated by a FIFO queue and overwrites its own S3 object.
-pub fn pack_id<'a>(event_ids: impl IntoIterator<Item = &'a str>) -> String {
-    let mut hasher = Md5::new();
-    for id in event_ids {
-        hasher.update(id.as_bytes());
-        hasher.update(b"\n");
-    }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,14 +426,5 @@ mod tests {
         assert_eq!(l.message.body, "{\"event_id\": \"x\",  \"s\":\"a\\nb\"}");
         let parsed: serde_json::Value = serde_json::from_str(&l.message.body).unwrap();
         assert_eq!(parsed["s"], "a\nb");
-    }
-
-    #[test]
-    fn the_pack_id_follows_its_events() {
-        let a = pack_id(["1", "2"]);
-        assert_eq!(a, pack_id(["1", "2"]));
-        assert_ne!(a, pack_id(["2", "1"]));
-        assert_ne!(a, pack_id(["12"]));
-        assert_eq!(a.len(), 32);
     }
 }

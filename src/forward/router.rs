@@ -2,9 +2,13 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::Forwarder;
+
+/// How often each destination's `MaximumMessageSize` is read again.
+pub const LIMIT_REFRESH: Duration = Duration::from_secs(60);
 
 /// One forwarder per destination, shared by the projects routed to it.
 #[derive(Debug, Clone, Default)]
@@ -13,6 +17,9 @@ pub struct Router {
     default: Option<Arc<Forwarder>>,
     /// Listed projects.
     projects: HashMap<u64, Arc<Forwarder>>,
+    /// When the destinations' message size limits were last read (`None`: only at
+    /// start, by the healthcheck); shared by every clone.
+    limits_read_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Router {
@@ -20,13 +27,17 @@ impl Router {
     pub fn single(forwarder: Forwarder) -> Self {
         Self {
             default: Some(Arc::new(forwarder)),
-            projects: HashMap::new(),
+            ..Self::default()
         }
     }
 
     /// A router from routes already built.
     pub fn new(default: Option<Arc<Forwarder>>, projects: HashMap<u64, Arc<Forwarder>>) -> Self {
-        Self { default, projects }
+        Self {
+            default,
+            projects,
+            limits_read_at: Arc::new(Mutex::new(Some(Instant::now()))),
+        }
     }
 
     /// A router for a default route and per-project routes: `make(route, is_default)`
@@ -69,5 +80,34 @@ impl Router {
     /// The default route's forwarder.
     pub fn default_route(&self) -> Option<&Arc<Forwarder>> {
         self.default.as_ref()
+    }
+
+    /// Every distinct forwarder, the default's first.
+    pub fn forwarders(&self) -> Vec<&Arc<Forwarder>> {
+        let mut all: Vec<&Arc<Forwarder>> = Vec::new();
+        for f in self.default.iter().chain(self.projects.values()) {
+            if !all.iter().any(|seen| Arc::ptr_eq(seen, f)) {
+                all.push(f);
+            }
+        }
+        all
+    }
+
+    /// Reads each destination's `MaximumMessageSize` again if that was done over
+    /// [`LIMIT_REFRESH`] ago (one try each, every route at once; a failure keeps the
+    /// route's bound). A queue whose owner lowered its limit then gets its oversized
+    /// events offloaded (or dead-lettered as oversized) instead of refused by SQS.
+    pub async fn refresh_limits(&self) {
+        {
+            let Ok(mut read_at) = self.limits_read_at.try_lock() else {
+                return;
+            };
+            if read_at.is_some_and(|at| at.elapsed() < LIMIT_REFRESH) {
+                return;
+            }
+            *read_at = Some(Instant::now());
+        }
+        let forwarders = self.forwarders();
+        futures_util::future::join_all(forwarders.iter().map(|f| f.refresh_limit())).await;
     }
 }

@@ -21,10 +21,55 @@ use aws_sdk_sqs::Client;
 use super::batch;
 pub use crate::aws::Attribute;
 use crate::aws::{batch_reply, entry_missing, AwsError};
-use crate::batching::{BatchWindow, CallFn, Window};
+use crate::batching::{BatchWindow, ByteBound, CallFn, Window};
 use crate::metrics::{Distribution, Metrics, Timer};
 use crate::outcome::{ErrorClass, Operation};
 use crate::retry::{retry_batch, RetryPolicy};
+
+/// A queue's bound on each message and each batch, in bytes: the smaller of
+/// `FORWARDER_MAX_MESSAGE_BYTES` and the queue's own `MaximumMessageSize` (256 KiB on
+/// every queue made before SQS raised its limit to 1 MiB, unless its owner changed it),
+/// read at start and again every minute. The offload decision, the packer's budget and
+/// the batch byte budget all read it.
+#[derive(Debug, Clone)]
+pub struct MessageLimit {
+    /// `FORWARDER_MAX_MESSAGE_BYTES`: never exceeded, whatever the queue allows.
+    configured: usize,
+    /// The bound in force, shared with the send window and the packer.
+    bound: ByteBound,
+}
+
+impl MessageLimit {
+    /// `configured` bytes until the queue's own limit is known.
+    pub fn new(configured: usize) -> Self {
+        Self {
+            configured,
+            bound: ByteBound::new(configured),
+        }
+    }
+
+    /// The bound in force.
+    pub fn bytes(&self) -> usize {
+        self.bound.get()
+    }
+
+    /// `FORWARDER_MAX_MESSAGE_BYTES`.
+    pub fn configured(&self) -> usize {
+        self.configured
+    }
+
+    /// The shared bound, for a window that must follow it.
+    pub fn bound(&self) -> ByteBound {
+        self.bound.clone()
+    }
+
+    /// Follows the queue's `MaximumMessageSize` (`None`: unknown, the setting alone);
+    /// the bound before and after.
+    pub fn follow_queue(&self, queue_max: Option<usize>) -> (usize, usize) {
+        let new = queue_max.map_or(self.configured, |q| q.min(self.configured));
+        (self.bound.set(new), new)
+    }
+}
 
 /// The result of sending one message: accepted by the queue, or why not.
 pub type Delivery = Result<(), AwsError>;
@@ -91,8 +136,9 @@ pub struct SqsSender {
     window: Arc<Window<SendMessageBatchRequestEntry, AwsError>>,
     /// The queue.
     queue_url: String,
-    /// Bound on each message and each batch, in bytes (`FORWARDER_MAX_MESSAGE_BYTES`).
-    max_message_bytes: usize,
+    /// Bound on each message and each batch, in bytes: `FORWARDER_MAX_MESSAGE_BYTES`, or
+    /// the queue's own `MaximumMessageSize` when smaller. Shared by every clone.
+    limit: MessageLimit,
     /// Retry bounds.
     policy: RetryPolicy,
     /// Where sends are timed and retries counted.
@@ -109,18 +155,19 @@ impl SqsSender {
         metrics: Metrics,
     ) -> Self {
         let queue_url = queue_url.into();
+        let limit = MessageLimit::new(max_message_bytes);
         let window = Arc::new(send_window(
             BatchWindow::none(),
             &client,
             &queue_url,
-            max_message_bytes,
+            limit.bound(),
             &metrics,
         ));
         Self {
             client,
             window,
             queue_url,
-            max_message_bytes,
+            limit,
             policy,
             metrics,
         }
@@ -132,7 +179,7 @@ impl SqsSender {
             window.clone(),
             &self.client,
             &self.queue_url,
-            self.max_message_bytes,
+            self.limit.bound(),
             &self.metrics,
         ));
         self
@@ -143,9 +190,56 @@ impl SqsSender {
         &self.queue_url
     }
 
-    /// The bound on a message, in bytes.
+    /// The bound on a message, in bytes, as it is now.
     pub fn max_message_bytes(&self) -> usize {
-        self.max_message_bytes
+        self.limit.bytes()
+    }
+
+    /// The bound on a message (the setting and the queue's own limit).
+    pub fn limit(&self) -> &MessageLimit {
+        &self.limit
+    }
+
+    /// Reads the queue's `MaximumMessageSize` again (one try); a failure keeps the
+    /// bound as it was.
+    pub async fn refresh_limit(&self) {
+        let read = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize)
+            .send()
+            .await;
+        match read {
+            Ok(out) => {
+                let max = out
+                    .attributes()
+                    .and_then(|a| {
+                        a.get(&aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize)
+                    })
+                    .and_then(|v| v.parse().ok());
+                self.follow_queue_limit(max);
+            }
+            Err(err) => tracing::debug!(
+                queue = %self.queue_url,
+                error = %AwsError::from_sdk(Operation::GetAttributes, err),
+                "MaximumMessageSize not read again"
+            ),
+        }
+    }
+
+    /// Takes the queue's `MaximumMessageSize` as read (`None`: not given, the setting
+    /// alone bounds); logs a change.
+    pub fn follow_queue_limit(&self, queue_max: Option<usize>) {
+        let (old, new) = self.limit.follow_queue(queue_max);
+        if old != new {
+            tracing::info!(
+                queue = %self.queue_url,
+                old_bytes = old,
+                new_bytes = new,
+                "the destination's message size limit changed"
+            );
+        }
     }
 
     /// Whether the queue is usable again: GetQueueAttributes, one try (the probe of a
@@ -188,7 +282,8 @@ impl SqsSender {
                 break;
             }
             let round: Vec<usize> = ready.iter().map(|&i| sizes[i]).collect();
-            let plan = batch::plan(&round, self.max_message_bytes);
+            let max_bytes = self.limit.bytes();
+            let plan = batch::plan(&round, max_bytes);
             for &k in &plan.oversized {
                 let i = ready[k];
                 outcomes[i] = Some(SendOutcome::Failed(AwsError {
@@ -197,7 +292,7 @@ impl SqsSender {
                     code: Some("MessageTooLong".into()),
                     message: format!(
                         "message is {} bytes, over the {}-byte limit",
-                        sizes[i], self.max_message_bytes
+                        sizes[i], max_bytes
                     ),
                 }));
             }
@@ -270,7 +365,7 @@ fn send_window(
     window: BatchWindow,
     client: &Client,
     queue_url: &str,
-    max_message_bytes: usize,
+    max_bytes: ByteBound,
     metrics: &Metrics,
 ) -> Window<SendMessageBatchRequestEntry, AwsError> {
     let (client, queue_url, metrics) = (client.clone(), queue_url.to_string(), metrics.clone());
@@ -293,7 +388,7 @@ fn send_window(
             ))
         })
     });
-    Window::new(window, batch::MAX_ENTRIES, max_message_bytes, call)
+    Window::new(window, batch::MAX_ENTRIES, max_bytes, call)
 }
 
 fn entry(id: &str, m: &Outgoing<'_>) -> Result<SendMessageBatchRequestEntry, String> {

@@ -41,11 +41,6 @@ pub struct Sample<'a> {
 pub trait Backend: Flush {
     /// Records one sample. Must never block nor fail the caller.
     fn record(&self, sample: &Sample<'_>);
-
-    /// What a scraper reads, for a backend that is scraped (`prometheus`).
-    fn exporter(&self) -> Option<super::prometheus::Exporter> {
-        None
-    }
 }
 
 /// `log`: each metric a `tracing` event at debug.

@@ -351,6 +351,9 @@ struct Inner {
     /// Fraction of sampled metrics sent (`FORWARDER_METRICS_SAMPLE_RATE`; statsd only:
     /// the other backends aggregate, so nothing needs sampling).
     sample_rate: f64,
+    /// What a scraper reads, for a backend that is scraped (`prometheus`): served at
+    /// `GET /metrics` by the health listener.
+    exporter: Option<prometheus::Exporter>,
 }
 
 /// The two ways out: cadence's statsd client, or another backend.
@@ -404,6 +407,7 @@ impl Metrics {
             out: Output::Statsd(builder.build()),
             sink: flusher,
             sample_rate,
+            exporter: None,
         })
     }
 
@@ -414,7 +418,32 @@ impl Metrics {
         prefix: &str,
         global_tags: &[(String, String)],
     ) -> Self {
-        Self::one(Inner {
+        Self::one(Self::backend_inner(backend, prefix, global_tags, None))
+    }
+
+    /// Metrics through the `prometheus` backend, whose exposition
+    /// [`exporter`](Self::exporter) then gives.
+    pub fn scraped(
+        backend: Arc<prometheus::PrometheusBackend>,
+        prefix: &str,
+        global_tags: &[(String, String)],
+    ) -> Self {
+        let exporter = backend.exporter();
+        Self::one(Self::backend_inner(
+            backend,
+            prefix,
+            global_tags,
+            Some(exporter),
+        ))
+    }
+
+    fn backend_inner(
+        backend: Arc<dyn backend::Backend>,
+        prefix: &str,
+        global_tags: &[(String, String)],
+        exporter: Option<prometheus::Exporter>,
+    ) -> Inner {
+        Inner {
             sink: backend.clone(),
             out: Output::Backend {
                 backend,
@@ -422,7 +451,8 @@ impl Metrics {
                 tags: global_tags.to_vec(),
             },
             sample_rate: 1.0,
-        })
+            exporter,
+        }
     }
 
     fn one(inner: Inner) -> Self {
@@ -449,10 +479,9 @@ impl Metrics {
     /// The Prometheus exposition of the `prometheus` backend, if it is one of them: what
     /// `GET /metrics` serves.
     pub fn exporter(&self) -> Option<prometheus::Exporter> {
-        self.outputs().iter().find_map(|inner| match &inner.out {
-            Output::Backend { backend, .. } => backend.exporter(),
-            Output::Statsd(_) => None,
-        })
+        self.outputs()
+            .iter()
+            .find_map(|inner| inner.exporter.clone())
     }
 
     /// Counts one.

@@ -163,11 +163,14 @@ impl Backend for PrometheusBackend {
             _ => {}
         }
     }
+}
 
-    fn exporter(&self) -> Option<Exporter> {
-        Some(Exporter {
+impl PrometheusBackend {
+    /// What a scraper reads: the registry this backend records into.
+    pub fn exporter(&self) -> Exporter {
+        Exporter {
             state: self.state.clone(),
-        })
+        }
     }
 }
 
@@ -255,9 +258,9 @@ mod tests {
     use crate::metrics::{Counter as C, Distribution, Gauge as G, Metrics, Timer};
 
     fn metrics(prefix: &str, tags: &[(String, String)]) -> (Metrics, Exporter) {
-        let backend = Arc::new(PrometheusBackend::new(prefix));
-        let exporter = backend.exporter().unwrap();
-        (Metrics::with_backend(backend, prefix, tags), exporter)
+        let m = Metrics::scraped(Arc::new(PrometheusBackend::new(prefix)), prefix, tags);
+        let exporter = m.exporter().expect("the prometheus backend is scraped");
+        (m, exporter)
     }
 
     #[test]

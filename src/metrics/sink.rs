@@ -164,21 +164,31 @@ pub fn build(settings: &MetricsSettings) -> io::Result<Metrics> {
 /// One backend's metrics, its flusher started.
 fn build_one(settings: &MetricsSettings, backend: &MetricsBackend) -> io::Result<Metrics> {
     use std::sync::Arc;
-    let backend: Arc<dyn super::backend::Backend> = match backend {
+    let (prefix, tags) = (&settings.prefix, &settings.tags);
+    let metrics = match backend {
         MetricsBackend::Off => return Ok(Metrics::disabled()),
         MetricsBackend::Statsd(addr) => return udp_with(&settings.statsd(*addr), true),
         MetricsBackend::DogStatsd(addr) => return udp_with(&settings.statsd(*addr), false),
-        MetricsBackend::Log => Arc::new(super::backend::LogBackend),
-        MetricsBackend::Emf => Arc::new(super::emf::EmfBackend::stdout()),
-        MetricsBackend::Prometheus => {
-            Arc::new(super::prometheus::PrometheusBackend::new(&settings.prefix))
+        MetricsBackend::Log => {
+            Metrics::with_backend(Arc::new(super::backend::LogBackend), prefix, tags)
         }
-        MetricsBackend::DatadogApi(dd) => Arc::new(super::datadog::DatadogBackend::start(
-            dd.clone(),
-            settings.flush_interval,
-        )?),
+        MetricsBackend::Emf => {
+            Metrics::with_backend(Arc::new(super::emf::EmfBackend::stdout()), prefix, tags)
+        }
+        MetricsBackend::Prometheus => Metrics::scraped(
+            Arc::new(super::prometheus::PrometheusBackend::new(prefix)),
+            prefix,
+            tags,
+        ),
+        MetricsBackend::DatadogApi(dd) => Metrics::with_backend(
+            Arc::new(super::datadog::DatadogBackend::start(
+                dd.clone(),
+                settings.flush_interval,
+            )?),
+            prefix,
+            tags,
+        ),
     };
-    let metrics = Metrics::with_backend(backend, &settings.prefix, &settings.tags);
     if let Some(handle) = metrics.flush_handle() {
         start_flusher(handle, settings.flush_interval);
     }

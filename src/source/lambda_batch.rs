@@ -1,5 +1,6 @@
 //! The translation between a Lambda SQS batch and the pipeline: its records as
-//! [`SourceMessage`]s, and the settlements back as the partial batch response. The driver
+//! [`SourceMessage`]s, and whether each was settled for good back as the partial batch
+//! response. The driver
 //! (the runtime loop, the deadline) is [`crate::lambda`].
 //!
 //! Lambda's event source mapping receives and deletes; the function only says which
@@ -12,7 +13,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 
 use super::SourceMessage;
-use crate::pipeline::Settlement;
 
 /// Why a record could not be taken from the batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,18 +63,22 @@ fn record_of(i: usize, record: SqsMessage) -> Result<SourceMessage, RecordError>
     })
 }
 
-/// The partial batch response: every message not settled for good (neither forwarded,
-/// dead-lettered nor skipped on purpose). For a FIFO source, a failure also fails every
+/// The partial batch response: every message not settled for good (`done`, one per
+/// record, false: neither forwarded, dead-lettered nor skipped on purpose, as the
+/// pipeline's `Settlement::is_done` says). For a FIFO source, a failure also fails every
 /// later message of its group, so the group's order is kept when Lambda retries.
-pub fn batch_response(records: &[SourceMessage], settlements: &[Settlement]) -> SqsBatchResponse {
+pub fn batch_response(
+    records: &[SourceMessage],
+    done: impl IntoIterator<Item = bool>,
+) -> SqsBatchResponse {
     let mut failed_groups: HashSet<&str> = HashSet::new();
     let mut failures = Vec::new();
-    for (record, settlement) in records.iter().zip(settlements) {
+    for (record, done) in records.iter().zip(done) {
         let held_back = record
             .group
             .as_deref()
             .is_some_and(|g| failed_groups.contains(g));
-        if held_back || !settlement.is_done() {
+        if held_back || !done {
             if let Some(group) = record.group.as_deref() {
                 failed_groups.insert(group);
             }
@@ -89,7 +93,6 @@ pub fn batch_response(records: &[SourceMessage], settlements: &[Settlement]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::{ErrorClass, Failure, Stage};
 
     fn event(json: serde_json::Value) -> SqsEvent {
         serde_json::from_value(json).unwrap()
@@ -105,15 +108,6 @@ mod tests {
             group: group.map(str::to_string),
             ..Default::default()
         }
-    }
-
-    fn failed() -> Settlement {
-        Settlement::Failed(Failure {
-            stage: Stage::Forward,
-            class: ErrorClass::Throttled,
-            code: None,
-            message: "throttled".into(),
-        })
     }
 
     fn ids(response: &SqsBatchResponse) -> Vec<&str> {
@@ -194,14 +188,8 @@ mod tests {
     #[test]
     fn only_unsettled_messages_are_reported() {
         let records = [record("a", None), record("b", None), record("c", None)];
-        let settlements = [Settlement::Forwarded, failed(), Settlement::Skipped("x")];
-        assert_eq!(ids(&batch_response(&records, &settlements)), ["b"]);
-        let all_done = [
-            Settlement::Forwarded,
-            Settlement::Forwarded,
-            Settlement::Forwarded,
-        ];
-        assert!(batch_response(&records, &all_done)
+        assert_eq!(ids(&batch_response(&records, [true, false, true])), ["b"]);
+        assert!(batch_response(&records, [true; 3])
             .batch_item_failures
             .is_empty());
     }
@@ -215,15 +203,8 @@ mod tests {
             record("b2", Some("b")),
             record("a3", Some("a")),
         ];
-        let settlements = [
-            Settlement::Forwarded,
-            Settlement::Forwarded,
-            failed(),
-            Settlement::Forwarded,
-            Settlement::Forwarded,
-        ];
         assert_eq!(
-            ids(&batch_response(&records, &settlements)),
+            ids(&batch_response(&records, [true, true, false, true, true])),
             ["a2", "a3"],
             "a3 follows a failure in its group; group b is unaffected"
         );

@@ -31,6 +31,8 @@ pub struct QueueInfo {
     pub visibility_timeout: Duration,
     /// Whether it is a FIFO queue.
     pub fifo: bool,
+    /// Its `MaximumMessageSize`, in bytes, if it said.
+    pub max_message_bytes: Option<usize>,
 }
 
 /// Reads queue attributes; used as the healthcheck of every configured queue.
@@ -40,6 +42,7 @@ pub async fn queue_info(client: &Client, queue_url: &str) -> Result<QueueInfo, A
         .queue_url(queue_url)
         .attribute_names(QueueAttributeName::VisibilityTimeout)
         .attribute_names(QueueAttributeName::FifoQueue)
+        .attribute_names(QueueAttributeName::MaximumMessageSize)
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(Operation::GetAttributes, e))?;
@@ -51,9 +54,13 @@ pub async fn queue_info(client: &Client, queue_url: &str) -> Result<QueueInfo, A
     let fifo = attrs
         .and_then(|a| a.get(&QueueAttributeName::FifoQueue))
         .is_some_and(|v| v == "true");
+    let max_message_bytes = attrs
+        .and_then(|a| a.get(&QueueAttributeName::MaximumMessageSize))
+        .and_then(|v| v.parse().ok());
     Ok(QueueInfo {
         visibility_timeout: Duration::from_secs(visibility),
         fifo,
+        max_message_bytes,
     })
 }
 

@@ -15,7 +15,7 @@
 //! shutdown bound to settle, and what is still unsettled then is handed back.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,15 @@ const SHORT_POLL_PAUSE: Duration = Duration::from_secs(1);
 /// How long a stopping poller may take to hand a received batch back.
 const RETURN_BOUND: Duration = Duration::from_secs(5);
 
+/// How long a stopping poller lets a receive in progress end before it cancels it: a
+/// receive that has messages to return does so within milliseconds; one still open
+/// past this is a long poll on an idle queue.
+const RECEIVE_GRACE: Duration = Duration::from_millis(500);
+
+/// The longest poll of a pool that exits when idle (`--exit-when-idle`): its idle stop
+/// lets each poll end rather than drop it, and still exits within a second or so.
+pub const IDLE_RECEIVE_WAIT: Duration = Duration::from_secs(1);
+
 /// What became of one received batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -52,7 +61,7 @@ pub struct BatchOutcome {
     pub forwarded: usize,
     /// Messages whose body is not a valid event (left in the queue).
     pub invalid: usize,
-    /// Events that could not be forwarded (left in the queue).
+    /// Events that could not be forwarded (left in the queue, or dead-lettered).
     pub failed: usize,
     /// Messages sent to the dead-letter queue (then deleted from the source).
     pub dead_lettered: usize,
@@ -63,6 +72,9 @@ pub struct BatchOutcome {
     pub deferred: usize,
     /// Source messages deleted.
     pub deleted: usize,
+    /// Events left in the source for a later try (failed and not dead-lettered, or
+    /// deferred): they come back after their visibility timeout or delay.
+    pub later: usize,
 }
 
 impl std::ops::AddAssign for BatchOutcome {
@@ -75,6 +87,7 @@ impl std::ops::AddAssign for BatchOutcome {
         self.skipped += o.skipped;
         self.deferred += o.deferred;
         self.deleted += o.deleted;
+        self.later += o.later;
     }
 }
 
@@ -192,8 +205,10 @@ impl Worker {
     }
 
     /// Reads the source queue's visibility timeout again if it was read over
-    /// [`VISIBILITY_REFRESH`] ago; one try, a failure keeps the last value.
+    /// [`VISIBILITY_REFRESH`] ago, and each destination's message size limit
+    /// ([`crate::forward::Router::refresh_limits`]); one try, a failure keeps the last value.
     pub async fn refresh_visibility(&self) {
+        self.pipeline.router().refresh_limits().await;
         {
             let Ok(mut read_at) = self.visibility_read_at.try_lock() else {
                 return;
@@ -294,6 +309,10 @@ impl Worker {
             outcome.dead_lettered += is(matches!(settlement, Settlement::DeadLettered(_)));
             outcome.skipped += is(matches!(settlement, Settlement::Skipped(_)));
             outcome.deferred += is(matches!(settlement, Settlement::Deferred(_)));
+            outcome.later += is(matches!(
+                settlement,
+                Settlement::Failed(_) | Settlement::Deferred(_)
+            ));
             if settlement.is_done() {
                 done.push(message);
             }
@@ -384,19 +403,24 @@ pub async fn run(
 ) -> RunSummary {
     let stop = CancellationToken::new();
     let last_activity = Arc::new(Mutex::new(Instant::now()));
+    let idle_stop = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
     for id in 0..options.workers.max(1) {
-        tasks.spawn(poll(
+        tasks.spawn(poll(Poller::new(
             id,
             worker.clone(),
             options.clone(),
             stop.clone(),
             last_activity.clone(),
-        ));
+            idle_stop.clone(),
+        )));
     }
     tokio::select! {
         _ = shutdown => tracing::info!("shutdown requested: finishing in-flight batches"),
-        _ = stop.cancelled() => {}
+        idle = idle_for(options.exit_when_idle, &last_activity, &worker) => {
+            tracing::info!(idle = ?idle, "source idle: stopping");
+            idle_stop.store(true, Ordering::SeqCst);
+        }
     }
     stop.cancel();
     // What the batching window holds goes now, and nothing waits in it again.
@@ -435,23 +459,36 @@ pub async fn run(
     summary
 }
 
-async fn poll(
-    id: usize,
-    worker: Arc<Worker>,
-    options: PoolOptions,
-    stop: CancellationToken,
-    last_activity: Arc<Mutex<Instant>>,
-) -> BatchOutcome {
-    let mut poller = Poller {
-        id,
-        worker,
-        options,
-        stop,
-        last_activity,
-        failing: None,
-        totals: BatchOutcome::default(),
-        settling: JoinSet::new(),
+/// Completes once the pool has had nothing to do for `limit` (no batch received, none in
+/// work, none left for a later try still to come back), with how long that was; never
+/// without a limit. It watches the clock, not the receives: a long poll in progress is
+/// cancelled by the stop, so `--exit-when-idle N` exits N seconds after the last
+/// message, not N plus a long poll.
+async fn idle_for(
+    limit: Option<Duration>,
+    last_activity: &Mutex<Instant>,
+    worker: &Worker,
+) -> Duration {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
     };
+    // While batches are in work, look again this often.
+    const BUSY_RECHECK: Duration = Duration::from_millis(200);
+    loop {
+        let idle = last_activity
+            .lock()
+            .map(|t| Instant::now().saturating_duration_since(*t))
+            .unwrap_or_default();
+        let busy = worker.in_flight.load(Ordering::SeqCst) > 0;
+        if idle >= limit && !busy {
+            return idle;
+        }
+        let wait = limit.saturating_sub(idle).max(BUSY_RECHECK);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn poll(mut poller: Poller) -> BatchOutcome {
     while !poller.stop.is_cancelled() {
         let Some(received) = poller.receive().await else {
             break;
@@ -514,9 +551,33 @@ struct Poller {
     totals: BatchOutcome,
     /// Its batches being settled on their own tasks (with a batching window).
     settling: JoinSet<BatchOutcome>,
+    /// Set when the pool stops because the source was idle: a receive still open then
+    /// is let end (its wait is at most [`IDLE_RECEIVE_WAIT`]).
+    idle_stop: Arc<AtomicBool>,
 }
 
 impl Poller {
+    fn new(
+        id: usize,
+        worker: Arc<Worker>,
+        options: PoolOptions,
+        stop: CancellationToken,
+        last_activity: Arc<Mutex<Instant>>,
+        idle_stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            id,
+            worker,
+            options,
+            stop,
+            last_activity,
+            failing: None,
+            totals: BatchOutcome::default(),
+            settling: JoinSet::new(),
+            idle_stop,
+        }
+    }
+
     /// One receive; `None` when the pool stopped meanwhile. SQS may already have handed
     /// such a poll messages: dropping it would hide them for a whole visibility timeout,
     /// so it is let end, and what it got is handed back at once.
@@ -528,9 +589,23 @@ impl Poller {
         let receive = self.worker.source.receive_at_most(max);
         tokio::pin!(receive);
         let received = tokio::select! {
+            biased;
             received = &mut receive => received,
             _ = self.stop.cancelled() => {
-                if let Ok(messages) = receive.await {
+                // Stopping. A receive on a busy queue ends within milliseconds: what it
+                // got is handed back at once (visibility 0). One still open after
+                // RECEIVE_GRACE is a long poll on an idle queue: it is cancelled, not
+                // waited out (up to `FORWARDER_RECEIVE_WAIT_SECONDS`), so an idle worker
+                // exits at once. A message SQS handed it in that very instant stays
+                // hidden for one visibility timeout, then reappears: nothing is lost.
+                // The idle stop lets a (short, IDLE_RECEIVE_WAIT) poll end: nothing
+                // is left open at SQS to take what is sent after the exit.
+                let grace = if self.idle_stop.load(Ordering::SeqCst) {
+                    self.worker.source.wait() + RECEIVE_GRACE
+                } else {
+                    RECEIVE_GRACE
+                };
+                if let Ok(Ok(messages)) = tokio::time::timeout(grace, receive).await {
                     if !messages.is_empty() {
                         let all: Vec<(&SourceMessage, Duration)> =
                             messages.iter().map(|m| (m, Duration::ZERO)).collect();
@@ -560,22 +635,10 @@ impl Poller {
         }))
     }
 
-    /// An empty receive: stop if the source has been idle long enough; after a short
-    /// poll (`FORWARDER_RECEIVE_WAIT_SECONDS=0`), pause as a long poll would have
-    /// waited instead of spinning.
+    /// An empty receive: after a short poll (`FORWARDER_RECEIVE_WAIT_SECONDS=0`), pause
+    /// as a long poll would have waited instead of spinning. (Whether the source has
+    /// been idle long enough to stop is [`idle_for`]'s to say, for the whole pool.)
     async fn idle(&mut self) -> Next {
-        let idle_for = self
-            .last_activity
-            .lock()
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
-        if let Some(limit) = self.options.exit_when_idle {
-            if idle_for >= limit && self.worker.in_flight.load(Ordering::SeqCst) == 0 {
-                tracing::info!(worker = self.id, idle = ?idle_for, "source idle: stopping");
-                self.stop.cancel();
-                return Next::Stop;
-            }
-        }
         let short = SHORT_POLL_PAUSE.saturating_sub(self.worker.source.wait());
         self.pause(short).await
     }
@@ -599,8 +662,8 @@ impl Poller {
             let outcome = worker.handle(messages).await;
             drop((room, bytes));
             // Messages left for a later try (failed, deferred) are hidden, not gone: the
-            // source is not idle before they are back.
-            let back = if outcome.failed + outcome.deferred > 0 {
+            // source is not idle before they are back. A dead-lettered one is gone.
+            let back = if outcome.later > 0 {
                 worker.visibility_timeout()
             } else {
                 Duration::ZERO
@@ -1165,6 +1228,85 @@ mod tests {
                 ("h2".to_string(), 0)
             ],
             "handed back at once, not left hidden for the visibility timeout"
+        );
+    }
+
+    /// A worker on a source whose every receive is a long poll that returns nothing
+    /// after `wait`, as an idle queue does; counts the receives.
+    fn long_polling(wait: Duration) -> (Arc<Worker>, Arc<AtomicU64>) {
+        let receives = Arc::new(AtomicU64::new(0));
+        let r = receives.clone();
+        let client = fake::sqs_client_on(fake::delayed_client_fn(
+            move |action| {
+                if action == "ReceiveMessage" {
+                    wait
+                } else {
+                    Duration::ZERO
+                }
+            },
+            move |req| {
+                if req.action == "ReceiveMessage" {
+                    r.fetch_add(1, Ordering::SeqCst);
+                }
+                fake::ok("{}")
+            },
+        ));
+        let metrics = Metrics::disabled();
+        let forwarder = forwarder(&client, &metrics);
+        (Arc::new(worker(client, forwarder, metrics)), receives)
+    }
+
+    #[tokio::test]
+    async fn a_stop_cancels_the_long_poll_in_progress() {
+        let (worker, receives) = long_polling(Duration::from_secs(20));
+        let started = Instant::now();
+        let summary = tokio::time::timeout(
+            Duration::from_secs(10),
+            run(
+                worker,
+                PoolOptions {
+                    exit_when_idle: None,
+                    ..pool(4, Duration::from_secs(30))
+                },
+                tokio::time::sleep(Duration::from_millis(200)),
+            ),
+        )
+        .await
+        .expect("the stop does not wait out a 20 s long poll");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "stopped after {:?}",
+            started.elapsed()
+        );
+        assert!(!summary.abandoned, "{summary:?}");
+        assert_eq!(
+            receives.load(Ordering::SeqCst),
+            4,
+            "each poller had one open"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_pool_exits_on_time_whatever_the_long_poll() {
+        let (worker, _) = long_polling(Duration::from_secs(20));
+        let started = Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            run(
+                worker,
+                PoolOptions {
+                    exit_when_idle: Some(Duration::from_millis(500)),
+                    ..pool(2, Duration::from_secs(30))
+                },
+                std::future::pending(),
+            ),
+        )
+        .await
+        .expect("exits when idle, not after the long poll");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_millis(1500),
+            "exited after {took:?}"
         );
     }
 }

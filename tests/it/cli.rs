@@ -30,7 +30,9 @@ fn stderr(out: &Output) -> String {
 
 #[tokio::test]
 async fn sigterm_mid_run_loses_nothing() {
-    let q = Queues::create(30).await;
+    // A visibility timeout of 5 s: a receive cancelled at SIGTERM hides what SQS handed
+    // it for that long, and the second run (idle after 7 s) waits for it.
+    let q = Queues::create(5).await;
     let bodies: Vec<String> = (1..=400).map(|i| event(i, 3)).collect();
     send_bodies(&q.client, &q.source, &bodies).await;
 
@@ -56,7 +58,7 @@ async fn sigterm_mid_run_loses_nothing() {
     );
 
     // A second run drains the rest; nothing may be missing.
-    let out = spawn_binary(command(&q).args(["run", "--exit-when-idle", "2"]))
+    let out = spawn_binary(command(&q).args(["run", "--exit-when-idle", "7"]))
         .finish(Duration::from_secs(120))
         .await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -82,6 +84,66 @@ async fn exit_when_idle_stops_cleanly() {
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
+/// SIGTERM on an idle worker: every poller is in a 20 s long poll, and the worker exits
+/// at once instead of waiting them out (KEDA scale-ins and rolling deploys pay this).
+#[tokio::test]
+async fn sigterm_on_an_idle_worker_exits_within_two_seconds() {
+    let q = Queues::create(30).await;
+    send_bodies(&q.client, &q.source, &[event(1, 1)]).await;
+    let child = spawn_binary(
+        command(&q)
+            .args(["run"])
+            .env("FORWARDER_WORKERS", "8")
+            .env("FORWARDER_RECEIVE_WAIT_SECONDS", "20"),
+    );
+    // Once the one event is through, every poller is (again) in a long poll.
+    assert_eq!(
+        drain(&q.client, &q.dest, 1, Duration::from_secs(20))
+            .await
+            .len(),
+        1
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped = Instant::now();
+    child.terminate();
+    let out = child.finish(Duration::from_secs(30)).await;
+    let took = stopped.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    eprintln!("idle exit after SIGTERM: {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "exited {took:?} after SIGTERM"
+    );
+}
+
+/// `--exit-when-idle N` exits N seconds after the last message, however long the poll.
+#[tokio::test]
+async fn exit_when_idle_does_not_wait_out_a_long_poll() {
+    let q = Queues::create(30).await;
+    send_bodies(&q.client, &q.source, &[event(1, 1)]).await;
+    let child = spawn_binary(
+        command(&q)
+            .args(["run", "--exit-when-idle", "3"])
+            .env("FORWARDER_WORKERS", "4")
+            .env("FORWARDER_RECEIVE_WAIT_SECONDS", "20"),
+    );
+    assert_eq!(
+        drain(&q.client, &q.dest, 1, Duration::from_secs(20))
+            .await
+            .len(),
+        1
+    );
+    let arrived = Instant::now();
+    let out = child.finish(Duration::from_secs(40)).await;
+    let took = arrived.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    eprintln!("exit after the last message (--exit-when-idle 3): {took:?}");
+    assert!(
+        took < Duration::from_secs(3 + 2),
+        "exited {took:?} after the last message"
+    );
 }
 
 /// Logs captured to a file or a pipe (`make demo > out`, CloudWatch, a log shipper) hold

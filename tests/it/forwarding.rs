@@ -100,25 +100,45 @@ async fn what_can_never_be_forwarded_goes_to_the_dlq_with_why_and_leaves_the_sou
 async fn a_message_the_destination_refuses_is_dead_lettered_with_its_code() {
     let q = Queues::create(1).await;
     let dlq = create_queue(&q.client, &unique("t-dlq"), 30).await;
-    // The destination takes at most 1 KiB: a larger event is refused on its own account.
-    q.client
-        .set_queue_attributes()
-        .queue_url(&q.dest)
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
-            "1024",
-        )
-        .send()
-        .await
-        .unwrap();
-    let big = event(5, 1).replace(
-        "\"platform\"",
-        &format!("\"pad\":\"{}\",\"platform\"", "x".repeat(2000)),
-    );
+    // The destination refuses event 5 on its own account, as SQS refuses a message with
+    // characters it does not take. (A queue's own size limit no longer makes SQS refuse
+    // anything: the forwarder reads it, see `destinations`.)
+    let bad = format!("{:032x}", 5);
+    let proxy = intercept_proxy({
+        let (bad, dest) = (bad.clone(), q.dest.clone());
+        move |action, body| {
+            if action != "SendMessageBatch" || body["QueueUrl"].as_str() != Some(dest.as_str()) {
+                return Intercept::Pass;
+            }
+            let failed: Vec<(String, String)> = body["Entries"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["MessageBody"].as_str().is_some_and(|b| b.contains(&bad)))
+                .map(|e| {
+                    let id = e["Id"].as_str().unwrap_or_default().to_string();
+                    (id, "InvalidMessageContents".to_string())
+                })
+                .collect();
+            if failed.is_empty() {
+                Intercept::Pass
+            } else {
+                Intercept::FailEntries(failed)
+            }
+        }
+    })
+    .await;
+    let big = event(5, 1);
     send_bodies(&q.client, &q.source, &[big.clone(), event(6, 1)]).await;
     let mut config = q.config(None);
     config.dlq_url = Some(dlq.clone());
-    let app = app(config).await;
+    let app = App::connect(
+        config,
+        &sdk_at(&proxy).await,
+        sqs_forwarder::metrics::Metrics::disabled(),
+    )
+    .await
+    .unwrap();
     let worker = app.worker().await.unwrap();
     let mut totals = sqs_forwarder::worker::BatchOutcome::default();
     for _ in 0..10 {

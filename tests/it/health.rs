@@ -7,6 +7,11 @@ use std::time::{Duration, Instant};
 use crate::helpers::*;
 
 fn worker(endpoint: &str, q: &Queues, health: &str) -> Spawned {
+    worker_with(endpoint, q, health, "1s")
+}
+
+/// A worker whose HTTP attempts time out after `request_timeout`.
+fn worker_with(endpoint: &str, q: &Queues, health: &str, request_timeout: &str) -> Spawned {
     spawn_binary(
         binary(&["run"])
             .env("AWS_ENDPOINT_URL", endpoint)
@@ -15,7 +20,7 @@ fn worker(endpoint: &str, q: &Queues, health: &str) -> Spawned {
             .env("FORWARDER_INDEXER", "off")
             .env("FORWARDER_HEALTH_ADDR", health)
             .env("FORWARDER_RECEIVE_WAIT_SECONDS", "5")
-            .env("FORWARDER_REQUEST_TIMEOUT", "1s")
+            .env("FORWARDER_REQUEST_TIMEOUT", request_timeout)
             .env("RUST_LOG", "warn"),
     )
 }
@@ -40,22 +45,32 @@ async fn live_while_starting_not_ready_until_a_receive_succeeds() {
     drop(child);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_after_the_first_receive_and_not_ready_once_stopping() {
     let q = Queues::create(30).await;
+    // Every send takes 3 s: a batch is still in work when SIGTERM comes, so the worker
+    // is seen draining (a long poll alone no longer holds it: it is cancelled).
+    let proxy = intercept_proxy(|action, _| match action {
+        "SendMessageBatch" => Intercept::Delay(Duration::from_secs(3)),
+        _ => Intercept::Pass,
+    })
+    .await;
     send_bodies(&q.client, &q.source, &[event(1, 1)]).await;
     let health = free_addr();
-    let child = worker(&endpoint(), &q, &health);
+    // Sends are slow, not failed: no attempt times out (a retried send would arrive twice).
+    let child = worker_with(&proxy, &q, &health, "10s");
     assert_eq!(wait_status(&health, "/readyz", 200), Some(200));
     assert_eq!(
-        drain(&q.client, &q.dest, 1, Duration::from_secs(10))
+        drain(&q.client, &q.dest, 1, Duration::from_secs(15))
             .await
             .len(),
         1
     );
 
-    // SIGTERM while a 5 s long poll is in flight: the worker lets it end, and is not
-    // ready meanwhile, so no traffic or rollout waits on it.
+    // SIGTERM while a batch is in work: the worker finishes it, and is not ready
+    // meanwhile, so no traffic or rollout waits on it.
+    send_bodies(&q.client, &q.source, &[event(2, 1)]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     child.terminate();
     let mut seen = None;
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -74,6 +89,13 @@ async fn ready_after_the_first_receive_and_not_ready_once_stopping() {
     );
     let out = child.finish(Duration::from_secs(30)).await;
     assert!(out.status.success());
+    assert_eq!(
+        drain(&q.client, &q.dest, 1, Duration::from_secs(10))
+            .await
+            .len(),
+        1,
+        "the batch in work at SIGTERM was finished"
+    );
 }
 
 /// A client that connects and sends nothing is disconnected after the read timeout,

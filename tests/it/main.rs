@@ -14,6 +14,7 @@ mod cargo_lambda;
 mod classify;
 mod cli;
 mod crash;
+mod destinations;
 mod fair_queues;
 mod faults;
 mod forwarding;
