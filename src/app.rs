@@ -282,6 +282,12 @@ impl App {
         let offloader = route.s3_bucket.as_ref().map(|bucket| {
             self.offloader(sdk, bucket)
                 .with_mode(route.s3_offload.unwrap_or(self.config.s3_offload))
+                .with_encryption(
+                    route
+                        .s3_encryption
+                        .clone()
+                        .unwrap_or_else(|| self.config.s3_encryption.clone()),
+                )
         });
         Ok(Forwarder::new(
             sqs,

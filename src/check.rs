@@ -131,12 +131,19 @@ async fn check_routes(app: &App, report: &mut Report) {
             };
             format!("; message limit: {} bytes ({by})", l.bytes())
         });
+        let s3 = route.s3_bucket.as_ref().map_or(String::new(), |bucket| {
+            let encryption = route
+                .s3_encryption
+                .as_ref()
+                .unwrap_or(&config.s3_encryption);
+            format!("; s3: {bucket}, encryption {}", encryption.describe())
+        });
         let fields = route.fields.as_ref().or(config.fields.as_ref());
         let filter = route.filter.as_ref().or(config.filter.as_ref());
         let pack = route.pack.unwrap_or(config.pack);
         let compression = route.pack_compression.unwrap_or(config.pack_compression);
         report.ok.push(format!(
-            "route {name}: reached {}{}{limit}; fields: {}; filter: {}; pack: {}",
+            "route {name}: reached {}{}{limit}{s3}; fields: {}; filter: {}; pack: {}",
             route.queue_url,
             route
                 .message_group

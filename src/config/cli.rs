@@ -244,6 +244,20 @@ pub struct Settings {
           default_value = "sentry", global = true)]
     pub s3_pointer_format: crate::forward::PointerFormat,
 
+    /// Server-side encryption of every object stored in S3: `AES256` (SSE-S3) or
+    /// `aws:kms` (SSE-KMS). Unset: the bucket's default encryption.
+    #[arg(long, env = "FORWARDER_S3_SSE", value_name = "SSE", global = true)]
+    pub s3_sse: Option<String>,
+
+    /// The KMS key (id, ARN or alias) of `aws:kms`; unset: the account's `aws/s3` key.
+    #[arg(
+        long,
+        env = "FORWARDER_S3_KMS_KEY_ID",
+        value_name = "KEY",
+        global = true
+    )]
+    pub s3_kms_key_id: Option<String>,
+
     /// Which events go to the bucket: `oversized` (over FORWARDER_MAX_MESSAGE_BYTES), or
     /// `always` (every event, only a pointer in the queue, as Sentry's plugin does).
     #[arg(long, env = "FORWARDER_S3_OFFLOAD", value_name = "MODE",

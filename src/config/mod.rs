@@ -87,6 +87,9 @@ pub struct Config {
     pub s3_bucket: Option<String>,
     /// The pointer's shape (`FORWARDER_S3_POINTER_FORMAT`).
     pub s3_pointer_format: crate::forward::PointerFormat,
+    /// How objects stored in S3 are encrypted (`FORWARDER_S3_SSE`,
+    /// `FORWARDER_S3_KMS_KEY_ID`), unless a route says otherwise.
+    pub s3_encryption: crate::forward::S3Encryption,
     /// Which events go to a route's bucket (`FORWARDER_S3_OFFLOAD`): the oversized ones,
     /// or every one, as Sentry's plugin does.
     pub s3_offload: crate::forward::OffloadMode,
@@ -197,6 +200,7 @@ impl Config {
             s3_bucket: None,
             s3_pointer_format: crate::forward::PointerFormat::Sentry,
             s3_offload: crate::forward::OffloadMode::Oversized,
+            s3_encryption: crate::forward::S3Encryption::BucketDefault,
             forward_attributes: crate::forward::ForwardAttributes::None,
             rate_limit: None,
             workers: 2,
@@ -236,6 +240,7 @@ impl Config {
                 message_group: self.message_group.clone(),
                 s3_bucket: self.s3_bucket.clone(),
                 s3_offload: None,
+                s3_encryption: None,
                 credentials: routes::CredentialSource::DefaultChain,
                 fields: None,
                 filter: None,
@@ -307,6 +312,7 @@ impl Settings {
         self.check_http_pool(&mut errors);
         self.check_retry(&mut errors);
         self.check_offload(&mut errors);
+        let s3_encryption = self.s3_encryption(&mut errors);
         let (fields, filter) = self.fields_and_filter(&mut errors);
         self.check_packs(routes.as_ref(), &mut errors);
         if !errors.is_empty() {
@@ -322,6 +328,7 @@ impl Settings {
             s3_bucket: self.s3_bucket.clone().filter(|b| !b.trim().is_empty()),
             s3_pointer_format: self.s3_pointer_format,
             s3_offload: self.s3_offload,
+            s3_encryption,
             forward_attributes: self.forward_attributes.clone(),
             rate_limit: self.rate_limit,
             workers: self.workers,
@@ -599,6 +606,23 @@ impl Settings {
                 ));
             }
         }
+    }
+
+    /// `FORWARDER_S3_SSE` and `FORWARDER_S3_KMS_KEY_ID`, together.
+    fn s3_encryption(&self, errors: &mut Vec<ConfigError>) -> crate::forward::S3Encryption {
+        crate::forward::S3Encryption::from_settings(
+            self.s3_sse.as_deref(),
+            self.s3_kms_key_id.as_deref(),
+        )
+        .unwrap_or_else(|(which, problem)| {
+            let var = if which == "sse" {
+                "FORWARDER_S3_SSE"
+            } else {
+                "FORWARDER_S3_KMS_KEY_ID"
+            };
+            errors.push(ConfigError::new(var, problem));
+            crate::forward::S3Encryption::BucketDefault
+        })
     }
 
     /// `always` needs a bucket to store in: the worker's, or (with a routes file) a

@@ -11,6 +11,8 @@
 //! message_group_id = "project-{project_id}"
 //! s3_bucket = "acme-large-events"
 //! s3_offload = "always"          # optional: oversized (default) or always
+//! s3_sse = "aws:kms"             # optional: AES256 or aws:kms (default: the bucket's)
+//! s3_kms_key_id = "alias/acme-events"   # optional, with aws:kms
 //! credentials = { role_arn = "arn:aws:iam::210987654321:role/forwarder", external_id = "x" }
 //! exclude_fields = ["user.ip_address", "request.cookies"]   # or include_fields = [...]
 //! filter = { level = ["error", "fatal"], "tags.customer" = "acme" }
@@ -64,6 +66,9 @@ pub struct Route {
     pub s3_bucket: Option<String>,
     /// Which events go to the bucket; `None`: as `FORWARDER_S3_OFFLOAD` says.
     pub s3_offload: Option<crate::forward::OffloadMode>,
+    /// How its objects are encrypted (`s3_sse`, `s3_kms_key_id`); `None`: as
+    /// `FORWARDER_S3_SSE` and `FORWARDER_S3_KMS_KEY_ID` say.
+    pub s3_encryption: Option<crate::forward::S3Encryption>,
     /// Whose credentials send.
     pub credentials: CredentialSource,
     /// The fields it receives (`exclude_fields` / `include_fields`); `None`: as
@@ -124,6 +129,12 @@ struct RouteSpec {
     s3_bucket: Option<String>,
     #[serde(default)]
     s3_offload: Option<String>,
+    /// `AES256` or `aws:kms`.
+    #[serde(default)]
+    s3_sse: Option<String>,
+    /// The KMS key of `aws:kms`.
+    #[serde(default)]
+    s3_kms_key_id: Option<String>,
     #[serde(default)]
     credentials: Option<CredentialsSpec>,
     #[serde(default)]
@@ -222,6 +233,13 @@ fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
             format!("{at}.s3_offload: is \"always\", but the route has no s3_bucket"),
         ));
     }
+    let s3_encryption = match (&spec.s3_sse, &spec.s3_kms_key_id) {
+        (None, None) => None,
+        (sse, key) => Some(
+            crate::forward::S3Encryption::from_settings(sse.as_deref(), key.as_deref())
+                .map_err(|(which, e)| error(path, format!("{at}.s3_{which}: {e}")))?,
+        ),
+    };
     let fields = crate::event::fields::FieldRules::new(&spec.exclude_fields, &spec.include_fields)
         .map_err(|e| error(path, format!("{at}: {e}")))?;
     let filter = crate::event::fields::Filter::new(spec.filter.into_iter().map(|(k, v)| {
@@ -238,6 +256,7 @@ fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
         message_group,
         s3_bucket,
         s3_offload,
+        s3_encryption,
         credentials: credentials(path, at, spec.credentials)?,
         fields,
         filter,

@@ -45,7 +45,7 @@ use crate::retry::RetryPolicy;
 pub use attributes::{ForwardAttributes, TRACE_CONTEXT};
 pub use dead_letter::{DeadLetter, DeadLetterQueue, Reason};
 pub use fifo::GroupTemplate;
-pub use offload::{OffloadMode, Offloader, PointerFormat};
+pub use offload::{OffloadMode, Offloader, PointerFormat, S3Encryption};
 pub use pack::{Pack, Packer};
 pub use pack_object::PackCompression;
 pub use pause::{Gate, Pauses, RouteGate};

@@ -75,6 +75,61 @@ impl OffloadMode {
     }
 }
 
+/// How stored objects are encrypted at rest (`s3_sse`, `s3_kms_key_id`;
+/// `FORWARDER_S3_SSE`, `FORWARDER_S3_KMS_KEY_ID`), set on every PutObject: single events
+/// and packs alike.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum S3Encryption {
+    /// No header: the bucket's default encryption (SSE-S3 on every bucket since
+    /// January 2023, or the bucket's own SSE-KMS key).
+    #[default]
+    BucketDefault,
+    /// SSE-S3 (`AES256`).
+    Aes256,
+    /// SSE-KMS (`aws:kms`), with this key (an id, ARN or alias); `None`: the account's
+    /// AWS-managed `aws/s3` key.
+    Kms {
+        /// The key.
+        key_id: Option<String>,
+    },
+}
+
+impl S3Encryption {
+    /// From the two settings as written: `sse` `AES256` or `aws:kms` (or none), and a
+    /// key id, which only `aws:kms` takes. The error names which of the two is wrong.
+    pub fn from_settings(
+        sse: Option<&str>,
+        key_id: Option<&str>,
+    ) -> Result<Self, (&'static str, String)> {
+        let key_id = key_id.map(str::trim).filter(|k| !k.is_empty());
+        match (sse.map(str::trim).filter(|s| !s.is_empty()), key_id) {
+            (None, None) => Ok(S3Encryption::BucketDefault),
+            (Some("AES256"), None) => Ok(S3Encryption::Aes256),
+            (Some("aws:kms"), key) => Ok(S3Encryption::Kms {
+                key_id: key.map(str::to_string),
+            }),
+            (None | Some("AES256"), Some(_)) => Err((
+                "kms_key_id",
+                "is set, but the server-side encryption is not aws:kms".to_string(),
+            )),
+            (Some(other), _) => Err((
+                "sse",
+                format!("{other:?} is not a server-side encryption; expected AES256 or aws:kms"),
+            )),
+        }
+    }
+
+    /// What `check` says of it.
+    pub fn describe(&self) -> String {
+        match self {
+            S3Encryption::BucketDefault => "the bucket's default".into(),
+            S3Encryption::Aes256 => "SSE-S3 (AES256)".into(),
+            S3Encryption::Kms { key_id: None } => "SSE-KMS (aws/s3 key)".into(),
+            S3Encryption::Kms { key_id: Some(k) } => format!("SSE-KMS (key {k})"),
+        }
+    }
+}
+
 /// The S3 side of oversized events (and of every event, in [`OffloadMode::Always`]).
 #[derive(Debug, Clone)]
 pub struct Offloader {
@@ -88,6 +143,9 @@ pub struct Offloader {
     format: PointerFormat,
     /// Which events are stored: the oversized ones, or all (`FORWARDER_S3_OFFLOAD`).
     mode: OffloadMode,
+    /// How each object is encrypted at rest (compliance rules often demand SSE-KMS
+    /// with the customer's own key).
+    encryption: S3Encryption,
     /// Retry bounds of PutObject.
     policy: RetryPolicy,
     /// Where retries are counted.
@@ -119,6 +177,7 @@ impl Offloader {
             region: region.into(),
             format,
             mode: OffloadMode::Oversized,
+            encryption: S3Encryption::BucketDefault,
             policy,
             metrics,
         }
@@ -127,6 +186,12 @@ impl Offloader {
     /// Stores the events `mode` says.
     pub fn with_mode(mut self, mode: OffloadMode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Encrypts each object as `encryption` says.
+    pub fn with_encryption(mut self, encryption: S3Encryption) -> Self {
+        self.encryption = encryption;
         self
     }
 
@@ -214,6 +279,12 @@ impl Offloader {
         content_type: &str,
         encoding: Option<&str>,
     ) -> Result<(), AwsError> {
+        use aws_sdk_s3::types::ServerSideEncryption;
+        let (sse, key_id) = match &self.encryption {
+            S3Encryption::BucketDefault => (None, None),
+            S3Encryption::Aes256 => (Some(ServerSideEncryption::Aes256), None),
+            S3Encryption::Kms { key_id } => (Some(ServerSideEncryption::AwsKms), key_id.clone()),
+        };
         retry(&self.policy, Operation::S3Put, &self.metrics, || async {
             self.s3
                 .put_object()
@@ -221,6 +292,8 @@ impl Offloader {
                 .key(key)
                 .content_type(content_type)
                 .set_content_encoding(encoding.map(str::to_string))
+                .set_server_side_encryption(sse.clone())
+                .set_ssekms_key_id(key_id.clone())
                 .body(ByteStream::from(bytes.clone()))
                 .send()
                 .await
@@ -290,5 +363,25 @@ mod tests {
             Offloader::key(&undated, now),
             "42/1970-01-01/0123456789abcdef0123456789abcdef"
         );
+    }
+
+    #[test]
+    fn encryption_is_read_from_its_two_settings() {
+        let e = |sse, key| S3Encryption::from_settings(sse, key);
+        assert_eq!(e(None, None), Ok(S3Encryption::BucketDefault));
+        assert_eq!(e(Some("AES256"), None), Ok(S3Encryption::Aes256));
+        assert_eq!(
+            e(Some("aws:kms"), None),
+            Ok(S3Encryption::Kms { key_id: None })
+        );
+        assert_eq!(
+            e(Some("aws:kms"), Some("alias/events")),
+            Ok(S3Encryption::Kms {
+                key_id: Some("alias/events".into())
+            })
+        );
+        assert_eq!(e(None, Some("alias/events")).unwrap_err().0, "kms_key_id");
+        assert_eq!(e(Some("AES256"), Some("k")).unwrap_err().0, "kms_key_id");
+        assert_eq!(e(Some("aes256"), None).unwrap_err().0, "sse");
     }
 }

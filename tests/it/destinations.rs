@@ -129,3 +129,162 @@ async fn without_a_bucket_an_event_over_the_queues_limit_is_dead_lettered_as_ove
     );
     assert_eq!(depth(&q.client, &q.source).await, 0);
 }
+
+/// The S3 client of the tests.
+async fn s3() -> aws_sdk_s3::Client {
+    sqs_forwarder::aws::s3_client(&sdk().await, &sqs_forwarder::metrics::Metrics::disabled())
+}
+
+async fn new_bucket(s3: &aws_sdk_s3::Client) -> String {
+    let bucket = unique("bucket").to_lowercase();
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    bucket
+}
+
+/// Every object in `bucket`: its key, its server-side encryption and KMS key, as
+/// HeadObject reads them back.
+async fn encryption_of_each(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+) -> Vec<(String, Option<String>, Option<String>)> {
+    let listed = s3.list_objects_v2().bucket(bucket).send().await.unwrap();
+    let mut out = Vec::new();
+    for object in listed.contents() {
+        let key = object.key().unwrap_or_default().to_string();
+        let head = s3
+            .head_object()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+        out.push((
+            key,
+            head.server_side_encryption()
+                .map(|e| e.as_str().to_string()),
+            head.ssekms_key_id().map(str::to_string),
+        ));
+    }
+    out
+}
+
+/// SSE-KMS with the customer's key on every object: a single oversized event
+/// (`FORWARDER_S3_SSE`, `FORWARDER_S3_KMS_KEY_ID`) and a route's packs (`s3_sse`,
+/// `s3_kms_key_id` in the routes file), read back with HeadObject.
+#[tokio::test]
+async fn objects_carry_the_server_side_encryption_asked_for() {
+    let q = Queues::create(30).await;
+    let s3 = s3().await;
+    let (single, packed) = (new_bucket(&s3).await, new_bucket(&s3).await);
+    let packed_dest = create_queue(&q.client, &unique("t-packed"), 30).await;
+    let routes = routes_file(&format!(
+        r#"
+[default]
+queue_url = "{}"
+s3_bucket = "{single}"
+
+[projects.7]
+queue_url = "{packed_dest}"
+s3_bucket = "{packed}"
+s3_offload = "always"
+pack = "ndjson"
+s3_sse = "aws:kms"
+s3_kms_key_id = "alias/packs"
+"#,
+        q.dest
+    ));
+    let big = format!(
+        r#"{{"event_id":"{:032x}","project_id":42,"organization_id":1,"x":"{}"}}"#,
+        1,
+        "z".repeat(5000)
+    );
+    send_bodies(&q.client, &q.source, &[big, event(2, 7), event(3, 7)]).await;
+    let with_settings = |command: &mut std::process::Command| {
+        command
+            .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+            .env("FORWARDER_ROUTES_FILE", &routes)
+            .env("FORWARDER_MAX_MESSAGE_BYTES", "4096")
+            .env("FORWARDER_S3_SSE", "aws:kms")
+            .env("FORWARDER_S3_KMS_KEY_ID", "alias/events")
+            .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+            .env("FORWARDER_INDEXER", "off");
+    };
+    let mut check = binary(&["check"]);
+    with_settings(&mut check);
+    let said = String::from_utf8_lossy(&run_ok(&mut check).stdout).into_owned();
+    assert!(
+        said.contains(&format!(
+            "s3: {single}, encryption SSE-KMS (key alias/events)"
+        )) && said.contains(&format!(
+            "s3: {packed}, encryption SSE-KMS (key alias/packs)"
+        )),
+        "{said}"
+    );
+    let mut run = binary(&["run", "--exit-when-idle", "2"]);
+    with_settings(&mut run);
+    run_ok(&mut run);
+
+    let singles = encryption_of_each(&s3, &single).await;
+    assert_eq!(singles.len(), 1, "{singles:?}");
+    assert_eq!(singles[0].1.as_deref(), Some("aws:kms"), "{singles:?}");
+    assert!(
+        singles[0]
+            .2
+            .as_deref()
+            .is_some_and(|k| k.ends_with("alias/events")),
+        "{singles:?}"
+    );
+    let packs = encryption_of_each(&s3, &packed).await;
+    assert!(!packs.is_empty());
+    for (key, sse, kms) in &packs {
+        assert!(key.starts_with("packs/"), "{key}");
+        assert_eq!(sse.as_deref(), Some("aws:kms"), "{key}");
+        assert!(
+            kms.as_deref().is_some_and(|k| k.ends_with("alias/packs")),
+            "the route's own key: {kms:?}"
+        );
+    }
+}
+
+/// A KMS key without `aws:kms` is a setting that cannot be meant: refused at start, in
+/// one line naming the variable (or the route).
+#[test]
+fn a_kms_key_without_aws_kms_fails_at_start_naming_its_variable() {
+    let out = output_of(
+        binary(&["check"])
+            .env(
+                "FORWARDER_SOURCE_QUEUE_URL",
+                "http://127.0.0.1:4566/000000000000/a",
+            )
+            .env(
+                "FORWARDER_DEST_QUEUE_URL",
+                "http://127.0.0.1:4566/000000000000/b",
+            )
+            .env("FORWARDER_S3_KMS_KEY_ID", "alias/events"),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let line = said
+        .lines()
+        .find(|l| l.contains("FORWARDER_S3_KMS_KEY_ID"))
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(line.contains("not aws:kms"), "{line}");
+
+    let routes = routes_file(
+        "[default]\nqueue_url = \"http://127.0.0.1:4566/000000000000/b\"\ns3_bucket = \"b\"\ns3_sse = \"AES256\"\ns3_kms_key_id = \"k\"\n",
+    );
+    let out = output_of(
+        binary(&["run"])
+            .env(
+                "FORWARDER_SOURCE_QUEUE_URL",
+                "http://127.0.0.1:4566/000000000000/a",
+            )
+            .env("FORWARDER_ROUTES_FILE", &routes),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("default.s3_kms_key_id"), "{said}");
+}
