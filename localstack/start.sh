@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts LocalStack (SQS, S3 and STS) on 127.0.0.1:4566 without Docker, installing it into
+# Starts LocalStack (SQS, S3, STS and SNS) on 127.0.0.1:4566 without Docker, installing it into
 # localstack/.venv first if it is missing, and waits until it is healthy.
 # Safe to run again: an already healthy LocalStack is left as it is.
 set -euo pipefail
@@ -17,7 +17,7 @@ try:
         services = json.load(r).get("services", {})
 except Exception:
     sys.exit(1)
-sys.exit(0 if all(services.get(s) in ("running", "available") for s in ("sqs", "s3", "sts")) else 1)
+sys.exit(0 if all(services.get(s) in ("running", "available") for s in ("sqs", "s3", "sts", "sns")) else 1)
 PY
 }
 
@@ -40,7 +40,7 @@ echo "localstack: starting on 127.0.0.1:${port} (log: localstack/localstack.log)
 (
   cd "$here/.state"
   GATEWAY_LISTEN="127.0.0.1:${port}" \
-  SERVICES=sqs,s3,sts \
+  SERVICES=sqs,s3,sts,sns \
   DNS_ADDRESS=0 \
   SKIP_SSL_CERT_DOWNLOAD=1 \
   DISABLE_EVENTS=1 \

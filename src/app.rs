@@ -381,7 +381,8 @@ impl App {
     /// [`App::pipeline`], its sends shared within `window`.
     async fn pipeline_within(&self, window: &BatchWindow) -> Result<Pipeline, StartError> {
         let router = self.router_within(window).await?;
-        let pipeline = Pipeline::new(router, self.indexer.clone(), self.metrics.clone());
+        let pipeline = Pipeline::new(router, self.indexer.clone(), self.metrics.clone())
+            .with_envelope(self.config.source_envelope);
         let dead_letter = match &self.config.dlq_url {
             Some(url) => {
                 let info = self.reach("FORWARDER_DLQ_URL", url).await?;
@@ -396,11 +397,10 @@ impl App {
     /// again itself): after reaching every destination.
     pub async fn pipeline_without_dead_letters(&self) -> Result<Pipeline, StartError> {
         let router = self.router().await?;
-        Ok(Pipeline::new(
-            router,
-            self.indexer.clone(),
-            self.metrics.clone(),
-        ))
+        Ok(
+            Pipeline::new(router, self.indexer.clone(), self.metrics.clone())
+                .with_envelope(self.config.source_envelope),
+        )
     }
 
     /// The dead-letter queue at `url`, as `info` (its healthcheck) describes it.

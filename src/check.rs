@@ -16,8 +16,9 @@ pub struct Report {
     pub problems: Vec<String>,
 }
 
-/// Checks the settings and reaches what they name.
-pub async fn check(settings: &Settings) -> Report {
+/// Checks the settings and reaches what they name; with `send_test_event`, sends one
+/// test event to every route as well.
+pub async fn check(settings: &Settings, send_test_event: bool) -> Report {
     let mut report = Report::default();
     let Some(app) = build(settings, &mut report).await else {
         return report;
@@ -27,7 +28,97 @@ pub async fn check(settings: &Settings) -> Report {
     check_buckets(&app, &mut report).await;
     check_indexer(&app, &mut report).await;
     report_settings(&app, &mut report);
+    if send_test_event && report.problems.is_empty() {
+        send_test_events(&app, &mut report).await;
+    }
     report
+}
+
+/// The message attribute that marks a test event (`check --send-test-event`), always
+/// sent on whatever `FORWARDER_FORWARD_ATTRIBUTES` says.
+pub use crate::forward::TEST_EVENT_ATTRIBUTE;
+
+/// One synthetic event per route, through the pipeline as `run` forwards (decode,
+/// route, forward; no dead-letter queue: a refused test event is reported, not kept),
+/// each with an `event_id` of its own, the tag `sqs_forwarder_test:true` and the
+/// message attribute [`TEST_EVENT_ATTRIBUTE`]. A line per route: accepted, and in how
+/// long, or why not (a problem).
+async fn send_test_events(app: &App, report: &mut Report) {
+    let pipeline = match app.pipeline_without_dead_letters().await {
+        Ok(pipeline) => pipeline,
+        Err(err) => {
+            report.problems.push(err.to_string());
+            return;
+        }
+    };
+    let routes = app.config().effective_routes();
+    // The default route gets a project no route names.
+    let unrouted = (1..)
+        .find(|p| !routes.projects.contains_key(p))
+        .unwrap_or(1);
+    for (project, route) in routes.keyed() {
+        let name = project.map_or("default".to_string(), |p| format!("project {p}"));
+        let message = test_event(project.unwrap_or(unrouted));
+        let started = std::time::Instant::now();
+        let settled = pipeline.process(std::slice::from_ref(&message)).await;
+        let took = started.elapsed();
+        let line = |what: &str| {
+            format!(
+                "route {name}: test event {} {what} by {} in {} ms",
+                message.message_id,
+                route.queue_url,
+                took.as_millis()
+            )
+        };
+        match settled.first() {
+            Some(crate::pipeline::Settlement::Forwarded) => report.ok.push(line("accepted")),
+            Some(crate::pipeline::Settlement::Skipped(why)) => report.ok.push(format!(
+                "route {name}: test event not sent: {why} (the route's filter leaves it out)"
+            )),
+            Some(other) => report.problems.push(format!(
+                "route {name}: test event refused by {}: {}",
+                route.queue_url,
+                describe(other)
+            )),
+            None => report
+                .problems
+                .push(format!("route {name}: test event: no outcome")),
+        }
+    }
+}
+
+/// A test event for `project`: its own `event_id` (also the message id, to find it).
+fn test_event(project: u64) -> crate::source::SourceMessage {
+    let id = format!("{:032x}", fastrand::u128(..));
+    let body = serde_json::json!({
+        "event_id": id,
+        "project_id": project,
+        "organization_id": 1,
+        "level": "info",
+        "message": "sqs-forwarder test event (check --send-test-event)",
+        "timestamp": chrono::Utc::now().timestamp(),
+        "tags": [["sqs_forwarder_test", "true"]],
+    });
+    crate::source::SourceMessage {
+        message_id: id,
+        body: body.to_string(),
+        sent_at: Some(std::time::SystemTime::now()),
+        receive_count: 1,
+        attributes: vec![crate::aws::Attribute::string(TEST_EVENT_ATTRIBUTE, "true")],
+        ..Default::default()
+    }
+}
+
+/// What became of a test event that was not accepted.
+fn describe(settlement: &crate::pipeline::Settlement) -> String {
+    use crate::pipeline::Settlement;
+    match settlement {
+        Settlement::Failed(failure) => format!("{} ({})", failure.message, failure.class.as_str()),
+        Settlement::Deferred(deferral) => format!("deferred ({})", deferral.cause.as_str()),
+        Settlement::Invalid(err) => err.to_string(),
+        Settlement::DeadLettered(reason) => format!("dead-lettered ({reason:?})"),
+        Settlement::Forwarded | Settlement::Skipped(_) => "accepted".into(),
+    }
 }
 
 /// Where metrics go, and what each message carries along: settings with nothing to

@@ -19,7 +19,8 @@
 //! - [`config`]: every setting, as a flag and an environment variable, validated at start.
 //! - [`app`]: start-up: clients, metrics, and the healthcheck of each queue.
 //! - `source` (internal): where events come from: long-polling the source queue, deleting,
-//!   extending visibility; or a Lambda SQS batch, as the same messages.
+//!   extending visibility; or a Lambda SQS batch, as the same messages; SNS envelopes
+//!   opened (`source::envelope`).
 //! - [`worker`]: the pool of pollers; [`worker::Worker::run_once`] is one step and
 //!   [`worker::run`] takes its shutdown signal as an argument.
 //! - [`pipeline`]: decode, index, forward, settling each message; shared by `run`,

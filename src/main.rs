@@ -38,7 +38,7 @@ async fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run { exit_when_idle } => run(&cli, exit_when_idle).await,
         Command::Replay { ref input } => replay(&cli, input).await,
-        Command::Check => check(&cli).await,
+        Command::Check { send_test_event } => check(&cli, send_test_event).await,
         Command::Redrive {
             ref reasons,
             max,
@@ -309,8 +309,8 @@ async fn lambda(cli: &Cli) -> ExitCode {
     }
 }
 
-async fn check(cli: &Cli) -> ExitCode {
-    let report = check::check(&cli.settings).await;
+async fn check(cli: &Cli, send_test_event: bool) -> ExitCode {
+    let report = check::check(&cli.settings, send_test_event).await;
     for line in &report.ok {
         println!("ok: {line}");
     }

@@ -18,6 +18,7 @@ use crate::internal_events::{
 };
 use crate::metrics::{Counter, Metrics, Timer};
 use crate::outcome::{ErrorClass, Stage};
+use crate::source::envelope::{self, Opened, SourceEnvelope};
 use crate::source::SourceMessage;
 
 pub use crate::outcome::Failure;
@@ -149,6 +150,9 @@ pub struct Pipeline {
     dead_letter: Option<DeadLetterQueue>,
     /// Where outcomes are counted.
     metrics: Metrics,
+    /// Whether bodies may be SNS envelopes, opened before decoding
+    /// (`FORWARDER_SOURCE_ENVELOPE`).
+    envelope: SourceEnvelope,
 }
 
 impl Pipeline {
@@ -159,7 +163,14 @@ impl Pipeline {
             indexer,
             dead_letter: None,
             metrics,
+            envelope: SourceEnvelope::default(),
         }
+    }
+
+    /// Opens the source's bodies as `envelope` says (an SNS Notification's event).
+    pub fn with_envelope(mut self, envelope: SourceEnvelope) -> Self {
+        self.envelope = envelope;
+        self
     }
 
     /// Sends what can never be forwarded to this dead-letter queue.
@@ -198,13 +209,18 @@ impl Pipeline {
 
     async fn process_batch(&self, messages: &[SourceMessage]) -> Vec<Settlement> {
         let mut settlements: Vec<Option<Settlement>> = vec![None; messages.len()];
-        let mut events = self.decode(messages, &mut settlements);
+        // The events as sent (out of their SNS envelopes); the dead-letter queue gets
+        // the messages as received.
+        let opened = envelope::open(messages, self.envelope);
+        let mut events = self.decode(&opened, &mut settlements);
         let invalid = |s: &Settlement| matches!(s, Settlement::Invalid(_));
         let failed = |s: &Settlement| matches!(s, Settlement::Failed(_));
         self.dead_letter(messages, &mut settlements, invalid).await;
         hold_back_groups(messages, &mut settlements, &mut events, &self.metrics);
-        self.index(messages, &mut events, &mut settlements).await;
-        self.forward(messages, events, &mut settlements).await;
+        self.index(&opened.messages, &mut events, &mut settlements)
+            .await;
+        self.forward(&opened.messages, events, &mut settlements)
+            .await;
         self.dead_letter(messages, &mut settlements, failed).await;
         settlements
             .into_iter()
@@ -221,18 +237,31 @@ impl Pipeline {
             .collect()
     }
 
-    /// Step 1: decode each body; an invalid one is logged, counted and settled.
+    /// Step 1: decode each body (its envelope opened); an invalid one is logged,
+    /// counted and settled.
     fn decode<'m>(
         &self,
-        messages: &'m [SourceMessage],
+        opened: &'m Opened<'_>,
         settlements: &mut [Option<Settlement>],
     ) -> Decoded<'m> {
+        let messages: &'m [SourceMessage] = &opened.messages;
         let mut events = Decoded {
             at: Vec::with_capacity(messages.len()),
             events: Vec::with_capacity(messages.len()),
         };
+        let mut refused = opened.refused.iter().peekable();
         for (i, message) in messages.iter().enumerate() {
-            match decode(&message.body) {
+            let decoded = match refused.next_if(|(at, _)| *at == i) {
+                Some((_, err)) => Err(err.clone()),
+                None => decode(&message.body).map_err(|err| {
+                    if opened.wrapped[i] {
+                        DecodeError::InvalidSnsMessage(Box::new(err))
+                    } else {
+                        err
+                    }
+                }),
+            };
+            match decoded {
                 Ok(event) => {
                     events.at.push(i);
                     events.events.push(event);

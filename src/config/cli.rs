@@ -39,7 +39,12 @@ pub enum Command {
         input: String,
     },
     /// Validate the configuration and reach every configured queue.
-    Check,
+    Check {
+        /// Also send one synthetic test event through the pipeline to every route, and
+        /// say whether each destination accepted it and how long it took.
+        #[arg(long, env = "FORWARDER_CHECK_SEND_TEST_EVENT")]
+        send_test_event: bool,
+    },
     /// Send the dead letters of FORWARDER_DLQ_URL back through the pipeline to their
     /// routes, once their cause is fixed; each is deleted from the DLQ only once its
     /// destination accepted it. Exits 1 if any matching dead letter was left behind.
@@ -243,6 +248,14 @@ pub struct Settings {
               .map(|s| s.parse::<crate::forward::PointerFormat>().unwrap_or_default()),
           default_value = "sentry", global = true)]
     pub s3_pointer_format: crate::forward::PointerFormat,
+
+    /// What the source's bodies are: `auto` (an SNS Notification envelope is opened, any
+    /// other body is the event), `sns` (every body must be one), or `none`.
+    #[arg(long, env = "FORWARDER_SOURCE_ENVELOPE", value_name = "ENVELOPE",
+          value_parser = clap::builder::PossibleValuesParser::new(["auto", "sns", "none"])
+              .map(|s| s.parse::<crate::source::envelope::SourceEnvelope>().unwrap_or_default()),
+          default_value = "auto", global = true)]
+    pub source_envelope: crate::source::envelope::SourceEnvelope,
 
     /// Server-side encryption of every object stored in S3: `AES256` (SSE-S3) or
     /// `aws:kms` (SSE-KMS). Unset: the bucket's default encryption.

@@ -87,6 +87,9 @@ pub struct Config {
     pub s3_bucket: Option<String>,
     /// The pointer's shape (`FORWARDER_S3_POINTER_FORMAT`).
     pub s3_pointer_format: crate::forward::PointerFormat,
+    /// Whether source bodies may be SNS Notification envelopes, opened before decoding
+    /// (`FORWARDER_SOURCE_ENVELOPE`: auto, sns, none).
+    pub source_envelope: crate::source::envelope::SourceEnvelope,
     /// How objects stored in S3 are encrypted (`FORWARDER_S3_SSE`,
     /// `FORWARDER_S3_KMS_KEY_ID`), unless a route says otherwise.
     pub s3_encryption: crate::forward::S3Encryption,
@@ -201,6 +204,7 @@ impl Config {
             s3_pointer_format: crate::forward::PointerFormat::Sentry,
             s3_offload: crate::forward::OffloadMode::Oversized,
             s3_encryption: crate::forward::S3Encryption::BucketDefault,
+            source_envelope: crate::source::envelope::SourceEnvelope::Auto,
             forward_attributes: crate::forward::ForwardAttributes::None,
             rate_limit: None,
             workers: 2,
@@ -329,6 +333,7 @@ impl Settings {
             s3_pointer_format: self.s3_pointer_format,
             s3_offload: self.s3_offload,
             s3_encryption,
+            source_envelope: self.source_envelope,
             forward_attributes: self.forward_attributes.clone(),
             rate_limit: self.rate_limit,
             workers: self.workers,

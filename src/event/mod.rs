@@ -143,6 +143,15 @@ pub enum DecodeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// `FORWARDER_SOURCE_ENVELOPE=sns`, and the body is no SNS Notification envelope.
+    #[error("body is not an SNS Notification envelope")]
+    NotSnsNotification,
+    /// An SNS Notification envelope that cannot be opened.
+    #[error("SNS Notification envelope is invalid: {0}")]
+    InvalidSnsEnvelope(String),
+    /// An SNS Notification whose `Message` is not a valid event.
+    #[error("SNS Notification's Message is not a valid event: {0}")]
+    InvalidSnsMessage(Box<DecodeError>),
 }
 
 impl DecodeError {
@@ -169,6 +178,9 @@ impl DecodeError {
             } => "invalid_organization_id",
             DecodeError::InvalidField { field: "tags", .. } => "invalid_tags",
             DecodeError::InvalidField { .. } => "invalid_field",
+            DecodeError::NotSnsNotification => "not_an_sns_notification",
+            DecodeError::InvalidSnsEnvelope(_) => "invalid_sns_envelope",
+            DecodeError::InvalidSnsMessage(_) => "invalid_sns_message",
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Order of precedence, within SQS's 10 attributes per message: the forwarder's own
 //! (`event_id`, `project_id`, `organization_id`), then the W3C trace context
-//! (`traceparent`, `tracestate`), then the source's attributes the setting lets through,
+//! (`traceparent`, `tracestate`) and a test event's mark (`sqs_forwarder_test`), then
+//! the source's attributes the setting lets through,
 //! in the order they came. What does not fit is dropped and counted.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,15 @@ use crate::metrics::Metrics;
 
 /// The W3C trace context's message attributes: forwarded whatever the setting.
 pub const TRACE_CONTEXT: [&str; 2] = ["traceparent", "tracestate"];
+
+/// The attribute that marks a test event (`sqs-forwarder check --send-test-event`):
+/// forwarded whatever the setting, so a consumer can tell it from real events.
+pub const TEST_EVENT_ATTRIBUTE: &str = "sqs_forwarder_test";
+
+/// Whether `name` always crosses the hop: the trace context, the test event's mark.
+fn always_crosses(name: &str) -> bool {
+    TRACE_CONTEXT.contains(&name) || name == TEST_EVENT_ATTRIBUTE
+}
 
 /// Which of the source message's own attributes go on to the destination.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -109,12 +119,10 @@ impl ForwardAttributes {
         metrics: &Metrics,
     ) {
         let taken = |own: &[Attribute], name: &str| own.iter().any(|a| a.name == name);
-        let trace = source
-            .iter()
-            .filter(|a| TRACE_CONTEXT.contains(&a.name.as_ref()));
+        let trace = source.iter().filter(|a| always_crosses(&a.name));
         let passed = source
             .iter()
-            .filter(|a| !TRACE_CONTEXT.contains(&a.name.as_ref()) && self.lets_through(&a.name));
+            .filter(|a| !always_crosses(&a.name) && self.lets_through(&a.name));
         let mut dropped = Vec::new();
         for a in trace.chain(passed) {
             // The forwarder's own attribute wins a name clash.

@@ -4,6 +4,7 @@
 //! visibility of what is still being worked on. A Lambda SQS batch yields the same
 //! [`SourceMessage`]s, so the rest of the pipeline does not know which it is.
 
+pub mod envelope;
 pub mod lambda_batch;
 mod sqs;
 

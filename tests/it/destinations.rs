@@ -288,3 +288,203 @@ fn a_kms_key_without_aws_kms_fails_at_start_naming_its_variable() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("default.s3_kms_key_id"), "{said}");
 }
+
+/// One SNS query-API call to LocalStack (form-encoded); the XML it answers.
+fn sns(params: &[(&str, &str)]) -> String {
+    use std::io::{Read, Write};
+    let encode = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let body: Vec<String> = params
+        .iter()
+        .chain(&[("Version", "2010-03-31")])
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    let body = body.join("&");
+    let host = endpoint().trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&host).unwrap();
+    write!(
+        stream,
+        "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nAuthorization: AWS4-HMAC-SHA256 Credential=test/20261204/us-east-1/sns/aws4_request, SignedHeaders=host, Signature=0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
+}
+
+/// The text of the first `<tag>` of an XML answer.
+fn xml<'a>(answer: &'a str, tag: &str) -> &'a str {
+    let open = format!("<{tag}>");
+    let start = answer.find(&open).unwrap() + open.len();
+    let end = answer[start..].find(&format!("</{tag}>")).unwrap();
+    &answer[start..start + end]
+}
+
+/// A source queue subscribed to an SNS topic with raw delivery off (SNS's default): each
+/// message is an SNS envelope. The event inside arrives byte for byte as published,
+/// with the published message attributes; a notification whose Message is no event is
+/// dead-lettered (as received, the envelope) with its own reason.
+#[tokio::test]
+async fn an_sns_wrapped_source_forwards_the_published_event_byte_for_byte() {
+    let q = Queues::create(30).await;
+    let dlq = create_queue(&q.client, &unique("t-dlq"), 30).await;
+    let topic = sns(&[("Action", "CreateTopic"), ("Name", &unique("t-topic"))]);
+    let topic = xml(&topic, "TopicArn").to_string();
+    let queue_arn = format!(
+        "arn:aws:sqs:us-east-1:000000000000:{}",
+        q.source.rsplit('/').next().unwrap()
+    );
+    sns(&[
+        ("Action", "Subscribe"),
+        ("TopicArn", &topic),
+        ("Protocol", "sqs"),
+        ("Endpoint", &queue_arn),
+    ]);
+    // Escapes, a non-ASCII character and spacing that a re-encoding would change.
+    let published = format!(
+        "{{\"event_id\":\"{:032x}\", \"project_id\":1,\"organization_id\":2,\"message\":\"caf\\u00e9 \\\"quoted\\\"\\n\",\"x\":\"é\"}}",
+        21
+    );
+    sns(&[
+        ("Action", "Publish"),
+        ("TopicArn", &topic),
+        ("Message", &published),
+        ("MessageAttributes.entry.1.Name", "tenant"),
+        ("MessageAttributes.entry.1.Value.DataType", "String"),
+        ("MessageAttributes.entry.1.Value.StringValue", "acme"),
+    ]);
+    sns(&[
+        ("Action", "Publish"),
+        ("TopicArn", &topic),
+        ("Message", "not an event"),
+    ]);
+    let mut run = binary(&["run", "--exit-when-idle", "2"]);
+    run.env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+        .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
+        .env("FORWARDER_DLQ_URL", &dlq)
+        .env("FORWARDER_FORWARD_ATTRIBUTES", "tenant")
+        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+        .env("FORWARDER_INDEXER", "off");
+    run_ok(&mut run);
+
+    let arrived = drain_messages(&q.client, &q.dest, 1, Duration::from_secs(10)).await;
+    assert_eq!(arrived.len(), 1);
+    assert_eq!(
+        arrived[0].body.as_deref(),
+        Some(published.as_str()),
+        "the event as published, not the envelope"
+    );
+    assert_eq!(attribute(&arrived[0], "tenant").as_deref(), Some("acme"));
+    let letters = drain_messages(&q.client, &dlq, 1, Duration::from_secs(5)).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        attribute(&letters[0], "reason").as_deref(),
+        Some("invalid_sns_message")
+    );
+    let original: serde_json::Value =
+        serde_json::from_str(letters[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        original["Type"], "Notification",
+        "the envelope, as received"
+    );
+    assert_eq!(original["Message"], "not an event");
+    assert_eq!(depth(&q.client, &q.source).await, 0);
+}
+
+/// `check --send-test-event`: one synthetic event to every route, each reported with
+/// whether its destination accepted it and in how long; exit 1 if one refused it. The
+/// consumer sees an event with its own `event_id`, the tag `sqs_forwarder_test`, and
+/// the message attribute `sqs_forwarder_test = true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_sends_a_test_event_to_every_route_and_fails_on_one_that_refuses() {
+    let q = Queues::create(30).await;
+    let refusing = create_queue(&q.client, &unique("t-refusing"), 30).await;
+    let proxy = intercept_proxy({
+        let refusing = refusing.clone();
+        move |action, body| {
+            if action != "SendMessageBatch" || body["QueueUrl"].as_str() != Some(refusing.as_str())
+            {
+                return Intercept::Pass;
+            }
+            let failed = body["Entries"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    let id = e["Id"].as_str().unwrap_or_default().to_string();
+                    (id, "InvalidMessageContents".to_string())
+                })
+                .collect();
+            Intercept::FailEntries(failed)
+        }
+    })
+    .await;
+    let routes = routes_file(&format!(
+        "[default]\nqueue_url = \"{}\"\n\n[projects.7]\nqueue_url = \"{refusing}\"\n",
+        q.dest
+    ));
+    let check = |send: bool| {
+        let mut command = binary(&["check"]);
+        command
+            .env("AWS_ENDPOINT_URL", &proxy)
+            .env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+            .env("FORWARDER_ROUTES_FILE", &routes)
+            .env("FORWARDER_INDEXER", "off");
+        if send {
+            command.arg("--send-test-event");
+        }
+        output_of(&mut command, Duration::from_secs(60))
+    };
+    // A plain check sends nothing.
+    assert!(check(false).status.success());
+    assert!(drain(&q.client, &q.dest, 1, Duration::from_secs(1))
+        .await
+        .is_empty());
+
+    let out = check(true);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let accepted = stdout
+        .lines()
+        .find(|l| l.starts_with("ok: route default: test event "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        accepted.contains(&format!("accepted by {}", q.dest)) && accepted.ends_with(" ms"),
+        "{accepted}"
+    );
+    let refused = stderr
+        .lines()
+        .find(|l| l.starts_with("error: route project 7: test event refused by"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(refused.contains("message_rejected"), "{refused}");
+
+    let arrived = drain_messages(&q.client, &q.dest, 1, Duration::from_secs(5)).await;
+    assert_eq!(arrived.len(), 1);
+    assert_eq!(
+        attribute(&arrived[0], "sqs_forwarder_test").as_deref(),
+        Some("true")
+    );
+    let body: serde_json::Value = serde_json::from_str(arrived[0].body().unwrap()).unwrap();
+    let id = body["event_id"].as_str().unwrap();
+    assert!(
+        accepted.contains(id),
+        "the line names the event: {accepted}"
+    );
+    assert_eq!(
+        body["tags"][0],
+        serde_json::json!(["sqs_forwarder_test", "true"])
+    );
+}

@@ -336,6 +336,45 @@ async fn what_arrives_and_what_is_dead_lettered() {
     drop(child);
 }
 
+/// A Lambda whose queue is subscribed to an SNS topic (raw delivery off) gets SNS
+/// envelopes: the event inside is forwarded as published, with the envelope's message
+/// attributes; the partial batch response counts it settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_envelopes_in_a_batch_are_opened() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let dest = create_queue(&client, &unique("lambda-dest"), 30).await;
+    let mut api = RuntimeApi::start().await;
+    let child = function(
+        &api,
+        &[
+            ("FORWARDER_DEST_QUEUE_URL", dest.clone()),
+            ("FORWARDER_FORWARD_ATTRIBUTES", "all".to_string()),
+        ],
+    );
+    let published = event(31, 1);
+    let envelope = json!({
+        "Type": "Notification",
+        "MessageId": "5d1c…",
+        "TopicArn": "arn:aws:sns:us-east-1:000000000000:events",
+        "Message": published,
+        "Timestamp": "2026-12-04T10:00:00.000Z",
+        "SignatureVersion": "1",
+        "MessageAttributes": {"tenant": {"Type": "String", "Value": "acme"}}
+    });
+    let posted = api
+        .invoke(
+            "req-sns",
+            batch(vec![record("s1", &envelope.to_string(), None)]),
+        )
+        .await;
+    assert_eq!(failures(&posted), set(&[]));
+    let arrived = drain_messages(&client, &dest, 1, Duration::from_secs(10)).await;
+    assert_eq!(arrived.len(), 1);
+    assert_eq!(arrived[0].body(), Some(published.as_str()));
+    assert_eq!(attribute(&arrived[0], "tenant").as_deref(), Some("acme"));
+    drop(child);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_up_failure_is_reported_as_an_init_error() {
     let mut api = RuntimeApi::start().await;
