@@ -592,7 +592,9 @@ async fn row(
     };
     let our_calls = calls.take();
     let (pooled, _, pool_cost) = if runs("pool") {
-        pool(sdk, client, calls, n, w, sqs_forwarder::forward::Pack::Off).await
+        // With DogStatsD, as `run` sends by default.
+        let metrics = local_dogstatsd();
+        pool(sdk, client, calls, n, w, sqs_forwarder::forward::Pack::Off, metrics).await
     } else {
         (1.0, [0; 4], skipped)
     };
@@ -633,6 +635,7 @@ async fn pool(
     n: usize,
     w: usize,
     pack: sqs_forwarder::forward::Pack,
+    metrics: Metrics,
 ) -> (f64, [u64; 4], Cost) {
     let tag = format!("tp-pack-{:08x}", fastrand::u32(..));
     let source = create_queue(client, &format!("{tag}-src")).await;
@@ -647,7 +650,7 @@ async fn pool(
         .and_then(|v| v.parse().ok())
         .unwrap_or(400);
     config.batch_window = None;
-    let app = sqs_forwarder::app::App::connect(config, sdk, Metrics::disabled())
+    let app = sqs_forwarder::app::App::connect(config, sdk, metrics)
         .await
         .unwrap();
     // Watched with a client of its own, not counted.
@@ -690,23 +693,28 @@ async fn pool(
     (rate(n, started, &finished), calls.take(), cost)
 }
 
-/// The metrics backends compared on the worker step: none, DogStatsD (to a local UDP
-/// socket that drops what it gets) and Prometheus (its registry, as scraped).
-fn backends() -> Vec<(&'static str, Metrics)> {
+/// DogStatsD to a local UDP socket that drops what it gets, as `run`'s default
+/// backend sends to an agent.
+fn local_dogstatsd() -> Metrics {
     let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sink.local_addr().unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 65536];
         while sink.recv(&mut buf).is_ok() {}
     });
-    let dogstatsd =
-        sqs_forwarder::metrics::sink::udp(&sqs_forwarder::metrics::sink::StatsdSettings {
-            addr,
-            prefix: String::new(),
-            tags: vec![("env".into(), "bench".into())],
-            sample_rate: 1.0,
-        })
-        .unwrap();
+    sqs_forwarder::metrics::sink::udp(&sqs_forwarder::metrics::sink::StatsdSettings {
+        addr,
+        prefix: String::new(),
+        tags: vec![("env".into(), "bench".into())],
+        sample_rate: 1.0,
+    })
+    .unwrap()
+}
+
+/// The metrics backends compared on the worker step: none, DogStatsD (to a local UDP
+/// socket that drops what it gets) and Prometheus (its registry, as scraped).
+fn backends() -> Vec<(&'static str, Metrics)> {
+    let dogstatsd = local_dogstatsd();
     let prometheus = Metrics::with_backend(
         Arc::new(sqs_forwarder::metrics::prometheus::PrometheusBackend::new(
             "",
@@ -795,7 +803,7 @@ fn main() {
                 .unwrap_or_else(|| workers.iter().copied().max().unwrap_or(4));
             println!("packing ({w} workers, the worker pool, batching window 1 s): route | events/s | requests/event (receive, send, delete) | requests/event");
             for pack in [sqs_forwarder::forward::Pack::Off, sqs_forwarder::forward::Pack::Ndjson] {
-                let (ev, c, _) = pool(&sdk, &client, &calls, n, w, pack).await;
+                let (ev, c, _) = pool(&sdk, &client, &calls, n, w, pack, Metrics::disabled()).await;
                 let per = |k: u64| k as f64 / n as f64;
                 println!(
                     "{:>6} | {ev:>9.0} | {:.3}, {:.3}, {:.3} | {:.3}",

@@ -3,26 +3,30 @@
 //! statsd and DogStatsD go through the sink below; `emf`, `datadog-api`, `log` and
 //! `prometheus` through [`super::backend`].
 //!
-//! A bounded [`QueuingMetricSink`] in front of a [`BufferedUdpMetricSink`]: emitting is a
-//! channel push that never blocks (when the queue is full the metric is dropped), a
-//! background thread writes UDP packets, and a flusher thread pushes out the buffer at
-//! least every second so that a quiet worker's metrics are not held back.
+//! statsd and DogStatsD: [`UdpSink`] joins lines into packets in memory (a bounded
+//! queue: when it is full the metric is dropped), and one writer thread sends them on
+//! its own clock, every 50 ms under traffic and at least every second, so emitting
+//! never wakes a thread and a quiet worker's metrics are not held back.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Weak;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
-use cadence::{BufferedUdpMetricSink, MetricSink, QueuingMetricSink};
+use cadence::MetricSink;
 
 use super::{Flush, Metrics};
 
-/// How many metric lines may wait for the UDP thread before new ones are dropped.
-const QUEUE_CAPACITY: usize = 64 * 1024;
+/// How many bytes of metric lines may wait for the writer before new ones are dropped.
+const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// One UDP payload: fits a 1500-byte Ethernet MTU with IP and UDP headers.
 const PACKET_BYTES: usize = 1432;
-/// How often buffered metrics are sent even if the buffer is not full.
+/// How often buffered metrics are sent even if the buffer is not full (at the latest,
+/// when there is no traffic).
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the writer sends while there is traffic: 20 wake-ups a second, whatever
+/// the load, instead of one per metric.
+const WRITE_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Settings for [`udp`], taken from the configuration.
 #[derive(Debug, Clone)]
@@ -163,7 +167,6 @@ pub fn build(settings: &MetricsSettings) -> io::Result<Metrics> {
 
 /// One backend's metrics, its flusher started.
 fn build_one(settings: &MetricsSettings, backend: &MetricsBackend) -> io::Result<Metrics> {
-    use std::sync::Arc;
     let (prefix, tags) = (&settings.prefix, &settings.tags);
     let metrics = match backend {
         MetricsBackend::Off => return Ok(Metrics::disabled()),
@@ -195,45 +198,110 @@ fn build_one(settings: &MetricsSettings, backend: &MetricsBackend) -> io::Result
     Ok(metrics)
 }
 
-/// The production sink: queued, buffered UDP.
+/// The production sink: metric lines joined into UDP packets in memory, sent by one
+/// writer thread on its own clock. Emitting is a short lock and a copy: it never waits
+/// on the network and never wakes a thread (a queue whose reader sleeps until each
+/// line arrives costs a context switch per metric, several per event), and past
+/// [`QUEUE_BYTES`] waiting a line is dropped.
 #[derive(Clone)]
 pub struct UdpSink {
-    /// The queue in front of the UDP writer; cloning shares it.
-    queue: QueuingMetricSink,
+    /// The packets and the socket, shared by every clone and the writer thread.
+    shared: Arc<Shared>,
     /// Plain statsd: each line without its DogStatsD tags (`|#…`).
     plain: bool,
+}
+
+/// What the emitters and the writer share.
+struct Shared {
+    /// Lines waiting, joined into packets.
+    packets: Mutex<Packets>,
+    /// Where packets go from.
+    socket: UdpSocket,
+    /// statsd or the DogStatsD agent.
+    addr: SocketAddr,
+}
+
+/// Lines waiting to be sent.
+#[derive(Default)]
+struct Packets {
+    /// Full packets, oldest first.
+    full: Vec<Vec<u8>>,
+    /// The packet being filled: lines joined by `\n`, at most [`PACKET_BYTES`].
+    current: Vec<u8>,
+    /// Bytes in `full` and `current`.
+    bytes: usize,
+}
+
+impl Shared {
+    /// Appends `line`, unless the queue is full.
+    fn push(&self, line: &str) -> io::Result<usize> {
+        let Ok(mut p) = self.packets.lock() else {
+            return Err(io::Error::other("metrics queue poisoned"));
+        };
+        if p.bytes + line.len() > QUEUE_BYTES {
+            return Err(io::Error::other("metrics queue full: line dropped"));
+        }
+        if !p.current.is_empty() && p.current.len() + 1 + line.len() > PACKET_BYTES {
+            let full = std::mem::replace(&mut p.current, Vec::with_capacity(PACKET_BYTES));
+            p.full.push(full);
+        }
+        if !p.current.is_empty() {
+            p.current.push(b'\n');
+            p.bytes += 1;
+        }
+        p.current.extend_from_slice(line.as_bytes());
+        p.bytes += line.len();
+        Ok(line.len())
+    }
+
+    /// Sends everything waiting; whether there was anything.
+    fn send_all(&self) -> bool {
+        let packets = {
+            let Ok(mut p) = self.packets.lock() else {
+                return false;
+            };
+            let mut all = std::mem::take(&mut p.full);
+            if !p.current.is_empty() {
+                all.push(std::mem::take(&mut p.current));
+            }
+            p.bytes = 0;
+            all
+        };
+        for packet in &packets {
+            // A lost packet is a lost sample, never a failure of forwarding.
+            let _ = self.socket.send_to(packet, self.addr);
+        }
+        !packets.is_empty()
+    }
 }
 
 impl MetricSink for UdpSink {
     fn emit(&self, metric: &str) -> io::Result<usize> {
         if self.plain {
             if let Some((bare, _tags)) = metric.split_once("|#") {
-                return self.queue.emit(bare);
+                return self.shared.push(bare);
             }
         }
-        self.queue.emit(metric)
+        self.shared.push(metric)
     }
     fn flush(&self) -> io::Result<()> {
-        self.queue.flush()
+        self.shared.send_all();
+        Ok(())
     }
 }
 
 impl Flush for UdpSink {
-    fn flush_within(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.queue.queued() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.queue.flush();
+    fn flush_within(&self, _timeout: Duration) {
+        self.shared.send_all();
     }
 }
 
-/// Builds metrics that go to DogStatsD over UDP, and starts the flusher thread.
+/// Builds metrics that go to DogStatsD over UDP, and starts the writer thread.
 pub fn udp(settings: &StatsdSettings) -> io::Result<Metrics> {
     udp_with(settings, false)
 }
 
-/// statsd (`plain`: tags dropped) or DogStatsD over UDP, with the flusher thread.
+/// statsd (`plain`: tags dropped) or DogStatsD over UDP, with the writer thread.
 fn udp_with(settings: &StatsdSettings, plain: bool) -> io::Result<Metrics> {
     let bind: SocketAddr = if settings.addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
@@ -242,17 +310,42 @@ fn udp_with(settings: &StatsdSettings, plain: bool) -> io::Result<Metrics> {
     };
     let socket = UdpSocket::bind(bind)?;
     socket.set_nonblocking(true)?;
-    let buffered = BufferedUdpMetricSink::with_capacity(settings.addr, socket, PACKET_BYTES)
-        .map_err(io::Error::other)?;
-    let sink = UdpSink {
-        queue: QueuingMetricSink::with_capacity(buffered, QUEUE_CAPACITY),
-        plain,
-    };
-    let metrics = Metrics::new(sink, &settings.prefix, &settings.tags, settings.sample_rate);
-    if let Some(handle) = metrics.flush_handle() {
-        start_flusher(handle, FLUSH_INTERVAL);
-    }
-    Ok(metrics)
+    let shared = Arc::new(Shared {
+        packets: Mutex::new(Packets::default()),
+        socket,
+        addr: settings.addr,
+    });
+    start_writer(Arc::downgrade(&shared));
+    let sink = UdpSink { shared, plain };
+    Ok(Metrics::new(
+        sink,
+        &settings.prefix,
+        &settings.tags,
+        settings.sample_rate,
+    ))
+}
+
+/// Sends what waits every [`WRITE_INTERVAL`] while there is traffic, backing off to
+/// [`FLUSH_INTERVAL`] while there is none, until the last sink is dropped.
+fn start_writer(shared: Weak<Shared>) {
+    std::thread::Builder::new()
+        .name("metrics-udp".into())
+        .spawn(move || {
+            let mut wait = WRITE_INTERVAL;
+            loop {
+                std::thread::sleep(wait);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                wait = if shared.send_all() {
+                    WRITE_INTERVAL
+                } else {
+                    (wait * 2).min(FLUSH_INTERVAL)
+                };
+            }
+        })
+        .map(drop)
+        .unwrap_or_else(|err| tracing::warn!(%err, "metrics writer thread not started"));
 }
 
 /// Flushes every `interval` until the last [`Metrics`] clone is dropped.
@@ -268,4 +361,60 @@ fn start_flusher(sink: Weak<dyn Flush>, interval: Duration) {
         })
         .map(drop)
         .unwrap_or_else(|err| tracing::warn!(%err, "metrics flusher thread not started"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Counter;
+
+    /// Lines join into packets of at most [`PACKET_BYTES`], every line once, in order;
+    /// the writer sends them on its own (nothing is asked of it per metric).
+    #[test]
+    fn lines_are_joined_into_packets_that_the_writer_sends() {
+        let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        agent
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let metrics = udp(&StatsdSettings {
+            addr: agent.local_addr().unwrap(),
+            prefix: "p".into(),
+            tags: vec![("env".into(), "test".into())],
+            sample_rate: 1.0,
+        })
+        .unwrap();
+        for _ in 0..100 {
+            metrics.incr(Counter::HttpResponse { success: true });
+        }
+        let mut lines = Vec::new();
+        let mut buf = [0u8; 65536];
+        while lines.len() < 100 {
+            let n = agent
+                .recv(&mut buf)
+                .expect("the writer sends without a flush");
+            assert!(n <= PACKET_BYTES, "{n} bytes");
+            let packet = std::str::from_utf8(&buf[..n]).unwrap();
+            lines.extend(packet.split('\n').map(str::to_string));
+        }
+        assert_eq!(lines.len(), 100);
+        assert!(
+            lines.iter().all(|l| l
+                == "p.data-forwarding.http_response:1|c|#env:test,plugin:amazon-sqs,success:true"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_full_queue_drops_lines_instead_of_growing() {
+        let shared = Shared {
+            packets: Mutex::new(Packets::default()),
+            socket: UdpSocket::bind("127.0.0.1:0").unwrap(),
+            addr: "127.0.0.1:9".parse().unwrap(),
+        };
+        let line = "x".repeat(1000);
+        let kept = (0..5000).filter(|_| shared.push(&line).is_ok()).count();
+        assert!(kept < 5000 && kept * 1000 <= QUEUE_BYTES, "{kept}");
+        assert!(shared.send_all());
+        assert!(shared.push(&line).is_ok(), "room again once sent");
+    }
 }
