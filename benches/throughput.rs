@@ -594,7 +594,16 @@ async fn row(
     let (pooled, _, pool_cost) = if runs("pool") {
         // With DogStatsD, as `run` sends by default.
         let metrics = local_dogstatsd();
-        pool(sdk, client, calls, n, w, sqs_forwarder::forward::Pack::Off, metrics).await
+        pool(
+            sdk,
+            client,
+            calls,
+            n,
+            w,
+            sqs_forwarder::forward::Pack::Off,
+            metrics,
+        )
+        .await
     } else {
         (1.0, [0; 4], skipped)
     };
