@@ -56,6 +56,10 @@ use sqs_forwarder::retry::RetryPolicy;
 #[path = "support/sqs_standin.rs"]
 mod sqs_standin;
 
+/// The binary's allocator (`src/main.rs`), so the loops run as `sqs-forwarder run` does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Where SQS is: the stand-in's address when `BENCH_SQS=standin`, else LocalStack.
 static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -591,7 +595,7 @@ async fn row(
         (1.0, skipped)
     };
     let our_calls = calls.take();
-    let (pooled, _, pool_cost) = if runs("pool") {
+    let (pooled, pool_calls, pool_cost) = if runs("pool") {
         // With DogStatsD, as `run` sends by default.
         let metrics = local_dogstatsd();
         pool(
@@ -616,7 +620,7 @@ async fn row(
         )
     };
     println!(
-        "{w:>7} | {bare:>7.0} | {ours:>7.0} | {pooled:>7.0} | {:>6.1} | {:>6.1} | {:>6.1} | {:.2}x {:.2}x | {:.2} | {:.2} | {:.2} | {} | {} (+{} start-up calls)",
+        "{w:>7} | {bare:>7.0} | {ours:>7.0} | {pooled:>7.0} | {:>6.1} | {:>6.1} | {:>6.1} | {:.2}x {:.2}x | {:.2} | {:.2} | {:.2} | {} | {} (+{} start-up calls) | {}",
         bare_cost.cpu_us,
         our_cost.cpu_us,
         pool_cost.cpu_us,
@@ -627,7 +631,8 @@ async fn row(
         pool_cost.switches,
         per(bare_calls),
         per(our_calls),
-        our_calls[3]
+        our_calls[3],
+        per(pool_calls),
     );
     for q in &queues {
         let _ = client.delete_queue().queue_url(q).send().await;
@@ -800,7 +805,7 @@ fn main() {
             event(0).len(),
             endpoint()
         );
-        println!("workers | events/s: ceiling | step | pool | CPU µs/event: ceiling | step | pool | step, pool / ceiling | context switches/event: ceiling | step | pool | calls/event (receive, send, delete): ceiling | step");
+        println!("workers | events/s: ceiling | step | pool | CPU µs/event: ceiling | step | pool | step, pool / ceiling | context switches/event: ceiling | step | pool | calls/event (receive, send, delete): ceiling | step | pool");
         let mut rows = Vec::new();
         for &w in &workers {
             rows.push(row(&sdk, &client, &calls, n, w).await);
