@@ -409,26 +409,7 @@ async fn an_sns_wrapped_source_forwards_the_published_event_byte_for_byte() {
 async fn check_sends_a_test_event_to_every_route_and_fails_on_one_that_refuses() {
     let q = Queues::create(30).await;
     let refusing = create_queue(&q.client, &unique("t-refusing"), 30).await;
-    let proxy = intercept_proxy({
-        let refusing = refusing.clone();
-        move |action, body| {
-            if action != "SendMessageBatch" || body["QueueUrl"].as_str() != Some(refusing.as_str())
-            {
-                return Intercept::Pass;
-            }
-            let failed = body["Entries"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|e| {
-                    let id = e["Id"].as_str().unwrap_or_default().to_string();
-                    (id, "InvalidMessageContents".to_string())
-                })
-                .collect();
-            Intercept::FailEntries(failed)
-        }
-    })
-    .await;
+    let proxy = intercept_proxy(refuse_entries(refusing.clone(), |_| true)).await;
     let routes = routes_file(&format!(
         "[default]\nqueue_url = \"{}\"\n\n[projects.7]\nqueue_url = \"{refusing}\"\n",
         q.dest

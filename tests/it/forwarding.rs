@@ -104,29 +104,10 @@ async fn a_message_the_destination_refuses_is_dead_lettered_with_its_code() {
     // characters it does not take. (A queue's own size limit no longer makes SQS refuse
     // anything: the forwarder reads it, see `destinations`.)
     let bad = format!("{:032x}", 5);
-    let proxy = intercept_proxy({
-        let (bad, dest) = (bad.clone(), q.dest.clone());
-        move |action, body| {
-            if action != "SendMessageBatch" || body["QueueUrl"].as_str() != Some(dest.as_str()) {
-                return Intercept::Pass;
-            }
-            let failed: Vec<(String, String)> = body["Entries"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|e| e["MessageBody"].as_str().is_some_and(|b| b.contains(&bad)))
-                .map(|e| {
-                    let id = e["Id"].as_str().unwrap_or_default().to_string();
-                    (id, "InvalidMessageContents".to_string())
-                })
-                .collect();
-            if failed.is_empty() {
-                Intercept::Pass
-            } else {
-                Intercept::FailEntries(failed)
-            }
-        }
-    })
+    let proxy = intercept_proxy(refuse_entries(q.dest.clone(), {
+        let bad = bad.clone();
+        move |body| body.contains(&bad)
+    }))
     .await;
     let big = event(5, 1);
     send_bodies(&q.client, &q.source, &[big.clone(), event(6, 1)]).await;

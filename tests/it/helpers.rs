@@ -659,6 +659,35 @@ pub enum Intercept {
     Delay(Duration),
 }
 
+/// A decision for [`intercept_proxy`]: the SendMessageBatch entries to `queue` whose
+/// body `refused` picks fail with `InvalidMessageContents`, as SQS refuses a message on
+/// its own account (characters it does not take); every other request passes.
+pub fn refuse_entries(
+    queue: String,
+    refused: impl Fn(&str) -> bool + Send + Sync + 'static,
+) -> impl Fn(&str, &serde_json::Value) -> Intercept + Send + Sync + 'static {
+    move |action, body| {
+        if action != "SendMessageBatch" || body["QueueUrl"].as_str() != Some(queue.as_str()) {
+            return Intercept::Pass;
+        }
+        let failed: Vec<(String, String)> = body["Entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["MessageBody"].as_str().is_some_and(&refused))
+            .map(|e| {
+                let id = e["Id"].as_str().unwrap_or_default().to_string();
+                (id, "InvalidMessageContents".to_string())
+            })
+            .collect();
+        if failed.is_empty() {
+            Intercept::Pass
+        } else {
+            Intercept::FailEntries(failed)
+        }
+    }
+}
+
 /// An SQS error response of the JSON protocol.
 pub fn sqs_error(status: &str, code: &str) -> Vec<u8> {
     let body = format!(r#"{{"__type":"com.amazonaws.sqs#{code}","message":"injected"}}"#);

@@ -326,37 +326,16 @@ async fn a_rejected_pack_is_sent_again_one_event_per_message_and_only_the_bad_on
     let rejected_pack = Arc::new(AtomicBool::new(false));
     // The destination refuses any message holding event 4, as SQS refuses a message
     // with characters it does not take; the dead-letter queue takes it.
-    let proxy = intercept_proxy({
-        let (bad, dest, rejected_pack) = (bad.clone(), dest.clone(), rejected_pack.clone());
-        move |action, body| {
-            if action != "SendMessageBatch" || body["QueueUrl"].as_str() != Some(dest.as_str()) {
-                return Intercept::Pass;
+    let proxy = intercept_proxy(refuse_entries(dest.clone(), {
+        let (bad, rejected_pack) = (bad.clone(), rejected_pack.clone());
+        move |body| {
+            let refused = body.contains(&bad);
+            if refused && body.lines().count() > 1 {
+                rejected_pack.store(true, Ordering::SeqCst);
             }
-            let failed: Vec<(String, String)> = body["Entries"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|e| e["MessageBody"].as_str().is_some_and(|b| b.contains(&bad)))
-                .map(|e| {
-                    if e["MessageBody"]
-                        .as_str()
-                        .is_some_and(|b| b.lines().count() > 1)
-                    {
-                        rejected_pack.store(true, Ordering::SeqCst);
-                    }
-                    (
-                        e["Id"].as_str().unwrap_or_default().to_string(),
-                        "InvalidMessageContents".to_string(),
-                    )
-                })
-                .collect();
-            if failed.is_empty() {
-                Intercept::Pass
-            } else {
-                Intercept::FailEntries(failed)
-            }
+            refused
         }
-    })
+    }))
     .await;
     let mut run = binary(&["run", "--exit-when-idle", "3"]);
     run.env("AWS_ENDPOINT_URL", &proxy)
