@@ -56,9 +56,27 @@ use sqs_forwarder::retry::RetryPolicy;
 #[path = "support/sqs_standin.rs"]
 mod sqs_standin;
 
-/// The binary's allocator (`src/main.rs`), so the loops run as `sqs-forwarder run` does.
+/// The binary's allocator (`src/main.rs`), so the loops run as `sqs-forwarder run` does;
+/// with `--features dhat-heap`, dhat's, which counts every allocation (slower: its CPU
+/// figures are not comparable, its allocations per event are what it is for).
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static GLOBAL: dhat::Alloc = dhat::Alloc;
+
+/// Allocations so far (with `--features dhat-heap`; else 0).
+fn allocations() -> u64 {
+    #[cfg(feature = "dhat-heap")]
+    {
+        dhat::HeapStats::get().total_blocks
+    }
+    #[cfg(not(feature = "dhat-heap"))]
+    {
+        0
+    }
+}
 
 /// Where SQS is: the stand-in's address when `BENCH_SQS=standin`, else LocalStack.
 static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -114,17 +132,20 @@ fn context_switches() -> u64 {
 struct Cost {
     cpu_us: f64,
     switches: f64,
+    /// Allocations per event (`--features dhat-heap`; else 0).
+    allocations: f64,
 }
 
 /// `f`'s result and what this process spent on it, per event.
 async fn with_cpu<T>(n: usize, f: impl std::future::Future<Output = T>) -> (T, Cost) {
-    let (cpu, switches) = (cpu_time(), context_switches());
+    let (cpu, switches, allocated) = (cpu_time(), context_switches(), allocations());
     let out = f.await;
     let spent = cpu_time().saturating_sub(cpu);
     let switched = context_switches().saturating_sub(switches);
     let cost = Cost {
         cpu_us: spent.as_secs_f64() * 1e6 / n as f64,
         switches: switched as f64 / n as f64,
+        allocations: allocations().saturating_sub(allocated) as f64 / n as f64,
     };
     (out, cost)
 }
@@ -581,6 +602,7 @@ async fn row(
     let skipped = Cost {
         cpu_us: 1.0,
         switches: 1.0,
+        allocations: 1.0,
     };
     let (bare, bare_cost) = if runs("ceiling") {
         with_cpu(n, ceiling(client, &queues[0], &queues[1], n, w)).await
@@ -634,6 +656,12 @@ async fn row(
         our_calls[3],
         per(pool_calls),
     );
+    if cfg!(feature = "dhat-heap") {
+        println!(
+            "allocations/event: ceiling {:.0} | step {:.0} | pool {:.0}",
+            bare_cost.allocations, our_cost.allocations, pool_cost.allocations
+        );
+    }
     for q in &queues {
         let _ = client.delete_queue().queue_url(q).send().await;
     }
@@ -794,6 +822,8 @@ fn main() {
         .ok()
         .map(|v| v.split(',').filter_map(|w| w.trim().parse().ok()).collect())
         .unwrap_or_else(|| if full { vec![1, 2, 4, 8, 16] } else { vec![4] });
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::builder().testing().build();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let calls = Arc::new(Calls::default());
