@@ -58,7 +58,16 @@ impl<'a> Event<'a> {
             }
             return Cow::Owned(splice(self.body, &deletions, None));
         };
-        let mut ids = String::with_capacity(2 + tag_ids.len() * 16);
+        use std::fmt::Write as _;
+        // A new member is `,"tag_ids":[…]` before the closing brace; an existing one's
+        // value is replaced. The numbers are written in place: no string per id.
+        let member = if self.existing_tag_ids.is_some() {
+            ""
+        } else {
+            ",\"tag_ids\":"
+        };
+        let mut ids = String::with_capacity(member.len() + 2 + tag_ids.len() * 16);
+        ids.push_str(member);
         ids.push('[');
         for (i, pair) in tag_ids.iter().enumerate() {
             if i > 0 {
@@ -70,7 +79,10 @@ impl<'a> Event<'a> {
                     ids.push(',');
                 }
                 match id {
-                    Some(id) => ids.push_str(&id.to_string()),
+                    // Writing into a String does not fail.
+                    Some(id) => {
+                        let _ = write!(ids, "{id}");
+                    }
                     None => ids.push_str("null"),
                 }
             }
@@ -83,7 +95,7 @@ impl<'a> Event<'a> {
             None => {
                 // Decoding checked the body is an object with fields: it ends in `}`.
                 let close = body.rfind('}').unwrap_or(body.len());
-                (close..close, format!(",\"tag_ids\":{ids}"))
+                (close..close, ids)
             }
         };
         Cow::Owned(splice(body, &deletions, Some(edit)))

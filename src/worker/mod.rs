@@ -662,14 +662,14 @@ impl Poller {
             let outcome = worker.handle(messages).await;
             drop((room, bytes));
             // Messages left for a later try (failed, deferred) are hidden, not gone: the
-            // source is not idle before they are back. A dead-lettered one is gone.
-            let back = if outcome.later > 0 {
-                worker.visibility_timeout()
-            } else {
-                Duration::ZERO
-            };
-            if let Ok(mut t) = last_activity.lock() {
-                *t = (*t).max(Instant::now() + back);
+            // source is not idle before they are back. A dead-lettered one is gone. A
+            // batch settled in full leaves the idle clock where its receive set it (the
+            // pool is busy while it is in work): `--exit-when-idle N` counts from the
+            // last message received, not from its delete's batching window.
+            if outcome.later > 0 {
+                if let Ok(mut t) = last_activity.lock() {
+                    *t = (*t).max(Instant::now() + worker.visibility_timeout());
+                }
             }
             outcome
         });
