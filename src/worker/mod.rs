@@ -15,7 +15,7 @@
 //! shutdown bound to settle, and what is still unsettled then is handed back.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,8 +48,8 @@ const RETURN_BOUND: Duration = Duration::from_secs(5);
 /// past this is a long poll on an idle queue.
 const RECEIVE_GRACE: Duration = Duration::from_millis(500);
 
-/// The longest poll of a pool that exits when idle (`--exit-when-idle`): its idle stop
-/// lets each poll end rather than drop it, and still exits within a second or so.
+/// The longest poll of a pool that exits when idle (`--exit-when-idle`); a poll no
+/// longer than this is let end at a stop rather than dropped ([`Poller::grace`]).
 pub const IDLE_RECEIVE_WAIT: Duration = Duration::from_secs(1);
 
 /// What became of one received batch.
@@ -207,7 +207,7 @@ impl Worker {
     /// Reads the source queue's visibility timeout again if it was read over
     /// [`VISIBILITY_REFRESH`] ago, and each destination's message size limit
     /// ([`crate::forward::Router::refresh_limits`]); one try, a failure keeps the last value.
-    pub async fn refresh_visibility(&self) {
+    pub async fn refresh_queues(&self) {
         self.pipeline.router().refresh_limits().await;
         {
             let Ok(mut read_at) = self.visibility_read_at.try_lock() else {
@@ -403,7 +403,6 @@ pub async fn run(
 ) -> RunSummary {
     let stop = CancellationToken::new();
     let last_activity = Arc::new(Mutex::new(Instant::now()));
-    let idle_stop = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
     for id in 0..options.workers.max(1) {
         tasks.spawn(poll(Poller::new(
@@ -412,14 +411,12 @@ pub async fn run(
             options.clone(),
             stop.clone(),
             last_activity.clone(),
-            idle_stop.clone(),
         )));
     }
     tokio::select! {
         _ = shutdown => tracing::info!("shutdown requested: finishing in-flight batches"),
         idle = idle_for(options.exit_when_idle, &last_activity, &worker) => {
             tracing::info!(idle = ?idle, "source idle: stopping");
-            idle_stop.store(true, Ordering::SeqCst);
         }
     }
     stop.cancel();
@@ -551,9 +548,6 @@ struct Poller {
     totals: BatchOutcome,
     /// Its batches being settled on their own tasks (with a batching window).
     settling: JoinSet<BatchOutcome>,
-    /// Set when the pool stops because the source was idle: a receive still open then
-    /// is let end (its wait is at most [`IDLE_RECEIVE_WAIT`]).
-    idle_stop: Arc<AtomicBool>,
 }
 
 impl Poller {
@@ -563,7 +557,6 @@ impl Poller {
         options: PoolOptions,
         stop: CancellationToken,
         last_activity: Arc<Mutex<Instant>>,
-        idle_stop: Arc<AtomicBool>,
     ) -> Self {
         Self {
             id,
@@ -574,13 +567,12 @@ impl Poller {
             failing: None,
             totals: BatchOutcome::default(),
             settling: JoinSet::new(),
-            idle_stop,
         }
     }
 
-    /// One receive; `None` when the pool stopped meanwhile. SQS may already have handed
-    /// such a poll messages: dropping it would hide them for a whole visibility timeout,
-    /// so it is let end, and what it got is handed back at once.
+    /// One receive; `None` when the pool stopped meanwhile. A receive in progress at the
+    /// stop gets [`Poller::grace`] to end, and what it got is handed back at once; one
+    /// still open after it is dropped.
     async fn receive(&mut self) -> Option<Result<Admitted, AwsError>> {
         let (max, room) = tokio::select! {
             admitted = self.worker.admit() => admitted,
@@ -592,20 +584,7 @@ impl Poller {
             biased;
             received = &mut receive => received,
             _ = self.stop.cancelled() => {
-                // Stopping. A receive on a busy queue ends within milliseconds: what it
-                // got is handed back at once (visibility 0). One still open after
-                // RECEIVE_GRACE is a long poll on an idle queue: it is cancelled, not
-                // waited out (up to `FORWARDER_RECEIVE_WAIT_SECONDS`), so an idle worker
-                // exits at once. A message SQS handed it in that very instant stays
-                // hidden for one visibility timeout, then reappears: nothing is lost.
-                // The idle stop lets a (short, IDLE_RECEIVE_WAIT) poll end: nothing
-                // is left open at SQS to take what is sent after the exit.
-                let grace = if self.idle_stop.load(Ordering::SeqCst) {
-                    self.worker.source.wait() + RECEIVE_GRACE
-                } else {
-                    RECEIVE_GRACE
-                };
-                if let Ok(Ok(messages)) = tokio::time::timeout(grace, receive).await {
+                if let Ok(Ok(messages)) = tokio::time::timeout(self.grace(), receive).await {
                     if !messages.is_empty() {
                         let all: Vec<(&SourceMessage, Duration)> =
                             messages.iter().map(|m| (m, Duration::ZERO)).collect();
@@ -635,6 +614,22 @@ impl Poller {
         }))
     }
 
+    /// How long a receive in progress at the stop may still take. A short poll (at most
+    /// [`IDLE_RECEIVE_WAIT`], as `--exit-when-idle` polls) is let end: nothing is left
+    /// open at SQS to take what is sent after the exit. A long poll gets
+    /// [`RECEIVE_GRACE`] (a busy queue answers within milliseconds), then is dropped
+    /// rather than waited out (up to `FORWARDER_RECEIVE_WAIT_SECONDS`), so an idle
+    /// worker exits at once; SQS may still hand that dropped poll a message sent in the
+    /// rest of its wait, which then reappears one visibility timeout later.
+    fn grace(&self) -> Duration {
+        let wait = self.worker.source.wait();
+        if wait <= IDLE_RECEIVE_WAIT {
+            wait + RECEIVE_GRACE
+        } else {
+            RECEIVE_GRACE
+        }
+    }
+
     /// An empty receive: after a short poll (`FORWARDER_RECEIVE_WAIT_SECONDS=0`), pause
     /// as a long poll would have waited instead of spinning. (Whether the source has
     /// been idle long enough to stop is [`idle_for`]'s to say, for the whole pool.)
@@ -646,7 +641,7 @@ impl Poller {
     /// A batch: settle it. With a batching window, on its own task, and after a short
     /// receive the next one waits the window; without, here, before the next receive.
     async fn settle(&mut self, admitted: Admitted) -> Next {
-        self.worker.refresh_visibility().await;
+        self.worker.refresh_queues().await;
         self.touch();
         let short = admitted.messages.len() < admitted.asked;
         let worker = self.worker.clone();
