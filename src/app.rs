@@ -381,8 +381,7 @@ impl App {
     /// [`App::pipeline`], its sends shared within `window`.
     async fn pipeline_within(&self, window: &BatchWindow) -> Result<Pipeline, StartError> {
         let router = self.router_within(window).await?;
-        let pipeline = Pipeline::new(router, self.indexer.clone(), self.metrics.clone())
-            .with_envelope(self.config.source_envelope);
+        let pipeline = self.pipeline_on(router);
         let dead_letter = match &self.config.dlq_url {
             Some(url) => {
                 let info = self.reach("FORWARDER_DLQ_URL", url).await?;
@@ -396,11 +395,14 @@ impl App {
     /// Decode, index, forward, with no dead-letter step (`redrive` puts back what fails
     /// again itself): after reaching every destination.
     pub async fn pipeline_without_dead_letters(&self) -> Result<Pipeline, StartError> {
-        let router = self.router().await?;
-        Ok(
-            Pipeline::new(router, self.indexer.clone(), self.metrics.clone())
-                .with_envelope(self.config.source_envelope),
-        )
+        Ok(self.pipeline_on(self.router().await?))
+    }
+
+    /// Decode, index, forward through `router` (already built, its destinations
+    /// reached), with no dead-letter step.
+    pub fn pipeline_on(&self, router: Router) -> Pipeline {
+        Pipeline::new(router, self.indexer.clone(), self.metrics.clone())
+            .with_envelope(self.config.source_envelope)
     }
 
     /// The dead-letter queue at `url`, as `info` (its healthcheck) describes it.

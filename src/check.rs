@@ -24,12 +24,12 @@ pub async fn check(settings: &Settings, send_test_event: bool) -> Report {
         return report;
     };
     check_queues(&app, &mut report).await;
-    check_routes(&app, &mut report).await;
+    let router = check_routes(&app, &mut report).await;
     check_buckets(&app, &mut report).await;
     check_indexer(&app, &mut report).await;
     report_settings(&app, &mut report);
-    if send_test_event && report.problems.is_empty() {
-        send_test_events(&app, &mut report).await;
+    if let Some(router) = router.filter(|_| send_test_event && report.problems.is_empty()) {
+        send_test_events(&app, router, &mut report).await;
     }
     report
 }
@@ -43,14 +43,8 @@ pub use crate::forward::TEST_EVENT_ATTRIBUTE;
 /// each with an `event_id` of its own, the tag `sqs_forwarder_test:true` and the
 /// message attribute [`TEST_EVENT_ATTRIBUTE`]. A line per route: accepted, and in how
 /// long, or why not (a problem).
-async fn send_test_events(app: &App, report: &mut Report) {
-    let pipeline = match app.pipeline_without_dead_letters().await {
-        Ok(pipeline) => pipeline,
-        Err(err) => {
-            report.problems.push(err.to_string());
-            return;
-        }
-    };
+async fn send_test_events(app: &App, router: crate::forward::Router, report: &mut Report) {
+    let pipeline = app.pipeline_on(router);
     let routes = app.config().effective_routes();
     // The default route gets a project no route names.
     let unrouted = (1..)
@@ -197,14 +191,15 @@ async fn check_queues(app: &App, report: &mut Report) {
     }
 }
 
-/// Every destination route, each message group against its queue's type.
-async fn check_routes(app: &App, report: &mut Report) {
+/// Every destination route, each message group against its queue's type; the router
+/// built for it (the test events go through it), or `None` after reporting why not.
+async fn check_routes(app: &App, report: &mut Report) -> Option<crate::forward::Router> {
     let routes = app.config().effective_routes();
     let router = match app.router().await {
         Ok(router) => router,
         Err(err) => {
             report.problems.push(err.to_string());
-            return;
+            return None;
         }
     };
     let config = app.config();
@@ -255,6 +250,7 @@ async fn check_routes(app: &App, report: &mut Report) {
             .ok
             .push("no default route: events of other projects are skipped".into());
     }
+    Some(router)
 }
 
 /// Every bucket a route names (HeadBucket).
