@@ -29,6 +29,13 @@
 //! `BENCH_PACK_IN_FLIGHT`, default 400, the in-flight bound): events/s up to
 //! the source's last delete, and SQS requests per event. `BENCH_PACK=off` skips it.
 //!
+//! Processes: the release binary (`sqs-forwarder run`) beside the bare loop in a process
+//! of its own (this bench again, with `BENCH_BARE_LOOP`), on N Sentry-like events each,
+//! with the most workers, under `perf stat` (CPU and context switches of every thread);
+//! each also runs on an empty source, which is taken off. `BENCH_PROCESSES=off` skips it;
+//! it is skipped where `perf stat` does not work. `BENCH_BINARY_ENV="K=V …"` sets
+//! variables for the binary alone.
+//!
 //! Metrics backends: the worker step once more per backend (none, DogStatsD to a local
 //! socket, Prometheus's registry), events/s and CPU µs/event in the same run.
 //! `BENCH_METRICS=off` skips it.
@@ -53,8 +60,11 @@ use sqs_forwarder::config::Config;
 use sqs_forwarder::metrics::Metrics;
 use sqs_forwarder::retry::RetryPolicy;
 
+#[path = "support/sentry_event.rs"]
+mod sentry_event;
 #[path = "support/sqs_standin.rs"]
 mod sqs_standin;
+use sentry_event::sentry_event;
 
 /// The binary's allocator (`src/main.rs`), so the loops run as `sqs-forwarder run` does;
 /// with `--features dhat-heap`, dhat's, which counts every allocation (slower: its CPU
@@ -264,6 +274,11 @@ async fn create_queue(client: &Client, name: &str) -> String {
 
 /// Fills a queue with `n` events, 16 batches at a time.
 async fn fill(client: &Client, queue: &str, n: usize) {
+    fill_with(client, queue, n, event).await
+}
+
+/// Fills a queue with the `n` bodies `body` makes, 16 batches at a time.
+async fn fill_with(client: &Client, queue: &str, n: usize, body: fn(usize) -> String) {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..16 {
@@ -278,7 +293,7 @@ async fn fill(client: &Client, queue: &str, n: usize) {
                     .map(|i| {
                         SendMessageBatchRequestEntry::builder()
                             .id(i.to_string())
-                            .message_body(event(i))
+                            .message_body(body(i))
                             .build()
                             .unwrap()
                     })
@@ -491,6 +506,348 @@ async fn binary_rss(client: &Client, n: usize, workers: usize) -> Option<u64> {
             return peak;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What one process cost under `perf stat` (every thread, those that ended too).
+#[derive(Debug, Clone, Default)]
+struct ProcessCost {
+    /// CPU time, user + system, in ms (`task-clock`).
+    cpu_ms: f64,
+    /// Context switches, voluntary and involuntary, of all its threads.
+    switches: f64,
+    /// Page faults (each a page the kernel zeroed, or a huge page).
+    faults: f64,
+    /// Events per second from its first receive to its source's last delete (watched
+    /// from outside, every 50 ms); 0 on an empty source.
+    rate: f64,
+    /// SQS calls: receive, send, delete, other.
+    calls: [u64; 4],
+    /// The readings of `BENCH_PERF_EXTRA`'s events, in its order.
+    extra: Vec<f64>,
+}
+
+/// More events for `perf stat` to count (`BENCH_PERF_EXTRA`, comma-separated, such as
+/// `syscalls:sys_enter_connect`), each printed per event.
+fn perf_extra() -> Vec<String> {
+    std::env::var("BENCH_PERF_EXTRA")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether `perf stat` can count a process here (it may be missing, or forbidden by
+/// `perf_event_paranoid`).
+fn perf_works() -> bool {
+    std::process::Command::new("perf")
+        .args(["stat", "-x,", "-e", "task-clock,context-switches", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `perf stat -x,`'s reading of `event` in `report`.
+fn perf_value(report: &str, event: &str) -> f64 {
+    report
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(',').collect();
+            // The name, or the name and a modifier (`task-clock:u`).
+            let name = *fields.get(2)?;
+            let named = name == event
+                || name
+                    .rsplit_once(':')
+                    .is_some_and(|(head, m)| head == event && m.len() <= 2);
+            named.then(|| fields[0].parse().ok())?
+        })
+        .next()
+        .unwrap_or(f64::NAN)
+}
+
+/// Runs `program` under `perf stat` until it exits, watching `source` (which holds
+/// `n` events) drain meanwhile.
+async fn under_perf(program: std::process::Command, source: &str, n: usize) -> ProcessCost {
+    let report = std::env::temp_dir().join(format!("perf-{:08x}.csv", fastrand::u32(..)));
+    let mut perf = std::process::Command::new("perf");
+    let mut events = "task-clock,context-switches,page-faults".to_string();
+    for extra in perf_extra() {
+        events = format!("{events},{extra}");
+    }
+    perf.args(["stat", "-x,", "-e", &events, "-o"])
+        .arg(&report)
+        .arg("--")
+        .arg(program.get_program())
+        .args(program.get_args())
+        .envs(
+            program
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let watcher = Client::from_conf(aws_sdk_sqs::config::Builder::from(&sdk_plain().await).build());
+    let mut child = KillOnDrop(perf.spawn().expect("perf stat could not start"));
+    // Read as it comes, so a chatty process never blocks on a full pipe.
+    let stdout = child.0.stdout.take().map(|mut out| {
+        std::thread::spawn(move || {
+            let mut said = String::new();
+            let _ = std::io::Read::read_to_string(&mut out, &mut said);
+            said
+        })
+    });
+    let mut last_full = Instant::now();
+    let mut emptied = None;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        if emptied.is_none() && n > 0 {
+            use aws_sdk_sqs::types::QueueAttributeName as A;
+            let asked = Instant::now();
+            let attrs = watcher
+                .get_queue_attributes()
+                .queue_url(source)
+                .attribute_names(A::ApproximateNumberOfMessages)
+                .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+                .send()
+                .await
+                .unwrap();
+            let count = |name: &A| {
+                attrs
+                    .attributes()
+                    .and_then(|a| a.get(name)?.parse::<usize>().ok())
+                    .unwrap_or(0)
+            };
+            let (visible, hidden) = (
+                count(&A::ApproximateNumberOfMessages),
+                count(&A::ApproximateNumberOfMessagesNotVisible),
+            );
+            if visible >= n {
+                last_full = asked;
+            } else if visible + hidden == 0 {
+                emptied = Some(asked);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "the measured process failed: {status}");
+    let said = stdout
+        .and_then(|reader| reader.join().ok())
+        .unwrap_or_default();
+    let text = std::fs::read_to_string(&report).unwrap_or_default();
+    let _ = std::fs::remove_file(&report);
+    ProcessCost {
+        cpu_ms: perf_value(&text, "task-clock"),
+        switches: perf_value(&text, "context-switches"),
+        faults: perf_value(&text, "page-faults"),
+        extra: perf_extra().iter().map(|e| perf_value(&text, e)).collect(),
+        rate: emptied.map_or(0.0, |end| n as f64 / (end - last_full).as_secs_f64()),
+        calls: said_calls(&said),
+    }
+}
+
+/// The calls a bare loop's process said it made (`calls: R S D O`); zeros if none.
+fn said_calls(said: &str) -> [u64; 4] {
+    let mut calls = [0; 4];
+    let counts = said.lines().find_map(|l| l.strip_prefix("calls: "));
+    for (slot, n) in calls
+        .iter_mut()
+        .zip(counts.unwrap_or_default().split_whitespace())
+    {
+        *slot = n.parse().unwrap_or(0);
+    }
+    calls
+}
+
+/// A DogStatsD agent for the binary: counts its own `forwarder.sqs.requests` by
+/// operation (receive, send, delete, other), as an agent would.
+fn requests_agent() -> (std::net::SocketAddr, Arc<Calls>) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let calls = Arc::new(Calls::default());
+    let counted = calls.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = socket.recv(&mut buf) {
+            for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                let Some(rest) = line.strip_prefix("forwarder.sqs.requests:") else {
+                    continue;
+                };
+                let value: u64 = rest
+                    .split('|')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let counter = match rest
+                    .split("operation:")
+                    .nth(1)
+                    .and_then(|o| o.split(',').next())
+                {
+                    Some("ReceiveMessage") => &counted.receive,
+                    Some("SendMessageBatch") => &counted.send,
+                    Some("DeleteMessageBatch") => &counted.delete,
+                    _ => &counted.other,
+                };
+                counter.fetch_add(value, Ordering::Relaxed);
+            }
+        }
+    });
+    (addr, calls)
+}
+
+/// The bare loop as a process of its own (this bench, run again with
+/// `BENCH_BARE_LOOP`): receive → send → delete on `w` tasks until `n` events went.
+fn bare_loop_process(source: &str, dest: &str, n: usize, w: usize) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .env("BENCH_BARE_LOOP", format!("{source} {dest} {n} {w}"))
+        .env("FORWARDER_TEST_ENDPOINT", endpoint());
+    command
+}
+
+/// The bare loop's process: what `BENCH_BARE_LOOP` asks (`SOURCE DEST N WORKERS`).
+fn serve_bare_loop(spec: &str) {
+    let parts: Vec<&str> = spec.split_whitespace().collect();
+    let [source, dest, n, w] = parts[..] else {
+        panic!("BENCH_BARE_LOOP is SOURCE DEST N WORKERS, not {spec:?}");
+    };
+    let (n, w) = (n.parse().unwrap(), w.parse().unwrap());
+    // Built as `#[tokio::main]` builds the binary's runtime.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let calls = Arc::new(Calls::default());
+        let client = Client::new(&sdk(calls.clone()).await);
+        if n > 0 {
+            ceiling(&client, source, dest, n, w).await;
+        }
+        let [r, s, d, o] = calls.take();
+        println!("calls: {r} {s} {d} {o}");
+    });
+}
+
+/// `sqs-forwarder run` as users start it (release build, `w` workers, the SQLite
+/// indexer, DogStatsD to `agent`, every other setting its default), until idle for 2 s.
+fn binary_process(
+    source: &str,
+    dest: &str,
+    w: usize,
+    agent: std::net::SocketAddr,
+) -> std::process::Command {
+    let dir = std::env::temp_dir().join(format!("tp-proc-{:08x}", fastrand::u32(..)));
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"));
+    command
+        .arg("run")
+        .env("AWS_ENDPOINT_URL", endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("FORWARDER_SOURCE_QUEUE_URL", source)
+        .env("FORWARDER_DEST_QUEUE_URL", dest)
+        .env("FORWARDER_DATA_DIR", dir)
+        .env("FORWARDER_WORKERS", w.to_string())
+        .env("FORWARDER_EXIT_WHEN_IDLE", "2")
+        // DogStatsD, as `run` is mostly deployed: its own count of its SQS calls.
+        .env("FORWARDER_STATSD_ADDR", agent.to_string())
+        // `BENCH_BINARY_ENV="K=V K=V"`: settings for the binary alone, to compare
+        // (`TOKIO_WORKER_THREADS=1`, `MIMALLOC_…`, `FORWARDER_…`).
+        .envs(
+            std::env::var("BENCH_BINARY_ENV")
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('=')),
+        );
+    command
+}
+
+/// The real binary beside a bare loop, each in a process of its own, in one run, as
+/// issue 30 measured them: `n` Sentry-like events of `BENCH_EVENT_BYTES` (5 tags, a
+/// stack trace) through each, `w` pollers, `perf stat` counting each process whole.
+/// Each process also runs once on an empty source, and that run (start-up, the idle
+/// tail) is taken off, so what is left is what the events cost.
+async fn processes(client: &Client, n: usize, w: usize) {
+    let tag = format!("tp-proc-{:08x}", fastrand::u32(..));
+    let mut queues = Vec::new();
+    for name in [
+        "bare-src",
+        "bare-dst",
+        "bin-src",
+        "bin-dst",
+        "empty-src",
+        "empty-dst",
+    ] {
+        queues.push(create_queue(client, &format!("{tag}-{name}")).await);
+    }
+    let body: fn(usize) -> String = |i| sentry_event(i, event_bytes(), 5);
+    fill_with(client, &queues[0], n, body).await;
+    fill_with(client, &queues[2], n, body).await;
+    let (empty, empty_dst) = (&queues[4], &queues[5]);
+    let bare_idle = under_perf(bare_loop_process(empty, empty_dst, 0, w), empty, 0).await;
+    let (agent, requests) = requests_agent();
+    let bin_idle = under_perf(binary_process(empty, empty_dst, w, agent), empty, 0).await;
+    let bare = under_perf(
+        bare_loop_process(&queues[0], &queues[1], n, w),
+        &queues[0],
+        n,
+    )
+    .await;
+    // The agent's counts of the empty run have arrived by now (sent every 50 ms to 1 s).
+    requests.take();
+    let mut bin = under_perf(
+        binary_process(&queues[2], &queues[3], w, agent),
+        &queues[2],
+        n,
+    )
+    .await;
+    // The binary's last packet leaves at its exit; let the agent read it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bin.calls = requests.take();
+    let per_event = |full: &ProcessCost, idle: &ProcessCost| {
+        (
+            (full.cpu_ms - idle.cpu_ms) * 1e3 / n as f64,
+            (full.switches - idle.switches) / n as f64,
+            (full.faults - idle.faults) / n as f64,
+        )
+    };
+    let (bare_us, bare_sw, bare_pf) = per_event(&bare, &bare_idle);
+    let (bin_us, bin_sw, bin_pf) = per_event(&bin, &bin_idle);
+    println!(
+        "processes ({w} pollers, {n} events of {} bytes, perf stat; empty-source run taken off): process | events/s | CPU ms: run, empty | CPU µs/event | switches: run, empty | switches/event | page faults/event | calls/event (receive, send, delete, other)",
+        body(0).len()
+    );
+    for (name, full, idle, us, sw, pf) in [
+        ("bare loop", &bare, &bare_idle, bare_us, bare_sw, bare_pf),
+        ("sqs-forwarder run", &bin, &bin_idle, bin_us, bin_sw, bin_pf),
+    ] {
+        println!(
+            "{name:>17} | {:>6.0} | {:>7.1}, {:>6.1} | {us:>6.1} | {:>6.0}, {:>5.0} | {sw:.2} | {pf:.2} | {}",
+            full.rate,
+            full.cpu_ms,
+            idle.cpu_ms,
+            full.switches,
+            idle.switches,
+            full.calls.map(|c| format!("{:.3}", c as f64 / n as f64)).join(", ")
+        );
+    }
+    for (k, event) in perf_extra().iter().enumerate() {
+        let per =
+            |full: &ProcessCost, idle: &ProcessCost| (full.extra[k] - idle.extra[k]) / n as f64;
+        println!(
+            "{event} per event: bare loop {:.3}, sqs-forwarder run {:.3}",
+            per(&bare, &bare_idle),
+            per(&bin, &bin_idle)
+        );
+    }
+    println!(
+        "binary / bare loop: CPU {:.2}x, events/s {:.2}",
+        bin_us / bare_us,
+        bin.rate / bare.rate
+    );
+    for q in &queues {
+        let _ = client.delete_queue().queue_url(q).send().await;
     }
 }
 
@@ -807,6 +1164,10 @@ fn main() {
         sqs_standin::serve();
         return;
     }
+    if let Ok(spec) = std::env::var("BENCH_BARE_LOOP") {
+        serve_bare_loop(&spec);
+        return;
+    }
     // BENCH_SQS=standin: the in-memory stand-in, in its own process, instead of LocalStack.
     let _standin = (std::env::var("BENCH_SQS").as_deref() == Ok("standin")).then(|| {
         let (child, endpoint) = sqs_standin::spawn();
@@ -865,6 +1226,14 @@ fn main() {
             for (name, metrics) in backends() {
                 let (ev, cost) = with_metrics(&sdk, &client, n, w, metrics).await;
                 println!("{name:>10} | {ev:>9.0} | {:>6.1}", cost.cpu_us);
+            }
+        }
+        if std::env::var("BENCH_PROCESSES").as_deref() != Ok("off") {
+            let w = workers.iter().copied().max().unwrap_or(4);
+            if perf_works() {
+                processes(&client, n, w).await;
+            } else {
+                println!("processes: skipped (`perf stat` does not work here)");
             }
         }
         let rss_workers: usize = std::env::var("BENCH_RSS_WORKERS")

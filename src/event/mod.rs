@@ -197,21 +197,28 @@ impl DecodeError {
     }
 }
 
-/// The fields we read; the rest of the object is checked for syntax and skipped.
+/// The fields we read, as raw text (`null` kept as `null`); the rest of the object is
+/// checked for syntax and skipped.
 #[derive(Deserialize)]
 struct Head<'a> {
-    #[serde(borrow, default)]
-    event_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    project_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    organization_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    tags: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    tag_ids: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw")]
+    event_id: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw")]
+    project_id: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw")]
+    organization_id: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw")]
+    tags: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw")]
+    tag_ids: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw")]
+    timestamp: Option<&'a str>,
+}
+
+/// A member's raw text, `null` included (an `Option` of `RawValue` reads `null` as
+/// absent, and a `"tag_ids": null` in the body was then repeated, not replaced).
+fn raw<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<&'de str>, D::Error> {
+    <&'de RawValue>::deserialize(de).map(|raw| Some(raw.get()))
 }
 
 /// Tags in either accepted shape, in their order: a list of `[key, value]` pairs, or an
@@ -280,16 +287,16 @@ pub fn decode(body: &str) -> Result<Event<'_>, DecodeError> {
         timestamp: head.timestamp.and_then(timestamp),
         body,
         tag_ids: None,
-        existing_tag_ids: head.tag_ids.map(|raw| span_in(body, raw.get())),
+        existing_tag_ids: head.tag_ids.map(|raw| span_in(body, raw)),
     })
 }
 
 /// Unix seconds of a `timestamp` value: a number, or an RFC 3339 string.
-fn timestamp(raw: &RawValue) -> Option<i64> {
-    if let Ok(secs) = serde_json::from_str::<f64>(raw.get()) {
+fn timestamp(raw: &str) -> Option<i64> {
+    if let Ok(secs) = serde_json::from_str::<f64>(raw) {
         return (secs.is_finite() && secs.abs() < 1e12).then_some(secs.floor() as i64);
     }
-    let Text(text) = serde_json::from_str(raw.get()).ok()?;
+    let Text(text) = serde_json::from_str(raw).ok()?;
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&text) {
         return Some(t.timestamp());
     }
@@ -304,8 +311,8 @@ fn span_in(body: &str, part: &str) -> std::ops::Range<usize> {
     start..start + part.len()
 }
 
-fn present<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<&'a str, DecodeError> {
-    match raw.map(RawValue::get) {
+fn present<'a>(field: &'static str, raw: Option<&'a str>) -> Result<&'a str, DecodeError> {
+    match raw {
         None | Some("null") => Err(DecodeError::MissingField(field)),
         Some(text) => Ok(text),
     }
@@ -318,7 +325,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> DecodeError {
     }
 }
 
-fn event_id<'a>(raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, DecodeError> {
+fn event_id<'a>(raw: Option<&'a str>) -> Result<Cow<'a, str>, DecodeError> {
     let text = present("event_id", raw)?;
     let Text(id) =
         serde_json::from_str(text).map_err(|_| invalid("event_id", "must be a string"))?;
@@ -328,7 +335,7 @@ fn event_id<'a>(raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, DecodeError> 
     Ok(id)
 }
 
-fn positive_id(field: &'static str, raw: Option<&RawValue>) -> Result<u64, DecodeError> {
+fn positive_id(field: &'static str, raw: Option<&str>) -> Result<u64, DecodeError> {
     let text = present(field, raw)?;
     // Stores and Sentry keep ids as signed 64-bit integers.
     match serde_json::from_str::<u64>(text) {
@@ -337,8 +344,8 @@ fn positive_id(field: &'static str, raw: Option<&RawValue>) -> Result<u64, Decod
     }
 }
 
-fn tags<'a>(raw: Option<&'a RawValue>) -> Result<Vec<Tag<'a>>, DecodeError> {
-    let Some(text) = raw.map(RawValue::get).filter(|t| *t != "null") else {
+fn tags<'a>(raw: Option<&'a str>) -> Result<Vec<Tag<'a>>, DecodeError> {
+    let Some(text) = raw.filter(|t| *t != "null") else {
         return Ok(Vec::new());
     };
     let shape = "must be a list of [key, value] string pairs or an object of strings";
@@ -612,6 +619,13 @@ mod tests {
         e.tag_ids = Some(vec![[Some(70000), None]]);
         let out = e.encoded().into_owned();
         assert_eq!(out, body.replace("[[1,2]]", "[[70000,null]]"));
+        // `null` too: one `tag_ids` member in what goes out, never two.
+        let body = format!(
+            r#"{{"event_id":"{ID}","tag_ids":null,"project_id":1,"organization_id":1,"tags":{{"a":"b"}}}}"#
+        );
+        let mut e = ok(&body);
+        e.tag_ids = Some(vec![[Some(7), Some(8)]]);
+        assert_eq!(e.encoded(), body.replace("null", "[[7,8]]"));
     }
 
     #[test]
