@@ -549,7 +549,11 @@ impl App {
             receive_backoff: self.config.retry.clone(),
             health,
         };
-        tracing::info!(workers = options.workers, "polling the source queue");
+        tracing::info!(
+            workers = options.workers,
+            threads = tokio::runtime::Handle::current().metrics().num_workers(),
+            "polling the source queue"
+        );
         let summary = worker::run(worker, options, shutdown).await;
         self.metrics.flush(std::time::Duration::from_secs(2));
         Ok(summary)

@@ -130,6 +130,18 @@ fn report_settings(app: &App, report: &mut Report) {
         "forwarded attributes: {} (and the trace context)",
         app.config().forward_attributes
     ));
+    report.ok.push(runtime_line());
+}
+
+/// The runtime's threads (`FORWARDER_THREADS`) beside the cores this process may use.
+fn runtime_line() -> String {
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    format!(
+        "runtime: {threads} thread{} (FORWARDER_THREADS), {cores} core{} available",
+        if threads == 1 { "" } else { "s" },
+        if cores == 1 { "" } else { "s" }
+    )
 }
 
 /// The settings, validated, and the app they make: `None` after reporting why not.

@@ -17,8 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Exit status of a configuration or start-up error.
 const EXIT_CONFIG: u8 = 2;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.len() == 1 {
         // No command: inside Lambda (which starts `bootstrap` or the image's entrypoint
@@ -34,6 +33,23 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The runtime as FORWARDER_THREADS says (tokio's default would be a thread per core
+    // of the machine, whatever the pod was given).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.settings.threads)
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(serve(cli)),
+        Err(err) => {
+            eprintln!("error: the runtime did not start: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// The command, on the runtime.
+async fn serve(cli: Cli) -> ExitCode {
     let in_lambda = matches!(cli.command, Command::Lambda);
     if let Err(line) = telemetry::init(&telemetry::LogSetup::from_env(
         cli.settings.log_format,

@@ -237,6 +237,20 @@ async fn check_reaches_every_queue_and_names_each_problem() {
         "{stdout}"
     );
     assert!(stdout.contains("route default: reached"), "{stdout}");
+    // One runtime thread unless FORWARDER_THREADS asks for more.
+    assert!(
+        stdout.contains("ok: runtime: 1 thread (FORWARDER_THREADS), "),
+        "{stdout}"
+    );
+    let out = output_of(
+        command(&q).arg("check").env("FORWARDER_THREADS", "3"),
+        Duration::from_secs(30),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ok: runtime: 3 threads (FORWARDER_THREADS), "),
+        "{stdout}"
+    );
 
     let missing = q.dest.replace("-dst", "-nope");
     let out = output_of(
@@ -276,6 +290,7 @@ async fn bad_settings_fail_at_start_in_one_line_naming_the_variable() {
     let q = Queues::create(30).await;
     let cases = [
         ("FORWARDER_WORKERS", "many"),
+        ("FORWARDER_THREADS", "0"),
         ("FORWARDER_METRICS_SAMPLE_RATE", "1.5"),
         ("FORWARDER_STATSD_ADDR", "localhost"),
         ("FORWARDER_RETRY_MAX_ELAPSED", "forever"),
