@@ -13,11 +13,12 @@ use aws_sdk_sqs::config::{Region, SharedCredentialsProvider};
 
 use crate::aws::{self, AwsError};
 use crate::batching::BatchWindow;
+use crate::concurrency::Adaptive;
 use crate::config::routes::{CredentialSource, Route};
 use crate::config::{check_message_group, Config, ConfigError, IndexerConfig};
 use crate::forward::{
-    DeadLetterQueue, Forwarder, Offloader, OrgRateLimiter, Pauses, Router, SqsSender,
-    DEFAULT_MAX_MESSAGE_BYTES,
+    DeadLetterQueue, Forwarder, Offloader, OrgRateLimiter, Pack, Pauses, Router, SqsSender,
+    DEFAULT_MAX_MESSAGE_BYTES, MAX_ENTRIES,
 };
 use crate::health::Health;
 use crate::indexer::{Indexer, SharedCache, Store, StoreError};
@@ -499,7 +500,11 @@ impl App {
         let info = self
             .reach("FORWARDER_SOURCE_QUEUE_URL", &source_url)
             .await?;
-        let window = BatchWindow::new(self.config.batch_window_for(info.visibility_timeout)?);
+        let bound = Arc::new(self.in_flight_bound());
+        let mut window = BatchWindow::new(self.config.batch_window_for(info.visibility_timeout)?);
+        if bound.adapts() {
+            window = window.observed_by(bound.clone());
+        }
         let pipeline = self.pipeline_within(&window).await?;
         let source = SqsSource::new(
             self.sqs.clone(),
@@ -520,11 +525,34 @@ impl App {
         );
         tracing::info!(
             window = %humantime::format_duration(window.duration()),
-            "batching window"
+            in_flight = %describe_bound(&bound),
+            "batching window and in-flight bound"
         );
         Ok(worker
-            .with_max_in_flight(self.config.max_in_flight)
+            .with_in_flight(bound)
             .with_max_in_flight_bytes(self.config.max_in_flight_bytes))
+    }
+
+    /// The pool's in-flight bound: `FORWARDER_MAX_IN_FLIGHT`, or with
+    /// `FORWARDER_ADAPTIVE_IN_FLIGHT` a bound that follows the calls' response times up
+    /// to it, a batch at a time, from a floor: one batch per poller, and room for every
+    /// route to fill its calls twice over (the batching window's economy: with less,
+    /// twenty routes would share receives of 10 and send calls of one or two). A packed
+    /// route takes all the room there is (a pack is as large as the events held allow),
+    /// so with one the bound stays at its maximum.
+    pub fn in_flight_bound(&self) -> Adaptive {
+        let max = self.config.max_in_flight;
+        let routes = self.config.effective_routes();
+        let packed = routes
+            .keyed()
+            .any(|(_, route)| route.pack.unwrap_or(self.config.pack) != Pack::Off);
+        if !self.config.adaptive_in_flight || packed {
+            return Adaptive::fixed(max);
+        }
+        let batch = self.config.batch_size.max(1);
+        let pollers = self.config.workers.saturating_mul(batch);
+        let calls = routes.keyed().count().saturating_mul(2 * MAX_ENTRIES);
+        Adaptive::new(pollers.max(calls), max, batch)
     }
 
     /// Runs the worker pool until `shutdown` completes (or the source stays idle, with
@@ -557,5 +585,18 @@ impl App {
         let summary = worker::run(worker, options, shutdown).await;
         self.metrics.flush(std::time::Duration::from_secs(2));
         Ok(summary)
+    }
+}
+
+/// The in-flight bound in words, for the start-up log and `check`.
+pub fn describe_bound(bound: &Adaptive) -> String {
+    if bound.adapts() {
+        format!(
+            "from {} to {} events, following the calls' response times (FORWARDER_ADAPTIVE_IN_FLIGHT)",
+            bound.floor(),
+            bound.max()
+        )
+    } else {
+        format!("at most {} events (FORWARDER_MAX_IN_FLIGHT)", bound.max())
     }
 }

@@ -31,7 +31,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::retry::BatchReply;
+use crate::concurrency::Adaptive;
+use crate::retry::{BatchReply, Classified};
 
 /// An entry of a batch call: it carries its id within the call, which the window
 /// rewrites when entries of several callers share a call, and its size.
@@ -48,7 +49,8 @@ pub trait Entry: Send + 'static {
 }
 
 /// The setting, shared by every window of a process: how long an entry may wait to
-/// share a call, and the switch that flushes them all at shutdown.
+/// share a call, the switch that flushes them all at shutdown, and who hears how long
+/// each call took.
 #[derive(Debug, Clone, Default)]
 pub struct BatchWindow {
     /// The longest an entry waits; zero: every submission is its own call, as without
@@ -56,6 +58,9 @@ pub struct BatchWindow {
     window: Duration,
     /// Cancelled at shutdown: what is buffered goes at once, and nothing waits again.
     closed: CancellationToken,
+    /// The pool's in-flight bound, which follows the calls' response times; `None`
+    /// where nothing adapts (Lambda, tests).
+    observer: Option<Arc<Adaptive>>,
 }
 
 impl BatchWindow {
@@ -64,7 +69,15 @@ impl BatchWindow {
         Self {
             window,
             closed: CancellationToken::new(),
+            observer: None,
         }
+    }
+
+    /// The same window, each call of every window made from it timed for `bound`
+    /// ([`Adaptive::observe`]).
+    pub fn observed_by(mut self, bound: Arc<Adaptive>) -> Self {
+        self.observer = Some(bound);
+        self
     }
 
     /// No window: each submission is its own call (Lambda mode, tests).
@@ -238,7 +251,7 @@ impl<E> Submission<E> {
 
 type CallReply<E> = Result<BatchReply<E>, E>;
 
-impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
+impl<T: Entry, E: Classified + Clone + Send + 'static> Window<T, E> {
     /// A window for calls made by `call`, each of at most `max_entries` entries and
     /// `max_bytes` bytes.
     pub fn new(
@@ -269,7 +282,7 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
         if !self.setting.is_open() || self.fills_a_call_alone(&entries) {
             // No window (or closed), or a full call with nothing waiting before it (full
             // load): the call itself, from here, as without a window.
-            return (self.call)(entries).await;
+            return timed((self.call)(entries), self.setting.observer.as_deref()).await;
         }
         let (to, answered) = oneshot::channel();
         let submission = Arc::new(Submission {
@@ -297,7 +310,7 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
             // Full calls go now, from here.
             let max_bytes = self.max_bytes.get();
             while let Some(call) = take_full(&mut pending, self.max_entries, max_bytes) {
-                spawn(self.call.clone(), call);
+                spawn(self.call.clone(), call, self.setting.observer.clone());
             }
             let arm = !pending.queue.is_empty() && !pending.timer;
             if arm {
@@ -325,6 +338,7 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
         let call = self.call.clone();
         let (max_entries, max_bytes) = (self.max_entries, self.max_bytes.clone());
         let closed = self.setting.closed.clone();
+        let observer = self.setting.observer.clone();
         tokio::spawn(async move {
             loop {
                 let due = match pending.lock() {
@@ -346,7 +360,7 @@ impl<T: Entry, E: Clone + Send + 'static> Window<T, E> {
                 let closing = closed.is_cancelled();
                 while p.queue.front().is_some_and(|q| closing || q.due <= now) {
                     let entries = take(&mut p, max_entries, max_bytes.get());
-                    spawn(call.clone(), entries);
+                    spawn(call.clone(), entries, observer.clone());
                 }
             }
         });
@@ -389,9 +403,32 @@ fn take<T, E>(p: &mut Pending<T, E>, max_entries: usize, max_bytes: usize) -> Ve
     out
 }
 
+/// A call, its response time (and whether it was refused for load) told to `observer`.
+async fn timed<E: Classified>(
+    call: impl Future<Output = CallReply<E>>,
+    observer: Option<&Adaptive>,
+) -> CallReply<E> {
+    let Some(observer) = observer else {
+        return call.await;
+    };
+    let started = Instant::now();
+    let reply = call.await;
+    let refused = |e: &E| e.class().is_load();
+    let load = match &reply {
+        Ok(reply) => reply.failed.iter().any(|(_, e)| refused(e)),
+        Err(e) => refused(e),
+    };
+    observer.observe(started.elapsed(), load);
+    reply
+}
+
 /// Makes one call on its own task, renumbering its entries, and answers each
 /// submission it carries.
-fn spawn<T: Entry, E: Clone + Send + 'static>(call: CallFn<T, E>, queued: Vec<Queued<T, E>>) {
+fn spawn<T: Entry, E: Classified + Clone + Send + 'static>(
+    call: CallFn<T, E>,
+    queued: Vec<Queued<T, E>>,
+    observer: Option<Arc<Adaptive>>,
+) {
     if queued.is_empty() {
         return;
     }
@@ -404,7 +441,7 @@ fn spawn<T: Entry, E: Clone + Send + 'static>(call: CallFn<T, E>, queued: Vec<Qu
             entries.push(q.entry);
             owners.push((q.submission, call_id, q.id));
         }
-        let reply = call(entries).await;
+        let reply = timed(call(entries), observer.as_deref()).await;
         for (submission, call_id, own_id) in owners {
             submission.answer(&call_id, own_id, &reply);
         }
@@ -423,6 +460,13 @@ fn empty<E>() -> BatchReply<E> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The calls here fail with a plain message: never for load.
+    impl Classified for String {
+        fn class(&self) -> crate::outcome::ErrorClass {
+            crate::outcome::ErrorClass::Local
+        }
+    }
 
     /// An entry of `size` bytes named `id`, and who made it.
     #[derive(Debug, Clone, PartialEq)]

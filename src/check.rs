@@ -131,6 +131,10 @@ fn report_settings(app: &App, report: &mut Report) {
         app.config().forward_attributes
     ));
     report.ok.push(runtime_line());
+    report.ok.push(format!(
+        "in flight: {}",
+        crate::app::describe_bound(&app.in_flight_bound())
+    ));
 }
 
 /// The runtime's threads (`FORWARDER_THREADS`) beside the cores this process may use.

@@ -38,7 +38,9 @@
 //! - [`aws`]: SDK clients (SDK retries off), their errors, and the one decision of what
 //!   kind of failure an AWS error is ([`aws::classify()`]).
 //! - [`batching`]: the batching window: entries bound for one queue, from every poller,
-//!   share batch calls for at most `FORWARDER_BATCH_WINDOW` (sends, deletes, visibility).
+//!   share batch calls for at most `FORWARDER_BATCH_WINDOW` (sends, deletes, visibility);
+//!   each call's response time goes to [`concurrency`], the in-flight bound that
+//!   follows them.
 //! - [`retry`]: the one retry layer, knowing nothing of AWS: the backoff schedule, a
 //!   call retried, a batch retried entry by entry.
 //! - [`outcome`]: typed outcomes (stage, operation, error class, failure), the leaf
@@ -53,8 +55,8 @@
 //! Modules marked internal are private to the crate; the rest is what the binary, the
 //! benches, the fuzz targets and the integration tests use.
 //!
-//! Dependencies point one way: `pipeline` → `forward` → `aws` → `batching` → `retry` →
-//! `internal_events` → `metrics` → `outcome`.
+//! Dependencies point one way: `pipeline` → `forward` → `aws` → `batching` →
+//! `concurrency`, `retry` → `internal_events` → `metrics` → `outcome`.
 
 // Module docs link to private modules: they are the tour for maintainers
 // (`cargo doc --document-private-items`).
@@ -64,6 +66,7 @@ pub mod app;
 pub mod aws;
 pub mod batching;
 pub mod check;
+pub mod concurrency;
 pub mod config;
 pub mod event;
 pub mod forward;

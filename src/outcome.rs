@@ -125,6 +125,15 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// Whether the service refused for its load (throttled, failing, too slow to
+    /// answer): what lowers the in-flight bound ([`crate::concurrency`]).
+    pub fn is_load(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Throttled | ErrorClass::ServerError | ErrorClass::Timeout
+        )
+    }
+
     /// Whether a later try can succeed where this one failed.
     pub fn is_retryable(self) -> bool {
         matches!(

@@ -326,6 +326,14 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..=100_000).map(|v| v as usize), global = true)]
     pub max_in_flight: usize,
 
+    /// Whether the in-flight bound follows the calls' response times (on: from one
+    /// batch per poller up to FORWARDER_MAX_IN_FLIGHT, adding a batch while they stay
+    /// flat, a tenth off when they grow or a call is throttled) or stays at
+    /// FORWARDER_MAX_IN_FLIGHT (off).
+    #[arg(long, env = "FORWARDER_ADAPTIVE_IN_FLIGHT", value_name = "SWITCH", value_enum,
+          default_value_t = Switch::On, global = true)]
+    pub adaptive_in_flight: Switch,
+
     /// Most message body bytes held at once by the whole pool, beside the count: memory stays bounded for large events.
     #[arg(long, env = "FORWARDER_MAX_IN_FLIGHT_BYTES", value_name = "BYTES", default_value = "8MiB",
           value_parser = byte_size, global = true)]

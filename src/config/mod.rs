@@ -108,6 +108,10 @@ pub struct Config {
     /// for 20 routes to fill calls of 10 twice over). A poller receives only what fits,
     /// and waits for room.
     pub max_in_flight: usize,
+    /// Whether the in-flight bound adapts to the calls' response times, between one
+    /// batch per poller and `max_in_flight` (`FORWARDER_ADAPTIVE_IN_FLIGHT`, default
+    /// on; [`crate::concurrency`]).
+    pub adaptive_in_flight: bool,
     /// Most body bytes the pool holds at once (`FORWARDER_MAX_IN_FLIGHT_BYTES`, default
     /// 8 MiB): with large events, memory stays bounded before the count is reached.
     pub max_in_flight_bytes: usize,
@@ -210,6 +214,7 @@ impl Config {
             workers: 2,
             batch_size: 10,
             max_in_flight: 40,
+            adaptive_in_flight: false,
             max_in_flight_bytes: 8 << 20,
             batch_window: Some(Duration::ZERO),
             fields: None,
@@ -339,6 +344,7 @@ impl Settings {
             workers: self.workers,
             batch_size: usize::from(self.batch_size),
             max_in_flight: self.max_in_flight,
+            adaptive_in_flight: self.adaptive_in_flight == Switch::On,
             max_in_flight_bytes: self.max_in_flight_bytes,
             batch_window: self.batch_window,
             fields,
@@ -763,7 +769,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "source={} dest={} routes={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} s3_offload={} pack={} forward_attributes={} rate_limit={} workers={} batch_size={} receive_wait={}s batch_window={} max_in_flight={}/{}B max_message_bytes={} \
+            "source={} dest={} routes={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} s3_offload={} pack={} forward_attributes={} rate_limit={} workers={} batch_size={} receive_wait={}s batch_window={} max_in_flight={}{}/{}B max_message_bytes={} \
              http_pool={}/{} metrics={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
              retry_max_interval={} retry_max_elapsed={} request_timeout={} shutdown_timeout={} \
              exit_when_idle={} health={} indexer={}",
@@ -790,6 +796,7 @@ impl fmt::Display for Config {
             self.receive_wait.as_secs(),
             self.batch_window.map_or("default".to_string(), |w| humantime::format_duration(w).to_string()),
             self.max_in_flight,
+            if self.adaptive_in_flight { "(adaptive)" } else { "" },
             self.max_in_flight_bytes,
             self.max_message_bytes,
             self.http_pool.max_idle_per_host,

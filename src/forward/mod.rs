@@ -43,6 +43,7 @@ use crate::outcome::{ErrorClass, Operation};
 use crate::retry::RetryPolicy;
 
 pub use attributes::{ForwardAttributes, TEST_EVENT_ATTRIBUTE, TRACE_CONTEXT};
+pub use batch::MAX_ENTRIES;
 pub use dead_letter::{DeadLetter, DeadLetterQueue, Reason};
 pub use fifo::GroupTemplate;
 pub use offload::{OffloadMode, Offloader, PointerFormat, S3Encryption};

@@ -87,6 +87,18 @@ pub enum SendOutcome {
     NotSent,
 }
 
+/// A pack's call answers with each line's outcome; a failed one is classed as its error.
+impl crate::retry::Classified for SendOutcome {
+    fn class(&self) -> ErrorClass {
+        match self {
+            SendOutcome::Failed(err) => err.class,
+            SendOutcome::Accepted | SendOutcome::HeldBack | SendOutcome::NotSent => {
+                ErrorClass::Local
+            }
+        }
+    }
+}
+
 impl SendOutcome {
     /// As a [`Delivery`], for callers that only care whether it was accepted.
     pub fn delivery(self) -> Delivery {

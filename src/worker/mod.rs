@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::aws::AwsError;
+use crate::concurrency::Adaptive;
 use crate::forward::Deferral;
 use crate::health::Health;
 use crate::internal_events::{CallFailed, DeleteFailed, InternalEvent};
@@ -107,12 +108,10 @@ pub struct Worker {
     visibility_read_at: Mutex<Instant>,
     /// Events in flight over the whole pool, for the `in_flight` gauge.
     in_flight: Arc<AtomicU64>,
-    /// Room for events held at once (`FORWARDER_MAX_IN_FLIGHT`): a receive first takes
-    /// as many permits as messages it may get, and they go back once the batch is
-    /// settled. `None`: workers × batch size bounds it.
-    admission: Option<Arc<Semaphore>>,
-    /// The bound itself, so a receive never waits for more room than exists.
-    max_in_flight: usize,
+    /// Room for events held at once (`FORWARDER_MAX_IN_FLIGHT`, or the adaptive bound
+    /// under it): a receive first takes as many permits as messages it may get, and
+    /// they go back once the batch is settled. `None`: workers × batch size bounds it.
+    admission: Option<Arc<Adaptive>>,
     /// Room for body bytes held at once (`FORWARDER_MAX_IN_FLIGHT_BYTES`), taken once a
     /// batch is received (its size is known only then) and given back when it is
     /// settled; a receive waits while the budget is spent. `None`: no byte bound.
@@ -145,7 +144,6 @@ impl Worker {
             visibility_read_at: Mutex::new(Instant::now()),
             in_flight: Arc::new(AtomicU64::new(0)),
             admission: None,
-            max_in_flight: usize::MAX,
             bytes: None,
             max_bytes: usize::MAX,
             abandon: CancellationToken::new(),
@@ -177,9 +175,14 @@ impl Worker {
     }
 
     /// The same worker, holding at most `max` events at once over every poller.
-    pub fn with_max_in_flight(mut self, max: usize) -> Self {
-        self.admission = Some(Arc::new(Semaphore::new(max.max(1))));
-        self.max_in_flight = max.max(1);
+    pub fn with_max_in_flight(self, max: usize) -> Self {
+        self.with_in_flight(Arc::new(Adaptive::fixed(max)))
+    }
+
+    /// The same worker, holding at most what `bound` allows at once over every poller
+    /// (the bound the batching windows tell each call's response time to).
+    pub fn with_in_flight(mut self, bound: Arc<Adaptive>) -> Self {
+        self.admission = Some(bound);
         self
     }
 
@@ -190,10 +193,11 @@ impl Worker {
         let Some(admission) = &self.admission else {
             return (batch, None);
         };
-        // Never more than the whole bound, so a bound under the batch size still admits.
-        let want = batch.min(self.max_in_flight) as u32;
-        match admission.clone().acquire_many_owned(want).await {
-            Ok(permit) => (want as usize, Some(permit)),
+        // Never more than the bound's floor, so a bound under the batch size still
+        // admits.
+        let want = batch.min(admission.floor());
+        match admission.admit(want).await {
+            Ok(permit) => (want, Some(permit)),
             // Closed: never done; fall back to no bound rather than stop.
             Err(_) => (batch, None),
         }
@@ -256,9 +260,9 @@ impl Worker {
         let n = messages.len() as u64;
         let now = self.in_flight.fetch_add(n, Ordering::SeqCst) + n;
         self.metrics.gauge(Gauge::InFlight, now);
-        if self.admission.is_some() {
+        if let Some(admission) = &self.admission {
             self.metrics
-                .gauge(Gauge::InFlightLimit, self.max_in_flight as u64);
+                .gauge(Gauge::InFlightLimit, admission.limit() as u64);
         }
 
         let work = self.settle(&messages);
@@ -930,10 +934,19 @@ mod tests {
     /// each (events of projects 1 and 2 in turn), then nothing; every call recorded as
     /// `(action, queue, entries)`.
     fn busy_source(batches: usize, per: usize) -> (aws_sdk_sqs::Client, Recorded) {
+        busy_source_after(batches, per, |_| Duration::ZERO)
+    }
+
+    /// [`busy_source`], each answer `delay(action)` late.
+    fn busy_source_after(
+        batches: usize,
+        per: usize,
+        delay: impl Fn(&str) -> Duration + Send + Sync + 'static,
+    ) -> (aws_sdk_sqs::Client, Recorded) {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let seen = calls.clone();
         let handed = Arc::new(AtomicU64::new(0));
-        let client = fake::sqs_client(move |req| {
+        let answer = move |req: fake::FakeRequest| {
             let body: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
             let entries = body["Entries"].as_array().cloned().unwrap_or_default();
             let queue = body["QueueUrl"].as_str().unwrap_or_default().to_string();
@@ -964,15 +977,25 @@ mod tests {
                 }
                 _ => fake::ok(serde_json::json!({"Successful": ids, "Failed": []}).to_string()),
             }
-        });
+        };
+        let client = fake::sqs_client_on(fake::delayed_client_fn(delay, answer));
         (client, calls)
     }
 
     /// Two routes (projects 1 and 2), and a pool of `workers` pollers, every call
     /// shared within `window`.
     fn windowed_worker(client: &aws_sdk_sqs::Client, window: Duration) -> Arc<Worker> {
+        bounded_worker(client, window, Arc::new(Adaptive::fixed(100)))
+    }
+
+    /// [`windowed_worker`] with `bound` as its in-flight bound, told each call's time.
+    fn bounded_worker(
+        client: &aws_sdk_sqs::Client,
+        window: Duration,
+        bound: Arc<Adaptive>,
+    ) -> Arc<Worker> {
         let metrics = Metrics::disabled();
-        let window = crate::batching::BatchWindow::new(window);
+        let window = crate::batching::BatchWindow::new(window).observed_by(bound.clone());
         let route = |queue: &str| {
             Arc::new(
                 Forwarder::new(client.clone(), queue, 256 * 1024, fast(), metrics.clone())
@@ -998,7 +1021,7 @@ mod tests {
         .with_window(&window);
         Arc::new(
             Worker::new(source, pipeline, Duration::from_secs(30), metrics)
-                .with_max_in_flight(100)
+                .with_in_flight(bound)
                 .with_max_in_flight_bytes(1 << 20),
         )
     }
@@ -1063,6 +1086,56 @@ mod tests {
         assert!(
             deletes.len() <= 4,
             "deletes shared across receives: {deletes:?}"
+        );
+    }
+
+    /// The in-flight bound of a pool of 4 pollers (receives of 5) on 300 batches, on
+    /// average while they go through, each send and delete `service` long, one at a
+    /// time when `saturated` (each waits for the calls before it, as at a saturated
+    /// queue).
+    async fn average_bound(service: Duration, saturated: bool) -> f64 {
+        let free_at = Arc::new(Mutex::new(tokio::time::Instant::now()));
+        let delay = move |action: &str| {
+            if action == "ReceiveMessage" {
+                return Duration::ZERO;
+            }
+            if !saturated {
+                return service;
+            }
+            let now = tokio::time::Instant::now();
+            let mut free = free_at.lock().unwrap();
+            *free = (*free).max(now) + service;
+            *free - now
+        };
+        let (client, _) = busy_source_after(300, 5, delay);
+        let bound = Arc::new(Adaptive::new(20, 200, 5));
+        let worker = bounded_worker(&client, Duration::from_millis(20), bound.clone());
+        let mut samples = Vec::new();
+        let watch = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                samples.push(bound.limit());
+            }
+        };
+        let summary = tokio::select! {
+            summary = run(worker, pool(4, Duration::from_secs(5)), std::future::pending()) => summary,
+            never = watch => never,
+        };
+        assert_eq!(summary.totals.forwarded, 1500, "{summary:?}");
+        samples.iter().sum::<usize>() as f64 / samples.len().max(1) as f64
+    }
+
+    #[tokio::test]
+    async fn the_in_flight_bound_grows_while_calls_answer_as_fast_and_not_at_a_saturated_queue() {
+        let fast = average_bound(Duration::from_millis(2), false).await;
+        let saturated = average_bound(Duration::from_millis(2), true).await;
+        assert!(
+            fast >= 60.0,
+            "flat response times: the bound grows ({fast})"
+        );
+        assert!(
+            saturated < fast / 2.0,
+            "a saturated queue keeps it low ({saturated} against {fast})"
         );
     }
 

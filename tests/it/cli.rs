@@ -242,6 +242,12 @@ async fn check_reaches_every_queue_and_names_each_problem() {
         stdout.contains("ok: runtime: 1 thread (FORWARDER_THREADS), "),
         "{stdout}"
     );
+    // One batch per poller (4 by default) at least; more while calls answer as fast.
+    assert!(
+        stdout
+            .contains("ok: in flight: from 40 to 400 events, following the calls' response times"),
+        "{stdout}"
+    );
     let out = output_of(
         command(&q).arg("check").env("FORWARDER_THREADS", "3"),
         Duration::from_secs(30),
