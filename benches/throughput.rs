@@ -34,7 +34,9 @@
 //! with the most workers, under `perf stat` (CPU and context switches of every thread);
 //! each also runs on an empty source, which is taken off. `BENCH_PROCESSES=off` skips it;
 //! it is skipped where `perf stat` does not work. `BENCH_BINARY_ENV="K=V …"` sets
-//! variables for the binary alone.
+//! variables for the binary alone; `BENCH_PERF_RECORD=DIR` records both with call stacks
+//! (`perf record`) into DIR. The two run in `BENCH_ROUNDS` rounds (default 3),
+//! alternating which goes first, and the median of the rounds' ratios is the verdict.
 //!
 //! Metrics backends: the worker step once more per backend (none, DogStatsD to a local
 //! socket, Prometheus's registry), events/s and CPU µs/event in the same run.
@@ -569,7 +571,15 @@ fn perf_value(report: &str, event: &str) -> f64 {
 
 /// Runs `program` under `perf stat` until it exits, watching `source` (which holds
 /// `n` events) drain meanwhile.
-async fn under_perf(program: std::process::Command, source: &str, n: usize) -> ProcessCost {
+/// `BENCH_PERF_RECORD=DIR` also records each process with call stacks
+/// (`perf record --call-graph dwarf`) into `DIR/LABEL-N.data`, to compare where the two
+/// spend; the recording adds its own CPU to the figures, so read them from a run without.
+async fn under_perf(
+    label: &str,
+    program: std::process::Command,
+    source: &str,
+    n: usize,
+) -> ProcessCost {
     let report = std::env::temp_dir().join(format!("perf-{:08x}.csv", fastrand::u32(..)));
     let mut perf = std::process::Command::new("perf");
     let mut events = "task-clock,context-switches,page-faults".to_string();
@@ -578,8 +588,23 @@ async fn under_perf(program: std::process::Command, source: &str, n: usize) -> P
     }
     perf.args(["stat", "-x,", "-e", &events, "-o"])
         .arg(&report)
-        .arg("--")
-        .arg(program.get_program())
+        .arg("--");
+    if let Ok(dir) = std::env::var("BENCH_PERF_RECORD") {
+        let data = std::path::Path::new(&dir).join(format!("{label}-{n}.data"));
+        perf.args([
+            "perf",
+            "record",
+            "-q",
+            "--call-graph",
+            "dwarf,16384",
+            "-F",
+            "1000",
+            "-o",
+        ])
+        .arg(data)
+        .arg("--");
+    }
+    perf.arg(program.get_program())
         .args(program.get_args())
         .envs(
             program
@@ -763,48 +788,60 @@ fn binary_process(
     command
 }
 
-/// The real binary beside a bare loop, each in a process of its own, in one run, as
-/// issue 30 measured them: `n` Sentry-like events of `BENCH_EVENT_BYTES` (5 tags, a
-/// stack trace) through each, `w` pollers, `perf stat` counting each process whole.
-/// Each process also runs once on an empty source, and that run (start-up, the idle
-/// tail) is taken off, so what is left is what the events cost.
-async fn processes(client: &Client, n: usize, w: usize) {
-    let tag = format!("tp-proc-{:08x}", fastrand::u32(..));
-    let mut queues = Vec::new();
-    for name in [
-        "bare-src",
-        "bare-dst",
-        "bin-src",
-        "bin-dst",
-        "empty-src",
-        "empty-dst",
-    ] {
-        queues.push(create_queue(client, &format!("{tag}-{name}")).await);
+/// How many rounds the processes section runs (`BENCH_ROUNDS`, 1 to 20; default 3, or
+/// 1 for the smoke test).
+fn rounds(full: bool) -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 3 } else { 1 })
+        .clamp(1, 20)
+}
+
+/// The middle of `values` (the mean of the two middle ones for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    match values.len() {
+        0 => f64::NAN,
+        len if len % 2 == 1 => values[mid],
+        _ => (values[mid - 1] + values[mid]) / 2.0,
     }
+}
+
+/// The real binary beside a bare loop, each in a process of its own, as issue 30
+/// measured them: `n` Sentry-like events of `BENCH_EVENT_BYTES` (5 tags, a stack trace)
+/// through each, `w` pollers, `perf stat` counting each process whole. Each process also
+/// runs once on an empty source, and that run (start-up, the idle tail) is taken off, so
+/// what is left is what the events cost.
+///
+/// On a machine shared with LocalStack either process moves ±15 % from one run to the
+/// next, so the two run in `BENCH_ROUNDS` rounds, alternating which goes first, each
+/// round on fresh queues; the verdict is the median of the rounds' ratios.
+async fn processes(client: &Client, n: usize, w: usize, rounds: usize) {
+    let tag = format!("tp-proc-{:08x}", fastrand::u32(..));
     let body: fn(usize) -> String = |i| sentry_event(i, event_bytes(), 5);
-    fill_with(client, &queues[0], n, body).await;
-    fill_with(client, &queues[2], n, body).await;
-    let (empty, empty_dst) = (&queues[4], &queues[5]);
-    let bare_idle = under_perf(bare_loop_process(empty, empty_dst, 0, w), empty, 0).await;
+    let empty = create_queue(client, &format!("{tag}-empty-src")).await;
+    let empty_dst = create_queue(client, &format!("{tag}-empty-dst")).await;
+    let bare_idle = under_perf(
+        "bare",
+        bare_loop_process(&empty, &empty_dst, 0, w),
+        &empty,
+        0,
+    )
+    .await;
     let (agent, requests) = requests_agent();
-    let bin_idle = under_perf(binary_process(empty, empty_dst, w, agent), empty, 0).await;
-    let bare = under_perf(
-        bare_loop_process(&queues[0], &queues[1], n, w),
-        &queues[0],
-        n,
+    let bin_idle = under_perf(
+        "binary",
+        binary_process(&empty, &empty_dst, w, agent),
+        &empty,
+        0,
     )
     .await;
-    // The agent's counts of the empty run have arrived by now (sent every 50 ms to 1 s).
-    requests.take();
-    let mut bin = under_perf(
-        binary_process(&queues[2], &queues[3], w, agent),
-        &queues[2],
-        n,
-    )
-    .await;
-    // The binary's last packet leaves at its exit; let the agent read it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    bin.calls = requests.take();
+    println!(
+        "processes ({w} pollers, {n} events of {} bytes, perf stat; empty-source run taken off): round | process | events/s | CPU ms: run, empty | CPU µs/event | switches: run, empty | switches/event | page faults/event | calls/event (receive, send, delete, other)",
+        body(0).len()
+    );
     let per_event = |full: &ProcessCost, idle: &ProcessCost| {
         (
             (full.cpu_ms - idle.cpu_ms) * 1e3 / n as f64,
@@ -812,41 +849,88 @@ async fn processes(client: &Client, n: usize, w: usize) {
             (full.faults - idle.faults) / n as f64,
         )
     };
-    let (bare_us, bare_sw, bare_pf) = per_event(&bare, &bare_idle);
-    let (bin_us, bin_sw, bin_pf) = per_event(&bin, &bin_idle);
-    println!(
-        "processes ({w} pollers, {n} events of {} bytes, perf stat; empty-source run taken off): process | events/s | CPU ms: run, empty | CPU µs/event | switches: run, empty | switches/event | page faults/event | calls/event (receive, send, delete, other)",
-        body(0).len()
-    );
-    for (name, full, idle, us, sw, pf) in [
-        ("bare loop", &bare, &bare_idle, bare_us, bare_sw, bare_pf),
-        ("sqs-forwarder run", &bin, &bin_idle, bin_us, bin_sw, bin_pf),
-    ] {
+    let (mut cpu_ratios, mut rate_ratios, mut bin_switches) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let mut queues = Vec::new();
+        for name in ["bare-src", "bare-dst", "bin-src", "bin-dst"] {
+            queues.push(create_queue(client, &format!("{tag}-{round}-{name}")).await);
+        }
+        fill_with(client, &queues[0], n, body).await;
+        fill_with(client, &queues[2], n, body).await;
+        // The agent's counts of earlier runs have arrived by now (sent every 50 ms to 1 s).
+        requests.take();
+        let run_bare = || {
+            under_perf(
+                "bare",
+                bare_loop_process(&queues[0], &queues[1], n, w),
+                &queues[0],
+                n,
+            )
+        };
+        let run_bin = || {
+            under_perf(
+                "binary",
+                binary_process(&queues[2], &queues[3], w, agent),
+                &queues[2],
+                n,
+            )
+        };
+        // Alternate which goes first, so a drift of the machine falls on both.
+        let (bare, mut bin) = if round % 2 == 1 {
+            let bare = run_bare().await;
+            (bare, run_bin().await)
+        } else {
+            let bin = run_bin().await;
+            (run_bare().await, bin)
+        };
+        // The binary's last packet leaves at its exit; let the agent read it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        bin.calls = requests.take();
+        let (bare_us, bare_sw, bare_pf) = per_event(&bare, &bare_idle);
+        let (bin_us, bin_sw, bin_pf) = per_event(&bin, &bin_idle);
+        for (name, full, idle, us, sw, pf) in [
+            ("bare loop", &bare, &bare_idle, bare_us, bare_sw, bare_pf),
+            ("sqs-forwarder run", &bin, &bin_idle, bin_us, bin_sw, bin_pf),
+        ] {
+            println!(
+                "{round:>5} | {name:>17} | {:>6.0} | {:>7.1}, {:>6.1} | {us:>6.1} | {:>6.0}, {:>5.0} | {sw:.2} | {pf:.2} | {}",
+                full.rate,
+                full.cpu_ms,
+                idle.cpu_ms,
+                full.switches,
+                idle.switches,
+                full.calls.map(|c| format!("{:.3}", c as f64 / n as f64)).join(", ")
+            );
+        }
+        for (k, event) in perf_extra().iter().enumerate() {
+            let per =
+                |full: &ProcessCost, idle: &ProcessCost| (full.extra[k] - idle.extra[k]) / n as f64;
+            println!(
+                "{round:>5} | {event} per event: bare loop {:.3}, sqs-forwarder run {:.3}",
+                per(&bare, &bare_idle),
+                per(&bin, &bin_idle)
+            );
+        }
         println!(
-            "{name:>17} | {:>6.0} | {:>7.1}, {:>6.1} | {us:>6.1} | {:>6.0}, {:>5.0} | {sw:.2} | {pf:.2} | {}",
-            full.rate,
-            full.cpu_ms,
-            idle.cpu_ms,
-            full.switches,
-            idle.switches,
-            full.calls.map(|c| format!("{:.3}", c as f64 / n as f64)).join(", ")
+            "{round:>5} | binary / bare loop: CPU {:.2}x, events/s {:.2}",
+            bin_us / bare_us,
+            bin.rate / bare.rate
         );
-    }
-    for (k, event) in perf_extra().iter().enumerate() {
-        let per =
-            |full: &ProcessCost, idle: &ProcessCost| (full.extra[k] - idle.extra[k]) / n as f64;
-        println!(
-            "{event} per event: bare loop {:.3}, sqs-forwarder run {:.3}",
-            per(&bare, &bare_idle),
-            per(&bin, &bin_idle)
-        );
+        cpu_ratios.push(bin_us / bare_us);
+        rate_ratios.push(bin.rate / bare.rate);
+        bin_switches.push(bin_sw);
+        for q in &queues {
+            let _ = client.delete_queue().queue_url(q).send().await;
+        }
     }
     println!(
-        "binary / bare loop: CPU {:.2}x, events/s {:.2}",
-        bin_us / bare_us,
-        bin.rate / bare.rate
+        "binary / bare loop, median of {} rounds: CPU {:.2}x, events/s {:.2}, the binary's switches/event {:.2}",
+        cpu_ratios.len(),
+        median(cpu_ratios),
+        median(rate_ratios),
+        median(bin_switches)
     );
-    for q in &queues {
+    for q in [&empty, &empty_dst] {
         let _ = client.delete_queue().queue_url(q).send().await;
     }
 }
@@ -1231,7 +1315,7 @@ fn main() {
         if std::env::var("BENCH_PROCESSES").as_deref() != Ok("off") {
             let w = workers.iter().copied().max().unwrap_or(4);
             if perf_works() {
-                processes(&client, n, w).await;
+                processes(&client, n, w, rounds(full)).await;
             } else {
                 println!("processes: skipped (`perf stat` does not work here)");
             }
