@@ -571,8 +571,9 @@ fn perf_value(report: &str, event: &str) -> f64 {
 
 /// Runs `program` under `perf stat` until it exits, watching `source` (which holds
 /// `n` events) drain meanwhile.
+///
 /// `BENCH_PERF_RECORD=DIR` also records each process with call stacks
-/// (`perf record --call-graph dwarf`) into `DIR/LABEL-N.data`, to compare where the two
+/// (`perf record --call-graph dwarf`) into `DIR/LABEL.data`, to compare where the two
 /// spend; the recording adds its own CPU to the figures, so read them from a run without.
 async fn under_perf(
     label: &str,
@@ -590,7 +591,7 @@ async fn under_perf(
         .arg(&report)
         .arg("--");
     if let Ok(dir) = std::env::var("BENCH_PERF_RECORD") {
-        let data = std::path::Path::new(&dir).join(format!("{label}-{n}.data"));
+        let data = std::path::Path::new(&dir).join(format!("{label}.data"));
         perf.args([
             "perf",
             "record",
@@ -824,7 +825,7 @@ async fn processes(client: &Client, n: usize, w: usize, rounds: usize) {
     let empty = create_queue(client, &format!("{tag}-empty-src")).await;
     let empty_dst = create_queue(client, &format!("{tag}-empty-dst")).await;
     let bare_idle = under_perf(
-        "bare",
+        "bare-empty",
         bare_loop_process(&empty, &empty_dst, 0, w),
         &empty,
         0,
@@ -832,7 +833,7 @@ async fn processes(client: &Client, n: usize, w: usize, rounds: usize) {
     .await;
     let (agent, requests) = requests_agent();
     let bin_idle = under_perf(
-        "binary",
+        "binary-empty",
         binary_process(&empty, &empty_dst, w, agent),
         &empty,
         0,
@@ -859,9 +860,10 @@ async fn processes(client: &Client, n: usize, w: usize, rounds: usize) {
         fill_with(client, &queues[2], n, body).await;
         // The agent's counts of earlier runs have arrived by now (sent every 50 ms to 1 s).
         requests.take();
+        let (bare_label, bin_label) = (format!("bare-{round}"), format!("binary-{round}"));
         let run_bare = || {
             under_perf(
-                "bare",
+                &bare_label,
                 bare_loop_process(&queues[0], &queues[1], n, w),
                 &queues[0],
                 n,
@@ -869,7 +871,7 @@ async fn processes(client: &Client, n: usize, w: usize, rounds: usize) {
         };
         let run_bin = || {
             under_perf(
-                "binary",
+                &bin_label,
                 binary_process(&queues[2], &queues[3], w, agent),
                 &queues[2],
                 n,
