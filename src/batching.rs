@@ -13,8 +13,10 @@
 //!
 //! A call goes as soon as it is full (its most entries, 10 for SQS, or the next entry
 //! would pass the byte budget), or once its oldest entry has waited the window. A full
-//! call never waits. Calls run on their own tasks, so a caller that stops waiting (a
-//! Lambda deadline, a shutdown) never strands the entries of others. Once the window is
+//! call never waits: a caller with a call's worth makes the call itself, past whatever
+//! waits, so at full load nothing is spawned and nothing waits behind a short batch.
+//! Other calls run on their own tasks, so a caller that stops waiting (a Lambda
+//! deadline, a shutdown) never strands the entries of others. Once the window is
 //! [closed](BatchWindow::close) (shutdown), what is buffered goes at once and later
 //! submissions go straight out.
 //!
@@ -279,9 +281,12 @@ impl<T: Entry, E: Classified + Clone + Send + 'static> Window<T, E> {
         if entries.is_empty() {
             return Ok(empty());
         }
-        if !self.setting.is_open() || self.fills_a_call_alone(&entries) {
-            // No window (or closed), or a full call with nothing waiting before it (full
-            // load): the call itself, from here, as without a window.
+        if !self.setting.is_open() || entries.len() >= self.max_entries {
+            // No window (or closed), or a full call (full load): the call itself, from
+            // here, as without a window. What waits keeps waiting for other partial
+            // submissions (or its due time): were a full one mixed in with it, a call's
+            // worth would wait behind every later full one, each then split over two
+            // calls on spawned tasks, for as long as the load lasts.
             return timed((self.call)(entries), self.setting.observer.as_deref()).await;
         }
         let (to, answered) = oneshot::channel();
@@ -324,11 +329,6 @@ impl<T: Entry, E: Classified + Clone + Send + 'static> Window<T, E> {
         // A call's task that ended without answering (the runtime shutting down) tells
         // nothing of these entries: unmentioned, as missing from a reply.
         Ok(answered.await.unwrap_or_else(|_| empty()))
-    }
-
-    /// Whether `entries` make a full call by themselves while nothing waits.
-    fn fills_a_call_alone(&self, entries: &[T]) -> bool {
-        entries.len() >= self.max_entries && self.pending.lock().is_ok_and(|p| p.queue.is_empty())
     }
 
     /// Watches the oldest entry: once it is due (or the window closes), its call goes;
@@ -575,6 +575,41 @@ mod tests {
         let calls = calls.lock().unwrap();
         assert_eq!(calls[0], ["a"; 10]);
         assert!(calls.iter().all(|c| c.len() <= 10), "{calls:?}");
+    }
+
+    #[tokio::test]
+    async fn a_full_call_goes_at_once_past_a_short_one_that_waits() {
+        let (w, calls) = window(Duration::from_secs(60), usize::MAX);
+        let w = Arc::new(w);
+        let short = tokio::spawn({
+            let w = w.clone();
+            async move { w.submit(entries("short", 3, 1)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Full load after a short receive: each full batch is its own call, at once,
+        // whole (not 3 old + 7 of its own, the rest of it left to wait).
+        for owner in ["a", "b"] {
+            let full =
+                tokio::time::timeout(Duration::from_secs(5), w.submit(entries(owner, 10, 1)))
+                    .await
+                    .expect("a full call goes at once while a short one waits")
+                    .unwrap();
+            assert_eq!(full.successful.len(), 10);
+        }
+        assert_eq!(*calls.lock().unwrap(), [["a"; 10], ["b"; 10]]);
+        assert!(!short.is_finished(), "the short one waits for company");
+        // Another short one fills it up; what is left waits for the window (closed here).
+        let more = tokio::spawn({
+            let w = w.clone();
+            async move { w.submit(entries("more", 8, 1)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        w.setting.close();
+        assert_eq!(more.await.unwrap().unwrap().successful.len(), 8);
+        assert_eq!(short.await.unwrap().unwrap().successful.len(), 3);
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls[2].len(), 10, "{calls:?}");
+        assert_eq!(calls.iter().map(Vec::len).sum::<usize>(), 31);
     }
 
     #[tokio::test]
