@@ -37,6 +37,9 @@
 //! variables for the binary alone; `BENCH_PERF_RECORD=DIR` records both with call stacks
 //! (`perf record`) into DIR. The two run in `BENCH_ROUNDS` rounds (default 3),
 //! alternating which goes first, and the median of the rounds' ratios is the verdict.
+//! `BENCH_BARE_WIRE=forwarder` has the bare loop's calls carry what the binary's carry
+//! (the system attributes its receive asks for, three message attributes per entry): on
+//! LocalStack, whose Python spends on each attribute, the rates then compare like for like.
 //!
 //! Metrics backends: the worker step once more per backend (none, DogStatsD to a local
 //! socket, Prometheus's registry), events/s and CPU µs/event in the same run.
@@ -314,7 +317,12 @@ async fn fill_with(client: &Client, queue: &str, n: usize, body: fn(usize) -> St
 }
 
 /// The ceiling: receive → send → delete, nothing else. Events per second.
+///
+/// `BENCH_BARE_WIRE=forwarder`: the same calls carry what the forwarder's carry (the
+/// system attributes its receive asks for, its three message attributes on each sent
+/// entry), so what the wire costs (the SDK's, and LocalStack's) is on both sides.
 async fn ceiling(client: &Client, source: &str, dest: &str, n: usize, workers: usize) -> f64 {
+    let like_forwarder = std::env::var("BENCH_BARE_WIRE").as_deref() == Ok("forwarder");
     let done = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(std::sync::OnceLock::new());
     let started = Instant::now();
@@ -329,14 +337,26 @@ async fn ceiling(client: &Client, source: &str, dest: &str, n: usize, workers: u
         );
         tasks.spawn(async move {
             while done.load(Ordering::SeqCst) < n {
-                let received = client
+                let mut receive = client
                     .receive_message()
                     .queue_url(&source)
                     .max_number_of_messages(10)
-                    .wait_time_seconds(1)
-                    .send()
-                    .await
-                    .unwrap();
+                    .wait_time_seconds(1);
+                if like_forwarder {
+                    use aws_sdk_sqs::types::MessageSystemAttributeName as S;
+                    for name in [
+                        S::SentTimestamp,
+                        S::ApproximateReceiveCount,
+                        S::MessageGroupId,
+                        S::AwsTraceHeader,
+                    ] {
+                        receive = receive.message_system_attribute_names(name);
+                    }
+                    receive = receive
+                        .message_attribute_names("traceparent")
+                        .message_attribute_names("tracestate");
+                }
+                let received = receive.send().await.unwrap();
                 let messages = received.messages.unwrap_or_default();
                 if messages.is_empty() {
                     continue;
@@ -345,11 +365,25 @@ async fn ceiling(client: &Client, source: &str, dest: &str, n: usize, workers: u
                     .iter()
                     .enumerate()
                     .map(|(i, m)| {
-                        SendMessageBatchRequestEntry::builder()
+                        let mut entry = SendMessageBatchRequestEntry::builder()
                             .id(i.to_string())
-                            .message_body(m.body().unwrap_or_default())
-                            .build()
-                            .unwrap()
+                            .message_body(m.body().unwrap_or_default());
+                        if like_forwarder {
+                            // The forwarder's own three attributes, of their shape.
+                            let value = |t: &str, v: &str| {
+                                aws_sdk_sqs::types::MessageAttributeValue::builder()
+                                    .data_type(t)
+                                    .string_value(v)
+                                    .build()
+                                    .unwrap()
+                            };
+                            let id = m.message_id().unwrap_or_default().replace('-', "");
+                            entry = entry
+                                .message_attributes("event_id", value("String", &id))
+                                .message_attributes("project_id", value("Number", "4505"))
+                                .message_attributes("organization_id", value("Number", "17"));
+                        }
+                        entry.build().unwrap()
                     })
                     .collect();
                 client
