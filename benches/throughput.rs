@@ -561,6 +561,35 @@ struct ProcessCost {
     calls: [u64; 4],
     /// The readings of `BENCH_PERF_EXTRA`'s events, in its order.
     extra: Vec<f64>,
+    /// CPU time LocalStack spent meanwhile, in ms (None on the stand-in, or where its
+    /// pid is not known): what serving this process's calls cost the server.
+    server_ms: Option<f64>,
+}
+
+/// LocalStack's CPU time so far (user + system, every thread), in ms, from
+/// `localstack/localstack.pid` (written by `localstack/start.sh`); None if not found.
+fn server_cpu_ms() -> Option<f64> {
+    if std::env::var("BENCH_SQS").as_deref() == Ok("standin") {
+        return None;
+    }
+    let pidfile = concat!(env!("CARGO_MANIFEST_DIR"), "/localstack/localstack.pid");
+    let pid = std::fs::read_to_string(pidfile).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and
+    // 13th (14th and 15th of the whole line).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    static TICK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let per_second = *TICK.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    Some(ticks * 1e3 / per_second)
 }
 
 /// More events for `perf stat` to count (`BENCH_PERF_EXTRA`, comma-separated, such as
@@ -650,6 +679,7 @@ async fn under_perf(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
     let watcher = Client::from_conf(aws_sdk_sqs::config::Builder::from(&sdk_plain().await).build());
+    let server_before = server_cpu_ms();
     let mut child = KillOnDrop(perf.spawn().expect("perf stat could not start"));
     // Read as it comes, so a chatty process never blocks on a full pipe.
     let stdout = child.0.stdout.take().map(|mut out| {
@@ -694,6 +724,9 @@ async fn under_perf(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let server_ms = server_cpu_ms()
+        .zip(server_before)
+        .map(|(after, before)| after - before);
     assert!(status.success(), "the measured process failed: {status}");
     let said = stdout
         .and_then(|reader| reader.join().ok())
@@ -707,6 +740,7 @@ async fn under_perf(
         extra: perf_extra().iter().map(|e| perf_value(&text, e)).collect(),
         rate: emptied.map_or(0.0, |end| n as f64 / (end - last_full).as_secs_f64()),
         calls: said_calls(&said),
+        server_ms,
     }
 }
 
@@ -945,6 +979,13 @@ async fn processes(client: &Client, n: usize, w: usize, rounds: usize) {
                 "{round:>5} | {event} per event: bare loop {:.3}, sqs-forwarder run {:.3}",
                 per(&bare, &bare_idle),
                 per(&bin, &bin_idle)
+            );
+        }
+        if let (Some(bare_server), Some(bin_server)) = (bare.server_ms, bin.server_ms) {
+            println!(
+                "{round:>5} | LocalStack's CPU µs/event serving it: bare loop {:.1}, sqs-forwarder run {:.1}",
+                bare_server * 1e3 / n as f64,
+                bin_server * 1e3 / n as f64
             );
         }
         println!(
