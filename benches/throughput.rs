@@ -343,18 +343,19 @@ async fn ceiling(client: &Client, source: &str, dest: &str, n: usize, workers: u
                     .max_number_of_messages(10)
                     .wait_time_seconds(1);
                 if like_forwarder {
+                    // As `SqsSource::receive_at_most` asks (the source module is the
+                    // crate's own).
                     use aws_sdk_sqs::types::MessageSystemAttributeName as S;
-                    for name in [
-                        S::SentTimestamp,
-                        S::ApproximateReceiveCount,
-                        S::MessageGroupId,
-                        S::AwsTraceHeader,
-                    ] {
-                        receive = receive.message_system_attribute_names(name);
-                    }
                     receive = receive
-                        .message_attribute_names("traceparent")
-                        .message_attribute_names("tracestate");
+                        .set_message_system_attribute_names(Some(vec![
+                            S::SentTimestamp,
+                            S::ApproximateReceiveCount,
+                            S::MessageGroupId,
+                            S::AwsTraceHeader,
+                        ]))
+                        .set_message_attribute_names(Some(
+                            sqs_forwarder::forward::ForwardAttributes::None.receive_names(),
+                        ));
                 }
                 let received = receive.send().await.unwrap();
                 let messages = received.messages.unwrap_or_default();
@@ -370,18 +371,16 @@ async fn ceiling(client: &Client, source: &str, dest: &str, n: usize, workers: u
                             .message_body(m.body().unwrap_or_default());
                         if like_forwarder {
                             // The forwarder's own three attributes, of their shape.
-                            let value = |t: &str, v: &str| {
-                                aws_sdk_sqs::types::MessageAttributeValue::builder()
-                                    .data_type(t)
-                                    .string_value(v)
-                                    .build()
-                                    .unwrap()
-                            };
+                            use sqs_forwarder::aws::Attribute;
                             let id = m.message_id().unwrap_or_default().replace('-', "");
-                            entry = entry
-                                .message_attributes("event_id", value("String", &id))
-                                .message_attributes("project_id", value("Number", "4505"))
-                                .message_attributes("organization_id", value("Number", "17"));
+                            for a in [
+                                Attribute::string("event_id", id),
+                                Attribute::number("project_id", 4505),
+                                Attribute::number("organization_id", 17),
+                            ] {
+                                entry =
+                                    entry.message_attributes(a.name.as_ref(), a.to_sdk().unwrap());
+                            }
                         }
                         entry.build().unwrap()
                     })
