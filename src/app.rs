@@ -530,7 +530,8 @@ impl App {
         );
         Ok(worker
             .with_in_flight(bound)
-            .with_max_in_flight_bytes(self.config.max_in_flight_bytes))
+            .with_max_in_flight_bytes(self.config.max_in_flight_bytes)
+            .with_source_max_message(info.max_message_bytes))
     }
 
     /// The pool's in-flight bound: `FORWARDER_MAX_IN_FLIGHT`, or with

@@ -11,10 +11,14 @@
 //! ([`crate::retry::retry_batch`]) is unchanged above it: each retry is one more
 //! submission.
 //!
-//! A call goes as soon as it is full (its most entries, 10 for SQS, or the next entry
-//! would pass the byte budget), or once its oldest entry has waited the window. A full
-//! call never waits: a caller with a call's worth makes the call itself, past whatever
-//! waits, so at full load nothing is spawned and nothing waits behind a short batch.
+//! A call goes as soon as it is full, or once its oldest entry has waited the window.
+//! Full is by count (its most entries, 10 for SQS) or by bytes ([`full_by_bytes`]: the
+//! next entry would pass the byte budget, or the room left would not take another entry
+//! of the size of those in it: two events of 600 KB, or five of 200 KB, fill a 1 MiB
+//! call). A full call never waits: a caller with a call's worth makes the call itself,
+//! past whatever waits, so at full load nothing is spawned and nothing waits behind a
+//! short batch. Only a partial call waits for the window: a call full by bytes that
+//! waited would hold large events to one call per window.
 //! Other calls run on their own tasks, so a caller that stops waiting (a Lambda
 //! deadline, a shutdown) never strands the entries of others. Once the window is
 //! [closed](BatchWindow::close) (shutdown), what is buffered goes at once and later
@@ -281,9 +285,9 @@ impl<T: Entry, E: Classified + Clone + Send + 'static> Window<T, E> {
         if entries.is_empty() {
             return Ok(empty());
         }
-        if !self.setting.is_open() || entries.len() >= self.max_entries {
-            // No window (or closed), or a full call (full load): the call itself, from
-            // here, as without a window. What waits keeps waiting for other partial
+        if !self.setting.is_open() || self.is_full(&entries) {
+            // No window (or closed), or a full call (full load, or large entries): the
+            // call itself, from here, as without a window. What waits keeps waiting for other partial
             // submissions (or its due time): were a full one mixed in with it, a call's
             // worth would wait behind every later full one, each then split over two
             // calls on spawned tasks, for as long as the load lasts.
@@ -331,6 +335,17 @@ impl<T: Entry, E: Classified + Clone + Send + 'static> Window<T, E> {
         Ok(answered.await.unwrap_or_else(|_| empty()))
     }
 
+    /// Whether `entries` are a whole call by themselves: by count, or by bytes within
+    /// the budget.
+    fn is_full(&self, entries: &[T]) -> bool {
+        if entries.len() >= self.max_entries {
+            return true;
+        }
+        let bytes: usize = entries.iter().map(Entry::size).sum();
+        let max_bytes = self.max_bytes.get();
+        bytes <= max_bytes && full_by_bytes(entries.len(), bytes, max_bytes)
+    }
+
     /// Watches the oldest entry: once it is due (or the window closes), its call goes;
     /// ends when nothing waits.
     fn spawn_timer(&self) {
@@ -368,7 +383,8 @@ impl<T: Entry, E: Classified + Clone + Send + 'static> Window<T, E> {
 }
 
 /// A call's worth from the front, if the front is full already: `max_entries`
-/// entries, or as many as fit when the next would pass `max_bytes`.
+/// entries, as many as fit when the next would pass `max_bytes`, or entries that leave
+/// no room for another of their size ([`full_by_bytes`]).
 fn take_full<T, E>(
     p: &mut Pending<T, E>,
     max_entries: usize,
@@ -383,7 +399,18 @@ fn take_full<T, E>(
         n += 1;
         bytes += q.size;
     }
-    (n == max_entries).then(|| take(p, max_entries, max_bytes))
+    (n == max_entries || full_by_bytes(n, bytes, max_bytes))
+        .then(|| take(p, max_entries, max_bytes))
+}
+
+/// Whether a call of `n` entries and `bytes` payload bytes is full by bytes: the room
+/// the budget leaves would not take one more entry of their average size. Waiting for
+/// a smaller one would rarely pay: SQS bills every 64 KiB of a payload as a request of
+/// its own, so a call of large entries costs about the same however they are grouped,
+/// while each call that waits holds its events for a window. Entries without a size
+/// (deletes, visibility changes) are never full by bytes.
+pub fn full_by_bytes(n: usize, bytes: usize, max_bytes: usize) -> bool {
+    n > 0 && bytes > 0 && max_bytes.saturating_sub(bytes) < bytes.div_ceil(n)
 }
 
 /// The front entries that fit one call (at least one).
@@ -532,7 +559,7 @@ mod tests {
         )
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn callers_share_calls_within_the_window_and_each_gets_its_own_answers() {
         let (w, calls) = window(Duration::from_millis(100), usize::MAX);
         let started = Instant::now();
@@ -556,7 +583,7 @@ mod tests {
         assert_eq!(c.failed, [("0".to_string(), "refused".to_string())]);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_full_call_never_waits() {
         let (w, calls) = window(Duration::from_secs(60), usize::MAX);
         let full = tokio::time::timeout(Duration::from_secs(5), w.submit(entries("a", 10, 1)))
@@ -577,7 +604,7 @@ mod tests {
         assert!(calls.iter().all(|c| c.len() <= 10), "{calls:?}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_full_call_goes_at_once_past_a_short_one_that_waits() {
         let (w, calls) = window(Duration::from_secs(60), usize::MAX);
         let w = Arc::new(w);
@@ -612,7 +639,7 @@ mod tests {
         assert_eq!(calls.iter().map(Vec::len).sum::<usize>(), 31);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_byte_budget_closes_a_call() {
         let (w, calls) = window(Duration::from_millis(50), 100);
         let (a, b) = tokio::join!(w.submit(entries("a", 2, 40)), w.submit(entries("b", 2, 40)));
@@ -623,7 +650,103 @@ mod tests {
         assert_eq!(calls[0].len(), 2);
     }
 
-    #[tokio::test]
+    /// On tokio's paused clock: a call that goes at once takes no time at all, one that
+    /// waits takes the window exactly.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_full_by_bytes_goes_at_once_one_caller_after_the_other() {
+        // A 1 MiB budget and events of 900 KB: each is a call by itself. Sent one after
+        // the other (as a sender sends a batch planned into calls), none waits the
+        // window: thirty take no time, not thirty windows.
+        let (w, calls) = window(Duration::from_secs(1), 1 << 20);
+        let started = Instant::now();
+        for _ in 0..30 {
+            let reply = w.submit(entries("a", 1, 900_000)).await.unwrap();
+            assert_eq!(reply.successful, ["0"]);
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO, "no call waited");
+        assert_eq!(calls.lock().unwrap().len(), 30);
+        // Five of 200 KB fill a call (a sixth would not fit); so do two of 500 KB.
+        let started = Instant::now();
+        assert_eq!(
+            w.submit(entries("b", 5, 200_000))
+                .await
+                .unwrap()
+                .successful
+                .len(),
+            5
+        );
+        assert_eq!(
+            w.submit(entries("c", 2, 500_000))
+                .await
+                .unwrap()
+                .successful
+                .len(),
+            2
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO, "no call waited");
+        // Four of 200 KB leave room for a fifth: that call waits the window.
+        let started = Instant::now();
+        w.submit(entries("d", 4, 200_000)).await.unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(1) && waited < Duration::from_millis(1010),
+            "a partial call waits the window: {waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_full_by_bytes_goes_from_whichever_caller_fills_it() {
+        // Three callers of 300 KB against a 1 MiB budget: the first two wait (room for
+        // more), the third fills the call, which goes at once with all three.
+        let (w, calls) = window(Duration::from_secs(1), 1 << 20);
+        let w = Arc::new(w);
+        let started = Instant::now();
+        let mut waiting = Vec::new();
+        for owner in ["a", "b"] {
+            let w = w.clone();
+            waiting.push(tokio::spawn(async move {
+                w.submit(entries(owner, 1, 300_000)).await
+            }));
+            tokio::task::yield_now().await;
+        }
+        assert!(calls.lock().unwrap().is_empty(), "room for more: they wait");
+        let third = w.submit(entries("c", 1, 300_000)).await.unwrap();
+        assert_eq!(third.successful.len(), 1);
+        for w in waiting {
+            assert_eq!(w.await.unwrap().unwrap().successful.len(), 1);
+        }
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "the full call went at once"
+        );
+        assert_eq!(*calls.lock().unwrap(), [["a", "b", "c"]]);
+    }
+
+    #[test]
+    fn full_by_bytes_is_no_room_for_another_entry_of_their_size() {
+        let mib = 1 << 20;
+        assert!(full_by_bytes(1, 900_000, mib));
+        assert!(full_by_bytes(2, 1_000_000, mib));
+        assert!(
+            !full_by_bytes(2, 600_000, mib),
+            "room for a third of 300 KB"
+        );
+        assert!(!full_by_bytes(1, 300_000, mib));
+        assert!(
+            !full_by_bytes(4, 800_000, mib),
+            "room for a fifth of 200 KB"
+        );
+        assert!(full_by_bytes(5, 1_000_000, mib));
+        assert!(
+            !full_by_bytes(9, 9 * 8_000, mib),
+            "small events fill by count"
+        );
+        assert!(!full_by_bytes(3, 0, usize::MAX), "entries without a size");
+        assert!(!full_by_bytes(0, 0, mib));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn closing_sends_what_waits_at_once() {
         let (w, calls) = window(Duration::from_secs(60), usize::MAX);
         let w = Arc::new(w);
@@ -643,7 +766,7 @@ mod tests {
         assert_eq!(reply.successful.len(), 3);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn without_a_window_each_submission_is_its_own_call() {
         let (w, calls) = window(Duration::ZERO, usize::MAX);
         let (a, b) = tokio::join!(w.submit(entries("a", 1, 1)), w.submit(entries("b", 1, 1)));
@@ -651,7 +774,7 @@ mod tests {
         assert_eq!(calls.lock().unwrap().len(), 2);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_whole_call_error_fails_each_entry_of_every_caller_in_it() {
         let count = Arc::new(AtomicUsize::new(0));
         let c = count.clone();

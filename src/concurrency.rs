@@ -24,9 +24,11 @@
 //! for load.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+// tokio's clock: a test on a paused one drives the controller too.
+use tokio::time::Instant;
 
 /// How much slower than the lowest recent average the calls may answer before the
 /// bound falls: what SQS's own jitter stays within (Netflix's `rttTolerance` is 1.5).

@@ -7,20 +7,29 @@
 //! With a batching window ([`crate::batching`]), a poller does not wait for its batch
 //! to be settled before it receives again: its batches are settled on their own tasks,
 //! so the events of many receives meet in the window and fill calls. The in-flight
-//! bound (a count and a byte budget) is then what holds the pollers back. After a
+//! bound (a count and a byte budget, both taken before the receive) is then what holds
+//! the pollers back. After a
 //! receive that came back short, a poller waits the window before the next one (the
 //! pollers in turn), so a trickle shares receives too; at full load receives come back
 //! full and nothing waits.
 //! At shutdown the window is closed (what it buffers goes at once), batches get the
 //! shutdown bound to settle, and what is still unsettled then is handed back.
+//!
+//! A received message is held from its receive to its delete; its visibility is
+//! extended on a clock that starts at the receive ([`Worker::handle_since`]), whatever
+//! it waits for (the window, a retry, a paused route). Nothing waits between the receive
+//! and that clock: the room for a batch, in events and in bytes, is taken before the
+//! receive asks for it ([`Worker::admit_bytes`]).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+// tokio's clock, so tests of the timing logic run on a paused one.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::aws::AwsError;
@@ -40,6 +49,10 @@ pub const VISIBILITY_REFRESH: Duration = Duration::from_secs(60);
 /// An empty receive is followed by at least this much waiting in all: a short poll
 /// (wait 0) pauses the rest, so an empty queue is not polled in a busy loop.
 const SHORT_POLL_PAUSE: Duration = Duration::from_secs(1);
+
+/// What a source message may weigh when its queue does not say: SQS's largest message
+/// (1 MiB since 2025).
+pub const SQS_MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// How long a stopping poller may take to hand a received batch back.
 const RETURN_BOUND: Duration = Duration::from_secs(5);
@@ -112,12 +125,18 @@ pub struct Worker {
     /// under it): a receive first takes as many permits as messages it may get, and
     /// they go back once the batch is settled. `None`: workers × batch size bounds it.
     admission: Option<Arc<Adaptive>>,
-    /// Room for body bytes held at once (`FORWARDER_MAX_IN_FLIGHT_BYTES`), taken once a
-    /// batch is received (its size is known only then) and given back when it is
-    /// settled; a receive waits while the budget is spent. `None`: no byte bound.
+    /// Room for body bytes held at once (`FORWARDER_MAX_IN_FLIGHT_BYTES`), taken before
+    /// a receive at the largest size each message may have, the rest given back once
+    /// the batch is in (its size known), and the remainder when it is settled. A
+    /// receive waits while there is not room for one message; received messages never
+    /// wait for it. `None`: no byte bound.
     bytes: Option<Arc<Semaphore>>,
     /// The byte budget itself.
     max_bytes: usize,
+    /// The largest message the source holds (its `MaximumMessageSize`, read with its
+    /// visibility timeout; [`SQS_MAX_MESSAGE_BYTES`] until known): what a message is
+    /// counted at before it is received.
+    source_max_message: AtomicUsize,
     /// Cancelled once the shutdown bound has passed: every batch still in work stops
     /// and hands its messages back to the source queue at once.
     abandon: CancellationToken,
@@ -146,6 +165,7 @@ impl Worker {
             admission: None,
             bytes: None,
             max_bytes: usize::MAX,
+            source_max_message: AtomicUsize::new(SQS_MAX_MESSAGE_BYTES),
             abandon: CancellationToken::new(),
             pacer: tokio::sync::Mutex::new(()),
             metrics,
@@ -160,13 +180,74 @@ impl Worker {
         self
     }
 
-    /// Room for a received batch's bodies under the byte budget; waits while it is
-    /// spent. A batch larger than the whole budget takes all of it.
-    pub async fn admit_bytes(&self, messages: &[SourceMessage]) -> Option<OwnedSemaphorePermit> {
-        let budget = self.bytes.as_ref()?;
+    /// The same worker, counting each message not yet received at `bytes` (the source
+    /// queue's `MaximumMessageSize`; `None`: it did not say, SQS's largest).
+    pub fn with_source_max_message(self, bytes: Option<usize>) -> Self {
+        self.follow_source_max_message(bytes);
+        self
+    }
+
+    fn follow_source_max_message(&self, bytes: Option<usize>) {
+        let bytes = bytes.unwrap_or(SQS_MAX_MESSAGE_BYTES).max(1);
+        let old = self.source_max_message.swap(bytes, Ordering::Relaxed);
+        if old != bytes {
+            tracing::debug!(
+                old_bytes = old,
+                new_bytes = bytes,
+                "the source queue's message size limit"
+            );
+        }
+    }
+
+    /// Room under the byte budget for a receive of up to `max` messages, each counted at
+    /// the largest size the source holds (a message larger than the whole budget at the
+    /// budget): how many the receive may ask for (at least one) and the permits that
+    /// hold the room. Waits while there is not room for one; takes room for more only
+    /// where it is free now. Without a budget, `max` and no permits.
+    pub async fn admit_bytes(&self, max: usize) -> (usize, Option<OwnedSemaphorePermit>) {
+        let Some(budget) = &self.bytes else {
+            return (max, None);
+        };
+        let each = self
+            .source_max_message
+            .load(Ordering::Relaxed)
+            .clamp(1, self.max_bytes);
+        // Within the semaphore's range: the budget was clamped to it.
+        let each = u32::try_from(each).unwrap_or(u32::MAX);
+        let Ok(mut held) = budget.clone().acquire_many_owned(each).await else {
+            // Closed: never done; fall back to no bound rather than stop.
+            return (max, None);
+        };
+        let mut n = 1;
+        while n < max {
+            match budget.clone().try_acquire_many_owned(each) {
+                Ok(more) => {
+                    held.merge(more);
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        (n, Some(held))
+    }
+
+    /// Gives back the room a received batch does not use: it keeps its bodies' bytes
+    /// (at least one) until it is settled; an empty receive keeps nothing.
+    pub fn keep_bytes(
+        &self,
+        room: Option<OwnedSemaphorePermit>,
+        messages: &[SourceMessage],
+    ) -> Option<OwnedSemaphorePermit> {
+        let mut room = room?;
+        if messages.is_empty() {
+            return None;
+        }
         let size: usize = messages.iter().map(|m| m.body.len()).sum();
-        let want = size.clamp(1, self.max_bytes) as u32;
-        budget.clone().acquire_many_owned(want).await.ok()
+        let keep = size.max(1);
+        if room.num_permits() > keep {
+            drop(room.split(room.num_permits() - keep));
+        }
+        Some(room)
     }
 
     /// Whether batches are settled on their own tasks (a batching window is open).
@@ -224,6 +305,7 @@ impl Worker {
         }
         match self.source.info().await {
             Ok(info) => {
+                self.follow_source_max_message(info.max_message_bytes);
                 let old = self
                     .visibility_timeout
                     .swap(info.visibility_timeout.as_secs(), Ordering::Relaxed);
@@ -247,13 +329,26 @@ impl Worker {
     /// One step: receive a batch (long poll) and settle it.
     pub async fn run_once(&self) -> Result<BatchOutcome, AwsError> {
         let (max, _room) = self.admit().await;
+        let (max, bytes) = self.admit_bytes(max).await;
         let messages = self.source.receive_at_most(max).await?;
-        Ok(self.handle(messages).await)
+        let received_at = Instant::now();
+        let _bytes = self.keep_bytes(bytes, &messages);
+        Ok(self.handle_since(messages, received_at).await)
     }
 
-    /// Settles a received batch: forward, then delete what was forwarded. While this
-    /// takes longer than half the visibility timeout, the batch's visibility is extended.
+    /// Settles a batch received just now: see [`Worker::handle_since`].
     pub async fn handle(&self, messages: Vec<SourceMessage>) -> BatchOutcome {
+        self.handle_since(messages, Instant::now()).await
+    }
+
+    /// Settles a batch received at `received_at`: forward, then delete what was
+    /// forwarded. Every half visibility timeout from the receive until it is settled,
+    /// the batch's visibility is extended.
+    pub async fn handle_since(
+        &self,
+        messages: Vec<SourceMessage>,
+        received_at: Instant,
+    ) -> BatchOutcome {
         if messages.is_empty() {
             return BatchOutcome::default();
         }
@@ -268,7 +363,7 @@ impl Worker {
         let work = self.settle(&messages);
         let outcome = tokio::select! {
             outcome = work => outcome,
-            never = self.keep_invisible(&messages) => match never {},
+            never = self.keep_invisible(&messages, received_at) => match never {},
             _ = self.abandon.cancelled() => self.hand_back(&messages).await,
         };
 
@@ -347,13 +442,20 @@ impl Worker {
         outcome
     }
 
-    /// Extends the batch's visibility every half visibility timeout; never returns.
-    /// Each extension retries failed entries within the half that remains.
-    async fn keep_invisible(&self, messages: &[SourceMessage]) -> std::convert::Infallible {
+    /// Extends the batch's visibility every half visibility timeout, counted from its
+    /// receive (`since`); never returns. Each extension retries failed entries within
+    /// the half that remains.
+    async fn keep_invisible(
+        &self,
+        messages: &[SourceMessage],
+        since: Instant,
+    ) -> std::convert::Infallible {
+        let mut last = since;
         loop {
             let timeout = self.visibility_timeout();
             let half = (timeout / 2).max(Duration::from_millis(500));
-            tokio::time::sleep(half).await;
+            tokio::time::sleep_until(last + half).await;
+            last = Instant::now();
             tracing::debug!(
                 messages = messages.len(),
                 "batch still in work; extending visibility"
@@ -515,6 +617,8 @@ async fn poll(mut poller: Poller) -> BatchOutcome {
 struct Admitted {
     /// The messages.
     messages: Vec<SourceMessage>,
+    /// When they were received: their visibility timeout runs from then.
+    received_at: Instant,
     /// How many the receive asked for: fewer came back, the queue is about drained.
     asked: usize,
     /// The permits; `None` without a bound.
@@ -582,6 +686,10 @@ impl Poller {
             admitted = self.worker.admit() => admitted,
             _ = self.stop.cancelled() => return None,
         };
+        let (max, bytes) = tokio::select! {
+            admitted = self.worker.admit_bytes(max) => admitted,
+            _ = self.stop.cancelled() => return None,
+        };
         let receive = self.worker.source.receive_at_most(max);
         tokio::pin!(receive);
         let received = tokio::select! {
@@ -603,15 +711,13 @@ impl Poller {
             Ok(messages) => messages,
             Err(err) => return Some(Err(err)),
         };
+        let received_at = Instant::now();
         self.options.health.received();
         self.failing = None;
-        let bytes = if messages.is_empty() {
-            None
-        } else {
-            self.worker.admit_bytes(&messages).await
-        };
+        let bytes = self.worker.keep_bytes(bytes, &messages);
         Some(Ok(Admitted {
             messages,
+            received_at,
             asked: max,
             _room: room,
             _bytes: bytes,
@@ -654,11 +760,12 @@ impl Poller {
             // The room is held until the batch is settled.
             let Admitted {
                 messages,
+                received_at,
                 _room: room,
                 _bytes: bytes,
                 ..
             } = admitted;
-            let outcome = worker.handle(messages).await;
+            let outcome = worker.handle_since(messages, received_at).await;
             drop((room, bytes));
             // Messages left for a later try (failed, deferred) are hidden, not gone: the
             // source is not idle before they are back. A dead-lettered one is gone. A
@@ -848,7 +955,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_step_deletes_what_went_hides_what_was_deferred_and_keeps_the_rest() {
         let event = |n: u32, org: u64| {
             format!(r#"{{"event_id":"{n:032x}","project_id":1,"organization_id":{org}}}"#)
@@ -889,7 +996,7 @@ mod tests {
         assert_eq!(worker.run_once().await.unwrap(), BatchOutcome::default());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_in_flight_bound_limits_each_receive_and_holds_the_room_until_settled() {
         let asked = Arc::new(Mutex::new(Vec::new()));
         let a = asked.clone();
@@ -1022,7 +1129,8 @@ mod tests {
         Arc::new(
             Worker::new(source, pipeline, Duration::from_secs(30), metrics)
                 .with_in_flight(bound)
-                .with_max_in_flight_bytes(1 << 20),
+                .with_max_in_flight_bytes(8 << 20)
+                .with_source_max_message(Some(256 * 1024)),
         )
     }
 
@@ -1036,7 +1144,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn receives_of_every_poller_share_each_routes_sends_and_the_deletes() {
         // 6 full receives of 5 events, 2 or 3 to each route: without a window, 12
         // sends of 2 or 3 entries and 6 deletes of 5.
@@ -1094,7 +1202,7 @@ mod tests {
     /// time when `saturated` (each waits for the calls before it, as at a saturated
     /// queue).
     async fn average_bound(service: Duration, saturated: bool) -> f64 {
-        let free_at = Arc::new(Mutex::new(tokio::time::Instant::now()));
+        let free_at = Arc::new(Mutex::new(Instant::now()));
         let delay = move |action: &str| {
             if action == "ReceiveMessage" {
                 return Duration::ZERO;
@@ -1102,7 +1210,7 @@ mod tests {
             if !saturated {
                 return service;
             }
-            let now = tokio::time::Instant::now();
+            let now = Instant::now();
             let mut free = free_at.lock().unwrap();
             *free = (*free).max(now) + service;
             *free - now
@@ -1125,7 +1233,9 @@ mod tests {
         samples.iter().sum::<usize>() as f64 / samples.len().max(1) as f64
     }
 
-    #[tokio::test]
+    /// On tokio's paused clock: the calls take exactly their service time, whatever else
+    /// the machine does (on the real clock two busy loops beside it failed it 2 runs in 3).
+    #[tokio::test(start_paused = true)]
     async fn the_in_flight_bound_grows_while_calls_answer_as_fast_and_not_at_a_saturated_queue() {
         let fast = average_bound(Duration::from_millis(2), false).await;
         let saturated = average_bound(Duration::from_millis(2), true).await;
@@ -1139,7 +1249,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn shutdown_sends_and_deletes_what_the_window_holds_at_once() {
         let (client, calls) = busy_source(1, 3);
         // A window far longer than the test: only the shutdown can send its batch.
@@ -1187,35 +1297,274 @@ mod tests {
         assert_eq!(sent, 3);
     }
 
-    #[tokio::test]
-    async fn the_byte_budget_holds_receives_back_until_a_batch_is_settled() {
+    #[tokio::test(start_paused = true)]
+    async fn a_receive_asks_only_for_what_the_byte_room_allows_at_the_largest_size() {
         let (client, _) = busy_source(0, 0);
         let metrics = Metrics::disabled();
         let forwarder = forwarder(&client, &metrics);
-        let worker = worker(client, forwarder, metrics).with_max_in_flight_bytes(64 * 1024);
-        let big = |n: usize| SourceMessage {
+        // 3 MiB of room, a source of messages up to 1 MiB: a receive asks for 3 at most.
+        let worker = worker(client, forwarder, metrics)
+            .with_max_in_flight_bytes(3 << 20)
+            .with_source_max_message(Some(1 << 20));
+        let (n, held) = worker.admit_bytes(10).await;
+        assert_eq!(n, 3, "three messages of 1 MiB fit");
+        let waiting = tokio::time::timeout(Duration::from_secs(5), worker.admit_bytes(10)).await;
+        assert!(waiting.is_err(), "no room for one more: the receive waits");
+        // The batch came back with 2 messages of 100 KB: the rest of the room goes back.
+        let body = |n: usize| SourceMessage {
             body: "x".repeat(n),
             ..SourceMessage::default()
         };
-        // 90 KiB received: more than the whole budget, which it takes all of.
-        let held = worker
-            .admit_bytes(&[big(30 * 1024), big(30 * 1024), big(30 * 1024)])
-            .await;
-        assert!(held.is_some());
-        let waiting =
-            tokio::time::timeout(Duration::from_millis(50), worker.admit_bytes(&[big(10)])).await;
-        assert!(
-            waiting.is_err(),
-            "the next batch waits while the budget is spent"
-        );
-        drop(held);
-        let next = tokio::time::timeout(Duration::from_secs(1), worker.admit_bytes(&[big(10)]))
+        let kept = worker.keep_bytes(held, &[body(100_000), body(100_000)]);
+        assert_eq!(kept.as_ref().map(|p| p.num_permits()), Some(200_000));
+        let (n, more) = tokio::time::timeout(Duration::from_secs(5), worker.admit_bytes(10))
             .await
-            .expect("room comes back when the batch is settled");
-        assert!(next.is_some());
+            .expect("room came back once the batch was in");
+        assert_eq!(n, 2, "2 MiB and some are free: two more");
+        drop((kept, more));
+        // An empty receive keeps nothing; a message larger than the whole budget is
+        // counted at the budget, so one is always received.
+        let (_, held) = worker.admit_bytes(1).await;
+        assert!(worker.keep_bytes(held, &[]).is_none());
+        let small = worker.with_max_in_flight_bytes(64 * 1024);
+        let (n, held) = small.admit_bytes(10).await;
+        assert_eq!((n, held.map(|p| p.num_permits())), (1, Some(64 * 1024)));
     }
 
-    #[tokio::test]
+    /// The state of one message in [`holding_source`]: when it shows again (`None`:
+    /// never received), whether it is deleted, and how often it was received.
+    #[derive(Debug, Default, Clone)]
+    struct Held {
+        visible_at: Option<Instant>,
+        deleted: bool,
+        receives: usize,
+    }
+
+    /// What [`holding_source`] saw: each message's state, the body bytes received and
+    /// not yet deleted at most, and each visibility change or delete that came after
+    /// its message had shown again (a message another consumer could have had).
+    #[derive(Default)]
+    struct Holding {
+        messages: Vec<Held>,
+        outstanding: usize,
+        most_outstanding: usize,
+        late: Vec<String>,
+        sent: Vec<String>,
+    }
+
+    /// A source queue in-process as SQS keeps visibility: `count` events of `size`
+    /// bytes each, a receive hides what it hands out for `visibility`, a message that
+    /// shows again is handed out again; the destination answers each send `send_delay`
+    /// late.
+    fn holding_source(
+        count: usize,
+        size: usize,
+        visibility: Duration,
+        send_delay: Duration,
+    ) -> (aws_sdk_sqs::Client, Arc<Mutex<Holding>>) {
+        let state = Arc::new(Mutex::new(Holding {
+            messages: vec![Held::default(); count],
+            ..Holding::default()
+        }));
+        let seen = state.clone();
+        let body = move |n: usize| {
+            let head =
+                format!(r#"{{"event_id":"{n:032x}","project_id":1,"organization_id":1,"pad":""#);
+            format!(
+                "{head}{}\"}}",
+                "x".repeat(size.saturating_sub(head.len() + 2))
+            )
+        };
+        let answer = move |req: fake::FakeRequest| {
+            let now = Instant::now();
+            let v: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+            let entries = v["Entries"].as_array().cloned().unwrap_or_default();
+            let mut s = seen.lock().unwrap();
+            let handle = |e: &serde_json::Value| -> usize {
+                e["ReceiptHandle"]
+                    .as_str()
+                    .and_then(|h| h.parse().ok())
+                    .unwrap_or(usize::MAX)
+            };
+            let ids: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| serde_json::json!({"Id": e["Id"], "MessageId": "d", "MD5OfMessageBody": "0"}))
+                .collect();
+            let ok = serde_json::json!({"Successful": ids, "Failed": []}).to_string();
+            match req.action.as_str() {
+                "ReceiveMessage" => {
+                    let max = v["MaxNumberOfMessages"].as_u64().unwrap_or(1) as usize;
+                    let mut out = Vec::new();
+                    for n in 0..count {
+                        if out.len() == max {
+                            break;
+                        }
+                        let m = &mut s.messages[n];
+                        if m.deleted || m.visible_at.is_some_and(|at| at > now) {
+                            continue;
+                        }
+                        m.visible_at = Some(now + visibility);
+                        m.receives += 1;
+                        out.push(serde_json::json!({
+                            "MessageId": format!("m{n}"), "ReceiptHandle": n.to_string(),
+                            "Body": body(n), "MD5OfBody": "0",
+                            "Attributes": {"ApproximateReceiveCount": "1"}
+                        }));
+                    }
+                    s.outstanding += out.len() * size;
+                    s.most_outstanding = s.most_outstanding.max(s.outstanding);
+                    fake::ok(serde_json::json!({ "Messages": out }).to_string())
+                }
+                "ChangeMessageVisibilityBatch" | "DeleteMessageBatch" => {
+                    for e in &entries {
+                        let n = handle(e);
+                        let Some(m) = s.messages.get(n).cloned() else {
+                            continue;
+                        };
+                        if m.visible_at.is_none_or(|at| at <= now) {
+                            s.late
+                                .push(format!("{} of m{n} at {:?}", req.action, now.elapsed()));
+                        }
+                        if req.action == "DeleteMessageBatch" {
+                            s.messages[n].deleted = true;
+                            s.outstanding -= size;
+                        } else {
+                            let secs = e["VisibilityTimeout"].as_u64().unwrap_or(0);
+                            s.messages[n].visible_at = Some(now + Duration::from_secs(secs));
+                        }
+                    }
+                    fake::ok(ok)
+                }
+                "SendMessageBatch" => {
+                    for e in &entries {
+                        let body: serde_json::Value =
+                            serde_json::from_str(e["MessageBody"].as_str().unwrap_or_default())
+                                .unwrap_or_default();
+                        s.sent
+                            .push(body["event_id"].as_str().unwrap_or_default().into());
+                    }
+                    fake::ok(ok)
+                }
+                other => fake::error(400, &format!("Unexpected{other}")),
+            }
+        };
+        let delay = move |action: &str| {
+            if action == "SendMessageBatch" {
+                send_delay
+            } else {
+                Duration::ZERO
+            }
+        };
+        (
+            fake::sqs_client_on(fake::delayed_client_fn(delay, answer)),
+            state,
+        )
+    }
+
+    /// The issue's case on a clock the test drives: a destination whose every send takes
+    /// 5 s, a source visibility timeout of 8 s, 60 events of 500 KB, 8 pollers, 8 MiB of
+    /// room. Every message stays hidden from its receive to its delete (no extension or
+    /// delete comes after it showed again), so each event goes once; the body bytes held
+    /// never pass the budget.
+    #[tokio::test(start_paused = true)]
+    async fn large_events_at_a_slow_destination_stay_hidden_from_receive_to_delete() {
+        let size = 500_000;
+        let visibility = Duration::from_secs(8);
+        let (client, state) = holding_source(60, size, visibility, Duration::from_secs(5));
+        let metrics = Metrics::disabled();
+        let window = crate::batching::BatchWindow::new(Duration::from_secs(1));
+        let forwarder = Forwarder::new(
+            client.clone(),
+            "https://sqs.fake/0/dest",
+            1 << 20,
+            fast(),
+            metrics.clone(),
+        )
+        .with_window(&window);
+        let pipeline = Pipeline::new(Router::single(forwarder), None, metrics.clone());
+        let source = SqsSource::new(
+            client,
+            "https://sqs.fake/0/src",
+            10,
+            Duration::ZERO,
+            fast(),
+            metrics.clone(),
+        )
+        .with_window(&window);
+        let budget = 8 << 20;
+        let worker = Arc::new(
+            Worker::new(source, pipeline, visibility, metrics)
+                .with_max_in_flight(400)
+                .with_max_in_flight_bytes(budget)
+                .with_source_max_message(Some(1 << 20)),
+        );
+        let summary = tokio::time::timeout(
+            Duration::from_secs(600),
+            run(
+                worker,
+                pool(8, Duration::from_secs(30)),
+                std::future::pending(),
+            ),
+        )
+        .await
+        .expect("the pool ends once the source is idle");
+        let s = state.lock().unwrap();
+        assert!(
+            s.late.is_empty(),
+            "held past their visibility: {:?}",
+            s.late
+        );
+        let redelivered: Vec<usize> = (0..60).filter(|&n| s.messages[n].receives != 1).collect();
+        assert!(redelivered.is_empty(), "received again: {redelivered:?}");
+        let mut sent = s.sent.clone();
+        sent.sort();
+        sent.dedup();
+        assert_eq!((s.sent.len(), sent.len()), (60, 60), "each event sent once");
+        assert_eq!(summary.totals.deleted, 60, "{summary:?}");
+        assert!(
+            s.most_outstanding <= budget,
+            "{} bytes held against a budget of {budget}",
+            s.most_outstanding
+        );
+    }
+
+    /// A batch that waited before its handling began (here 6 s of a 10 s visibility
+    /// timeout) is extended on the clock of its receive: at 5 s from it, at once, not
+    /// 5 s into its handling.
+    #[tokio::test(start_paused = true)]
+    async fn visibility_is_extended_on_the_clock_of_the_receive() {
+        let (client, state) =
+            holding_source(3, 1_000, Duration::from_secs(10), Duration::from_secs(20));
+        let metrics = Metrics::disabled();
+        let forwarder = forwarder(&client, &metrics);
+        let worker = Worker::new(
+            SqsSource::new(
+                client,
+                "https://sqs.fake/0/src",
+                10,
+                Duration::ZERO,
+                fast(),
+                metrics.clone(),
+            ),
+            Pipeline::new(Router::single(forwarder), None, metrics.clone()),
+            Duration::from_secs(10),
+            metrics,
+        );
+        let messages = worker.source().receive().await.unwrap();
+        let received_at = Instant::now();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let outcome = worker.handle_since(messages, received_at).await;
+        assert_eq!(outcome.deleted, 3, "{outcome:?}");
+        let s = state.lock().unwrap();
+        assert!(
+            s.late.is_empty(),
+            "held past their visibility: {:?}",
+            s.late
+        );
+        assert!(s.messages.iter().all(|m| m.receives == 1));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn what_is_unsettled_at_the_shutdown_bound_is_handed_back() {
         let hidden = Arc::new(Mutex::new(Vec::new()));
         let h = hidden.clone();
@@ -1324,7 +1673,7 @@ mod tests {
         (Arc::new(worker(client, forwarder, metrics)), receives)
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_stop_cancels_the_long_poll_in_progress() {
         let (worker, receives) = long_polling(Duration::from_secs(20));
         let started = Instant::now();
@@ -1354,7 +1703,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_idle_pool_exits_on_time_whatever_the_long_poll() {
         let (worker, _) = long_polling(Duration::from_secs(20));
         let started = Instant::now();
