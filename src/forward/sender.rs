@@ -267,8 +267,9 @@ impl SqsSender {
             .map_err(|e| AwsError::from_sdk(Operation::GetAttributes, e))
     }
 
-    /// Sends messages; one outcome per message, in order. Calls go one after the
-    /// other; each takes the messages whose predecessor is accepted (see the module).
+    /// Sends messages; one outcome per message, in order. Each round takes the messages
+    /// whose predecessor is accepted (see the module): its first call goes alone, the
+    /// rest of its calls together.
     pub async fn send(&self, messages: &[Outgoing<'_>]) -> Vec<SendOutcome> {
         let sizes: Vec<usize> = messages.iter().map(Outgoing::size).collect();
         let mut outcomes: Vec<Option<SendOutcome>> = vec![None; messages.len()];
@@ -308,30 +309,60 @@ impl SqsSender {
                     ),
                 }));
             }
-            for batch in plan.batches {
-                let indices: Vec<usize> = batch.into_iter().map(|k| ready[k]).collect();
-                let sent = self.send_batch(messages, &indices).await;
-                let unusable = sent
-                    .iter()
-                    .any(|d| matches!(d, Err(e) if e.class.is_route_level()));
-                for (&i, delivery) in indices.iter().zip(sent) {
-                    outcomes[i] = Some(match delivery {
-                        Ok(()) => SendOutcome::Accepted,
-                        Err(err) => SendOutcome::Failed(err),
-                    });
+            // The first call alone: a queue found unusable stops the round there. Then
+            // the rest at once: each call of large events is full by bytes and goes at
+            // once, so a batch of 500 KB events is as slow as one call, not five.
+            let calls: Vec<Vec<usize>> = plan
+                .batches
+                .into_iter()
+                .map(|batch| batch.into_iter().map(|k| ready[k]).collect())
+                .collect();
+            let Some((first, rest)) = calls.split_first() else {
+                continue;
+            };
+            let mut unusable =
+                self.record(&mut outcomes, first, self.send_batch(messages, first).await);
+            if !unusable && !rest.is_empty() {
+                let sent = futures_util::future::join_all(
+                    rest.iter()
+                        .map(|indices| self.send_batch(messages, indices)),
+                )
+                .await;
+                for (indices, sent) in rest.iter().zip(sent) {
+                    unusable |= self.record(&mut outcomes, indices, sent);
                 }
-                if unusable {
-                    return outcomes
-                        .into_iter()
-                        .map(|o| o.unwrap_or(SendOutcome::NotSent))
-                        .collect();
-                }
+            }
+            if unusable {
+                return outcomes
+                    .into_iter()
+                    .map(|o| o.unwrap_or(SendOutcome::NotSent))
+                    .collect();
             }
         }
         outcomes
             .into_iter()
             .map(|o| o.unwrap_or(SendOutcome::HeldBack))
             .collect()
+    }
+
+    /// Records one call's deliveries as the outcomes of the messages at `indices`;
+    /// whether one found the queue unusable.
+    fn record(
+        &self,
+        outcomes: &mut [Option<SendOutcome>],
+        indices: &[usize],
+        sent: Vec<Delivery>,
+    ) -> bool {
+        let unusable = sent
+            .iter()
+            .any(|d| matches!(d, Err(e) if e.class.is_route_level()));
+        for (&i, delivery) in indices.iter().zip(sent) {
+            outcomes[i] = Some(match delivery {
+                Ok(()) => SendOutcome::Accepted,
+                Err(err) => SendOutcome::Failed(err),
+            });
+        }
+        unusable
     }
 
     /// One batch of at most ten messages, retried entry by entry.

@@ -121,6 +121,10 @@ pub struct Worker {
     visibility_read_at: Mutex<Instant>,
     /// Events in flight over the whole pool, for the `in_flight` gauge.
     in_flight: Arc<AtomicU64>,
+    /// Pollers waiting for room (in events or bytes) to receive: a pool whose pollers
+    /// wait for a batch to settle is not idle, even in the instant between that batch's
+    /// end and their receive.
+    waiting_for_room: AtomicU64,
     /// Room for events held at once (`FORWARDER_MAX_IN_FLIGHT`, or the adaptive bound
     /// under it): a receive first takes as many permits as messages it may get, and
     /// they go back once the batch is settled. `None`: workers × batch size bounds it.
@@ -162,6 +166,7 @@ impl Worker {
             visibility_timeout: AtomicU64::new(visibility_timeout.as_secs()),
             visibility_read_at: Mutex::new(Instant::now()),
             in_flight: Arc::new(AtomicU64::new(0)),
+            waiting_for_room: AtomicU64::new(0),
             admission: None,
             bytes: None,
             max_bytes: usize::MAX,
@@ -203,7 +208,8 @@ impl Worker {
     /// the largest size the source holds (a message larger than the whole budget at the
     /// budget): how many the receive may ask for (at least one) and the permits that
     /// hold the room. Waits while there is not room for one; takes room for more only
-    /// where it is free now. Without a budget, `max` and no permits.
+    /// where it is free now, so a batch of large events held does not keep the next
+    /// receive waiting for a whole batch's room. Without a budget, `max` and no permits.
     pub async fn admit_bytes(&self, max: usize) -> (usize, Option<OwnedSemaphorePermit>) {
         let Some(budget) = &self.bytes else {
             return (max, None);
@@ -582,7 +588,8 @@ async fn idle_for(
             .lock()
             .map(|t| Instant::now().saturating_duration_since(*t))
             .unwrap_or_default();
-        let busy = worker.in_flight.load(Ordering::SeqCst) > 0;
+        let busy = worker.in_flight.load(Ordering::SeqCst) > 0
+            || worker.waiting_for_room.load(Ordering::SeqCst) > 0;
         if idle >= limit && !busy {
             return idle;
         }
@@ -610,6 +617,22 @@ async fn poll(mut poller: Poller) -> BatchOutcome {
         poller.collect(joined);
     }
     poller.totals
+}
+
+/// A poller counted as waiting for room while this lives.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn on(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A received batch and the room it holds under `FORWARDER_MAX_IN_FLIGHT`, given back
@@ -682,13 +705,16 @@ impl Poller {
     /// stop gets [`Poller::grace`] to end, and what it got is handed back at once; one
     /// still open after it is dropped.
     async fn receive(&mut self) -> Option<Result<Admitted, AwsError>> {
-        let (max, room) = tokio::select! {
-            admitted = self.worker.admit() => admitted,
-            _ = self.stop.cancelled() => return None,
-        };
-        let (max, bytes) = tokio::select! {
-            admitted = self.worker.admit_bytes(max) => admitted,
-            _ = self.stop.cancelled() => return None,
+        let ((max, room), bytes) = {
+            let _waiting = Waiting::on(&self.worker.waiting_for_room);
+            let (max, room) = tokio::select! {
+                admitted = self.worker.admit() => admitted,
+                _ = self.stop.cancelled() => return None,
+            };
+            tokio::select! {
+                admitted = self.worker.admit_bytes(max) => ((admitted.0, room), admitted.1),
+                _ = self.stop.cancelled() => return None,
+            }
         };
         let receive = self.worker.source.receive_at_most(max);
         tokio::pin!(receive);
@@ -1309,7 +1335,7 @@ mod tests {
         let (n, held) = worker.admit_bytes(10).await;
         assert_eq!(n, 3, "three messages of 1 MiB fit");
         let waiting = tokio::time::timeout(Duration::from_secs(5), worker.admit_bytes(10)).await;
-        assert!(waiting.is_err(), "no room for one more: the receive waits");
+        assert!(waiting.is_err(), "no room for a receive: it waits");
         // The batch came back with 2 messages of 100 KB: the rest of the room goes back.
         let body = |n: usize| SourceMessage {
             body: "x".repeat(n),

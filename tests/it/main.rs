@@ -23,6 +23,7 @@ mod http_pool;
 mod indexer;
 mod isolation;
 mod lambda;
+mod large_events;
 mod metrics_backends;
 mod offload;
 mod otlp;
