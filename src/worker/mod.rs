@@ -121,10 +121,12 @@ pub struct Worker {
     visibility_read_at: Mutex<Instant>,
     /// Events in flight over the whole pool, for the `in_flight` gauge.
     in_flight: Arc<AtomicU64>,
-    /// Pollers waiting for room (in events or bytes) to receive: a pool whose pollers
-    /// wait for a batch to settle is not idle, even in the instant between that batch's
-    /// end and their receive.
+    /// Pollers waiting for room (in events or bytes) to receive.
     waiting_for_room: AtomicU64,
+    /// When a batch last settled while pollers waited for its room: an idle run counts
+    /// from then too, so the instant between that batch's end and their receive is not
+    /// taken for an idle source.
+    freed_for_waiting: Mutex<Instant>,
     /// Room for events held at once (`FORWARDER_MAX_IN_FLIGHT`, or the adaptive bound
     /// under it): a receive first takes as many permits as messages it may get, and
     /// they go back once the batch is settled. `None`: workers × batch size bounds it.
@@ -167,6 +169,7 @@ impl Worker {
             visibility_read_at: Mutex::new(Instant::now()),
             in_flight: Arc::new(AtomicU64::new(0)),
             waiting_for_room: AtomicU64::new(0),
+            freed_for_waiting: Mutex::new(Instant::now()),
             admission: None,
             bytes: None,
             max_bytes: usize::MAX,
@@ -373,6 +376,11 @@ impl Worker {
             _ = self.abandon.cancelled() => self.hand_back(&messages).await,
         };
 
+        if self.waiting_for_room.load(Ordering::SeqCst) > 0 {
+            if let Ok(mut freed) = self.freed_for_waiting.lock() {
+                *freed = Instant::now();
+            }
+        }
         let now = self
             .in_flight
             .fetch_sub(n, Ordering::SeqCst)
@@ -584,12 +592,12 @@ async fn idle_for(
     // While batches are in work, look again this often.
     const BUSY_RECHECK: Duration = Duration::from_millis(200);
     loop {
+        let freed = worker.freed_for_waiting.lock().map(|t| *t).ok();
         let idle = last_activity
             .lock()
-            .map(|t| Instant::now().saturating_duration_since(*t))
+            .map(|t| Instant::now().saturating_duration_since((*t).max(freed.unwrap_or(*t))))
             .unwrap_or_default();
-        let busy = worker.in_flight.load(Ordering::SeqCst) > 0
-            || worker.waiting_for_room.load(Ordering::SeqCst) > 0;
+        let busy = worker.in_flight.load(Ordering::SeqCst) > 0;
         if idle >= limit && !busy {
             return idle;
         }
@@ -1488,8 +1496,9 @@ mod tests {
     }
 
     /// The case on a clock the test drives: a destination whose every send takes
-    /// 5 s, a source visibility timeout of 8 s, 60 events of 500 KB, 8 pollers, 8 MiB of
-    /// room. Every message stays hidden from its receive to its delete (no extension or
+    /// 5 s, a source visibility timeout of 8 s, 60 events of 500 KB, 8 MiB of room and
+    /// 16 pollers (more than the 8 receives of 1 MiB that room lets be made at once: they
+    /// wait for room, and the idle exit still comes). Every message stays hidden from its receive to its delete (no extension or
     /// delete comes after it showed again), so each event goes once; the body bytes held
     /// never pass the budget.
     #[tokio::test(start_paused = true)]
@@ -1528,7 +1537,7 @@ mod tests {
             Duration::from_secs(600),
             run(
                 worker,
-                pool(8, Duration::from_secs(30)),
+                pool(16, Duration::from_secs(30)),
                 std::future::pending(),
             ),
         )
