@@ -341,22 +341,26 @@ impl Worker {
         let (max, bytes) = self.admit_bytes(max).await;
         let messages = self.source.receive_at_most(max).await?;
         let received_at = Instant::now();
-        let _bytes = self.keep_bytes(bytes, &messages);
-        Ok(self.handle_since(messages, received_at).await)
+        let bytes = self.keep_bytes(bytes, &messages);
+        Ok(self.handle_since(messages, received_at, bytes).await)
     }
 
     /// Settles a batch received just now: see [`Worker::handle_since`].
     pub async fn handle(&self, messages: Vec<SourceMessage>) -> BatchOutcome {
-        self.handle_since(messages, Instant::now()).await
+        self.handle_since(messages, Instant::now(), None).await
     }
 
     /// Settles a batch received at `received_at`: forward, then delete what was
     /// forwarded. Every half visibility timeout from the receive until it is settled,
-    /// the batch's visibility is extended.
+    /// the batch's visibility is extended. `bytes`, the batch's room under the byte
+    /// budget, goes back with the bodies once its events are forwarded, before the
+    /// delete (which may wait for its window): the budget bounds what is held, not how
+    /// long a delete takes.
     pub async fn handle_since(
         &self,
         messages: Vec<SourceMessage>,
         received_at: Instant,
+        bytes: Option<OwnedSemaphorePermit>,
     ) -> BatchOutcome {
         if messages.is_empty() {
             return BatchOutcome::default();
@@ -369,11 +373,20 @@ impl Worker {
                 .gauge(Gauge::InFlightLimit, admission.limit() as u64);
         }
 
-        let work = self.settle(&messages);
+        // What the heartbeat and a hand-back need of each message: not its body.
+        let handles: Vec<SourceMessage> = messages
+            .iter()
+            .map(|m| SourceMessage {
+                message_id: m.message_id.clone(),
+                receipt_handle: m.receipt_handle.clone(),
+                ..SourceMessage::default()
+            })
+            .collect();
+        let work = self.settle(messages, bytes);
         let outcome = tokio::select! {
             outcome = work => outcome,
-            never = self.keep_invisible(&messages, received_at) => match never {},
-            _ = self.abandon.cancelled() => self.hand_back(&messages).await,
+            never = self.keep_invisible(&handles, received_at) => match never {},
+            _ = self.abandon.cancelled() => self.hand_back(&handles).await,
         };
 
         if self.waiting_for_room.load(Ordering::SeqCst) > 0 {
@@ -406,8 +419,17 @@ impl Worker {
         }
     }
 
-    async fn settle(&self, messages: &[SourceMessage]) -> BatchOutcome {
-        let settlements = self.pipeline.process(messages).await;
+    async fn settle(
+        &self,
+        mut messages: Vec<SourceMessage>,
+        bytes: Option<OwnedSemaphorePermit>,
+    ) -> BatchOutcome {
+        let settlements = self.pipeline.process(&messages).await;
+        // Forwarded or not, the bodies are done with: their room goes back now.
+        for m in &mut messages {
+            m.body = String::new();
+        }
+        drop(bytes);
         let mut outcome = BatchOutcome {
             received: messages.len(),
             ..BatchOutcome::default()
@@ -799,8 +821,8 @@ impl Poller {
                 _bytes: bytes,
                 ..
             } = admitted;
-            let outcome = worker.handle_since(messages, received_at).await;
-            drop((room, bytes));
+            let outcome = worker.handle_since(messages, received_at, bytes).await;
+            drop(room);
             // Messages left for a later try (failed, deferred) are hidden, not gone: the
             // source is not idle before they are back. A dead-lettered one is gone. A
             // batch settled in full leaves the idle clock where its receive set it (the
@@ -1365,6 +1387,57 @@ mod tests {
         assert_eq!((n, held.map(|p| p.num_permits())), (1, Some(64 * 1024)));
     }
 
+    /// A batch's byte room goes back once its events are forwarded, not after its delete,
+    /// which waits for the window (here 60 s): the next receive need not wait for it.
+    #[tokio::test(start_paused = true)]
+    async fn the_byte_room_goes_back_before_the_delete_waits_its_window() {
+        let (client, seen) = source(vec![
+            r#"{"event_id":"00000000000000000000000000000001","project_id":1,"organization_id":1}"#
+                .into(),
+        ]);
+        let metrics = Metrics::disabled();
+        let forwarder = forwarder(&client, &metrics);
+        let window = crate::batching::BatchWindow::new(Duration::from_secs(60));
+        let source = SqsSource::new(
+            client,
+            "https://sqs.fake/0/src",
+            10,
+            Duration::ZERO,
+            fast(),
+            metrics.clone(),
+        )
+        .with_window(&window);
+        let worker = Arc::new(
+            Worker::new(
+                source,
+                Pipeline::new(Router::single(forwarder), None, metrics.clone()),
+                Duration::from_secs(300),
+                metrics,
+            )
+            .with_max_in_flight_bytes(1 << 20)
+            .with_source_max_message(Some(1 << 20)),
+        );
+        let (n, room) = worker.admit_bytes(10).await;
+        assert_eq!(n, 1, "room for one message of 1 MiB");
+        let messages = worker.source().receive_at_most(n).await.unwrap();
+        let room = worker.keep_bytes(room, &messages);
+        let handling = tokio::spawn({
+            let worker = worker.clone();
+            async move { worker.handle_since(messages, Instant::now(), room).await }
+        });
+        let (n, _next) = tokio::time::timeout(Duration::from_secs(5), worker.admit_bytes(10))
+            .await
+            .expect("the room came back once the event was forwarded");
+        assert_eq!(n, 1);
+        assert!(
+            !handling.is_finished(),
+            "the delete still waits for its window"
+        );
+        assert!(seen.deleted.lock().unwrap().is_empty());
+        window.close();
+        assert_eq!(handling.await.unwrap().deleted, 1);
+    }
+
     /// The state of one message in [`holding_source`]: when it shows again (`None`:
     /// never received), whether it is deleted, and how often it was received.
     #[derive(Debug, Default, Clone)]
@@ -1375,12 +1448,14 @@ mod tests {
     }
 
     /// What [`holding_source`] saw: each message's state, the body bytes received and
-    /// not yet deleted at most, and each visibility change or delete that came after
-    /// its message had shown again (a message another consumer could have had).
+    /// not yet answered as sent at most (`outstanding`, the sends' answers due `pending`),
+    /// and each visibility change or delete that came after its message had shown again
+    /// (a message another consumer could have had).
     #[derive(Default)]
     struct Holding {
         messages: Vec<Held>,
         outstanding: usize,
+        pending: Vec<Instant>,
         most_outstanding: usize,
         late: Vec<String>,
         sent: Vec<String>,
@@ -1414,6 +1489,10 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
             let entries = v["Entries"].as_array().cloned().unwrap_or_default();
             let mut s = seen.lock().unwrap();
+            // Sends answered by now no longer hold their bodies.
+            let answered = s.pending.iter().filter(|at| **at <= now).count();
+            s.pending.retain(|at| *at > now);
+            s.outstanding -= answered * size;
             let handle = |e: &serde_json::Value| -> usize {
                 e["ReceiptHandle"]
                     .as_str()
@@ -1461,7 +1540,6 @@ mod tests {
                         }
                         if req.action == "DeleteMessageBatch" {
                             s.messages[n].deleted = true;
-                            s.outstanding -= size;
                         } else {
                             let secs = e["VisibilityTimeout"].as_u64().unwrap_or(0);
                             s.messages[n].visible_at = Some(now + Duration::from_secs(secs));
@@ -1476,6 +1554,7 @@ mod tests {
                                 .unwrap_or_default();
                         s.sent
                             .push(body["event_id"].as_str().unwrap_or_default().into());
+                        s.pending.push(now + send_delay);
                     }
                     fake::ok(ok)
                 }
@@ -1588,7 +1667,7 @@ mod tests {
         let messages = worker.source().receive().await.unwrap();
         let received_at = Instant::now();
         tokio::time::sleep(Duration::from_secs(6)).await;
-        let outcome = worker.handle_since(messages, received_at).await;
+        let outcome = worker.handle_since(messages, received_at, None).await;
         assert_eq!(outcome.deleted, 3, "{outcome:?}");
         let s = state.lock().unwrap();
         assert!(
