@@ -262,6 +262,10 @@ fn event(n: usize) -> String {
     body
 }
 
+/// SQS's largest message and batch payload since August 2025: every queue of the bench
+/// takes events of up to 1 MiB (`BENCH_EVENT_BYTES`).
+const SQS_MAX_BYTES: usize = 1 << 20;
+
 async fn create_queue(client: &Client, name: &str) -> String {
     client
         .create_queue()
@@ -270,11 +274,35 @@ async fn create_queue(client: &Client, name: &str) -> String {
             aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
             "60",
         )
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+            SQS_MAX_BYTES.to_string(),
+        )
         .send()
         .await
         .expect("LocalStack is not running: start it with `make localstack`")
         .queue_url
         .unwrap()
+}
+
+/// `entries` with their sizes, in calls of at most 10 entries and [`SQS_MAX_BYTES`]
+/// (as SQS takes them: ten 8 KB events in one call, one 900 KB event per call).
+fn by_bytes<T>(entries: impl IntoIterator<Item = (T, usize)>) -> Vec<Vec<T>> {
+    let mut calls: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0;
+    for (entry, size) in entries {
+        match calls.last_mut() {
+            Some(call) if call.len() < 10 && bytes + size <= SQS_MAX_BYTES => {
+                call.push(entry);
+                bytes += size;
+            }
+            _ => {
+                calls.push(vec![entry]);
+                bytes = size;
+            }
+        }
+    }
+    calls
 }
 
 /// Fills a queue with `n` events, 16 batches at a time.
@@ -294,22 +322,25 @@ async fn fill_with(client: &Client, queue: &str, n: usize, body: fn(usize) -> St
                 if start >= n {
                     return;
                 }
-                let entries = (start..(start + 10).min(n))
-                    .map(|i| {
-                        SendMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .message_body(body(i))
-                            .build()
-                            .unwrap()
-                    })
-                    .collect();
-                client
-                    .send_message_batch()
-                    .queue_url(&queue)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                    .unwrap();
+                let entries = (start..(start + 10).min(n)).map(|i| {
+                    let body = body(i);
+                    let size = body.len();
+                    let entry = SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body)
+                        .build()
+                        .unwrap();
+                    (entry, size)
+                });
+                for entries in by_bytes(entries) {
+                    client
+                        .send_message_batch()
+                        .queue_url(&queue)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                        .unwrap();
+                }
             }
         });
     }
@@ -362,36 +393,37 @@ async fn ceiling(client: &Client, source: &str, dest: &str, n: usize, workers: u
                 if messages.is_empty() {
                     continue;
                 }
-                let entries = messages
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| {
-                        let mut entry = SendMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .message_body(m.body().unwrap_or_default());
-                        if like_forwarder {
-                            // The forwarder's own three attributes, of their shape.
-                            use sqs_forwarder::aws::Attribute;
-                            let id = m.message_id().unwrap_or_default().replace('-', "");
-                            for a in [
-                                Attribute::string("event_id", id),
-                                Attribute::number("project_id", 4505),
-                                Attribute::number("organization_id", 17),
-                            ] {
-                                entry =
-                                    entry.message_attributes(a.name.as_ref(), a.to_sdk().unwrap());
-                            }
+                let entries = messages.iter().enumerate().map(|(i, m)| {
+                    let mut entry = SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(m.body().unwrap_or_default());
+                    if like_forwarder {
+                        // The forwarder's own three attributes, of their shape.
+                        use sqs_forwarder::aws::Attribute;
+                        let id = m.message_id().unwrap_or_default().replace('-', "");
+                        for a in [
+                            Attribute::string("event_id", id),
+                            Attribute::number("project_id", 4505),
+                            Attribute::number("organization_id", 17),
+                        ] {
+                            entry = entry.message_attributes(a.name.as_ref(), a.to_sdk().unwrap());
                         }
-                        entry.build().unwrap()
-                    })
-                    .collect();
-                client
-                    .send_message_batch()
-                    .queue_url(&dest)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                    .unwrap();
+                    }
+                    // Room for the attributes beside the body.
+                    let size = m.body().map_or(0, str::len) + 200;
+                    (entry.build().unwrap(), size)
+                });
+                // Large events: a call per SQS's batch limit, all at once.
+                let sends = by_bytes(entries).into_iter().map(|entries| {
+                    client
+                        .send_message_batch()
+                        .queue_url(&dest)
+                        .set_entries(Some(entries))
+                        .send()
+                });
+                for sent in futures_util::future::join_all(sends).await {
+                    sent.unwrap();
+                }
                 let deletes = messages
                     .iter()
                     .enumerate()

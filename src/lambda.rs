@@ -156,7 +156,9 @@ pub async fn handle(
             let stop = deadline
                 .checked_sub(DEADLINE_MARGIN / 2)
                 .unwrap_or(deadline);
-            match tokio::time::timeout_at(stop.into(), within_deadline(retries_end, work)).await {
+            match tokio::time::timeout_at(stop.into(), within_deadline(retries_end.into(), work))
+                .await
+            {
                 Ok(settlements) => settlements,
                 Err(_) => {
                     tracing::warn!(

@@ -689,6 +689,57 @@ mod tests {
         )
     }
 
+    /// On tokio's paused clock: a batch of large events planned into several calls
+    /// sends them together, each full by bytes, so it takes one call's time (each held
+    /// 5 s here), not one per call.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_of_large_events_sends_its_calls_together() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let c = calls.clone();
+        let client = fake::sqs_client_on(fake::delayed_client_fn(
+            |_| Duration::from_secs(5),
+            move |req| {
+                let body: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+                let entries = body["Entries"].as_array().cloned().unwrap_or_default();
+                c.lock().unwrap().push(entries.len());
+                let ok: Vec<serde_json::Value> = entries
+                    .iter()
+                    .map(|e| serde_json::json!({"Id": e["Id"], "MessageId": "m", "MD5OfMessageBody": "0"}))
+                    .collect();
+                fake::ok(serde_json::json!({"Successful": ok, "Failed": []}).to_string())
+            },
+        ));
+        let window = crate::batching::BatchWindow::new(Duration::from_secs(1));
+        let f = Forwarder::new(
+            client,
+            "https://sqs.fake/0/q",
+            1 << 20,
+            fast(),
+            Metrics::disabled(),
+        )
+        .with_window(&window);
+        let big = |n: u32| {
+            format!(
+                r#"{{"event_id":"{n:032x}","project_id":1,"organization_id":1,"pad":"{}"}}"#,
+                "x".repeat(500_000)
+            )
+        };
+        let bodies: Vec<String> = (1..=8).map(big).collect();
+        let started = tokio::time::Instant::now();
+        let out = forward(&f, &bodies).await;
+        assert!(out.iter().all(Outcome::is_accepted), "{out:?}");
+        assert_eq!(
+            *calls.lock().unwrap(),
+            [2, 2, 2, 2],
+            "two of 500 KB per call"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(10) && took < Duration::from_millis(10_100),
+            "the first call, then the other three together, none waiting for the window: {took:?}"
+        );
+    }
+
     async fn forward(f: &Forwarder, bodies: &[String]) -> Vec<Outcome> {
         let events: Vec<Event<'_>> = bodies
             .iter()
