@@ -356,6 +356,7 @@ impl App {
         Router::build(
             routes.default.as_ref(),
             routes.projects.iter().map(|(p, r)| (*p, r)),
+            routes.organizations.iter().map(|(o, org)| (*o, org)),
             async |route: &Route, is_default| {
                 let key = (route.region.clone(), route.credentials.clone());
                 let sdk = match sdks.get(&key) {

@@ -4,6 +4,7 @@
 
 use crate::app::App;
 use crate::aws;
+use crate::config::routes::{RouteKey, Routes, Skip};
 use crate::config::{Needs, Settings};
 use crate::metrics::Metrics;
 
@@ -46,13 +47,15 @@ pub use crate::forward::TEST_EVENT_ATTRIBUTE;
 async fn send_test_events(app: &App, router: crate::forward::Router, report: &mut Report) {
     let pipeline = app.pipeline_on(router);
     let routes = app.config().effective_routes();
-    // The default route gets a project no route names.
-    let unrouted = (1..)
-        .find(|p| !routes.projects.contains_key(p))
-        .unwrap_or(1);
-    for (project, route) in routes.keyed() {
-        let name = project.map_or("default".to_string(), |p| format!("project {p}"));
-        let message = test_event(project.unwrap_or(unrouted));
+    for (key, route) in routes.keyed() {
+        let name = key.to_string();
+        let Some((organization, project)) = sample(&routes, key) else {
+            report.ok.push(format!(
+                "route {name}: no test event: no event takes this route (its organization enrolls only the projects it lists, or projects.P comes first)"
+            ));
+            continue;
+        };
+        let message = test_event(organization, project);
         let started = std::time::Instant::now();
         let settled = pipeline.process(std::slice::from_ref(&message)).await;
         let took = started.elapsed();
@@ -81,13 +84,72 @@ async fn send_test_events(app: &App, router: crate::forward::Router, report: &mu
     }
 }
 
-/// A test event for `project`: its own `event_id` (also the message id, to find it).
-fn test_event(project: u64) -> crate::source::SourceMessage {
+/// An organization and a project whose events take the route at `key`, if any do: the
+/// default gets ids no route names, an organization's route a project it does not list.
+fn sample(routes: &Routes, key: RouteKey) -> Option<(u64, u64)> {
+    let unlisted_org = (1..).find(|o| !routes.organizations.contains_key(o))?;
+    let unlisted_project = |org: Option<u64>| {
+        (1..).find(|p| {
+            !routes.projects.contains_key(p)
+                && org
+                    .and_then(|o| routes.organizations.get(&o))
+                    .is_none_or(|org| !org.projects.contains_key(p))
+        })
+    };
+    let (organization, project) = match key {
+        RouteKey::Default => (unlisted_org, unlisted_project(None)?),
+        RouteKey::Project(p) => (unlisted_org, p),
+        RouteKey::Organization(o) => (o, unlisted_project(Some(o))?),
+        RouteKey::OrganizationProject(o, p) => (o, p),
+    };
+    (routes.resolve(organization, project).ok()?.0 == key).then_some((organization, project))
+}
+
+/// Which route each listed organization's projects take: its listed projects one by
+/// one, and those it does not list (`check` prints it, as a reload would route).
+fn routing(routes: &Routes) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut orgs: Vec<(
+        &u64,
+        &crate::config::routes::Organization<crate::config::routes::Route>,
+    )> = routes.organizations.iter().collect();
+    orgs.sort_by_key(|(o, _)| **o);
+    for (o, org) in orgs {
+        let mut listed: Vec<&u64> = org.projects.keys().collect();
+        listed.sort();
+        for p in listed {
+            lines.push(format!(
+                "organization {o} project {p}: {}",
+                takes(routes.resolve(*o, *p))
+            ));
+        }
+        let unlisted = (1..)
+            .find(|p| !routes.projects.contains_key(p) && !org.projects.contains_key(p))
+            .map_or(Err(Skip::Unconfigured), |p| routes.resolve(*o, p));
+        lines.push(format!(
+            "organization {o}, projects not listed: {}",
+            takes(unlisted)
+        ));
+    }
+    lines
+}
+
+/// A resolution in words.
+fn takes(resolved: Result<(RouteKey, &crate::config::routes::Route), Skip>) -> String {
+    match resolved {
+        Ok((key, route)) => format!("[{}] {}", key.at(), route.queue_url),
+        Err(skip) => format!("skipped ({})", skip.reason()),
+    }
+}
+
+/// A test event for `organization` and `project`: its own `event_id` (also the message
+/// id, to find it).
+fn test_event(organization: u64, project: u64) -> crate::source::SourceMessage {
     let id = format!("{:032x}", fastrand::u128(..));
     let body = serde_json::json!({
         "event_id": id,
         "project_id": project,
-        "organization_id": 1,
+        "organization_id": organization,
         "level": "info",
         "message": "sqs-forwarder test event (check --send-test-event)",
         "timestamp": chrono::Utc::now().timestamp(),
@@ -219,12 +281,9 @@ async fn check_routes(app: &App, report: &mut Report) -> Option<crate::forward::
         }
     };
     let config = app.config();
-    for (project, route) in routes.keyed() {
-        let name = project.map_or("default".to_string(), |p| format!("project {p}"));
-        let forwarder = match project {
-            Some(p) => router.route(p),
-            None => router.default_route(),
-        };
+    for (key, route) in routes.keyed() {
+        let name = key.to_string();
+        let forwarder = router.at(key);
         let limit = forwarder.map(|f| f.limit()).map_or(String::new(), |l| {
             let by = if l.bytes() < l.configured() {
                 "the queue's MaximumMessageSize"
@@ -266,6 +325,7 @@ async fn check_routes(app: &App, report: &mut Report) -> Option<crate::forward::
             .ok
             .push("no default route: events of other projects are skipped".into());
     }
+    report.ok.extend(routing(&routes));
     Some(router)
 }
 
@@ -273,10 +333,8 @@ async fn check_routes(app: &App, report: &mut Report) -> Option<crate::forward::
 async fn check_buckets(app: &App, report: &mut Report) {
     let routes = app.config().effective_routes();
     let mut buckets: Vec<&str> = routes
-        .default
-        .iter()
-        .chain(routes.projects.values())
-        .filter_map(|r| r.s3_bucket.as_deref())
+        .keyed()
+        .filter_map(|(_, r)| r.s3_bucket.as_deref())
         .collect();
     buckets.sort_unstable();
     buckets.dedup();

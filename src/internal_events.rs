@@ -149,24 +149,37 @@ impl InternalEvent for AttributesDropped<'_> {
     }
 }
 
-/// An event whose project has no route, and no default route: skipped, as Sentry skips
-/// projects without the plugin configured.
-pub struct SkippedUnconfigured<'a> {
+/// An event no route takes: its project has no route and there is no default (as Sentry
+/// skips projects without the plugin configured), or its organization's route does not
+/// enroll it or switches it off. Skipped, counted with its own reason, never sent to the
+/// default.
+pub struct SkippedUnrouted<'a> {
     /// The event.
     pub event_id: &'a str,
+    /// Its organization.
+    pub organization_id: u64,
     /// Its project.
     pub project_id: u64,
+    /// Why.
+    pub skip: crate::config::routes::Skip,
 }
 
-impl InternalEvent for SkippedUnconfigured<'_> {
+impl InternalEvent for SkippedUnrouted<'_> {
     fn emit(self, metrics: &Metrics) {
+        use crate::config::routes::Skip;
+        let why = match self.skip {
+            Skip::Unconfigured => "no route for the project: skipped",
+            Skip::NotEnrolled => "the organization's route does not enroll the project: skipped",
+            Skip::ProjectDisabled => "the organization's route switches the project off: skipped",
+        };
         tracing::debug!(
             event_id = self.event_id,
+            organization_id = self.organization_id,
             project_id = self.project_id,
-            "no route for the project: skipped"
+            "{why}"
         );
         metrics.incr(Counter::EventSkipped {
-            reason: "skip_unconfigured",
+            reason: self.skip.reason(),
         });
     }
 }

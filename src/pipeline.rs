@@ -14,7 +14,7 @@ use crate::forward::{
 use crate::indexer::{BulkRequest, Indexer, IndexerError};
 use crate::internal_events::{
     DeadLetterRefused, EventDeferred, EventFailed, InternalEvent, InvalidEvent, SkippedFiltered,
-    SkippedUnconfigured,
+    SkippedUnrouted,
 };
 use crate::metrics::{Counter, Metrics, Timer};
 use crate::outcome::{ErrorClass, Stage};
@@ -50,8 +50,9 @@ pub enum Settlement {
     /// It can never be forwarded, and the dead-letter queue accepted it: the message may
     /// be deleted.
     DeadLettered(Reason),
-    /// Not to be forwarded: its project has no route (`skip_unconfigured`). Counted;
-    /// the message may be deleted.
+    /// Not to be forwarded: no route takes it (the reason: `skip_unconfigured`,
+    /// `skip_not_enrolled`, `skip_project_disabled`), or its route's filter leaves it out
+    /// (`filtered`). Counted; the message may be deleted.
     Skipped(&'static str),
     /// Not sent now, on purpose (its organization over its rate limit, its route
     /// paused, an earlier event of its group not accepted): the message stays, hidden
@@ -364,8 +365,10 @@ impl Pipeline {
     ) -> Vec<(Arc<Forwarder>, Vec<usize>)> {
         let mut routes: Vec<(Arc<Forwarder>, Vec<usize>)> = Vec::new();
         for (k, (i, event)) in events.at.iter().zip(&events.events).enumerate() {
-            let route = self.router.route(event.project_id);
-            if let Some(forwarder) = route.filter(|f| f.filter().is_some_and(|f| !f.matches(event)))
+            let route = self.router.resolve(event.organization_id, event.project_id);
+            if let Some(forwarder) = route
+                .ok()
+                .filter(|f| f.filter().is_some_and(|f| !f.matches(event)))
             {
                 SkippedFiltered {
                     event_id: &event.event_id,
@@ -376,18 +379,19 @@ impl Pipeline {
                 continue;
             }
             match route {
-                Some(forwarder) => match routes.iter_mut().find(|(f, _)| Arc::ptr_eq(f, forwarder))
-                {
+                Ok(forwarder) => match routes.iter_mut().find(|(f, _)| Arc::ptr_eq(f, forwarder)) {
                     Some((_, members)) => members.push(k),
                     None => routes.push((forwarder.clone(), vec![k])),
                 },
-                None => {
-                    SkippedUnconfigured {
+                Err(skip) => {
+                    SkippedUnrouted {
                         event_id: &event.event_id,
+                        organization_id: event.organization_id,
                         project_id: event.project_id,
+                        skip,
                     }
                     .emit(&self.metrics);
-                    settlements[*i] = Some(Settlement::Skipped("unconfigured"));
+                    settlements[*i] = Some(Settlement::Skipped(skip.reason()));
                 }
             }
         }

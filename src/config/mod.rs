@@ -599,8 +599,8 @@ impl Settings {
             }
         }
         let Some(routes) = routes else { return };
-        for (project, route) in routes.keyed() {
-            let at = project.map_or("default".to_string(), |p| format!("projects.{p}"));
+        for (key, route) in routes.keyed() {
+            let at = key.at();
             let found = problem(
                 route.pack.unwrap_or(self.pack),
                 route.s3_offload.unwrap_or(self.s3_offload),
@@ -776,8 +776,9 @@ impl fmt::Display for Config {
             self.source_queue_url.as_deref().unwrap_or("-"),
             self.dest_queue_url.as_deref().unwrap_or("-"),
             self.routes.as_ref().map_or("-".to_string(), |r| format!(
-                "{} projects{}",
+                "{} projects, {} organizations{}",
                 r.projects.len(),
+                r.organizations.len(),
                 if r.default.is_some() { " and a default" } else { "" }
             )),
             self.dlq_url.as_deref().unwrap_or("-"),

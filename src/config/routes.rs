@@ -22,10 +22,24 @@
 //! [projects.43]
 //! queue_url = "https://sqs.us-east-1.amazonaws.com/123456789012/other"
 //! credentials = { profile = "other-account" }
+//!
+//! [organizations.7]              # organization 7's projects (Sentry's organization-level forwarder)
+//! queue_url = "https://sqs.us-east-1.amazonaws.com/123456789012/org-7"
+//! enroll_new_projects = false    # optional (default true): only the projects listed below
+//!
+//! [organizations.7.projects.8]   # merged key by key over the organization's route
+//! message_group_id = "project-{project_id}"
+//!
+//! [organizations.7.projects.9]
+//! enabled = false                # left out: skipped, never the default's
 //! ```
 //!
-//! The same in JSON: `{"default": {...}, "projects": {"42": {...}}}`. Without a default,
-//! events of projects not listed are skipped and counted (`skip_unconfigured`).
+//! Which route an event takes ([`Routes::resolve`]), first match wins: `projects.P`; its
+//! organization's override `organizations.O.projects.P` (or skipped, `enabled = false`);
+//! its organization's route `organizations.O` (or skipped, `enroll_new_projects = false`);
+//! `default`. The same in JSON: `{"default": {...}, "projects": {"42": {...}},
+//! "organizations": {"7": {..., "projects": {"8": {...}}}}}`. Without a default, events
+//! of projects no route takes are skipped and counted (`skip_unconfigured`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -86,25 +100,161 @@ pub struct Route {
 /// Every project's destination.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Routes {
-    /// Projects not listed; `None`: they are skipped.
+    /// Projects no other route takes; `None`: they are skipped.
     pub default: Option<Route>,
-    /// Listed projects.
+    /// Listed projects, whatever their organization.
     pub projects: HashMap<u64, Route>,
+    /// Organizations' routes (Sentry's organization-level Data Forwarder).
+    pub organizations: HashMap<u64, Organization<Route>>,
+}
+
+/// An organization's route, its projects' overrides, and whether projects it does not
+/// list are forwarded. Generic over what a route is: [`Route`] here, a forwarder in the
+/// [`crate::forward::Router`], which resolves the same way ([`resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Organization<R> {
+    /// The organization's own route.
+    pub route: R,
+    /// `enroll_new_projects` (default true): whether its projects not listed under it
+    /// take its route; if not, they are skipped.
+    pub enroll_new_projects: bool,
+    /// Its listed projects: the route merged from the organization's and the project's
+    /// keys, or `None` where the project is switched off (`enabled = false`).
+    pub projects: HashMap<u64, Option<R>>,
+}
+
+/// Why an event no route takes is skipped: counted as `forwarder.event.skipped{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// No route and no default (`skip_unconfigured`).
+    Unconfigured,
+    /// Its organization has a route, but does not enroll projects it does not list
+    /// (`skip_not_enrolled`).
+    NotEnrolled,
+    /// Its organization's route switches the project off (`skip_project_disabled`).
+    ProjectDisabled,
+}
+
+impl Skip {
+    /// The counter's `reason` tag.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Skip::Unconfigured => "skip_unconfigured",
+            Skip::NotEnrolled => "skip_not_enrolled",
+            Skip::ProjectDisabled => "skip_project_disabled",
+        }
+    }
+}
+
+/// The route an event of `organization` and `project` takes, and where it stands, first
+/// match winning: `projects.P`; the organization's override of P (or skipped if switched
+/// off); the organization's route (or skipped if it does not enroll unlisted projects);
+/// the default. An organization with a route never falls through to the default.
+pub fn resolve<'a, R>(
+    projects: &'a HashMap<u64, R>,
+    organizations: &'a HashMap<u64, Organization<R>>,
+    default: Option<&'a R>,
+    organization: u64,
+    project: u64,
+) -> Result<(RouteKey, &'a R), Skip> {
+    if let Some(route) = projects.get(&project) {
+        return Ok((RouteKey::Project(project), route));
+    }
+    match organizations.get(&organization) {
+        Some(org) => match org.projects.get(&project) {
+            Some(Some(route)) => Ok((RouteKey::OrganizationProject(organization, project), route)),
+            Some(None) => Err(Skip::ProjectDisabled),
+            None if org.enroll_new_projects => {
+                Ok((RouteKey::Organization(organization), &org.route))
+            }
+            None => Err(Skip::NotEnrolled),
+        },
+        None => default
+            .map(|route| (RouteKey::Default, route))
+            .ok_or(Skip::Unconfigured),
+    }
+}
+
+/// Where a route stands in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteKey {
+    /// `[default]`.
+    Default,
+    /// `[projects.P]`.
+    Project(u64),
+    /// `[organizations.O]`.
+    Organization(u64),
+    /// `[organizations.O.projects.P]` (one switched on).
+    OrganizationProject(u64, u64),
+}
+
+impl RouteKey {
+    /// Its table in the file: `default`, `projects.42`, `organizations.7.projects.8`.
+    pub fn at(self) -> String {
+        match self {
+            RouteKey::Default => "default".into(),
+            RouteKey::Project(p) => format!("projects.{p}"),
+            RouteKey::Organization(o) => format!("organizations.{o}"),
+            RouteKey::OrganizationProject(o, p) => format!("organizations.{o}.projects.{p}"),
+        }
+    }
+}
+
+impl std::fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteKey::Default => f.write_str("default"),
+            RouteKey::Project(p) => write!(f, "project {p}"),
+            RouteKey::Organization(o) => write!(f, "organization {o}"),
+            RouteKey::OrganizationProject(o, p) => write!(f, "organization {o} project {p}"),
+        }
+    }
 }
 
 impl Routes {
-    /// Every route with its key: `None` for the default, else the project id; the
-    /// default first.
-    pub fn keyed(&self) -> impl Iterator<Item = (Option<u64>, &Route)> {
+    /// Every route with where it stands: the default first, then projects, then
+    /// organizations, each followed by its projects switched on.
+    pub fn keyed(&self) -> impl Iterator<Item = (RouteKey, &Route)> {
+        let mut orgs: Vec<(&u64, &Organization<Route>)> = self.organizations.iter().collect();
+        orgs.sort_by_key(|(o, _)| **o);
+        let mut projects: Vec<(&u64, &Route)> = self.projects.iter().collect();
+        projects.sort_by_key(|(p, _)| **p);
+        let organizations = orgs.into_iter().flat_map(|(o, org)| {
+            let mut listed: Vec<(&u64, &Option<Route>)> = org.projects.iter().collect();
+            listed.sort_by_key(|(p, _)| **p);
+            std::iter::once((RouteKey::Organization(*o), &org.route)).chain(
+                listed.into_iter().filter_map(move |(p, r)| {
+                    r.as_ref()
+                        .map(|r| (RouteKey::OrganizationProject(*o, *p), r))
+                }),
+            )
+        });
         self.default
             .iter()
-            .map(|r| (None, r))
-            .chain(self.projects.iter().map(|(p, r)| (Some(*p), r)))
+            .map(|r| (RouteKey::Default, r))
+            .chain(
+                projects
+                    .into_iter()
+                    .map(|(p, r)| (RouteKey::Project(*p), r)),
+            )
+            .chain(organizations)
     }
 
-    /// The route of a project.
+    /// The route of a project, whatever its organization: `projects.P` or the default.
     pub fn route(&self, project_id: u64) -> Option<&Route> {
         self.projects.get(&project_id).or(self.default.as_ref())
+    }
+
+    /// The route an event of `organization` and `project` takes, and where it stands
+    /// ([`resolve`]).
+    pub fn resolve(&self, organization: u64, project: u64) -> Result<(RouteKey, &Route), Skip> {
+        resolve(
+            &self.projects,
+            &self.organizations,
+            self.default.as_ref(),
+            organization,
+            project,
+        )
     }
 }
 
@@ -115,6 +265,10 @@ struct FileSpec {
     default: Option<RouteSpec>,
     #[serde(default)]
     projects: BTreeMap<String, RouteSpec>,
+    /// Read as tables first: a project's keys are merged over its organization's before
+    /// either is read as a route.
+    #[serde(default)]
+    organizations: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -195,22 +349,102 @@ pub fn parse(path: &Path, text: &str) -> Result<Routes, ConfigError> {
         .transpose()?;
     let mut projects = HashMap::new();
     for (key, spec) in spec.projects {
-        let id = key
-            .parse::<u64>()
-            .ok()
-            .filter(|id| *id > 0)
-            .ok_or_else(|| {
-                error(
-                    path,
-                    format!("projects.{key}: a project id must be a positive integer"),
-                )
-            })?;
+        let id = id_of(path, &format!("projects.{key}"), &key, "a project")?;
         projects.insert(id, route(path, &format!("projects.{key}"), spec)?);
     }
-    if default.is_none() && projects.is_empty() {
-        return Err(error(path, "has no route: give [default] or [projects.ID]"));
+    let mut organizations = HashMap::new();
+    for (key, table) in spec.organizations {
+        let at = format!("organizations.{key}");
+        let id = id_of(path, &at, &key, "an organization")?;
+        organizations.insert(id, organization(path, &at, table)?);
     }
-    Ok(Routes { default, projects })
+    if default.is_none() && projects.is_empty() && organizations.is_empty() {
+        return Err(error(
+            path,
+            "has no route: give [default], [projects.ID] or [organizations.ID]",
+        ));
+    }
+    Ok(Routes {
+        default,
+        projects,
+        organizations,
+    })
+}
+
+/// The id a table is keyed by: a positive integer.
+fn id_of(path: &Path, at: &str, key: &str, what: &str) -> Result<u64, ConfigError> {
+    key.parse::<u64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| error(path, format!("{at}: {what} id must be a positive integer")))
+}
+
+/// An organization's table: its route, `enroll_new_projects`, and `projects`, each
+/// merged key by key over the organization's keys (`enabled = false` switches one off).
+fn organization(
+    path: &Path,
+    at: &str,
+    mut table: serde_json::Map<String, serde_json::Value>,
+) -> Result<Organization<Route>, ConfigError> {
+    let enroll_new_projects = match table.remove("enroll_new_projects") {
+        None => true,
+        Some(serde_json::Value::Bool(b)) => b,
+        Some(other) => {
+            return Err(error(
+                path,
+                format!("{at}.enroll_new_projects: {other} is not true or false"),
+            ))
+        }
+    };
+    let listed = match table.remove("projects") {
+        None => serde_json::Map::new(),
+        Some(serde_json::Value::Object(listed)) => listed,
+        Some(other) => {
+            return Err(error(
+                path,
+                format!("{at}.projects: {other} is not a table"),
+            ))
+        }
+    };
+    let own = route_from_table(path, at, table.clone())?;
+    let mut projects = HashMap::new();
+    for (key, value) in listed {
+        let here = format!("{at}.projects.{key}");
+        let id = id_of(path, &here, &key, "a project")?;
+        let serde_json::Value::Object(mut overrides) = value else {
+            return Err(error(path, format!("{here}: {value} is not a table")));
+        };
+        let enabled = match overrides.remove("enabled") {
+            None => true,
+            Some(serde_json::Value::Bool(b)) => b,
+            Some(other) => {
+                return Err(error(
+                    path,
+                    format!("{here}.enabled: {other} is not true or false"),
+                ))
+            }
+        };
+        let mut merged = table.clone();
+        merged.extend(overrides);
+        let route = route_from_table(path, &here, merged)?;
+        projects.insert(id, enabled.then_some(route));
+    }
+    Ok(Organization {
+        route: own,
+        enroll_new_projects,
+        projects,
+    })
+}
+
+/// A route from its keys, read as a `[projects.P]` table is.
+fn route_from_table(
+    path: &Path,
+    at: &str,
+    table: serde_json::Map<String, serde_json::Value>,
+) -> Result<Route, ConfigError> {
+    let spec: RouteSpec = serde_json::from_value(serde_json::Value::Object(table))
+        .map_err(|e| error(path, format!("{at}: {e}")))?;
+    route(path, at, spec)
 }
 
 fn route(path: &Path, at: &str, spec: RouteSpec) -> Result<Route, ConfigError> {
@@ -414,6 +648,131 @@ credentials = {{ profile = "other" }}
             CredentialSource::Profile("other".into())
         );
         assert_eq!(a.route(7).unwrap().queue_url, Q, "the default");
+    }
+
+    /// Sentry's organization-level forwarder: the precedence, the merge of a project's
+    /// keys over its organization's, and the two skips that never fall to the default.
+    #[test]
+    fn organization_routes_take_their_projects_in_order_of_precedence() {
+        let toml = format!(
+            r#"
+[default]
+queue_url = "{Q}-default"
+
+[projects.1]
+queue_url = "{Q}-p1"
+
+[organizations.7]
+queue_url = "{Q}-org7"
+s3_bucket = "org7-big"
+
+[organizations.7.projects.8]
+message_group_id = "p-{{project_id}}"
+
+[organizations.7.projects.9]
+enabled = false
+
+[organizations.7.projects.1]
+queue_url = "{Q}-never"
+
+[organizations.5]
+queue_url = "{Q}-org5"
+enroll_new_projects = false
+
+[organizations.5.projects.6]
+queue_url = "{Q}-org5-p6"
+"#
+        );
+        let routes = parse(Path::new("r.toml"), &toml).unwrap();
+        let to = |o, p| {
+            routes
+                .resolve(o, p)
+                .map(|(key, r)| (key.at(), r.queue_url.clone()))
+        };
+        // 1. projects.P, whatever the organization (its override included).
+        assert_eq!(to(7, 1), Ok(("projects.1".into(), format!("{Q}-p1"))));
+        // 2. The organization's override, merged over its route's keys.
+        assert_eq!(
+            to(7, 8),
+            Ok(("organizations.7.projects.8".into(), format!("{Q}-org7")))
+        );
+        let (_, merged) = routes.resolve(7, 8).unwrap();
+        assert_eq!(merged.s3_bucket.as_deref(), Some("org7-big"), "inherited");
+        assert_eq!(
+            merged.message_group.as_ref().map(|g| g.as_str()),
+            Some("p-{project_id}"),
+            "its own"
+        );
+        assert_eq!(
+            to(5, 6),
+            Ok(("organizations.5.projects.6".into(), format!("{Q}-org5-p6")))
+        );
+        // 3. The organization's route, for projects it does not list.
+        assert_eq!(
+            to(7, 100),
+            Ok(("organizations.7".into(), format!("{Q}-org7")))
+        );
+        // Skipped, never the default's: switched off, or not enrolled.
+        assert_eq!(to(7, 9), Err(Skip::ProjectDisabled));
+        assert_eq!(to(5, 100), Err(Skip::NotEnrolled));
+        // 4. The default, for organizations without a route.
+        assert_eq!(to(3, 100), Ok(("default".into(), format!("{Q}-default"))));
+        let no_default = parse(
+            Path::new("r.toml"),
+            &format!("[organizations.7]\nqueue_url = \"{Q}\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            no_default.resolve(3, 100).map(|(k, _)| k),
+            Err(Skip::Unconfigured)
+        );
+        // Every route, listed once, the switched-off project not among them.
+        let keys: Vec<String> = routes.keyed().map(|(k, _)| k.at()).collect();
+        assert_eq!(
+            keys,
+            [
+                "default",
+                "projects.1",
+                "organizations.5",
+                "organizations.5.projects.6",
+                "organizations.7",
+                "organizations.7.projects.1",
+                "organizations.7.projects.8"
+            ]
+        );
+        // JSON says the same.
+        let json = format!(
+            r#"{{"organizations":{{"7":{{"queue_url":"{Q}","enroll_new_projects":false,
+                "projects":{{"8":{{"enabled":false}},"9":{{"region":"eu-west-1"}}}}}}}}}}"#
+        );
+        let routes = parse(Path::new("r.json"), &json).unwrap();
+        assert_eq!(
+            routes.resolve(7, 8).map(|(k, _)| k),
+            Err(Skip::ProjectDisabled)
+        );
+        assert_eq!(routes.resolve(7, 1).map(|(k, _)| k), Err(Skip::NotEnrolled));
+        let (_, nine) = routes.resolve(7, 9).unwrap();
+        assert_eq!(
+            (nine.queue_url.as_str(), nine.region.as_deref()),
+            (Q, Some("eu-west-1"))
+        );
+    }
+
+    #[test]
+    fn a_bad_organization_table_fails_in_one_line_naming_where() {
+        for (text, says) in [
+            (format!("[organizations.x]\nqueue_url = \"{Q}\"\n"), "organizations.x: an organization id must be a positive integer"),
+            (format!("[organizations.7]\nqueue_url = \"{Q}\"\nenroll_new_projects = \"no\"\n"), "organizations.7.enroll_new_projects: \"no\" is not true or false"),
+            (format!("[organizations.7]\nqueue_url = \"{Q}\"\n[organizations.7.projects.8]\nenabled = 0\n"), "organizations.7.projects.8.enabled: 0 is not true or false"),
+            (format!("[organizations.7]\nqueue = \"{Q}\"\n"), "organizations.7: unknown field `queue`"),
+            (format!("[organizations.7]\nqueue_url = \"{Q}\"\n[organizations.7.projects.8]\nqueue_url = \"nope\"\n"), "organizations.7.projects.8.queue_url"),
+            (format!("[organizations.7]\nqueue_url = \"{Q}\"\n[organizations.7.projects.0]\nenabled = false\n"), "organizations.7.projects.0: a project id must be a positive integer"),
+        ] {
+            let err = parse(Path::new("r.toml"), &text).unwrap_err().to_string();
+            assert!(err.starts_with("FORWARDER_ROUTES_FILE: r.toml: "), "{err}");
+            assert!(err.contains(says), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
     }
 
     #[test]

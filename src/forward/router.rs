@@ -1,4 +1,6 @@
-//! Which forwarder an event goes through: per project, or the default.
+//! Which forwarder an event goes through: per project, per organization (with its
+//! projects' overrides), or the default; the precedence is
+//! [`crate::config::routes::resolve`]'s.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -6,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::Forwarder;
+use crate::config::routes::{resolve, Organization, RouteKey, Skip};
 
 /// How often each destination's `MaximumMessageSize` is read again.
 pub const LIMIT_REFRESH: Duration = Duration::from_secs(60);
@@ -17,6 +20,8 @@ pub struct Router {
     default: Option<Arc<Forwarder>>,
     /// Listed projects.
     projects: HashMap<u64, Arc<Forwarder>>,
+    /// Organizations' routes and their projects' overrides.
+    organizations: HashMap<u64, Organization<Arc<Forwarder>>>,
     /// When the destinations' message size limits were last read (`None`: only at
     /// start, by the healthcheck); shared by every clone.
     limits_read_at: Arc<Mutex<Option<Instant>>>,
@@ -36,16 +41,18 @@ impl Router {
         Self {
             default,
             projects,
+            organizations: HashMap::new(),
             limits_read_at: Arc::new(Mutex::new(Some(Instant::now()))),
         }
     }
 
-    /// A router for a default route and per-project routes: `make(route, is_default)`
-    /// builds each distinct route once, and projects routed to the same one share it
-    /// (one client, one pause state, one rate of probes).
+    /// A router for a default route, per-project and per-organization routes:
+    /// `make(route, is_default)` builds each distinct route once, and projects routed
+    /// to the same one share it (one client, one pause state, one rate of probes).
     pub async fn build<'r, R, E, F>(
         default: Option<&'r R>,
         projects: impl IntoIterator<Item = (u64, &'r R)>,
+        organizations: impl IntoIterator<Item = (u64, &'r Organization<R>)>,
         mut make: F,
     ) -> Result<Router, E>
     where
@@ -69,12 +76,61 @@ impl Router {
         for (project, route) in projects {
             by_project.insert(project, get(route, false).await?);
         }
-        Ok(Router::new(default, by_project))
+        let mut by_organization = HashMap::new();
+        for (id, org) in organizations {
+            let mut projects = HashMap::new();
+            for (project, route) in &org.projects {
+                let built = match route {
+                    Some(route) => Some(get(route, false).await?),
+                    None => None,
+                };
+                projects.insert(*project, built);
+            }
+            by_organization.insert(
+                id,
+                Organization {
+                    route: get(&org.route, false).await?,
+                    enroll_new_projects: org.enroll_new_projects,
+                    projects,
+                },
+            );
+        }
+        let mut router = Router::new(default, by_project);
+        router.organizations = by_organization;
+        Ok(router)
     }
 
-    /// The forwarder of a project, if it has a route.
+    /// The forwarder of a project whatever its organization (`projects.P` or the
+    /// default), if it has one.
     pub fn route(&self, project_id: u64) -> Option<&Arc<Forwarder>> {
         self.projects.get(&project_id).or(self.default.as_ref())
+    }
+
+    /// The forwarder an event of `organization` and `project` goes through, or why it
+    /// is skipped ([`resolve`]).
+    pub fn resolve(&self, organization: u64, project: u64) -> Result<&Arc<Forwarder>, Skip> {
+        resolve(
+            &self.projects,
+            &self.organizations,
+            self.default.as_ref(),
+            organization,
+            project,
+        )
+        .map(|(_, forwarder)| forwarder)
+    }
+
+    /// The forwarder of the route at `key`, if there is one.
+    pub fn at(&self, key: RouteKey) -> Option<&Arc<Forwarder>> {
+        match key {
+            RouteKey::Default => self.default.as_ref(),
+            RouteKey::Project(p) => self.projects.get(&p),
+            RouteKey::Organization(o) => self.organizations.get(&o).map(|org| &org.route),
+            RouteKey::OrganizationProject(o, p) => self
+                .organizations
+                .get(&o)
+                .and_then(|org| org.projects.get(&p))
+                .and_then(Option::as_ref),
+        }
     }
 
     /// The default route's forwarder.
@@ -85,7 +141,16 @@ impl Router {
     /// Every distinct forwarder, the default's first.
     pub fn forwarders(&self) -> Vec<&Arc<Forwarder>> {
         let mut all: Vec<&Arc<Forwarder>> = Vec::new();
-        for f in self.default.iter().chain(self.projects.values()) {
+        let organizations = self
+            .organizations
+            .values()
+            .flat_map(|org| std::iter::once(&org.route).chain(org.projects.values().flatten()));
+        for f in self
+            .default
+            .iter()
+            .chain(self.projects.values())
+            .chain(organizations)
+        {
             if !all.iter().any(|seen| Arc::ptr_eq(seen, f)) {
                 all.push(f);
             }

@@ -61,8 +61,10 @@ pub enum Counter {
     /// `forwarder.event.skipped`: an event not forwarded on purpose, as Sentry skips it.
     ///
     /// Tags: `reason` (`oversized`: over the size limit with no S3 bucket;
-    /// `skip_unconfigured`: the project has no route; `filtered`: its route's filter
-    /// does not let it through).
+    /// `skip_unconfigured`: the project has no route; `skip_not_enrolled`: its
+    /// organization's route does not enroll projects it does not list;
+    /// `skip_project_disabled`: its organization's route switches it off (`enabled =
+    /// false`); `filtered`: its route's filter does not let it through).
     EventSkipped {
         /// The `reason` tag.
         reason: &'static str,

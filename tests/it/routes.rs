@@ -214,3 +214,121 @@ async fn routes_send_with_a_named_profile_and_with_an_assumed_role() {
         vec![format!("{:032x}", 2)]
     );
 }
+
+/// An event of `organization`'s `project`.
+fn org_event(id: u128, organization: u64, project: u64) -> String {
+    format!(
+        r#"{{"event_id":"{id:032x}","project_id":{project},"organization_id":{organization},"message":"boom"}}"#
+    )
+}
+
+/// Sentry's organization-level forwarder, with the real binary: a project route first,
+/// an organization's override (its own queue), a project switched off, an organization
+/// that enrolls only what it lists, and the default for the rest. The skipped events
+/// are counted with their own reasons and deleted; `check` says which route each
+/// listed organization's projects take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn organization_routes_with_overrides_and_switched_off_projects() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let name = unique("t");
+    let queue = |what: &'static str| {
+        let client = client.clone();
+        let name = name.clone();
+        async move { create_queue(&client, &format!("{name}-{what}"), 30).await }
+    };
+    let (source, fallback, p42, org7, org7_p8, org5_p6) = (
+        queue("src").await,
+        queue("default").await,
+        queue("p42").await,
+        queue("org7").await,
+        queue("org7-p8").await,
+        queue("org5-p6").await,
+    );
+    let path = routes_file(&format!(
+        "[default]\nqueue_url = \"{fallback}\"\n\n\
+         [projects.42]\nqueue_url = \"{p42}\"\n\n\
+         [organizations.7]\nqueue_url = \"{org7}\"\n\n\
+         [organizations.7.projects.8]\nqueue_url = \"{org7_p8}\"\n\n\
+         [organizations.7.projects.9]\nenabled = false\n\n\
+         [organizations.5]\nqueue_url = \"{fallback}\"\nenroll_new_projects = false\n\n\
+         [organizations.5.projects.6]\nqueue_url = \"{org5_p6}\"\n"
+    ));
+    // (organization, project) of each event, and where it must go (None: skipped).
+    let cases: [(u64, u64, Option<&str>); 7] = [
+        (7, 42, Some(p42.as_str())),
+        (7, 8, Some(org7_p8.as_str())),
+        (7, 9, None),
+        (7, 10, Some(org7.as_str())),
+        (5, 6, Some(org5_p6.as_str())),
+        (5, 11, None),
+        (3, 12, Some(fallback.as_str())),
+    ];
+    let bodies: Vec<String> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (o, p, _))| org_event(i as u128 + 1, *o, *p))
+        .collect();
+    send_bodies(&client, &source, &bodies).await;
+
+    let check = run_ok(
+        binary(&["check"])
+            .env("FORWARDER_SOURCE_QUEUE_URL", &source)
+            .env("FORWARDER_ROUTES_FILE", &path)
+            .env("FORWARDER_INDEXER", "off"),
+    );
+    let said = String::from_utf8_lossy(&check.stdout).into_owned();
+    for line in [
+        format!("organization 7 project 8: [organizations.7.projects.8] {org7_p8}"),
+        "organization 7 project 9: skipped (skip_project_disabled)".to_string(),
+        format!("organization 7, projects not listed: [organizations.7] {org7}"),
+        format!("organization 5 project 6: [organizations.5.projects.6] {org5_p6}"),
+        "organization 5, projects not listed: skipped (skip_not_enrolled)".to_string(),
+        format!("route organization 7 project 8: reached {org7_p8}"),
+    ] {
+        assert!(said.contains(&line), "{line:?} not in:\n{said}");
+    }
+
+    let statsd = StatsdCapture::start();
+    run_ok(
+        binary(&["run", "--exit-when-idle", "2"])
+            .env("FORWARDER_SOURCE_QUEUE_URL", &source)
+            .env("FORWARDER_ROUTES_FILE", &path)
+            .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+            .env("FORWARDER_INDEXER", "off")
+            .env("FORWARDER_STATSD_ADDR", statsd.addr.to_string())
+            .env("RUST_LOG", "warn"),
+    );
+    for queue in [&p42, &org7, &org7_p8, &org5_p6, &fallback] {
+        let mut want: Vec<String> = cases
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, to))| *to == Some(queue.as_str()))
+            .map(|(i, _)| format!("{:032x}", i + 1))
+            .collect();
+        want.sort();
+        let mut got: Vec<String> = drain(&client, queue, want.len(), Duration::from_secs(10))
+            .await
+            .iter()
+            .map(|b| event_id_of(b))
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "at {queue}");
+    }
+    let lines = statsd.lines();
+    for reason in ["skip_project_disabled", "skip_not_enrolled"] {
+        assert_eq!(
+            statsd_sum(
+                &lines,
+                "forwarder.event.skipped",
+                &format!("reason:{reason}")
+            ),
+            1,
+            "{reason}: {lines:?}"
+        );
+    }
+    assert_eq!(
+        depth(&client, &source).await,
+        0,
+        "skipped events are deleted"
+    );
+}
