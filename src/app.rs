@@ -134,6 +134,10 @@ pub struct App {
     /// The batching window of `replay` and `redrive` (`run` sizes its own against the
     /// source's visibility timeout, [`App::worker`]).
     window: BatchWindow,
+    /// The forwarder of each route in force, so a reload keeps those of the routes it
+    /// does not change (their clients, windows and pause states) and reaches only the
+    /// new ones.
+    built: Arc<std::sync::Mutex<HashMap<Route, Arc<Forwarder>>>>,
 }
 
 impl App {
@@ -210,6 +214,7 @@ impl App {
             rate_limit,
             pauses: Arc::new(Pauses::default()),
             window,
+            built: Arc::new(std::sync::Mutex::new(HashMap::new())),
         })
     }
 
@@ -337,12 +342,21 @@ impl App {
 
     /// [`App::router`], its sends shared within `window`.
     async fn router_within(&self, window: &BatchWindow) -> Result<Router, StartError> {
-        let routes = self.config.effective_routes();
-        let file_default = self
-            .config
-            .routes
-            .as_ref()
-            .is_some_and(|r| r.default.is_some());
+        self.router_for(&self.config, window).await
+    }
+
+    /// A router for `config`'s routes (this app's, or a reloaded file's), its sends
+    /// shared within `window`: a route in force already keeps its forwarder; a new one is
+    /// built and its destination reached.
+    pub async fn router_for(
+        &self,
+        config: &Config,
+        window: &BatchWindow,
+    ) -> Result<Router, StartError> {
+        let routes = config.effective_routes();
+        let file_default = config.routes.as_ref().is_some_and(|r| r.default.is_some());
+        let in_force = self.built.lock().map(|b| b.clone()).unwrap_or_default();
+        let mut built: HashMap<Route, Arc<Forwarder>> = HashMap::new();
         // The variable a route came from, to name it in an error.
         let var = |is_default: bool| {
             if is_default && !file_default {
@@ -353,11 +367,15 @@ impl App {
         };
         // One SDK configuration per region and credentials.
         let mut sdks: HashMap<(Option<String>, CredentialSource), SdkConfig> = HashMap::new();
-        Router::build(
+        let router = Router::build(
             routes.default.as_ref(),
             routes.projects.iter().map(|(p, r)| (*p, r)),
             routes.organizations.iter().map(|(o, org)| (*o, org)),
             async |route: &Route, is_default| {
+                if let Some(forwarder) = in_force.get(route) {
+                    built.insert(route.clone(), forwarder.clone());
+                    return Ok::<_, StartError>(forwarder.clone());
+                }
                 let key = (route.region.clone(), route.credentials.clone());
                 let sdk = match sdks.get(&key) {
                     Some(sdk) => sdk.clone(),
@@ -367,11 +385,19 @@ impl App {
                         sdk
                     }
                 };
-                self.forwarder_for(var(is_default), route, &sdk, window)
-                    .await
+                let forwarder = Arc::new(
+                    self.forwarder_for(var(is_default), route, &sdk, window)
+                        .await?,
+                );
+                built.insert(route.clone(), forwarder.clone());
+                Ok(forwarder)
             },
         )
-        .await
+        .await?;
+        if let Ok(mut in_force) = self.built.lock() {
+            *in_force = built;
+        }
+        Ok(router)
     }
 
     /// Decode, index, forward, dead-letter: after reaching every destination (and
@@ -563,6 +589,9 @@ impl App {
     /// The health listener, if configured, starts first: liveness answers while the
     /// queues are being reached (with retries), readiness waits for the first receive.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<RunSummary, StartError> {
+        // SIGHUP reloads the routes (or is ignored without a file), from the start on:
+        // never the signal's default action, which ends the process.
+        let hangups = crate::reload::hangups();
         let health = Health::default()
             .with_pauses(self.pauses.clone())
             .with_exporter(self.metrics.exporter());
@@ -584,7 +613,23 @@ impl App {
             threads = tokio::runtime::Handle::current().metrics().num_workers(),
             "polling the source queue"
         );
-        let summary = worker::run(worker, options, shutdown).await;
+        let stop_reloading = CancellationToken::new();
+        let reloading = crate::reload::watch(
+            self,
+            worker.pipeline().routing().clone(),
+            worker.source().window().clone(),
+            hangups,
+            self.metrics.clone(),
+            stop_reloading.clone(),
+        );
+        let (summary, ()) = tokio::join!(
+            async {
+                let summary = worker::run(worker.clone(), options, shutdown).await;
+                stop_reloading.cancel();
+                summary
+            },
+            reloading
+        );
         self.metrics.flush(std::time::Duration::from_secs(2));
         Ok(summary)
     }

@@ -482,3 +482,54 @@ impl InternalEvent for SharedCacheBack {
         tracing::warn!("indexer shared cache answers again");
     }
 }
+
+/// The routes file read again (SIGHUP, or its content changed) and put in force: every
+/// batch that starts from now on takes the new routes.
+pub struct RoutesReloaded<'a> {
+    /// What asked for it: `SIGHUP` or `file changed`.
+    pub trigger: &'a str,
+    /// The routes file.
+    pub file: &'a std::path::Path,
+    /// Routes in force now (default, projects, organizations and their projects).
+    pub routes: usize,
+    /// Of them, destinations not in force before (built and reached).
+    pub new: usize,
+}
+
+impl InternalEvent for RoutesReloaded<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::info!(
+            trigger = self.trigger,
+            file = %self.file.display(),
+            routes = self.routes,
+            new_destinations = self.new,
+            "routes reloaded"
+        );
+        metrics.incr(Counter::ConfigReload { result: "success" });
+        metrics.gauge(crate::metrics::Gauge::ConfigLastReloadSuccessful, 1);
+    }
+}
+
+/// A reload refused: the file could not be read, did not validate, or a new destination
+/// could not be reached. The routes in force stay; one line says why.
+pub struct RoutesReloadFailed<'a> {
+    /// What asked for it.
+    pub trigger: &'a str,
+    /// The routes file.
+    pub file: &'a std::path::Path,
+    /// Why, in one line.
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for RoutesReloadFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::error!(
+            trigger = self.trigger,
+            file = %self.file.display(),
+            error = %self.error,
+            "routes not reloaded: the routes in force are kept"
+        );
+        metrics.incr(Counter::ConfigReload { result: "failure" });
+        metrics.gauge(crate::metrics::Gauge::ConfigLastReloadSuccessful, 0);
+    }
+}

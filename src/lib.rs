@@ -50,6 +50,8 @@
 //!   DogStatsD, Datadog's API, EMF, log, Prometheus), one or several at once.
 //! - [`telemetry`]: logging set-up, and traces over OTLP ([`telemetry::otlp`]).
 //! - `redact` (internal): secrets out of URLs, for every output.
+//! - [`reload`]: the routes file read again on SIGHUP and when its content changes,
+//!   swapped in whole once its new destinations are reached.
 //! - [`check`], [`replay`], [`redrive`]: the other commands.
 //!
 //! Modules marked internal are private to the crate; the rest is what the binary, the
@@ -79,6 +81,7 @@ pub mod outcome;
 pub mod pipeline;
 pub(crate) mod redact;
 pub mod redrive;
+pub mod reload;
 pub mod replay;
 pub mod retry;
 pub(crate) mod source;

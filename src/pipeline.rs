@@ -10,6 +10,7 @@ use tracing::Instrument;
 use crate::event::{decode, DecodeError, Event};
 use crate::forward::{
     DeadLetter, DeadLetterQueue, DeferCause, Deferral, Forwarder, Outcome, Reason, Routed, Router,
+    SharedRouter,
 };
 use crate::indexer::{BulkRequest, Indexer, IndexerError};
 use crate::internal_events::{
@@ -142,8 +143,8 @@ impl Decoded<'_> {
 /// Decode, index, forward.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
-    /// The forwarder of each project.
-    router: Router,
+    /// The forwarder of each project: the routes in force, swapped by a reload.
+    router: SharedRouter,
     /// Interns tag strings; `None` when the stage is off.
     indexer: Option<Arc<Indexer>>,
     /// Takes what can never be forwarded (`FORWARDER_DLQ_URL`); `None`: such messages
@@ -160,7 +161,7 @@ impl Pipeline {
     /// A pipeline forwarding through `router`, indexing with `indexer` if given.
     pub fn new(router: Router, indexer: Option<Arc<Indexer>>, metrics: Metrics) -> Self {
         Self {
-            router,
+            router: SharedRouter::new(router),
             indexer,
             dead_letter: None,
             metrics,
@@ -180,8 +181,13 @@ impl Pipeline {
         self
     }
 
-    /// The router.
-    pub fn router(&self) -> &Router {
+    /// The router in force now.
+    pub fn router(&self) -> Arc<Router> {
+        self.router.current()
+    }
+
+    /// The routes in force, which a reload swaps ([`crate::reload`]).
+    pub fn routing(&self) -> &SharedRouter {
         &self.router
     }
 
@@ -317,7 +323,9 @@ impl Pipeline {
         events: Decoded<'_>,
         settlements: &mut [Option<Settlement>],
     ) {
-        let routes = self.by_route(&events, settlements);
+        // The routes in force when the batch started, to its end.
+        let router = self.router.current();
+        let routes = self.by_route(&router, &events, settlements);
         // Every route at once: one waiting in its batching window (or slow, or retrying)
         // holds back no other route's events.
         let sends = routes.iter().map(|(forwarder, members)| {
@@ -360,12 +368,13 @@ impl Pipeline {
     /// project has no route, is settled as skipped here.
     fn by_route(
         &self,
+        router: &Router,
         events: &Decoded<'_>,
         settlements: &mut [Option<Settlement>],
     ) -> Vec<(Arc<Forwarder>, Vec<usize>)> {
         let mut routes: Vec<(Arc<Forwarder>, Vec<usize>)> = Vec::new();
         for (k, (i, event)) in events.at.iter().zip(&events.events).enumerate() {
-            let route = self.router.resolve(event.organization_id, event.project_id);
+            let route = router.resolve(event.organization_id, event.project_id);
             if let Some(forwarder) = route
                 .ok()
                 .filter(|f| f.filter().is_some_and(|f| !f.matches(event)))

@@ -335,7 +335,7 @@ pub struct Settings {
     pub adaptive_in_flight: Switch,
 
     /// Most message body bytes held at once by the whole pool, beside the count: memory stays bounded for large events.
-    #[arg(long, env = "FORWARDER_MAX_IN_FLIGHT_BYTES", value_name = "BYTES", default_value = "8MiB",
+    #[arg(long, env = "FORWARDER_MAX_IN_FLIGHT_BYTES", value_name = "BYTES", default_value = "24MiB",
           value_parser = byte_size, global = true)]
     pub max_in_flight_bytes: usize,
 

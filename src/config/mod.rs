@@ -76,8 +76,11 @@ pub struct Config {
     /// The queue forwarded to (`FORWARDER_DEST_QUEUE_URL`): the default route. May be
     /// unset when a routes file is given.
     pub dest_queue_url: Option<String>,
-    /// Per-project routes (`FORWARDER_ROUTES_FILE`).
+    /// Per-project and per-organization routes (`FORWARDER_ROUTES_FILE`).
     pub routes: Option<routes::Routes>,
+    /// The routes file itself, read again on SIGHUP and when its content changes
+    /// ([`crate::reload`]); `None`: no file.
+    pub routes_file: Option<std::path::PathBuf>,
     /// Where what can never be forwarded goes (`FORWARDER_DLQ_URL`).
     pub dlq_url: Option<String>,
     /// The message group (`FORWARDER_MESSAGE_GROUP_ID`): order on a FIFO destination,
@@ -113,7 +116,8 @@ pub struct Config {
     /// on; [`crate::concurrency`]).
     pub adaptive_in_flight: bool,
     /// Most body bytes the pool holds at once (`FORWARDER_MAX_IN_FLIGHT_BYTES`, default
-    /// 8 MiB): with large events, memory stays bounded before the count is reached.
+    /// 24 MiB), taken before each receive at the source's `MaximumMessageSize` per
+    /// message: with large events, memory stays bounded before the count is reached.
     pub max_in_flight_bytes: usize,
     /// How long an entry may wait to share a call (`FORWARDER_BATCH_WINDOW`); `None`: the
     /// default, [`DEFAULT_BATCH_WINDOW`] or a third of the source's visibility timeout if
@@ -202,6 +206,7 @@ impl Config {
             source_queue_url: None,
             dest_queue_url: None,
             routes: None,
+            routes_file: None,
             dlq_url: None,
             message_group: None,
             s3_bucket: None,
@@ -215,7 +220,7 @@ impl Config {
             batch_size: 10,
             max_in_flight: 40,
             adaptive_in_flight: false,
-            max_in_flight_bytes: 8 << 20,
+            max_in_flight_bytes: 24 << 20,
             batch_window: Some(Duration::ZERO),
             fields: None,
             filter: None,
@@ -236,6 +241,31 @@ impl Config {
             exit_when_idle: Some(Duration::from_secs(2)),
             indexer: None,
         }
+    }
+
+    /// The same configuration with `routes` in force, validated as at start (each
+    /// route's packing against the global settings): what a reload puts in force.
+    pub fn with_routes(&self, routes: routes::Routes) -> Result<Config, ConfigError> {
+        let file = self
+            .routes_file
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""));
+        let defaults = (
+            self.pack,
+            self.s3_offload,
+            self.pack_compression,
+            self.s3_pointer_format,
+        );
+        if let Some(err) = route_pack_errors(&routes, file, defaults)
+            .into_iter()
+            .next()
+        {
+            return Err(err);
+        }
+        Ok(Config {
+            routes: Some(routes),
+            ..self.clone()
+        })
     }
 
     /// Every project's destination: the routes file's, with `FORWARDER_DEST_QUEUE_URL`
@@ -332,6 +362,7 @@ impl Settings {
             source_queue_url: source,
             dest_queue_url: dest,
             routes,
+            routes_file: self.routes_file.clone(),
             dlq_url,
             message_group: self.message_group_id.clone(),
             s3_bucket: self.s3_bucket.clone().filter(|b| !b.trim().is_empty()),
@@ -578,45 +609,32 @@ impl Settings {
     /// reads an object as text). Checked per route, with the global settings where a
     /// route does not say.
     fn check_packs(&self, routes: Option<&routes::Routes>, errors: &mut Vec<ConfigError>) {
-        use crate::forward::{OffloadMode, Pack, PackCompression, PointerFormat};
-        let problem = |pack: Pack, offload: OffloadMode, compression: PackCompression| {
-            if compression != PackCompression::Gzip {
-                None
-            } else if pack != Pack::Ndjson {
-                Some("is gzip, which compresses a pack's S3 object, but events are not packed (pack = ndjson)")
-            } else if offload != OffloadMode::Always {
-                Some("is gzip, which compresses a pack's S3 object, but packs are not stored in S3 (s3_offload = always)")
-            } else if self.s3_pointer_format == PointerFormat::Extended {
-                Some("is gzip, but the Extended Client Library's pointer reads its object as text; use the sentry pointer format")
-            } else {
-                None
-            }
-        };
         let file_default = routes.is_some_and(|r| r.default.is_some());
         if !file_default && self.dest_queue_url.is_some() {
-            if let Some(p) = problem(self.pack, self.s3_offload, self.pack_compression) {
+            if let Some(p) = pack_problem(
+                self.pack,
+                self.s3_offload,
+                self.pack_compression,
+                self.s3_pointer_format,
+            ) {
                 errors.push(ConfigError::new("FORWARDER_PACK_COMPRESSION", p));
             }
         }
         let Some(routes) = routes else { return };
-        for (key, route) in routes.keyed() {
-            let at = key.at();
-            let found = problem(
-                route.pack.unwrap_or(self.pack),
-                route.s3_offload.unwrap_or(self.s3_offload),
-                route.pack_compression.unwrap_or(self.pack_compression),
-            );
-            if let Some(p) = found {
-                let file = self
-                    .routes_file
-                    .as_deref()
-                    .unwrap_or(std::path::Path::new(""));
-                errors.push(ConfigError::new(
-                    "FORWARDER_ROUTES_FILE",
-                    format!("{}: {at}.pack_compression {p}", file.display()),
-                ));
-            }
-        }
+        let file = self
+            .routes_file
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""));
+        errors.extend(route_pack_errors(
+            routes,
+            file,
+            (
+                self.pack,
+                self.s3_offload,
+                self.pack_compression,
+                self.s3_pointer_format,
+            ),
+        ));
     }
 
     /// `FORWARDER_S3_SSE` and `FORWARDER_S3_KMS_KEY_ID`, together.
@@ -679,6 +697,60 @@ impl Settings {
             ));
         }
     }
+}
+
+/// What is wrong with `pack_compression` given how a route packs, offloads and points.
+fn pack_problem(
+    pack: crate::forward::Pack,
+    offload: crate::forward::OffloadMode,
+    compression: crate::forward::PackCompression,
+    pointer: crate::forward::PointerFormat,
+) -> Option<&'static str> {
+    use crate::forward::{OffloadMode, Pack, PackCompression, PointerFormat};
+    if compression != PackCompression::Gzip {
+        None
+    } else if pack != Pack::Ndjson {
+        Some("is gzip, which compresses a pack's S3 object, but events are not packed (pack = ndjson)")
+    } else if offload != OffloadMode::Always {
+        Some("is gzip, which compresses a pack's S3 object, but packs are not stored in S3 (s3_offload = always)")
+    } else if pointer == PointerFormat::Extended {
+        Some("is gzip, but the Extended Client Library's pointer reads its object as text; use the sentry pointer format")
+    } else {
+        None
+    }
+}
+
+/// The global settings a route's own keys fall back to: pack, offload, compression, and
+/// the pointer format.
+type PackDefaults = (
+    crate::forward::Pack,
+    crate::forward::OffloadMode,
+    crate::forward::PackCompression,
+    crate::forward::PointerFormat,
+);
+
+/// Each route's `pack_compression` checked with the global settings where the route does
+/// not say: the problems, naming `file` and the route.
+fn route_pack_errors(
+    routes: &routes::Routes,
+    file: &std::path::Path,
+    (pack, offload, compression, pointer): PackDefaults,
+) -> Vec<ConfigError> {
+    routes
+        .keyed()
+        .filter_map(|(key, route)| {
+            let p = pack_problem(
+                route.pack.unwrap_or(pack),
+                route.s3_offload.unwrap_or(offload),
+                route.pack_compression.unwrap_or(compression),
+                pointer,
+            )?;
+            Some(ConfigError::new(
+                "FORWARDER_ROUTES_FILE",
+                format!("{}: {}.pack_compression {p}", file.display(), key.at()),
+            ))
+        })
+        .collect()
 }
 
 /// A `host:port` setting resolved, or its problem noted against `var`.

@@ -51,7 +51,7 @@ pub use pack::{Pack, Packer};
 pub use pack_object::PackCompression;
 pub use pause::{Gate, Pauses, RouteGate};
 pub use rate_limit::{OrgRateLimiter, RateLimit};
-pub use router::Router;
+pub use router::{Router, SharedRouter};
 pub use sender::{Attribute, Delivery, MessageLimit, Outgoing, SendOutcome, SqsSender};
 
 /// SQS's message size limit (1 MiB), the default of `FORWARDER_MAX_MESSAGE_BYTES`.

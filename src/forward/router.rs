@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::Forwarder;
@@ -47,8 +47,9 @@ impl Router {
     }
 
     /// A router for a default route, per-project and per-organization routes:
-    /// `make(route, is_default)` builds each distinct route once, and projects routed
-    /// to the same one share it (one client, one pause state, one rate of probes).
+    /// `make(route, is_default)` gives each distinct route's forwarder once (built, or
+    /// kept from the routes in force), and projects routed to the same one share it (one
+    /// client, one pause state, one rate of probes).
     pub async fn build<'r, R, E, F>(
         default: Option<&'r R>,
         projects: impl IntoIterator<Item = (u64, &'r R)>,
@@ -57,14 +58,14 @@ impl Router {
     ) -> Result<Router, E>
     where
         R: Eq + Hash + 'r,
-        F: AsyncFnMut(&'r R, bool) -> Result<Forwarder, E>,
+        F: AsyncFnMut(&'r R, bool) -> Result<Arc<Forwarder>, E>,
     {
         let mut built: HashMap<&'r R, Arc<Forwarder>> = HashMap::new();
         let mut get = async |route: &'r R, is_default: bool| -> Result<Arc<Forwarder>, E> {
             if let Some(f) = built.get(route) {
                 return Ok(f.clone());
             }
-            let forwarder = Arc::new(make(route, is_default).await?);
+            let forwarder = make(route, is_default).await?;
             built.insert(route, forwarder.clone());
             Ok(forwarder)
         };
@@ -174,5 +175,41 @@ impl Router {
         }
         let forwarders = self.forwarders();
         futures_util::future::join_all(forwarders.iter().map(|f| f.refresh_limit())).await;
+    }
+}
+
+/// The router in force, shared by every clone of a pipeline and swapped whole when the
+/// routes file is reloaded ([`crate::reload`]). Each batch takes the router in force when
+/// it starts and keeps it to the end, so a batch in work finishes on the routes it
+/// started with.
+#[derive(Debug, Clone)]
+pub struct SharedRouter {
+    /// The router in force.
+    current: Arc<RwLock<Arc<Router>>>,
+}
+
+impl SharedRouter {
+    /// `router` in force.
+    pub fn new(router: Router) -> Self {
+        Self {
+            current: Arc::new(RwLock::new(Arc::new(router))),
+        }
+    }
+
+    /// The router in force now.
+    pub fn current(&self) -> Arc<Router> {
+        match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts `router` in force for every batch that starts from now on; the one before.
+    pub fn replace(&self, router: Router) -> Arc<Router> {
+        let new = Arc::new(router);
+        match self.current.write() {
+            Ok(mut current) => std::mem::replace(&mut *current, new),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), new),
+        }
     }
 }

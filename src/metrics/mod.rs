@@ -150,6 +150,14 @@ pub enum Counter {
         /// The `operation` tag.
         operation: &'static str,
     },
+    /// `forwarder.config.reload`: a reload of the routes file (SIGHUP, or its content
+    /// changed): put in force, or refused with the routes in force kept.
+    ///
+    /// Tags: `result` (`success`, `failure`).
+    ConfigReload {
+        /// The `result` tag.
+        result: &'static str,
+    },
     /// `forwarder.sqs.error`: a call that failed for good (after retries).
     ///
     /// Tags: `operation` (as for `forwarder.retry`), `class`.
@@ -175,6 +183,7 @@ impl Counter {
             Counter::RateLimited => "forwarder.rate_limited",
             Counter::MessagesDeleted => "forwarder.messages.deleted",
             Counter::AwsError { .. } => "forwarder.sqs.error",
+            Counter::ConfigReload { .. } => "forwarder.config.reload",
             Counter::SqsRequests { .. } => "forwarder.sqs.requests",
             Counter::AttributesDropped => "forwarder.attributes.dropped",
             Counter::MetricsDropped => "forwarder.metrics.dropped",
@@ -199,6 +208,7 @@ impl Counter {
             }
             Counter::IndexerLookup { fetch_type } => vec![("fetch_type", fetch_type)],
             Counter::SqsRequests { operation } => vec![("operation", operation)],
+            Counter::ConfigReload { result } => vec![("result", result)],
             Counter::EventDeferred { cause } => vec![("cause", cause)],
             Counter::DeadLettered { stage, reason } => {
                 vec![("stage", stage.as_str()), ("reason", reason)]
@@ -219,7 +229,9 @@ impl Counter {
     fn sampled(&self) -> bool {
         !matches!(
             self,
-            Counter::HttpResponse { .. } | Counter::SqsRequests { .. }
+            Counter::HttpResponse { .. }
+                | Counter::SqsRequests { .. }
+                | Counter::ConfigReload { .. }
         )
     }
 }
@@ -316,6 +328,10 @@ pub enum Gauge {
         /// The `route` tag.
         route: &'static str,
     },
+    /// `forwarder.config.last_reload_successful`: 1 when the last reload of the routes
+    /// file was put in force (and at start), 0 when it was refused (as Prometheus's
+    /// `prometheus_config_last_reload_successful`).
+    ConfigLastReloadSuccessful,
 }
 
 impl Gauge {
@@ -325,13 +341,17 @@ impl Gauge {
             Gauge::InFlightLimit => "forwarder.events.in_flight.limit",
             Gauge::IndexerCacheSize => "forwarder.indexer.cache.size",
             Gauge::RoutePaused { .. } => "forwarder.route.paused",
+            Gauge::ConfigLastReloadSuccessful => "forwarder.config.last_reload_successful",
         }
     }
 
     fn tags(&self) -> Vec<(&'static str, &'static str)> {
         match *self {
             Gauge::RoutePaused { route } => vec![("route", route)],
-            Gauge::InFlight | Gauge::InFlightLimit | Gauge::IndexerCacheSize => Vec::new(),
+            Gauge::InFlight
+            | Gauge::InFlightLimit
+            | Gauge::IndexerCacheSize
+            | Gauge::ConfigLastReloadSuccessful => Vec::new(),
         }
     }
 }

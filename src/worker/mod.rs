@@ -335,6 +335,11 @@ impl Worker {
         &self.source
     }
 
+    /// Decode and forward: its routes in force are what a reload swaps.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
     /// One step: receive a batch (long poll) and settle it.
     pub async fn run_once(&self) -> Result<BatchOutcome, AwsError> {
         let (max, _room) = self.admit().await;

@@ -513,11 +513,16 @@ impl Spawned {
 
     /// Sends SIGTERM, as Kubernetes does to stop a pod.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`), as `kill -NAME` does.
+    pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.id().to_string()])
+            .args([&format!("-{name}"), &self.id().to_string()])
             .status()
             .expect("kill");
-        assert!(status.success(), "SIGTERM not delivered");
+        assert!(status.success(), "SIG{name} not delivered");
     }
 
     /// Whether the child has exited.

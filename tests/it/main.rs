@@ -31,6 +31,7 @@ mod outage;
 mod pack;
 mod prometheus;
 mod redrive;
+mod reload;
 mod routes;
 mod secrets;
 mod shape;
