@@ -450,7 +450,14 @@ impl App {
             self.metrics.clone(),
         )
         .with_window(window);
-        DeadLetterQueue::new(sender, info.fifo, self.metrics.clone())
+        // The queue's own limit, as each destination's (a queue made before 2025 takes
+        // 256 KiB); what is larger goes to FORWARDER_S3_BUCKET behind a pointer.
+        sender.follow_queue_limit(info.max_message_bytes);
+        let offloader = self.config.s3_bucket.as_deref().map(|bucket| {
+            self.offloader(&self.sdk, bucket)
+                .with_encryption(self.config.s3_encryption.clone())
+        });
+        DeadLetterQueue::new(sender, info.fifo, self.metrics.clone()).with_offloader(offloader)
     }
 
     /// GetQueueAttributes, with transient failures retried within the retry bound: a

@@ -147,7 +147,7 @@ pub async fn handle(
     let messages = records(event)?;
     // A warm instance lives for hours: its destinations' size limits are read again
     // every minute, as in `run`.
-    pipeline.router().refresh_limits().await;
+    pipeline.refresh_limits().await;
     let work = pipeline.process(&messages);
     let settlements = match deadline {
         None => work.await,

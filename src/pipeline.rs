@@ -186,6 +186,18 @@ impl Pipeline {
         self.router.current()
     }
 
+    /// Reads every destination's `MaximumMessageSize` again, and the dead-letter
+    /// queue's, if that was done over a minute ago.
+    pub async fn refresh_limits(&self) {
+        let router = self.router();
+        match &self.dead_letter {
+            Some(dlq) => {
+                futures_util::future::join(router.refresh_limits(), dlq.refresh_limit()).await;
+            }
+            None => router.refresh_limits().await,
+        }
+    }
+
     /// The routes in force, which a reload swaps ([`crate::reload`]).
     pub fn routing(&self) -> &SharedRouter {
         &self.router

@@ -1,10 +1,17 @@
 //! The dead-letter destination (`FORWARDER_DLQ_URL`): where what can never be forwarded
 //! goes, with its original body unchanged and attributes that say why.
 
-use super::sender::{Attribute, Delivery, Outgoing, SendOutcome, SqsSender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::offload::Offloader;
+use super::router::LIMIT_REFRESH;
+use super::sender::{local, Attribute, Delivery, Outgoing, SqsSender};
+use crate::aws::AwsError;
 use crate::internal_events::{DeadLettered, InternalEvent};
 use crate::metrics::Metrics;
 use crate::outcome::Stage;
+use crate::outcome::{ErrorClass, Operation};
 
 /// Why a message is dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +45,12 @@ pub struct DeadLetterQueue {
     sender: SqsSender,
     /// Whether the DLQ is FIFO (it then needs group and deduplication ids).
     fifo: bool,
+    /// Where a message too large for the DLQ's own `MaximumMessageSize` goes, a pointer
+    /// to it in its place (`FORWARDER_S3_BUCKET`); `None`: such a message stays in the
+    /// source, never sent to be refused.
+    offloader: Option<Offloader>,
+    /// When the DLQ's `MaximumMessageSize` was last read (shared by every clone).
+    limit_read_at: Arc<Mutex<Instant>>,
     /// `forwarder.dead_letter{stage, reason}`.
     metrics: Metrics,
 }
@@ -51,8 +64,42 @@ impl DeadLetterQueue {
         Self {
             sender,
             fifo,
+            offloader: None,
+            limit_read_at: Arc::new(Mutex::new(Instant::now())),
             metrics,
         }
+    }
+
+    /// The same DLQ, a message too large for it stored with `offloader` and a pointer
+    /// sent in its place.
+    pub fn with_offloader(mut self, offloader: Option<Offloader>) -> Self {
+        self.offloader = offloader;
+        self
+    }
+
+    /// The DLQ's message size bound, as its `MaximumMessageSize` says (`None`: SQS's).
+    pub fn follow_queue_limit(&self, queue_max: Option<usize>) {
+        self.sender.follow_queue_limit(queue_max);
+    }
+
+    /// The bound on a dead letter, in bytes, as it is now.
+    pub fn max_message_bytes(&self) -> usize {
+        self.sender.max_message_bytes()
+    }
+
+    /// Reads the DLQ's `MaximumMessageSize` again if that was done over a minute ago, as
+    /// every destination's ([`super::Router::refresh_limits`]).
+    pub async fn refresh_limit(&self) {
+        {
+            let Ok(mut read_at) = self.limit_read_at.try_lock() else {
+                return;
+            };
+            if read_at.elapsed() < LIMIT_REFRESH {
+                return;
+            }
+            *read_at = Instant::now();
+        }
+        self.sender.refresh_limit().await;
     }
 
     /// The DLQ's URL.
@@ -62,8 +109,11 @@ impl DeadLetterQueue {
 
     /// Sends each message with attributes `reason`, `stage`, `error_code`, `detail` and
     /// `source_message_id`; one delivery per message, in order.
+    /// A message over the DLQ's own `MaximumMessageSize` goes to the bucket, a pointer in
+    /// its place, when there is one; otherwise it is not sent (SQS would refuse it every
+    /// time) and its delivery says why: it stays in the source.
     pub async fn send(&self, letters: &[DeadLetter<'_>]) -> Vec<Delivery> {
-        let outgoing: Vec<Outgoing<'_>> = letters
+        let mut outgoing: Vec<Outgoing<'_>> = letters
             .iter()
             .map(|l| {
                 let mut attributes = vec![
@@ -87,12 +137,49 @@ impl DeadLetterQueue {
                 }
             })
             .collect();
-        let deliveries: Vec<Delivery> = self
-            .sender
-            .send(&outgoing)
-            .await
+        // Too large for the DLQ: offloaded, or settled here (not sent).
+        let limit = self.sender.max_message_bytes();
+        let mut settled: Vec<Option<Delivery>> = vec![None; letters.len()];
+        for (i, (letter, message)) in letters.iter().zip(outgoing.iter_mut()).enumerate() {
+            if message.size() <= limit {
+                continue;
+            }
+            settled[i] = Some(match &self.offloader {
+                Some(offloader) => {
+                    match offloader
+                        .offload_dead_letter(letter.source_message_id, letter.body)
+                        .await
+                    {
+                        Ok(pointer) => {
+                            message.body = pointer.body.into();
+                            message.attributes.extend(pointer.attributes);
+                            continue;
+                        }
+                        Err(err) => Err(err),
+                    }
+                }
+                None => Err(AwsError {
+                    operation: Operation::Send,
+                    class: ErrorClass::MessageRejected,
+                    code: Some("MessageTooLong".into()),
+                    message: format!(
+                        "{} bytes, over the dead-letter queue's {limit}-byte MaximumMessageSize, and no FORWARDER_S3_BUCKET to hold it: not sent",
+                        message.size()
+                    ),
+                }),
+            });
+        }
+        let sendable: Vec<usize> = (0..letters.len())
+            .filter(|i| settled[*i].is_none())
+            .collect();
+        let to_send: Vec<Outgoing<'_>> = sendable.iter().map(|&i| outgoing[i].clone()).collect();
+        let sent = self.sender.send(&to_send).await;
+        for (&i, outcome) in sendable.iter().zip(sent) {
+            settled[i] = Some(outcome.delivery());
+        }
+        let deliveries: Vec<Delivery> = settled
             .into_iter()
-            .map(SendOutcome::delivery)
+            .map(|d| d.unwrap_or_else(|| Err(local("no outcome for the dead letter"))))
             .collect();
         for (l, d) in letters.iter().zip(&deliveries) {
             if d.is_ok() {

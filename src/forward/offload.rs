@@ -247,6 +247,35 @@ impl Offloader {
         Ok(self.pointer(&key, sentry, body.len()))
     }
 
+    /// Stores a message too large for the dead-letter queue, as it was received, under
+    /// `dead-letters/DATE/SOURCE_MESSAGE_ID`; returns the pointer (Sentry's:
+    /// `{"s3Url": …, "sourceMessageId": …}`, or the Extended Client Library's).
+    pub async fn offload_dead_letter(
+        &self,
+        source_message_id: &str,
+        body: &str,
+    ) -> Result<Pointer, AwsError> {
+        let id: String = source_message_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let key = format!("dead-letters/{}/{id}", Utc::now().format("%Y-%m-%d"));
+        self.put(&key, body.as_bytes().to_vec(), "application/json", None)
+            .await?;
+        tracing::debug!(key, bytes = body.len(), "dead letter stored in S3");
+        let sentry = serde_json::json!({
+            "s3Url": self.url(&key),
+            "sourceMessageId": source_message_id,
+        });
+        Ok(self.pointer(&key, sentry, body.len()))
+    }
+
     /// Stores a pack (`events` events as NDJSON lines) as one object,
     /// `Content-Type: application/x-ndjson`, gzip-compressed if asked
     /// (`Content-Encoding: gzip`); returns the pointer: Sentry's with the event count

@@ -302,7 +302,7 @@ impl Worker {
     /// [`VISIBILITY_REFRESH`] ago, and each destination's message size limit
     /// ([`crate::forward::Router::refresh_limits`]); one try, a failure keeps the last value.
     pub async fn refresh_queues(&self) {
-        self.pipeline.router().refresh_limits().await;
+        self.pipeline.refresh_limits().await;
         {
             let Ok(mut read_at) = self.visibility_read_at.try_lock() else {
                 return;

@@ -469,3 +469,107 @@ async fn check_sends_a_test_event_to_every_route_and_fails_on_one_that_refuses()
         serde_json::json!(["sqs_forwarder_test", "true"])
     );
 }
+
+/// A body of about 400 KB that is not an event: dead-lettered as invalid, and over a
+/// dead-letter queue of the old 256 KiB limit.
+fn big_invalid_body() -> String {
+    format!("not an event {}", "x".repeat(400_000))
+}
+
+/// A dead-letter queue of 256 KiB, read as each destination's limit is: a message over
+/// it goes to FORWARDER_S3_BUCKET and the dead-letter queue gets a pointer to it.
+#[tokio::test]
+async fn a_message_too_large_for_the_dead_letter_queue_goes_to_the_bucket_behind_a_pointer() {
+    let q = Queues::create(30).await;
+    let dlq = old_queue(&q).await;
+    let bucket = unique("dlq-bucket").to_lowercase();
+    let s3 =
+        sqs_forwarder::aws::s3_client(&sdk().await, &sqs_forwarder::metrics::Metrics::disabled());
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let body = big_invalid_body();
+    send_bodies(
+        &q.client,
+        &q.source,
+        &[body.clone(), "small and invalid".into()],
+    )
+    .await;
+
+    run_ok(
+        run_to(&q.source, &q.dest)
+            .env("FORWARDER_DLQ_URL", &dlq)
+            .env("FORWARDER_S3_BUCKET", &bucket),
+    );
+    let letters = drain_messages(&q.client, &dlq, 2, Duration::from_secs(10)).await;
+    assert_eq!(letters.len(), 2, "both dead-lettered");
+    let pointer = letters
+        .iter()
+        .filter_map(|m| m.body.as_deref())
+        .find(|b| b.contains("s3Url"))
+        .expect("the large one as a pointer");
+    let v: serde_json::Value = serde_json::from_str(pointer).unwrap();
+    let url = v["s3Url"].as_str().unwrap();
+    let key = url.split_once(".amazonaws.com/").unwrap().1;
+    assert!(key.starts_with("dead-letters/"), "{key}");
+    let stored = s3
+        .get_object()
+        .bucket(&bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    let bytes = stored.body.collect().await.unwrap().into_bytes();
+    assert_eq!(bytes.as_ref(), body.as_bytes(), "stored as received");
+    assert!(letters
+        .iter()
+        .any(|m| m.body.as_deref() == Some("small and invalid")));
+    assert_eq!(depth(&q.client, &q.source).await, 0);
+}
+
+/// Without a bucket, a message too large for the dead-letter queue is never sent to it
+/// (SQS would refuse it every time): it stays in the source, with one line that says
+/// why; the rest is dead-lettered as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_bucket_a_message_too_large_for_the_dead_letter_queue_stays_in_the_source() {
+    let q = Queues::create(30).await;
+    let dlq = old_queue(&q).await;
+    send_bodies(
+        &q.client,
+        &q.source,
+        &[big_invalid_body(), "small and invalid".into()],
+    )
+    .await;
+    let mut run = binary(&["run"]);
+    run.env("FORWARDER_SOURCE_QUEUE_URL", &q.source)
+        .env("FORWARDER_DEST_QUEUE_URL", &q.dest)
+        .env("FORWARDER_DLQ_URL", &dlq)
+        .env("FORWARDER_RECEIVE_WAIT_SECONDS", "1")
+        .env("FORWARDER_INDEXER", "off")
+        .env("RUST_LOG", "warn");
+    let worker = spawn_binary(&mut run);
+    let letters = drain_messages(&q.client, &dlq, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        letters
+            .iter()
+            .filter_map(|m| m.body.as_deref())
+            .collect::<Vec<_>>(),
+        ["small and invalid"]
+    );
+    worker.terminate();
+    let out = worker.finish(Duration::from_secs(60)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("dead-letter queue did not accept the message"))
+        .collect();
+    assert_eq!(said.len(), 1, "one line: {stderr}");
+    assert!(
+        said[0].contains("over the dead-letter queue's 262144-byte MaximumMessageSize"),
+        "it says why: {}",
+        said[0]
+    );
+    assert_eq!(depth(&q.client, &q.source).await, 1, "left in the source");
+    assert!(drain(&q.client, &dlq, 1, Duration::from_secs(2))
+        .await
+        .is_empty());
+}
