@@ -24,7 +24,7 @@ use crate::aws::{batch_reply, entry_missing, AwsError};
 use crate::batching::{BatchWindow, ByteBound, CallFn, Window};
 use crate::metrics::{Distribution, Metrics, Timer};
 use crate::outcome::{ErrorClass, Operation};
-use crate::retry::{retry_batch, RetryPolicy};
+use crate::retry::{retry_batch_rebuilt, RetryPolicy};
 
 /// A queue's bound on each message and each batch, in bytes: the smaller of
 /// `FORWARDER_MAX_MESSAGE_BYTES` and the queue's own `MaximumMessageSize` (256 KiB on
@@ -376,11 +376,18 @@ impl SqsSender {
                 Err(e) => unbuilt.push((id, e)),
             }
         }
-        let outcomes = retry_batch(
+        // A retry builds its entries again from the messages: a 1 MiB body is held once
+        // more while a call is made, not once more for the whole send.
+        let again = |id: &str| {
+            let i = *indices.get(id.parse::<usize>().ok()?)?;
+            entry(id, &messages[i]).ok()
+        };
+        let outcomes = retry_batch_rebuilt(
             &self.policy,
             Operation::Send,
             &self.metrics,
             entries,
+            again,
             |req| self.window.submit(req),
             || entry_missing(Operation::Send),
         )

@@ -31,7 +31,7 @@ pub async fn retry_batch<T, E, F, Fut>(
     operation: Operation,
     metrics: &Metrics,
     entries: Vec<(String, T)>,
-    mut call: F,
+    call: F,
     missing: impl Fn() -> E,
 ) -> HashMap<String, Result<(), E>>
 where
@@ -40,11 +40,38 @@ where
     F: FnMut(Vec<T>) -> Fut,
     Fut: Future<Output = Result<BatchReply<E>, E>>,
 {
+    let copies: HashMap<String, T> = entries.iter().cloned().collect();
+    let again = |id: &str| copies.get(id).cloned();
+    retry_batch_rebuilt(policy, operation, metrics, entries, again, call, missing).await
+}
+
+/// [`retry_batch`], each retry's entries built again by `again(id)` rather than kept
+/// from the first call: an entry that carries a large body (a SendMessageBatch entry of
+/// a 1 MiB event) is then held once while its call is made, not twice. An id `again`
+/// cannot build is as missing from the reply.
+pub async fn retry_batch_rebuilt<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    operation: Operation,
+    metrics: &Metrics,
+    entries: Vec<(String, T)>,
+    again: impl Fn(&str) -> Option<T>,
+    mut call: F,
+    missing: impl Fn() -> E,
+) -> HashMap<String, Result<(), E>>
+where
+    E: Classified + Clone + std::fmt::Display,
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: Future<Output = Result<BatchReply<E>, E>>,
+{
     let mut outcomes = HashMap::with_capacity(entries.len());
-    let mut pending = entries;
+    let mut pending: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+    let mut first = Some(entries);
     let mut schedule = policy.schedule();
     while !pending.is_empty() {
-        let request = pending.iter().map(|(_, entry)| entry.clone()).collect();
+        let request: Vec<T> = match first.take() {
+            Some(entries) => entries.into_iter().map(|(_, entry)| entry).collect(),
+            None => pending.iter().filter_map(|id| again(id)).collect(),
+        };
         let mut transient: HashMap<String, E> = HashMap::new();
         match call(request).await {
             Ok(reply) => {
@@ -60,18 +87,18 @@ where
                 }
             }
             Err(err) if err.class().is_retryable() => {
-                for (id, _) in &pending {
+                for id in &pending {
                     transient.insert(id.clone(), err.clone());
                 }
             }
             Err(err) => {
-                for (id, _) in &pending {
+                for id in &pending {
                     outcomes.insert(id.clone(), Err(err.clone()));
                 }
             }
         }
-        pending.retain(|(id, _)| !outcomes.contains_key(id));
-        for (id, _) in &pending {
+        pending.retain(|id| !outcomes.contains_key(id));
+        for id in &pending {
             transient.entry(id.clone()).or_insert_with(&missing);
         }
         let Some(first) = transient.values().next().cloned() else {
@@ -133,6 +160,50 @@ mod tests {
 
     fn missing() -> E {
         E(ErrorClass::ServerError)
+    }
+
+    /// Entries that own what they carry are not kept for a retry: the first call takes
+    /// them as given, a retry gets them built again, only for the ids still pending.
+    #[tokio::test]
+    async fn a_retry_builds_its_entries_again_for_the_ids_still_pending() {
+        let calls = std::sync::Mutex::new(Vec::new());
+        let built = std::sync::Mutex::new(Vec::new());
+        let entries = vec![("0".to_string(), "a".to_string()), ("1".into(), "b".into())];
+        let out = retry_batch_rebuilt(
+            &fast(),
+            Operation::Send,
+            &Metrics::disabled(),
+            entries,
+            |id| {
+                built.lock().unwrap().push(id.to_string());
+                Some(format!("{id} again"))
+            },
+            |req: Vec<String>| {
+                let first = calls.lock().unwrap().is_empty();
+                calls.lock().unwrap().push(req.clone());
+                async move {
+                    Ok(if first {
+                        BatchReply {
+                            successful: vec!["0".to_string()],
+                            failed: vec![("1".to_string(), E(ErrorClass::Throttled))],
+                        }
+                    } else {
+                        BatchReply {
+                            successful: vec!["1".to_string()],
+                            failed: Vec::new(),
+                        }
+                    })
+                }
+            },
+            missing,
+        )
+        .await;
+        assert!(out["0"].is_ok());
+        assert!(out["1"].is_ok(), "{out:?}");
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls[0], ["a", "b"], "the entries as given");
+        assert_eq!(calls[1], ["1 again"], "built again, only the failed one");
+        assert_eq!(*built.lock().unwrap(), ["1"]);
     }
 
     #[tokio::test]

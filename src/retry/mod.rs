@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
 
-pub use batch::{retry_batch, BatchReply};
+pub use batch::{retry_batch, retry_batch_rebuilt, BatchReply};
 
 use crate::internal_events::{InternalEvent, RetryScheduled};
 use crate::metrics::Metrics;
