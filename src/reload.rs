@@ -81,8 +81,12 @@ pub async fn watch(
         }
         let reloaded = match content {
             Ok(text) => match crate::config::routes::parse(path, &text) {
-                // The routes in force already: nothing to do, unless asked.
-                Ok(routes) if trigger != "SIGHUP" && in_force.as_ref() == Some(&routes) => continue,
+                // The routes in force already (a broken file put back as it was): nothing
+                // to reload, unless asked; the file is good again.
+                Ok(routes) if trigger != "SIGHUP" && in_force.as_ref() == Some(&routes) => {
+                    metrics.gauge(Gauge::ConfigLastReloadSuccessful, 1);
+                    continue;
+                }
                 Ok(routes) => reload(app, &routing, &window, routes).await,
                 Err(err) => Err(StartError::Config(err)),
             },
