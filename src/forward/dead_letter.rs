@@ -1,11 +1,8 @@
 //! The dead-letter destination (`FORWARDER_DLQ_URL`): where what can never be forwarded
 //! goes, with its original body unchanged and attributes that say why.
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
-
 use super::offload::Offloader;
-use super::router::LIMIT_REFRESH;
+use super::router::LimitClock;
 use super::sender::{local, Attribute, Delivery, Outgoing, SqsSender};
 use crate::aws::AwsError;
 use crate::internal_events::{DeadLettered, InternalEvent};
@@ -49,8 +46,8 @@ pub struct DeadLetterQueue {
     /// to it in its place (`FORWARDER_S3_BUCKET`); `None`: such a message stays in the
     /// source, never sent to be refused.
     offloader: Option<Offloader>,
-    /// When the DLQ's `MaximumMessageSize` was last read (shared by every clone).
-    limit_read_at: Arc<Mutex<Instant>>,
+    /// When the DLQ's `MaximumMessageSize` is read again (shared by every clone).
+    limit: LimitClock,
     /// `forwarder.dead_letter{stage, reason}`.
     metrics: Metrics,
 }
@@ -65,7 +62,7 @@ impl DeadLetterQueue {
             sender,
             fifo,
             offloader: None,
-            limit_read_at: Arc::new(Mutex::new(Instant::now())),
+            limit: LimitClock::read_now(),
             metrics,
         }
     }
@@ -90,16 +87,9 @@ impl DeadLetterQueue {
     /// Reads the DLQ's `MaximumMessageSize` again if that was done over a minute ago, as
     /// every destination's ([`super::Router::refresh_limits`]).
     pub async fn refresh_limit(&self) {
-        {
-            let Ok(mut read_at) = self.limit_read_at.try_lock() else {
-                return;
-            };
-            if read_at.elapsed() < LIMIT_REFRESH {
-                return;
-            }
-            *read_at = Instant::now();
+        if self.limit.due() {
+            self.sender.refresh_limit().await;
         }
-        self.sender.refresh_limit().await;
     }
 
     /// The DLQ's URL.

@@ -22,9 +22,8 @@ pub struct Router {
     projects: HashMap<u64, Arc<Forwarder>>,
     /// Organizations' routes and their projects' overrides.
     organizations: HashMap<u64, Organization<Arc<Forwarder>>>,
-    /// When the destinations' message size limits were last read (`None`: only at
-    /// start, by the healthcheck); shared by every clone.
-    limits_read_at: Arc<Mutex<Option<Instant>>>,
+    /// When the destinations' message size limits are read again; shared by every clone.
+    limits: LimitClock,
 }
 
 impl Router {
@@ -42,7 +41,7 @@ impl Router {
             default,
             projects,
             organizations: HashMap::new(),
-            limits_read_at: Arc::new(Mutex::new(Some(Instant::now()))),
+            limits: LimitClock::read_now(),
         }
     }
 
@@ -164,17 +163,35 @@ impl Router {
     /// route's bound). A queue whose owner lowered its limit then gets its oversized
     /// events offloaded (or dead-lettered as oversized) instead of refused by SQS.
     pub async fn refresh_limits(&self) {
-        {
-            let Ok(mut read_at) = self.limits_read_at.try_lock() else {
-                return;
-            };
-            if read_at.is_some_and(|at| at.elapsed() < LIMIT_REFRESH) {
-                return;
-            }
-            *read_at = Some(Instant::now());
+        if !self.limits.due() {
+            return;
         }
         let forwarders = self.forwarders();
         futures_util::future::join_all(forwarders.iter().map(|f| f.refresh_limit())).await;
+    }
+}
+
+/// When a queue's `MaximumMessageSize` is read again: at most every [`LIMIT_REFRESH`],
+/// by one caller at a time (shared by every clone). A clock never read is due at once.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LimitClock(Arc<Mutex<Option<Instant>>>);
+
+impl LimitClock {
+    /// A clock read just now (by the healthcheck at start).
+    pub(crate) fn read_now() -> Self {
+        Self(Arc::new(Mutex::new(Some(Instant::now()))))
+    }
+
+    /// Whether it is time to read again; if so, the time is taken by this caller.
+    pub(crate) fn due(&self) -> bool {
+        let Ok(mut read_at) = self.0.try_lock() else {
+            return false;
+        };
+        if read_at.is_some_and(|at| at.elapsed() < LIMIT_REFRESH) {
+            return false;
+        }
+        *read_at = Some(Instant::now());
+        true
     }
 }
 

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aws::AwsError;
 use crate::concurrency::Adaptive;
-use crate::forward::Deferral;
+use crate::forward::{Deferral, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::health::Health;
 use crate::internal_events::{CallFailed, DeleteFailed, InternalEvent};
 use crate::metrics::{Gauge, Metrics};
@@ -49,10 +49,6 @@ pub const VISIBILITY_REFRESH: Duration = Duration::from_secs(60);
 /// An empty receive is followed by at least this much waiting in all: a short poll
 /// (wait 0) pauses the rest, so an empty queue is not polled in a busy loop.
 const SHORT_POLL_PAUSE: Duration = Duration::from_secs(1);
-
-/// What a source message may weigh when its queue does not say: SQS's largest message
-/// (1 MiB since 2025).
-pub const SQS_MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// How long a stopping poller may take to hand a received batch back.
 const RETURN_BOUND: Duration = Duration::from_secs(5);
@@ -140,7 +136,7 @@ pub struct Worker {
     /// The byte budget itself.
     max_bytes: usize,
     /// The largest message the source holds (its `MaximumMessageSize`, read with its
-    /// visibility timeout; [`SQS_MAX_MESSAGE_BYTES`] until known): what a message is
+    /// visibility timeout; SQS's largest, [`DEFAULT_MAX_MESSAGE_BYTES`], until known): what a message is
     /// counted at before it is received.
     source_max_message: AtomicUsize,
     /// Cancelled once the shutdown bound has passed: every batch still in work stops
@@ -173,7 +169,7 @@ impl Worker {
             admission: None,
             bytes: None,
             max_bytes: usize::MAX,
-            source_max_message: AtomicUsize::new(SQS_MAX_MESSAGE_BYTES),
+            source_max_message: AtomicUsize::new(DEFAULT_MAX_MESSAGE_BYTES),
             abandon: CancellationToken::new(),
             pacer: tokio::sync::Mutex::new(()),
             metrics,
@@ -196,7 +192,7 @@ impl Worker {
     }
 
     fn follow_source_max_message(&self, bytes: Option<usize>) {
-        let bytes = bytes.unwrap_or(SQS_MAX_MESSAGE_BYTES).max(1);
+        let bytes = bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES).max(1);
         let old = self.source_max_message.swap(bytes, Ordering::Relaxed);
         if old != bytes {
             tracing::debug!(
@@ -619,11 +615,12 @@ async fn idle_for(
     // While batches are in work, look again this often.
     const BUSY_RECHECK: Duration = Duration::from_millis(200);
     loop {
-        let freed = worker.freed_for_waiting.lock().map(|t| *t).ok();
-        let idle = last_activity
+        let active = last_activity
             .lock()
-            .map(|t| Instant::now().saturating_duration_since((*t).max(freed.unwrap_or(*t))))
-            .unwrap_or_default();
+            .map(|t| *t)
+            .unwrap_or_else(|_| Instant::now());
+        let freed = worker.freed_for_waiting.lock().map_or(active, |t| *t);
+        let idle = Instant::now().saturating_duration_since(active.max(freed));
         let busy = worker.in_flight.load(Ordering::SeqCst) > 0;
         if idle >= limit && !busy {
             return idle;
