@@ -1352,6 +1352,9 @@ async fn sdk_plain() -> aws_config::SdkConfig {
 }
 
 fn main() {
+    // The binary's allocator settings, so the in-process loops allocate as it does.
+    #[cfg(not(feature = "dhat-heap"))]
+    let _ = sqs_forwarder::allocator::tune();
     if std::env::var_os("BENCH_STANDIN_SERVE").is_some() {
         sqs_standin::serve();
         return;

@@ -49,6 +49,7 @@
 //! - [`metrics`]: every metric as a typed value, and its backends (statsd and
 //!   DogStatsD, Datadog's API, EMF, log, Prometheus), one or several at once.
 //! - [`telemetry`]: logging set-up, and traces over OTLP ([`telemetry::otlp`]).
+//! - [`allocator`]: the allocator's settings (large buffers back to the system on free).
 //! - `redact` (internal): secrets out of URLs, for every output.
 //! - [`reload`]: the routes file read again on SIGHUP and when its content changes,
 //!   swapped in whole once its new destinations are reached.
@@ -64,6 +65,7 @@
 // (`cargo doc --document-private-items`).
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod allocator;
 pub mod app;
 pub mod aws;
 pub mod batching;

@@ -11,6 +11,7 @@ use sqs_forwarder::{check, replay, telemetry};
 /// throughput bench (8 pollers, 8 KiB events, 3 ms per call) the worker pool's CPU per
 /// event went from 106-114 to 63-64 µs with it, and its context switches per event
 /// from 0.44 to 0.29-0.35 (docs/PERFORMANCE.md, "CPU per event on a network").
+/// Its settings: `sqs_forwarder::allocator`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -18,6 +19,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    // First, before the allocator reserves its arena: blocks of a 1 MiB event go back to
+    // the system when freed (`allocator`).
+    let _ = sqs_forwarder::allocator::tune();
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.len() == 1 {
         // No command: inside Lambda (which starts `bootstrap` or the image's entrypoint

@@ -52,7 +52,9 @@ pub use pack_object::PackCompression;
 pub use pause::{Gate, Pauses, RouteGate};
 pub use rate_limit::{OrgRateLimiter, RateLimit};
 pub use router::{Router, SharedRouter};
-pub use sender::{Attribute, Delivery, MessageLimit, Outgoing, SendOutcome, SqsSender};
+pub use sender::{
+    Attribute, Delivery, MessageLimit, Outgoing, OwnedBodies, SendOutcome, SqsSender,
+};
 
 /// SQS's message size limit (1 MiB), the default of `FORWARDER_MAX_MESSAGE_BYTES`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -388,6 +390,9 @@ impl Forwarder {
     async fn send_events(&self, events: &[Routed<'_, '_>]) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut outgoing = Vec::with_capacity(events.len());
+        // Per message in `outgoing`: whether its body is its event's encoding (not a
+        // pointer to S3), which a retry can make again.
+        let mut encoded = Vec::with_capacity(events.len());
         let mut lines = Vec::new();
         let mut positions = Vec::with_capacity(events.len());
         // FIFO destinations: per message group, the last message planned and, once one
@@ -407,16 +412,20 @@ impl Forwarder {
                 continue;
             }
             match self.prepare(routed, group_id).await {
-                Prepared::Ready(message) if self.packer.is_some() => {
+                Prepared::Ready { message, .. } if self.packer.is_some() => {
                     // Its pack keeps its group's order.
                     lines.push(pack::Line::new(&routed.event.event_id, owned(message)));
                     positions.push(i);
                 }
-                Prepared::Ready(mut message) => {
+                Prepared::Ready {
+                    mut message,
+                    pointer,
+                } => {
                     if let Some(c) = chain {
                         message.after = c.last;
                         c.last = Some(outgoing.len());
                     }
+                    encoded.push(!pointer);
                     outgoing.push(message);
                     positions.push(i);
                 }
@@ -437,7 +446,21 @@ impl Forwarder {
         }
         let sent = match &self.packer {
             Some(packer) => packer.send(lines).await,
-            None => self.sender.send(&outgoing).await,
+            None => {
+                // The encoded bodies go into their entries without a copy; a retry
+                // encodes its event again.
+                let again = |k: usize| {
+                    let i = *positions.get(k)?;
+                    Some(
+                        events[i]
+                            .event
+                            .encoded_with(self.fields.as_ref())
+                            .into_owned(),
+                    )
+                };
+                let owned = OwnedBodies::take(&mut outgoing, |k| encoded[k], &again);
+                self.sender.send_owned(&outgoing, &owned).await
+            }
         };
         for (i, outcome) in positions.into_iter().zip(sent) {
             outcomes[i] = Some(self.outcome_of(outcome));
@@ -497,10 +520,16 @@ impl Forwarder {
         let always = self.offloader.as_ref().is_some_and(Offloader::always);
         if always && self.packer.is_some() {
             // Its pack is stored whole, whatever its size.
-            return Prepared::Ready(message);
+            return Prepared::Ready {
+                message,
+                pointer: false,
+            };
         }
         if size <= self.sender.max_message_bytes() && !always {
-            return Prepared::Ready(message);
+            return Prepared::Ready {
+                message,
+                pointer: false,
+            };
         }
         let Some(offloader) = &self.offloader else {
             OversizedSkipped {
@@ -523,7 +552,10 @@ impl Forwarder {
             Ok(pointer) => {
                 message.body = Cow::Owned(pointer.body);
                 message.attributes.extend(pointer.attributes);
-                Prepared::Ready(message)
+                Prepared::Ready {
+                    message,
+                    pointer: true,
+                }
             }
             Err(err) if err.class.is_route_level() => {
                 self.gate.pause(&err);
@@ -552,8 +584,14 @@ impl Forwarder {
 
 /// One event, made ready to send or not.
 enum Prepared<'a> {
-    /// Its message.
-    Ready(Outgoing<'a>),
+    /// Its message: the event encoded for the destination, or (`pointer`) a pointer to
+    /// it, stored in S3.
+    Ready {
+        /// The message.
+        message: Outgoing<'a>,
+        /// Whether its body is a pointer rather than the event.
+        pointer: bool,
+    },
     /// It does not go now: its outcome, and the delay the rest of its group inherits.
     Not(Outcome, Option<Duration>),
     /// Its failure makes the route unusable: nothing more goes to it now.
@@ -738,6 +776,53 @@ mod tests {
             took >= Duration::from_secs(10) && took < Duration::from_millis(10_100),
             "the first call, then the other three together, none waiting for the window: {took:?}"
         );
+    }
+
+    /// An encoded body (here with `tag_ids`) goes into its entry without a copy, and a
+    /// retry encodes its event again: the body sent again is the same text.
+    #[tokio::test]
+    async fn a_retried_entry_carries_its_encoded_body_again() {
+        let refused = Arc::new(AtomicBool::new(false));
+        let r = refused.clone();
+        let (client, seen) = destination(
+            move |body| {
+                (body.contains(r#""n":2"#) && !r.swap(true, Ordering::SeqCst))
+                    .then_some("InternalError")
+            },
+            Arc::new(AtomicBool::new(false)),
+        );
+        let f = forwarder(client);
+        let bodies: Vec<String> = (1..=3)
+            .map(|n| {
+                format!(
+                    r#"{{"event_id":"{n:032x}","project_id":1,"organization_id":1,"n":{n},"tags":[["k","v{n}"]]}}"#
+                )
+            })
+            .collect();
+        let mut events: Vec<Event<'_>> = bodies
+            .iter()
+            .map(|b| crate::event::decode(b).unwrap())
+            .collect();
+        for (n, e) in events.iter_mut().enumerate() {
+            e.tag_ids = Some(vec![[Some(7), Some(100 + n as u64)]]);
+        }
+        let encoded: Vec<String> = events.iter().map(|e| e.encoded().into_owned()).collect();
+        assert!(
+            encoded[1].ends_with(r#""tag_ids":[[7,101]]}"#),
+            "{}",
+            encoded[1]
+        );
+        let routed: Vec<Routed<'_, '_>> = events.iter().map(Routed::from).collect();
+        let out = f.forward(&routed).await;
+        assert!(out.iter().all(Outcome::is_accepted), "{out:?}");
+        assert_eq!(
+            *seen.calls.lock().unwrap(),
+            vec![encoded.clone(), vec![encoded[1].clone()]],
+            "the second event's entry refused once, then sent again whole"
+        );
+        let mut accepted = seen.accepted.lock().unwrap().clone();
+        accepted.sort();
+        assert_eq!(accepted, encoded);
     }
 
     async fn forward(f: &Forwarder, bodies: &[String]) -> Vec<Outcome> {

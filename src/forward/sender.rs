@@ -10,7 +10,7 @@
 //! [`SendOutcome::NotSent`].
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use aws_sdk_sqs::types::{
@@ -135,6 +135,67 @@ impl Outgoing<'_> {
     /// Size as SQS counts it: body, and each attribute's name, type and value, in bytes.
     pub fn size(&self) -> usize {
         self.body.len() + self.attributes.iter().map(Attribute::size).sum::<usize>()
+    }
+}
+
+/// Bodies a send may move into the entries of their first call instead of copying them,
+/// and how to make one again for a retry. A caller that owns its messages' bodies (the
+/// forwarder, whose bodies are encoded for the destination) gives them here: a 1 MiB
+/// event is then held once less while it waits for its call and while the call is made
+/// (docs/PERFORMANCE.md, "Large events").
+pub struct OwnedBodies<'f> {
+    /// Per message: its body until its first call takes it; `None` for a message whose
+    /// body was not given (its own body is copied, as by [`SqsSender::send`]).
+    bodies: Vec<Mutex<Option<String>>>,
+    /// Per message: the length of the body given (0: not given), for the call plan.
+    lens: Vec<usize>,
+    /// Makes message `i`'s body again, for a retry of its entry.
+    again: &'f (dyn Fn(usize) -> Option<String> + Sync),
+}
+
+impl<'f> OwnedBodies<'f> {
+    /// Moves the owned body of each message that `give` picks out of `messages` (a
+    /// borrowed body stays: it is copied into its entry, as before); `again(i)` makes
+    /// message `i`'s body again, the same text.
+    pub fn take(
+        messages: &mut [Outgoing<'_>],
+        give: impl Fn(usize) -> bool,
+        again: &'f (dyn Fn(usize) -> Option<String> + Sync),
+    ) -> Self {
+        let mut bodies = Vec::with_capacity(messages.len());
+        let mut lens = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter_mut().enumerate() {
+            let body = match &mut m.body {
+                Cow::Owned(body) if give(i) => Some(std::mem::take(body)),
+                _ => None,
+            };
+            lens.push(body.as_ref().map_or(0, String::len));
+            bodies.push(Mutex::new(body));
+        }
+        Self {
+            bodies,
+            lens,
+            again,
+        }
+    }
+
+    /// Whether message `i`'s body was given.
+    fn given(&self, i: usize) -> bool {
+        self.lens.get(i).is_some_and(|&len| len > 0)
+    }
+
+    fn len(&self, i: usize) -> usize {
+        self.lens.get(i).copied().unwrap_or(0)
+    }
+
+    /// Message `i`'s body, for its first call: once.
+    fn first(&self, i: usize) -> Option<String> {
+        self.bodies.get(i)?.lock().ok()?.take()
+    }
+
+    /// Message `i`'s body made again, for a retry.
+    fn again(&self, i: usize) -> Option<String> {
+        (self.again)(i)
     }
 }
 
@@ -271,7 +332,29 @@ impl SqsSender {
     /// whose predecessor is accepted (see the module): its first call goes alone, the
     /// rest of its calls together.
     pub async fn send(&self, messages: &[Outgoing<'_>]) -> Vec<SendOutcome> {
-        let sizes: Vec<usize> = messages.iter().map(Outgoing::size).collect();
+        self.send_with(messages, None).await
+    }
+
+    /// [`SqsSender::send`] of messages whose bodies were moved into `owned`: each goes
+    /// into its first call's entry without a copy (see [`OwnedBodies`]).
+    pub async fn send_owned(
+        &self,
+        messages: &[Outgoing<'_>],
+        owned: &OwnedBodies<'_>,
+    ) -> Vec<SendOutcome> {
+        self.send_with(messages, Some(owned)).await
+    }
+
+    async fn send_with(
+        &self,
+        messages: &[Outgoing<'_>],
+        owned: Option<&OwnedBodies<'_>>,
+    ) -> Vec<SendOutcome> {
+        let sizes: Vec<usize> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| m.size() + owned.map_or(0, |o| o.len(i)))
+            .collect();
         let mut outcomes: Vec<Option<SendOutcome>> = vec![None; messages.len()];
         loop {
             // This round: every message not settled whose predecessor is accepted. One
@@ -320,12 +403,15 @@ impl SqsSender {
             let Some((first, rest)) = calls.split_first() else {
                 continue;
             };
-            let mut unusable =
-                self.record(&mut outcomes, first, self.send_batch(messages, first).await);
+            let mut unusable = self.record(
+                &mut outcomes,
+                first,
+                self.send_batch(messages, owned, first).await,
+            );
             if !unusable && !rest.is_empty() {
                 let sent = futures_util::future::join_all(
                     rest.iter()
-                        .map(|indices| self.send_batch(messages, indices)),
+                        .map(|indices| self.send_batch(messages, owned, indices)),
                 )
                 .await;
                 for (indices, sent) in rest.iter().zip(sent) {
@@ -366,21 +452,41 @@ impl SqsSender {
     }
 
     /// One batch of at most ten messages, retried entry by entry.
-    async fn send_batch(&self, messages: &[Outgoing<'_>], indices: &[usize]) -> Vec<Delivery> {
+    async fn send_batch(
+        &self,
+        messages: &[Outgoing<'_>],
+        owned: Option<&OwnedBodies<'_>>,
+        indices: &[usize],
+    ) -> Vec<Delivery> {
         let mut entries = Vec::with_capacity(indices.len());
         let mut unbuilt = Vec::new();
         for (n, &i) in indices.iter().enumerate() {
             let id = n.to_string();
-            match entry(&id, &messages[i]) {
+            let body = match owned {
+                Some(o) if o.given(i) => match o.first(i) {
+                    Some(body) => Some(body),
+                    None => {
+                        unbuilt.push((id, "its body was already sent".to_string()));
+                        continue;
+                    }
+                },
+                _ => None,
+            };
+            match entry(&id, &messages[i], body) {
                 Ok(entry) => entries.push((id, entry)),
                 Err(e) => unbuilt.push((id, e)),
             }
         }
-        // A retry builds its entries again from the messages: a 1 MiB body is held once
-        // more while a call is made, not once more for the whole send.
+        // A retry builds its entries again from the messages (a body given in `owned`
+        // made again): a 1 MiB body is held once more while a call is made, not once
+        // more for the whole send.
         let again = |id: &str| {
             let i = *indices.get(id.parse::<usize>().ok()?)?;
-            entry(id, &messages[i]).ok()
+            let body = match owned {
+                Some(o) if o.given(i) => Some(o.again(i)?),
+                _ => None,
+            };
+            entry(id, &messages[i], body).ok()
         };
         let outcomes = retry_batch_rebuilt(
             &self.policy,
@@ -441,10 +547,16 @@ fn send_window(
     Window::new(window, batch::MAX_ENTRIES, max_bytes, call)
 }
 
-fn entry(id: &str, m: &Outgoing<'_>) -> Result<SendMessageBatchRequestEntry, String> {
+/// The entry of `m`, its body `body` when given (moved in), else a copy of `m.body`.
+fn entry(
+    id: &str,
+    m: &Outgoing<'_>,
+    body: Option<String>,
+) -> Result<SendMessageBatchRequestEntry, String> {
+    let body = body.unwrap_or_else(|| m.body.to_string());
     let mut builder = SendMessageBatchRequestEntry::builder()
         .id(id)
-        .message_body(m.body.as_ref())
+        .message_body(body)
         .set_message_group_id(m.group_id.clone())
         .set_message_deduplication_id(m.dedup_id.clone());
     for a in &m.attributes {
