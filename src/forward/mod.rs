@@ -458,7 +458,8 @@ impl Forwarder {
                             .into_owned(),
                     )
                 };
-                let owned = OwnedBodies::take(&mut outgoing, |k| encoded[k], &again);
+                let given = |k: usize| encoded.get(k).copied().unwrap_or(false);
+                let owned = OwnedBodies::take(&mut outgoing, given, &again);
                 self.sender.send_owned(&outgoing, &owned).await
             }
         };
