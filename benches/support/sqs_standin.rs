@@ -209,7 +209,9 @@ impl StandIn {
                     json!({"Attributes": {
                         "QueueArn": format!("arn:aws:sqs:us-east-1:000000000000:{name}"),
                         "VisibilityTimeout": "60",
-                        "MaximumMessageSize": "262144",
+                        // SQS's default (and largest) since August 2025: the
+                        // forwarder counts each message at it before a receive.
+                        "MaximumMessageSize": "1048576",
                         "ApproximateNumberOfMessages": q.visible.len().to_string(),
                         "ApproximateNumberOfMessagesNotVisible": q.in_flight.len().to_string(),
                     }}),
