@@ -562,25 +562,24 @@ impl App {
             in_flight = %describe_bound(&bound),
             "batching window and in-flight bound"
         );
-        let source_max = info
-            .max_message_bytes
-            .unwrap_or(crate::forward::DEFAULT_MAX_MESSAGE_BYTES)
-            .max(1);
+        let worker = worker
+            .with_in_flight(bound)
+            .with_max_in_flight_bytes(self.config.max_in_flight_bytes)
+            .with_source_max_message(info.max_message_bytes);
         // Each message is counted at the source's largest before its receive, so the
         // budget is also how many are received at once: with small events on a queue
         // that allows 1 MiB, what bounds the rate (docs/PERFORMANCE.md, "Large events").
         tracing::info!(
             max_in_flight_bytes = self.config.max_in_flight_bytes,
-            source_max_message_bytes = source_max,
-            received_at_once = (self.config.max_in_flight_bytes / source_max).max(1),
+            source_max_message_bytes = info
+                .max_message_bytes
+                .unwrap_or(crate::forward::DEFAULT_MAX_MESSAGE_BYTES),
+            received_at_once = worker.received_at_once(),
             "byte budget: messages are counted at the source queue's MaximumMessageSize \
              until received; a smaller MaximumMessageSize on the source, or a larger \
              FORWARDER_MAX_IN_FLIGHT_BYTES, lets more be received at once"
         );
-        Ok(worker
-            .with_in_flight(bound)
-            .with_max_in_flight_bytes(self.config.max_in_flight_bytes)
-            .with_source_max_message(info.max_message_bytes))
+        Ok(worker)
     }
 
     /// The pool's in-flight bound: `FORWARDER_MAX_IN_FLIGHT`, or with

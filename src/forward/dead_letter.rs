@@ -3,12 +3,10 @@
 
 use super::offload::Offloader;
 use super::router::LimitClock;
-use super::sender::{local, Attribute, Delivery, Outgoing, SqsSender};
-use crate::aws::AwsError;
+use super::sender::{local, too_long, Attribute, Delivery, Outgoing, SqsSender};
 use crate::internal_events::{DeadLettered, InternalEvent};
 use crate::metrics::Metrics;
 use crate::outcome::Stage;
-use crate::outcome::{ErrorClass, Operation};
 
 /// Why a message is dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,21 +146,17 @@ impl DeadLetterQueue {
                         Err(err) => Err(err),
                     }
                 }
-                None => Err(AwsError {
-                    operation: Operation::Send,
-                    class: ErrorClass::MessageRejected,
-                    code: Some("MessageTooLong".into()),
-                    message: format!(
-                        "{} bytes, over the dead-letter queue's {limit}-byte MaximumMessageSize, and no FORWARDER_S3_BUCKET to hold it: not sent",
-                        message.size()
-                    ),
-                }),
+                None => Err(too_long(format!(
+                    "{} bytes, over the dead-letter queue's {limit}-byte MaximumMessageSize, and no FORWARDER_S3_BUCKET to hold it: not sent",
+                    message.size()
+                ))),
             });
         }
-        let sendable: Vec<usize> = (0..letters.len())
-            .filter(|i| settled[*i].is_none())
-            .collect();
-        let to_send: Vec<Outgoing<'_>> = sendable.iter().map(|&i| outgoing[i].clone()).collect();
+        let (sendable, to_send): (Vec<usize>, Vec<Outgoing<'_>>) = outgoing
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| settled[*i].is_none())
+            .unzip();
         let sent = self.sender.send(&to_send).await;
         for (&i, outcome) in sendable.iter().zip(sent) {
             settled[i] = Some(outcome.delivery());

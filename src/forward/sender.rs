@@ -382,15 +382,10 @@ impl SqsSender {
             let plan = batch::plan(&round, max_bytes);
             for &k in &plan.oversized {
                 let i = ready[k];
-                outcomes[i] = Some(SendOutcome::Failed(AwsError {
-                    operation: Operation::Send,
-                    class: ErrorClass::MessageRejected,
-                    code: Some("MessageTooLong".into()),
-                    message: format!(
-                        "message is {} bytes, over the {}-byte limit",
-                        sizes[i], max_bytes
-                    ),
-                }));
+                outcomes[i] = Some(SendOutcome::Failed(too_long(format!(
+                    "message is {} bytes, over the {}-byte limit",
+                    sizes[i], max_bytes
+                ))));
             }
             // The first call alone: a queue found unusable stops the round there. Then
             // the rest at once: each call of large events is full by bytes and goes at
@@ -572,6 +567,17 @@ fn entry(
             .message_system_attributes(MessageSystemAttributeNameForSends::AwsTraceHeader, value);
     }
     builder.build().map_err(|e| e.to_string())
+}
+
+/// A message over the queue's size limit, not sent: SQS would refuse it every time
+/// (`MessageTooLong`, as SQS names it).
+pub(super) fn too_long(message: String) -> AwsError {
+    AwsError {
+        operation: Operation::Send,
+        class: ErrorClass::MessageRejected,
+        code: Some("MessageTooLong".into()),
+        message,
+    }
 }
 
 /// A send that failed here, not at SQS.

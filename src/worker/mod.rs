@@ -216,11 +216,8 @@ impl Worker {
         let Some(budget) = &self.bytes else {
             return (max, None);
         };
-        let each = self
-            .source_max_message
-            .load(Ordering::Relaxed)
-            .clamp(1, self.max_bytes);
-        let n = max.min(self.max_bytes / each).max(1);
+        let each = self.counted_bytes();
+        let n = max.min(self.received_at_once()).max(1);
         // Within the semaphore's range: n x each is at most the budget, clamped to it.
         let room = u32::try_from(n.saturating_mul(each)).unwrap_or(u32::MAX);
         let Ok(held) = budget.clone().acquire_many_owned(room).await else {
@@ -228,6 +225,23 @@ impl Worker {
             return (max, None);
         };
         (n, Some(held))
+    }
+
+    /// What a message not yet received is counted at: the source's `MaximumMessageSize`,
+    /// or the whole budget when that is smaller.
+    fn counted_bytes(&self) -> usize {
+        self.source_max_message
+            .load(Ordering::Relaxed)
+            .clamp(1, self.max_bytes)
+    }
+
+    /// How many messages the byte budget lets be received at once (at least one), each
+    /// counted at the source's `MaximumMessageSize`; `usize::MAX` without a budget.
+    pub fn received_at_once(&self) -> usize {
+        if self.bytes.is_none() {
+            return usize::MAX;
+        }
+        (self.max_bytes / self.counted_bytes()).max(1)
     }
 
     /// Gives back the room a received batch does not use: it keeps its bodies' bytes
