@@ -10,11 +10,12 @@ use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::SdkConfig;
 use aws_sdk_sqs::config::{Region, SharedCredentialsProvider};
+use futures_util::{StreamExt, TryStreamExt};
 
 use crate::aws::{self, AwsError};
 use crate::batching::BatchWindow;
 use crate::concurrency::Adaptive;
-use crate::config::routes::{CredentialSource, Route};
+use crate::config::routes::{CredentialSource, Route, RouteKey};
 use crate::config::{check_message_group, Config, ConfigError, IndexerConfig};
 use crate::forward::{
     DeadLetterQueue, Forwarder, Offloader, OrgRateLimiter, Pack, Pauses, Router, SqsSender,
@@ -28,6 +29,11 @@ use crate::pipeline::Pipeline;
 use crate::source::{queue_info, QueueInfo, SqsSource};
 use crate::worker::{self, PoolOptions, RunSummary, Worker};
 use tokio_util::sync::CancellationToken;
+
+/// How many destinations are reached at once at start and on a reload: enough that
+/// hundreds of routes start within a second or two at tens of milliseconds a call, few
+/// enough not to be throttled by the queues' account or to open hundreds of connections.
+pub const REACH_CONCURRENCY: usize = 32;
 
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -356,7 +362,6 @@ impl App {
         let routes = config.effective_routes();
         let file_default = config.routes.as_ref().is_some_and(|r| r.default.is_some());
         let in_force = self.built.lock().map(|b| b.clone()).unwrap_or_default();
-        let mut built: HashMap<Route, Arc<Forwarder>> = HashMap::new();
         // The variable a route came from, to name it in an error.
         let var = |is_default: bool| {
             if is_default && !file_default {
@@ -365,32 +370,64 @@ impl App {
                 "FORWARDER_ROUTES_FILE"
             }
         };
-        // One SDK configuration per region and credentials.
+        // Each distinct route once, in the file's order; a route in force keeps its
+        // forwarder, a new one is built below.
+        let mut built: HashMap<Route, Arc<Forwarder>> = HashMap::new();
+        let mut new: Vec<(&Route, bool)> = Vec::new();
+        for (key, route) in routes.keyed() {
+            if built.contains_key(route) || new.iter().any(|(r, _)| *r == route) {
+                continue;
+            }
+            match in_force.get(route) {
+                Some(forwarder) => {
+                    built.insert(route.clone(), forwarder.clone());
+                }
+                None => new.push((route, key == RouteKey::Default)),
+            }
+        }
+        // One SDK configuration per region and credentials (an assumed role's provider
+        // is made once, not per route).
         let mut sdks: HashMap<(Option<String>, CredentialSource), SdkConfig> = HashMap::new();
+        for (route, _) in &new {
+            let key = (route.region.clone(), route.credentials.clone());
+            if let std::collections::hash_map::Entry::Vacant(slot) = sdks.entry(key) {
+                slot.insert(self.sdk_for(route).await);
+            }
+        }
+        // New destinations are reached [`REACH_CONCURRENCY`] at a time: 300 routes at
+        // 40 ms a call start within a second, not 12 s one after another. The first
+        // failure in the file's order is the one reported.
+        let sdks = &sdks;
+        let made: Vec<(Route, Arc<Forwarder>)> = futures_util::stream::iter(new)
+            .map(|(route, is_default)| async move {
+                let key = (route.region.clone(), route.credentials.clone());
+                let sdk = match sdks.get(&key) {
+                    Some(sdk) => sdk.clone(),
+                    None => self.sdk_for(route).await,
+                };
+                let forwarder = self
+                    .forwarder_for(var(is_default), route, &sdk, window)
+                    .await?;
+                Ok::<_, StartError>((route.clone(), Arc::new(forwarder)))
+            })
+            .buffered(REACH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        built.extend(made);
         let router = Router::build(
             routes.default.as_ref(),
             routes.projects.iter().map(|(p, r)| (*p, r)),
             routes.organizations.iter().map(|(o, org)| (*o, org)),
-            async |route: &Route, is_default| {
-                if let Some(forwarder) = in_force.get(route) {
-                    built.insert(route.clone(), forwarder.clone());
-                    return Ok::<_, StartError>(forwarder.clone());
+            async |route: &Route, is_default| match built.get(route) {
+                Some(forwarder) => Ok::<_, StartError>(forwarder.clone()),
+                // Every route of `routes` was built above; never reached.
+                None => {
+                    let sdk = self.sdk_for(route).await;
+                    Ok(Arc::new(
+                        self.forwarder_for(var(is_default), route, &sdk, window)
+                            .await?,
+                    ))
                 }
-                let key = (route.region.clone(), route.credentials.clone());
-                let sdk = match sdks.get(&key) {
-                    Some(sdk) => sdk.clone(),
-                    None => {
-                        let sdk = self.sdk_for(route).await;
-                        sdks.insert(key, sdk.clone());
-                        sdk
-                    }
-                };
-                let forwarder = Arc::new(
-                    self.forwarder_for(var(is_default), route, &sdk, window)
-                        .await?,
-                );
-                built.insert(route.clone(), forwarder.clone());
-                Ok(forwarder)
             },
         )
         .await?;
@@ -566,19 +603,17 @@ impl App {
             .with_in_flight(bound)
             .with_max_in_flight_bytes(self.config.max_in_flight_bytes)
             .with_source_max_message(info.max_message_bytes);
-        // Each message is counted at the source's largest before its receive, so the
-        // budget is also how many are received at once: with small events on a queue
-        // that allows 1 MiB, what bounds the rate (docs/PERFORMANCE.md, "Large events").
-        tracing::info!(
-            max_in_flight_bytes = self.config.max_in_flight_bytes,
-            source_max_message_bytes = info
-                .max_message_bytes
-                .unwrap_or(crate::forward::DEFAULT_MAX_MESSAGE_BYTES),
-            received_at_once = worker.received_at_once(),
-            "byte budget: messages are counted at the source queue's MaximumMessageSize \
-             until received; a smaller MaximumMessageSize on the source, or a larger \
-             FORWARDER_MAX_IN_FLIGHT_BYTES, lets more be received at once"
-        );
+        // What bounds memory, and the worst case with today's numbers
+        // (docs/PERFORMANCE.md, "What bounds memory").
+        if let Some(bytes) = worker.admission().describe_bytes() {
+            tracing::info!(
+                max_in_flight_bytes = self.config.max_in_flight_bytes,
+                source_max_message_bytes = info
+                    .max_message_bytes
+                    .unwrap_or(crate::forward::DEFAULT_MAX_MESSAGE_BYTES),
+                "memory bound: {bytes}"
+            );
+        }
         Ok(worker)
     }
 
@@ -586,7 +621,11 @@ impl App {
     /// `FORWARDER_ADAPTIVE_IN_FLIGHT` a bound that follows the calls' response times up
     /// to it, a batch at a time, from a floor: one batch per poller, and room for every
     /// route to fill its calls twice over (the batching window's economy: with less,
-    /// twenty routes would share receives of 10 and send calls of one or two). A packed
+    /// twenty routes would share receives of 10 and send calls of one or two). That floor
+    /// wins over `FORWARDER_MAX_IN_FLIGHT`: with hundreds of routes, events wait a window
+    /// for their route's call, and a count sized for one route capped the rate near
+    /// the count per window (400 events/s over 300 routes); what they hold is bounded by
+    /// `FORWARDER_MAX_IN_FLIGHT_BYTES` instead. A packed
     /// route takes all the room there is (a pack is as large as the events held allow),
     /// so with one the bound stays at its maximum.
     pub fn in_flight_bound(&self) -> Adaptive {
@@ -601,7 +640,8 @@ impl App {
         let batch = self.config.batch_size.max(1);
         let pollers = self.config.workers.saturating_mul(batch);
         let calls = routes.keyed().count().saturating_mul(2 * MAX_ENTRIES);
-        Adaptive::new(pollers.max(calls), max, batch)
+        let floor = pollers.max(calls);
+        Adaptive::new(floor, max.max(floor), batch)
     }
 
     /// Runs the worker pool until `shutdown` completes (or the source stays idle, with
@@ -666,5 +706,84 @@ pub fn describe_bound(bound: &Adaptive) -> String {
         )
     } else {
         format!("at most {} events (FORWARDER_MAX_IN_FLIGHT)", bound.max())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::fake;
+    use crate::config::routes::{Organization, Routes};
+    use std::time::Duration;
+
+    /// A route to `queue` with every other key at its default.
+    fn route(queue: &str) -> Route {
+        Route {
+            queue_url: format!("https://sqs.fake/0/{queue}"),
+            region: None,
+            message_group: None,
+            s3_bucket: None,
+            s3_offload: None,
+            s3_encryption: None,
+            credentials: CredentialSource::DefaultChain,
+            fields: None,
+            filter: None,
+            pack: None,
+            pack_compression: None,
+        }
+    }
+
+    /// 300 organization routes whose queues each answer 40 ms late are reached within
+    /// 3 s (tokio's paused clock): one after another they took 12 s.
+    #[tokio::test(start_paused = true)]
+    async fn hundreds_of_routes_are_reached_concurrently_within_a_bound() {
+        let http = fake::delayed_client_fn(
+            |_| Duration::from_millis(40),
+            |_| {
+                fake::ok(
+                    r#"{"Attributes":{"VisibilityTimeout":"30","MaximumMessageSize":"1048576"}}"#,
+                )
+            },
+        );
+        let sdk = SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(SharedCredentialsProvider::new(
+                aws_sdk_sqs::config::Credentials::new("AKIDEXAMPLE", "secret", None, None, "fake"),
+            ))
+            .http_client(http)
+            .build();
+        let organizations = (0..300u64)
+            .map(|o| {
+                let org = Organization {
+                    route: route(&format!("org-{o}")),
+                    enroll_new_projects: true,
+                    projects: HashMap::new(),
+                };
+                (o, org)
+            })
+            .collect();
+        let config = Config {
+            routes: Some(Routes {
+                organizations,
+                ..Routes::default()
+            }),
+            ..Config::for_test()
+        };
+        let app = App::from_sdk(config, &sdk, Metrics::disabled()).unwrap();
+        let started = tokio::time::Instant::now();
+        let router = app.router().await.unwrap();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        assert!(
+            router.resolve(299, 1).is_ok(),
+            "the last organization is routed"
+        );
+        // Bounded: REACH_CONCURRENCY at a time makes rounds of 40 ms, not one.
+        let rounds = took.as_millis() / 40;
+        assert!(
+            rounds as usize >= 300 / REACH_CONCURRENCY,
+            "{rounds} rounds of 40 ms: more than {REACH_CONCURRENCY} at once"
+        );
     }
 }

@@ -209,9 +209,10 @@ impl StandIn {
                     json!({"Attributes": {
                         "QueueArn": format!("arn:aws:sqs:us-east-1:000000000000:{name}"),
                         "VisibilityTimeout": "60",
-                        // SQS's default (and largest) since August 2025: the
-                        // forwarder counts each message at it before a receive.
-                        "MaximumMessageSize": "1048576",
+                        // SQS's default (and largest) since August 2025, or
+                        // BENCH_STANDIN_MAX_MESSAGE (a queue made before: 262144).
+                        "MaximumMessageSize": std::env::var("BENCH_STANDIN_MAX_MESSAGE")
+                            .unwrap_or_else(|_| "1048576".into()),
                         "ApproximateNumberOfMessages": q.visible.len().to_string(),
                         "ApproximateNumberOfMessagesNotVisible": q.in_flight.len().to_string(),
                     }}),

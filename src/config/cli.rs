@@ -321,7 +321,10 @@ pub struct Settings {
     pub batch_size: u8,
 
     /// Most events held at once by the whole pool (received, not yet settled, buffered in
-    /// the batching window included). Pollers wait for room.
+    /// the batching window included). Pollers wait for room. With the adaptive bound, never
+    /// under room for every route to fill two calls (2 × 10 events a route): hundreds of
+    /// routes hold their events a window each, and what they hold is bounded by
+    /// FORWARDER_MAX_IN_FLIGHT_BYTES.
     #[arg(long, env = "FORWARDER_MAX_IN_FLIGHT", value_name = "N", default_value_t = 400,
           value_parser = clap::value_parser!(u32).range(1..=100_000).map(|v| v as usize), global = true)]
     pub max_in_flight: usize,
@@ -334,7 +337,11 @@ pub struct Settings {
           default_value_t = Switch::On, global = true)]
     pub adaptive_in_flight: Switch,
 
-    /// Most message body bytes held at once by the whole pool, beside the count: memory stays bounded for large events.
+    /// Most message body bytes held at once by the whole pool, beside the count: bodies received
+    /// and not yet forwarded, plus what each receive in flight is expected to bring (per message,
+    /// the largest body seen lately rounded up to a power of two). Receives in flight are capped
+    /// at 4 × this over 10 × the source's MaximumMessageSize, so the worst case is this plus that
+    /// cap × 10 × MaximumMessageSize (logged at start). KB, MB, KiB, MiB, GiB or bytes; 64 KiB to 4 GiB.
     #[arg(long, env = "FORWARDER_MAX_IN_FLIGHT_BYTES", value_name = "BYTES", default_value = "24MiB",
           value_parser = byte_size, global = true)]
     pub max_in_flight_bytes: usize,

@@ -6,10 +6,9 @@
 //!
 //! With a batching window ([`crate::batching`]), a poller does not wait for its batch
 //! to be settled before it receives again: its batches are settled on their own tasks,
-//! so the events of many receives meet in the window and fill calls. The in-flight
-//! bound (a count and a byte budget, both taken before the receive) is then what holds
-//! the pollers back. After a
-//! receive that came back short, a poller waits the window before the next one (the
+//! so the events of many receives meet in the window and fill calls. Admission
+//! ([`admission`]: events, body bytes and receives in flight, all taken before the
+//! receive) is then what holds the pollers back. After a receive that came back short, a poller waits the window before the next one (the
 //! pollers in turn), so a trickle shares receives too; at full load receives come back
 //! full and nothing waits.
 //! At shutdown the window is closed (what it buffers goes at once), batches get the
@@ -19,14 +18,17 @@
 //! extended on a clock that starts at the receive ([`Worker::handle_since`]), whatever
 //! it waits for (the window, a retry, a paused route). Nothing waits between the receive
 //! and that clock: the room for a batch, in events and in bytes, is taken before the
-//! receive asks for it ([`Worker::admit_bytes`]).
+//! receive asks for it ([`admission`], the one owner of what may be received and what
+//! is held).
+
+pub mod admission;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 // tokio's clock, so tests of the timing logic run on a paused one.
 use tokio::time::Instant;
@@ -42,6 +44,7 @@ use crate::outcome::Operation;
 use crate::pipeline::{Pipeline, Settlement};
 use crate::retry::{RetryPolicy, Schedule};
 use crate::source::{SourceMessage, SqsSource};
+use admission::{Admission, Held, Ledger, Reservation, Ticket};
 
 /// How often the source queue's visibility timeout is read again.
 pub const VISIBILITY_REFRESH: Duration = Duration::from_secs(60);
@@ -123,21 +126,13 @@ pub struct Worker {
     /// from then too, so the instant between that batch's end and their receive is not
     /// taken for an idle source.
     freed_for_waiting: Mutex<Instant>,
-    /// Room for events held at once (`FORWARDER_MAX_IN_FLIGHT`, or the adaptive bound
-    /// under it): a receive first takes as many permits as messages it may get, and
-    /// they go back once the batch is settled. `None`: workers × batch size bounds it.
-    admission: Option<Arc<Adaptive>>,
-    /// Room for body bytes held at once (`FORWARDER_MAX_IN_FLIGHT_BYTES`), taken before
-    /// a receive at the largest size each message may have, the rest given back once
-    /// the batch is in (its size known), and the remainder when it is settled. A
-    /// receive waits while there is not room for one message; received messages never
-    /// wait for it. `None`: no byte bound.
-    bytes: Option<Arc<Semaphore>>,
-    /// The byte budget itself.
-    max_bytes: usize,
+    /// What may be received and what is held: events (`FORWARDER_MAX_IN_FLIGHT`, or
+    /// the adaptive bound under it), body bytes (`FORWARDER_MAX_IN_FLIGHT_BYTES`) and
+    /// receives in flight, all taken before a receive ([`admission`]).
+    admission: Admission,
     /// The largest message the source holds (its `MaximumMessageSize`, read with its
-    /// visibility timeout; SQS's largest, [`DEFAULT_MAX_MESSAGE_BYTES`], until known): what a message is
-    /// counted at before it is received.
+    /// visibility timeout; SQS's largest, [`DEFAULT_MAX_MESSAGE_BYTES`], until known):
+    /// what bounds a receive's worst case, kept for a byte ledger made later.
     source_max_message: AtomicUsize,
     /// Cancelled once the shutdown bound has passed: every batch still in work stops
     /// and hands its messages back to the source queue at once.
@@ -166,9 +161,7 @@ impl Worker {
             in_flight: Arc::new(AtomicU64::new(0)),
             waiting_for_room: AtomicU64::new(0),
             freed_for_waiting: Mutex::new(Instant::now()),
-            admission: None,
-            bytes: None,
-            max_bytes: usize::MAX,
+            admission: Admission::default(),
             source_max_message: AtomicUsize::new(DEFAULT_MAX_MESSAGE_BYTES),
             abandon: CancellationToken::new(),
             pacer: tokio::sync::Mutex::new(()),
@@ -178,9 +171,12 @@ impl Worker {
 
     /// The same worker, holding at most `max` body bytes at once over every poller.
     pub fn with_max_in_flight_bytes(mut self, max: usize) -> Self {
-        let max = max.clamp(1, Semaphore::MAX_PERMITS).min(u32::MAX as usize);
-        self.bytes = Some(Arc::new(Semaphore::new(max)));
-        self.max_bytes = max;
+        let ledger = Ledger::new(
+            max,
+            self.source.batch_size().max(1),
+            self.source_max_message.load(Ordering::Relaxed),
+        );
+        self.admission = std::mem::take(&mut self.admission).with_bytes(ledger);
         self
     }
 
@@ -194,6 +190,9 @@ impl Worker {
     fn follow_source_max_message(&self, bytes: Option<usize>) {
         let bytes = bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES).max(1);
         let old = self.source_max_message.swap(bytes, Ordering::Relaxed);
+        if let Some(ledger) = self.admission.bytes() {
+            ledger.follow_source_max(bytes);
+        }
         if old != bytes {
             tracing::debug!(
                 old_bytes = old,
@@ -203,64 +202,9 @@ impl Worker {
         }
     }
 
-    /// Room under the byte budget for a receive of up to `max` messages, each counted at
-    /// the largest size the source holds (a message larger than the whole budget at the
-    /// budget): how many the receive may ask for (at least one) and the permits that
-    /// hold the room. It waits for room for `max`, or for as many as the whole budget
-    /// holds when that is fewer: a poller that took whatever sliver was free made
-    /// receives of one or two messages (0.34 receives per 8 KiB event on the stand-in,
-    /// 0.10 with full ones), and SQS bills each call. The semaphore is fair: a poller
-    /// waiting for a full receive's room is not passed by later ones. Without a budget,
-    /// `max` and no permits.
-    pub async fn admit_bytes(&self, max: usize) -> (usize, Option<OwnedSemaphorePermit>) {
-        let Some(budget) = &self.bytes else {
-            return (max, None);
-        };
-        let each = self.counted_bytes();
-        let n = max.min(self.received_at_once()).max(1);
-        // Within the semaphore's range: n x each is at most the budget, clamped to it.
-        let room = u32::try_from(n.saturating_mul(each)).unwrap_or(u32::MAX);
-        let Ok(held) = budget.clone().acquire_many_owned(room).await else {
-            // Closed: never done; fall back to no bound rather than stop.
-            return (max, None);
-        };
-        (n, Some(held))
-    }
-
-    /// What a message not yet received is counted at: the source's `MaximumMessageSize`,
-    /// or the whole budget when that is smaller.
-    fn counted_bytes(&self) -> usize {
-        self.source_max_message
-            .load(Ordering::Relaxed)
-            .clamp(1, self.max_bytes)
-    }
-
-    /// How many messages the byte budget lets be received at once (at least one), each
-    /// counted at the source's `MaximumMessageSize`; `usize::MAX` without a budget.
-    pub fn received_at_once(&self) -> usize {
-        if self.bytes.is_none() {
-            return usize::MAX;
-        }
-        (self.max_bytes / self.counted_bytes()).max(1)
-    }
-
-    /// Gives back the room a received batch does not use: it keeps its bodies' bytes
-    /// (at least one) until it is settled; an empty receive keeps nothing.
-    pub fn keep_bytes(
-        &self,
-        room: Option<OwnedSemaphorePermit>,
-        messages: &[SourceMessage],
-    ) -> Option<OwnedSemaphorePermit> {
-        let mut room = room?;
-        if messages.is_empty() {
-            return None;
-        }
-        let size: usize = messages.iter().map(|m| m.body.len()).sum();
-        let keep = size.max(1);
-        if room.num_permits() > keep {
-            drop(room.split(room.num_permits() - keep));
-        }
-        Some(room)
+    /// What may be received and what is held.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     /// Whether batches are settled on their own tasks (a batching window is open).
@@ -276,25 +220,25 @@ impl Worker {
     /// The same worker, holding at most what `bound` allows at once over every poller
     /// (the bound the batching windows tell each call's response time to).
     pub fn with_in_flight(mut self, bound: Arc<Adaptive>) -> Self {
-        self.admission = Some(bound);
+        self.admission = std::mem::take(&mut self.admission).with_events(bound);
         self
     }
 
-    /// Room for one receive: how many messages it may ask for, and the permits that
-    /// hold that room until the batch is settled (none without a bound).
-    pub async fn admit(&self) -> (usize, Option<OwnedSemaphorePermit>) {
-        let batch = self.source.batch_size().max(1);
-        let Some(admission) = &self.admission else {
-            return (batch, None);
-        };
-        // Never more than the bound's floor, so a bound under the batch size still
-        // admits.
-        let want = batch.min(admission.floor());
-        match admission.admit(want).await {
-            Ok(permit) => (want, Some(permit)),
-            // Closed: never done; fall back to no bound rather than stop.
-            Err(_) => (batch, None),
-        }
+    /// Room for one receive ([`Admission::admit`]): how many messages it may ask for,
+    /// and the room held for them.
+    pub async fn admit(&self) -> Ticket {
+        self.admission.admit(self.source.batch_size().max(1)).await
+    }
+
+    /// A receive of `ticket` came back with `messages`: their bodies are held at their
+    /// real size until the returned room is dropped (none for an empty receive or
+    /// without a byte bound).
+    pub fn received(
+        &self,
+        ticket: Option<Reservation>,
+        messages: &[SourceMessage],
+    ) -> Option<Held> {
+        ticket?.received(messages.iter().map(|m| m.body.len()))
     }
 
     /// The source queue's visibility timeout, as last read.
@@ -346,11 +290,11 @@ impl Worker {
 
     /// One step: receive a batch (long poll) and settle it.
     pub async fn run_once(&self) -> Result<BatchOutcome, AwsError> {
-        let (max, _room) = self.admit().await;
-        let (max, bytes) = self.admit_bytes(max).await;
-        let messages = self.source.receive_at_most(max).await?;
+        let ticket = self.admit().await;
+        let messages = self.source.receive_at_most(ticket.messages).await?;
         let received_at = Instant::now();
-        let bytes = self.keep_bytes(bytes, &messages);
+        let _events = ticket.events;
+        let bytes = self.received(ticket.bytes, &messages);
         Ok(self.handle_since(messages, received_at, bytes).await)
     }
 
@@ -369,7 +313,7 @@ impl Worker {
         &self,
         messages: Vec<SourceMessage>,
         received_at: Instant,
-        bytes: Option<OwnedSemaphorePermit>,
+        bytes: Option<Held>,
     ) -> BatchOutcome {
         if messages.is_empty() {
             return BatchOutcome::default();
@@ -377,9 +321,9 @@ impl Worker {
         let n = messages.len() as u64;
         let now = self.in_flight.fetch_add(n, Ordering::SeqCst) + n;
         self.metrics.gauge(Gauge::InFlight, now);
-        if let Some(admission) = &self.admission {
+        if let Some(bound) = self.admission.events() {
             self.metrics
-                .gauge(Gauge::InFlightLimit, admission.limit() as u64);
+                .gauge(Gauge::InFlightLimit, bound.limit() as u64);
         }
 
         // What the heartbeat and a hand-back need of each message: not its body.
@@ -431,8 +375,13 @@ impl Worker {
     async fn settle(
         &self,
         mut messages: Vec<SourceMessage>,
-        bytes: Option<OwnedSemaphorePermit>,
+        mut bytes: Option<Held>,
     ) -> BatchOutcome {
+        // A batch of an overdraft (larger than its receive expected) waits for its
+        // bodies to fit beside those in work.
+        if let Some(held) = &mut bytes {
+            held.turn().await;
+        }
         let settlements = self.pipeline.process(&messages).await;
         // Forwarded or not, the bodies are done with: their room goes back now.
         for m in &mut messages {
@@ -686,8 +635,8 @@ struct Admitted {
     asked: usize,
     /// The permits; `None` without a bound.
     _room: Option<OwnedSemaphorePermit>,
-    /// The byte budget's permits; `None` without one.
-    _bytes: Option<OwnedSemaphorePermit>,
+    /// The bodies' bytes held; `None` without a byte bound.
+    _bytes: Option<Held>,
 }
 
 /// Whether a poller goes on.
@@ -745,14 +694,14 @@ impl Poller {
     /// stop gets [`Poller::grace`] to end, and what it got is handed back at once; one
     /// still open after it is dropped.
     async fn receive(&mut self) -> Option<Result<Admitted, AwsError>> {
-        let ((max, room), bytes) = {
+        let Ticket {
+            messages: max,
+            events: room,
+            bytes,
+        } = {
             let _waiting = Waiting::on(&self.worker.waiting_for_room);
-            let (max, room) = tokio::select! {
-                admitted = self.worker.admit() => admitted,
-                _ = self.stop.cancelled() => return None,
-            };
             tokio::select! {
-                admitted = self.worker.admit_bytes(max) => ((admitted.0, room), admitted.1),
+                ticket = self.worker.admit() => ticket,
                 _ = self.stop.cancelled() => return None,
             }
         };
@@ -780,7 +729,7 @@ impl Poller {
         let received_at = Instant::now();
         self.options.health.received();
         self.failing = None;
-        let bytes = self.worker.keep_bytes(bytes, &messages);
+        let bytes = self.worker.received(bytes, &messages);
         Some(Ok(Admitted {
             messages,
             received_at,
@@ -1086,18 +1035,21 @@ mod tests {
             "a receive asks only for the room left"
         );
 
-        let (n, held) = worker.admit().await;
-        assert_eq!(n, 3);
+        let held = worker.admit().await;
+        assert_eq!(held.messages, 3);
         let waiting = tokio::time::timeout(Duration::from_millis(50), worker.admit()).await;
         assert!(
             waiting.is_err(),
             "a second batch waits while the first holds the room"
         );
         drop(held);
-        let (n, _room) = tokio::time::timeout(Duration::from_secs(1), worker.admit())
+        let room = tokio::time::timeout(Duration::from_secs(1), worker.admit())
             .await
             .unwrap();
-        assert_eq!(n, 3, "room comes back when the batch is settled");
+        assert_eq!(
+            room.messages, 3,
+            "room comes back when the batch is settled"
+        );
     }
 
     /// Every call of a fake: `(action, queue, entries)`.
@@ -1363,49 +1315,6 @@ mod tests {
         assert_eq!(sent, 3);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_receive_asks_only_for_what_the_byte_room_allows_at_the_largest_size() {
-        let (client, _) = busy_source(0, 0);
-        let metrics = Metrics::disabled();
-        let forwarder = forwarder(&client, &metrics);
-        // 3 MiB of room, a source of messages up to 1 MiB: a receive asks for 3 at most.
-        let worker = worker(client, forwarder, metrics)
-            .with_max_in_flight_bytes(3 << 20)
-            .with_source_max_message(Some(1 << 20));
-        let (n, held) = worker.admit_bytes(10).await;
-        assert_eq!(n, 3, "three messages of 1 MiB fit");
-        let waiting = tokio::time::timeout(Duration::from_secs(5), worker.admit_bytes(10)).await;
-        assert!(waiting.is_err(), "no room for a receive: it waits");
-        // The batch came back with 2 messages of 100 KB: the rest of the room goes back.
-        let body = |n: usize| SourceMessage {
-            body: "x".repeat(n),
-            ..SourceMessage::default()
-        };
-        let kept = worker.keep_bytes(held, &[body(100_000), body(100_000)]);
-        assert_eq!(kept.as_ref().map(|p| p.num_permits()), Some(200_000));
-        // 2.8 MiB are free: the next receive waits for room for a full one (3), not
-        // a receive of two, until the batch held is settled.
-        {
-            let next = worker.admit_bytes(10);
-            tokio::pin!(next);
-            let early = tokio::time::timeout(Duration::from_secs(5), &mut next).await;
-            assert!(early.is_err(), "room for two only: it waits for three");
-            drop(kept);
-            let (n, more) = tokio::time::timeout(Duration::from_secs(5), next)
-                .await
-                .expect("room came back once the batch was settled");
-            assert_eq!(n, 3);
-            drop(more);
-        }
-        // An empty receive keeps nothing; a message larger than the whole budget is
-        // counted at the budget, so one is always received.
-        let (_, held) = worker.admit_bytes(1).await;
-        assert!(worker.keep_bytes(held, &[]).is_none());
-        let small = worker.with_max_in_flight_bytes(64 * 1024);
-        let (n, held) = small.admit_bytes(10).await;
-        assert_eq!((n, held.map(|p| p.num_permits())), (1, Some(64 * 1024)));
-    }
-
     /// A batch's byte room goes back once its events are forwarded, not after its delete,
     /// which waits for the window (here 60 s): the next receive need not wait for it.
     #[tokio::test(start_paused = true)]
@@ -1436,18 +1345,23 @@ mod tests {
             .with_max_in_flight_bytes(1 << 20)
             .with_source_max_message(Some(1 << 20)),
         );
-        let (n, room) = worker.admit_bytes(10).await;
-        assert_eq!(n, 1, "room for one message of 1 MiB");
-        let messages = worker.source().receive_at_most(n).await.unwrap();
-        let room = worker.keep_bytes(room, &messages);
+        let ticket = worker.admit().await;
+        assert_eq!(ticket.messages, 1, "room for one message of 1 MiB");
+        let messages = worker.source().receive_at_most(1).await.unwrap();
+        let room = worker.received(ticket.bytes, &messages);
         let handling = tokio::spawn({
             let worker = worker.clone();
             async move { worker.handle_since(messages, Instant::now(), room).await }
         });
-        let (n, _next) = tokio::time::timeout(Duration::from_secs(5), worker.admit_bytes(10))
-            .await
-            .expect("the room came back once the event was forwarded");
-        assert_eq!(n, 1);
+        let ledger = worker.admission().bytes().unwrap().clone();
+        assert!(ledger.in_use().0 > 0, "the body is held");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while ledger.in_use().0 > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the room came back once the event was forwarded");
         assert!(
             !handling.is_finished(),
             "the delete still waits for its window"
