@@ -12,6 +12,10 @@
 //! workers 1, 2, 4, 8, 16 (BENCH_WORKERS), and writes docs/throughput.svg.
 //! Under `cargo test` it runs once with 200 events and 4 workers, as a smoke test.
 //!
+//! `BENCH_PROXY_LATENCY_MS=40`: LocalStack behind a proxy that holds each call 40 ms
+//! (`support/delay_proxy.rs`), a network. `BENCH_QUEUE_MAX_MESSAGE=262144`: queues of
+//! 256 KiB (SQS's limit before August 2025; the default is 1 MiB, its limit since).
+//!
 //! `BENCH_SQS=standin`: against the in-memory SQS stand-in (`support/sqs_standin.rs`, in
 //! its own process) instead of LocalStack. `BENCH_EVENT_BYTES`: the event size (8192).
 //! `BENCH_MAX_IN_FLIGHT`: `FORWARDER_MAX_IN_FLIGHT` of the binary whose RSS is read.
@@ -65,6 +69,8 @@ use sqs_forwarder::config::Config;
 use sqs_forwarder::metrics::Metrics;
 use sqs_forwarder::retry::RetryPolicy;
 
+#[path = "support/delay_proxy.rs"]
+mod delay_proxy;
 #[path = "support/sentry_event.rs"]
 mod sentry_event;
 #[path = "support/sqs_standin.rs"]
@@ -276,13 +282,22 @@ async fn create_queue(client: &Client, name: &str) -> String {
         )
         .attributes(
             aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
-            SQS_MAX_BYTES.to_string(),
+            queue_max_bytes().to_string(),
         )
         .send()
         .await
         .expect("LocalStack is not running: start it with `make localstack`")
         .queue_url
         .unwrap()
+}
+
+/// The queues' `MaximumMessageSize`: SQS's default for new queues (1 MiB), or
+/// `BENCH_QUEUE_MAX_MESSAGE` (262144: a queue made before August 2025).
+fn queue_max_bytes() -> usize {
+    std::env::var("BENCH_QUEUE_MAX_MESSAGE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SQS_MAX_BYTES)
 }
 
 /// `entries` with their sizes, in calls of at most 10 entries and [`SQS_MAX_BYTES`]
@@ -1369,6 +1384,20 @@ fn main() {
         let _ = ENDPOINT.set(endpoint);
         KillOnDrop(child)
     });
+    // BENCH_PROXY_LATENCY_MS: LocalStack behind a proxy that holds each call that long.
+    if let Some(ms) = std::env::var("BENCH_PROXY_LATENCY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if ENDPOINT.get().is_none() {
+            let target = endpoint()
+                .trim_start_matches("http://")
+                .parse()
+                .expect("the endpoint is host:port");
+            let proxy = delay_proxy::spawn(target, Duration::from_millis(ms));
+            let _ = ENDPOINT.set(format!("http://{proxy}"));
+        }
+    }
     let full = std::env::args().any(|a| a == "--bench");
     let n: usize = std::env::var("BENCH_EVENTS")
         .ok()

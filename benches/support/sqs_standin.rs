@@ -210,8 +210,8 @@ impl StandIn {
                         "QueueArn": format!("arn:aws:sqs:us-east-1:000000000000:{name}"),
                         "VisibilityTimeout": "60",
                         // SQS's default (and largest) since August 2025, or
-                        // BENCH_STANDIN_MAX_MESSAGE (a queue made before: 262144).
-                        "MaximumMessageSize": std::env::var("BENCH_STANDIN_MAX_MESSAGE")
+                        // BENCH_QUEUE_MAX_MESSAGE (a queue made before: 262144).
+                        "MaximumMessageSize": std::env::var("BENCH_QUEUE_MAX_MESSAGE")
                             .unwrap_or_else(|_| "1048576".into()),
                         "ApproximateNumberOfMessages": q.visible.len().to_string(),
                         "ApproximateNumberOfMessagesNotVisible": q.in_flight.len().to_string(),

@@ -342,7 +342,7 @@ pub struct Settings {
     /// the largest body seen lately rounded up to a power of two). Receives in flight are capped
     /// at 4 × this over 10 × the source's MaximumMessageSize, so the worst case is this plus that
     /// cap × 10 × MaximumMessageSize (logged at start). KB, MB, KiB, MiB, GiB or bytes; 64 KiB to 4 GiB.
-    #[arg(long, env = "FORWARDER_MAX_IN_FLIGHT_BYTES", value_name = "BYTES", default_value = "24MiB",
+    #[arg(long, env = "FORWARDER_MAX_IN_FLIGHT_BYTES", value_name = "BYTES", default_value = "40MiB",
           value_parser = byte_size, global = true)]
     pub max_in_flight_bytes: usize,
 

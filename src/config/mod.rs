@@ -220,7 +220,7 @@ impl Config {
             batch_size: 10,
             max_in_flight: 40,
             adaptive_in_flight: false,
-            max_in_flight_bytes: 24 << 20,
+            max_in_flight_bytes: 40 << 20,
             batch_window: Some(Duration::ZERO),
             fields: None,
             filter: None,

@@ -6,10 +6,11 @@
 //! - **Events held** (`FORWARDER_MAX_IN_FLIGHT`, or the adaptive bound under it,
 //!   [`crate::concurrency::Adaptive`]): a receive takes room for as many events as it
 //!   asks for; they go back once the batch is settled (deleted).
-//! - **Body bytes held** (`FORWARDER_MAX_IN_FLIGHT_BYTES`, the budget): what received
-//!   batches hold, from their receive until their events are forwarded (each body
-//!   counted [`HELD_FACTOR`] times: itself and its encoding), plus what each receive in
-//!   flight is expected to bring. A receive is expected to bring, per message,
+//! - **Bytes held** (`FORWARDER_MAX_IN_FLIGHT_BYTES`, the budget): what received
+//!   batches hold, from their receive until their events are forwarded, each message at
+//!   what it costs ([`cost`]: its body twice, itself and its encoding, and
+//!   [`PER_MESSAGE`] for the rest of it), plus what each receive in flight is expected
+//!   to bring. A receive is expected to bring, per message,
 //!   the largest body the source has sent lately, rounded up to a power of two
 //!   ([`Ledger::estimate`]; the source's `MaximumMessageSize` until one was seen). A
 //!   batch larger than expected is held at its real size, and the next receives wait
@@ -18,8 +19,9 @@
 //!   each receive may answer 10 × `MaximumMessageSize` (SQS has no cap on a response's
 //!   bytes), so at most `receive room / (10 × MaximumMessageSize)` are in flight, the
 //!   receive room being [`RECEIVE_ROOM_FACTOR`] × the budget. The worst case is
-//!   therefore `budget + receives × 10 × MaximumMessageSize` of bodies: a burst of
-//!   events of the largest size right after a long flow of small ones.
+//!   therefore `budget + receives × 10 × MaximumMessageSize`: a burst of events of the
+//!   largest size right after a long flow of small ones (and, for a moment, the SDK's
+//!   read of each response beside its parse).
 //! - **Bodies in work** ([`Held::turn`]): decoding, encoding and sending copy a body two
 //!   or three times over, so received batches are worked on while their bodies fit the
 //!   budget together (or one alone); a batch of an overdraft waits its turn, holding
@@ -44,15 +46,23 @@ use crate::concurrency::Adaptive;
 
 /// The receive room, in budgets: how many bytes the receives in flight may bring at
 /// their worst (each 10 × `MaximumMessageSize`), beside the budget itself. With the
-/// default budget of 24 MiB: 96 MiB, so 9 receives in flight from a 1 MiB source and
-/// 38 from a 256 KiB one.
-pub const RECEIVE_ROOM_FACTOR: usize = 4;
+/// default budget of 40 MiB: 80 MiB, so 8 receives in flight from a 1 MiB source and
+/// 32 from a 256 KiB one. Each such response is read whole by the SDK and then parsed
+/// (about twice its size for a moment): 8 × 10 MiB of 1 MiB events arriving at once
+/// is what the burst bound of 192 MiB at 32 workers allows.
+pub const RECEIVE_ROOM_FACTOR: usize = 2;
 
-/// What a body held counts for, in its own bytes: itself and its encoding, which live
-/// together while the event waits for its call. With hundreds of routes every event
-/// waits a window, and counting bodies once let the pool hold twice what the budget
-/// meant (300 routes of 8 KB events: 174 MiB of RSS at 24 MiB, 1.5× the request).
-pub const HELD_FACTOR: usize = 2;
+/// What a message held costs beside its body: its decoded event, its batch entry and
+/// attributes, its share of the tasks and calls waiting for it. Measured with 300
+/// routes, where every event waits a window for its call: about 53 KB of RSS per 8 KB
+/// event held (1,536 events: 79 MiB over the idle process).
+pub const PER_MESSAGE: usize = 32 * 1024;
+
+/// What holding a message of `body` bytes costs: the body and its encoding, which live
+/// together while its event waits for its call, and [`PER_MESSAGE`].
+pub fn cost(body: usize) -> usize {
+    body.saturating_mul(2).saturating_add(PER_MESSAGE)
+}
 
 /// The smallest a message is expected to be: below it, the estimate gains nothing but
 /// receives of many tiny messages are still counted at something.
@@ -198,13 +208,9 @@ impl Ledger {
 
     fn try_reserve(self: &Arc<Self>, max: usize) -> Option<Reservation> {
         let mut s = self.state.lock().ok()?;
-        let each = s
-            .estimate(Instant::now())
-            .clamp(1, (self.budget / HELD_FACTOR).max(1));
-        let n = max
-            .min(self.budget / each.saturating_mul(HELD_FACTOR))
-            .max(1);
-        let expect = n.saturating_mul(each).saturating_mul(HELD_FACTOR);
+        let each = cost(s.estimate(Instant::now())).clamp(1, self.budget);
+        let n = max.min(self.budget / each).max(1);
+        let expect = n.saturating_mul(each);
         let in_use = s.held.saturating_add(s.expected);
         let fits = in_use.saturating_add(expect) <= self.budget || in_use == 0;
         if s.receives >= self.receives_for(s.source_max) || !fits {
@@ -314,7 +320,7 @@ impl Reservation {
         self.settled = true;
         let (mut total, mut largest, mut count) = (0usize, 0usize, 0usize);
         for size in sizes {
-            total = total.saturating_add(size);
+            total = total.saturating_add(cost(size));
             largest = largest.max(size);
             count += 1;
         }
@@ -324,15 +330,13 @@ impl Reservation {
             s.receives = s.receives.saturating_sub(1);
             if count > 0 {
                 s.saw(largest, Instant::now());
-                s.held = s
-                    .held
-                    .saturating_add(total.max(1).saturating_mul(HELD_FACTOR));
+                s.held = s.held.saturating_add(total);
             }
         }
         ledger.freed.notify_waiters();
         (count > 0).then(|| Held {
             ledger,
-            bytes: total.max(1).saturating_mul(HELD_FACTOR),
+            bytes: total,
             working: false,
         })
     }
@@ -481,8 +485,8 @@ impl Admission {
         let mib = |b: usize| b as f64 / f64::from(1u32 << 20);
         let source_max = ledger.source_max();
         Some(format!(
-            "bodies held and expected <= {:.0} MiB (FORWARDER_MAX_IN_FLIGHT_BYTES); receives in flight <= {} \
-             ({} x {} x {:.2} MiB <= {:.0} MiB); worst case {:.0} + {} x {} x {:.2} = {:.0} MiB of bodies",
+            "messages held and expected <= {:.0} MiB (FORWARDER_MAX_IN_FLIGHT_BYTES, each message at twice its body + 32 KiB); \
+             receives in flight <= {} ({} x {} x {:.2} MiB <= {:.0} MiB); worst case {:.0} + {} x {} x {:.2} = {:.0} MiB",
             mib(ledger.budget),
             ledger.max_receives(),
             ledger.max_receives(),
@@ -515,13 +519,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn before_any_body_is_seen_a_message_counts_at_the_sources_largest() {
-        let l = ledger(6 * MIB, MIB);
+        let l = ledger(3 * cost(MIB), MIB);
         let r = ready(l.reserve(10)).await.expect("room");
-        assert_eq!(
-            r.messages(),
-            3,
-            "three messages of 1 MiB, each with its encoding, fit 6 MiB"
-        );
+        assert_eq!(r.messages(), 3, "three messages of 1 MiB fit");
         assert!(
             ready(l.reserve(10)).await.is_none(),
             "no room left: it waits"
@@ -530,9 +530,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn small_bodies_seen_let_full_receives_go_from_a_1_mib_source() {
-        // The default budget, a 1 MiB source: 24 messages at once before, now full
+        // The default budget, a 1 MiB source: 40 messages at once if counted at 1 MiB,
         // receives of 8 KiB events up to the receive cap.
-        let l = ledger(24 * MIB, MIB);
+        let l = ledger(40 * MIB, MIB);
         let first = ready(l.reserve(10)).await.expect("room");
         let held = first.received([8_000; 10]);
         assert_eq!(l.estimate(), 8 * 1024, "8,000 bytes round up to 8 KiB");
@@ -546,11 +546,7 @@ mod tests {
             l.max_receives(),
             "the receive cap binds, not bytes"
         );
-        assert_eq!(
-            l.max_receives(),
-            96 / 10,
-            "96 MiB of room, 10 MiB each at worst"
-        );
+        assert_eq!(l.max_receives(), 8, "80 MiB of room, 10 MiB each at worst");
         assert!(held.is_some());
         // One receive back: the next may go.
         drop(receives.pop());
@@ -559,20 +555,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_batch_larger_than_expected_overdraws_once_and_the_next_receives_wait() {
-        let l = ledger(8 * MIB, MIB);
+        let l = ledger(10 * MIB, MIB);
         ready(l.reserve(10)).await.unwrap().received([4_000; 10]);
-        // Expected 10 x 4 KiB; ten of 1 MiB came: held at their real size (twice: the
-        // bodies and their encodings).
+        // Expected 10 x 4 KiB; ten of 1 MiB came: held at their real size.
         let r = ready(l.reserve(10)).await.unwrap();
         let held = r.received([MIB; 10]).expect("held");
-        assert_eq!(held.bytes(), 20 * MIB);
+        assert_eq!(held.bytes(), 10 * cost(MIB));
         assert!(
             ready(l.reserve(10)).await.is_none(),
             "overdrawn: receives wait"
         );
         drop(held);
         let next = ready(l.reserve(10)).await.expect("paid back: room again");
-        assert_eq!(next.messages(), 4, "counted at 2 x 1 MiB now: 4 in 8 MiB");
+        assert_eq!(next.messages(), 4, "counted at 1 MiB now: 4 in 10 MiB");
     }
 
     #[tokio::test(start_paused = true)]
@@ -593,8 +588,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_overdraft_is_worked_on_as_the_budget_allows() {
-        // 16 MiB: room for six receives in flight from a 1 MiB source, and for 8 MiB of
-        // bodies with their encodings.
+        // 16 MiB: room for three receives in flight from a 1 MiB source, and for 7
+        // messages of 1 MiB.
         let l = ledger(16 * MIB, MIB);
         ready(l.reserve(10)).await.unwrap().received([4_000; 10]);
         // Two receives expected small both come back with ten events of 1 MiB.
@@ -627,10 +622,10 @@ mod tests {
             ready(d.turn()).await.is_some(),
             "4 MiB of bodies fit the budget together"
         );
-        let e = ready(l.reserve(4)).await.unwrap().received([MIB; 4]);
+        let e = ready(l.reserve(3)).await.unwrap().received([MIB; 3]);
         assert!(
             ready(e.unwrap().turn()).await.is_some(),
-            "8 MiB of bodies still fit"
+            "7 MiB of bodies still fit"
         );
     }
 
@@ -663,11 +658,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_receive_cap_follows_the_sources_largest() {
-        let l = ledger(24 * MIB, MIB);
-        assert_eq!(l.max_receives(), 9);
-        assert_eq!(l.worst_case(), 24 * MIB + 9 * 10 * MIB);
+        let l = ledger(40 * MIB, MIB);
+        assert_eq!(l.max_receives(), 8);
+        assert_eq!(l.worst_case(), 40 * MIB + 8 * 10 * MIB);
         l.follow_source_max(256 * 1024);
-        assert_eq!(l.max_receives(), 38);
+        assert_eq!(l.max_receives(), 32);
         let tiny = ledger(1 << 20, MIB);
         assert_eq!(tiny.max_receives(), 1, "at least one");
     }
