@@ -45,6 +45,12 @@
 //! (the system attributes its receive asks for, three message attributes per entry): on
 //! LocalStack, whose Python spends on each attribute, the rates then compare like for like.
 //!
+//! Many routes and bursts (full runs, or `BENCH_SHAPES=on`): the release binary at its
+//! defaults over 1, 20, 100 and 300 organization routes (`BENCH_ROUTES`), with the
+//! window and without, events/s, requests per event and peak RSS; and peak RSS of
+//! 160 × 1 MB at 16 and 64 workers, and of 3,000 × 8 KB then 160 × 1 MB at 32.
+//! `BENCH_PROCESS_WORKERS=8,16,32`: the processes section once per worker count.
+//!
 //! Metrics backends: the worker step once more per backend (none, DogStatsD to a local
 //! socket, Prometheus's registry), events/s and CPU µs/event in the same run.
 //! `BENCH_METRICS=off` skips it.
@@ -588,6 +594,214 @@ async fn binary_rss(client: &Client, n: usize, workers: usize) -> Option<u64> {
             return peak;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What one run of the release binary gave: see [`binary_run`].
+struct BinaryRun {
+    /// From its start to its exit, less the idle exit's wait.
+    secs: f64,
+    /// Its peak resident set (VmHWM), in MiB.
+    peak_mib: f64,
+    /// Its SQS calls, by its own `forwarder.sqs.requests`: receive, send, delete, other.
+    calls: [u64; 4],
+    /// Events found in the destinations, and how many of them distinct.
+    arrived: usize,
+    distinct: usize,
+}
+
+/// How many routes [`routed_event`] spreads its events over.
+static ROUTES: AtomicUsize = AtomicUsize::new(1);
+
+/// A Sentry-like event of about 8 KB of organization `1 + n % ROUTES`.
+fn routed_event(n: usize) -> String {
+    let routes = ROUTES.load(Ordering::Relaxed).max(1);
+    sentry_event(n, 8192, 5).replacen(
+        "\"organization_id\":7",
+        &format!("\"organization_id\":{}", 1 + n % routes),
+        1,
+    )
+}
+
+/// A Sentry-like event of about 1 MB, numbered after the small ones.
+fn large_event(n: usize) -> String {
+    sentry_event(1_000_000 + n, 1_000_000, 5)
+}
+
+/// `sqs-forwarder run` (release build, `w` workers, defaults but `env`) on `source`
+/// until idle for 3 s, to `dests` (one: `FORWARDER_DEST_QUEUE_URL`; more: organization
+/// routes `1..` in a routes file); then every destination drained. `n` events were sent.
+async fn binary_run(
+    client: &Client,
+    source: &str,
+    dests: &[String],
+    w: usize,
+    env: &[(&str, &str)],
+    n: usize,
+) -> BinaryRun {
+    let tag = format!("tp-run-{:08x}", fastrand::u32(..));
+    let dir = std::env::temp_dir().join(&tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (agent, requests) = requests_agent();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"));
+    command
+        .arg("run")
+        .env("AWS_ENDPOINT_URL", endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("FORWARDER_SOURCE_QUEUE_URL", source)
+        .env("FORWARDER_DATA_DIR", &dir)
+        .env("FORWARDER_WORKERS", w.to_string())
+        .env("FORWARDER_EXIT_WHEN_IDLE", "3")
+        .env("FORWARDER_STATSD_ADDR", agent.to_string())
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied());
+    if let [dest] = dests {
+        command.env("FORWARDER_DEST_QUEUE_URL", dest);
+    } else {
+        let file = dir.join("routes.toml");
+        let routes: String = dests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!("[organizations.{}]\nqueue_url = \"{d}\"\n\n", i + 1))
+            .collect();
+        std::fs::write(&file, routes).unwrap();
+        command.env("FORWARDER_ROUTES_FILE", file);
+    }
+    requests.take();
+    let started = Instant::now();
+    let mut child = command.spawn().unwrap();
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            peak_kib = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(peak_kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "the binary failed: {status}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64() - 3.0;
+    // The binary's last packet leaves at its exit; let the agent read it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let calls = requests.take();
+    let mut ids = Vec::new();
+    for dest in dests {
+        loop {
+            let got = client
+                .receive_message()
+                .queue_url(dest)
+                .max_number_of_messages(10)
+                .visibility_timeout(600)
+                .send()
+                .await
+                .unwrap();
+            let messages = got.messages.unwrap_or_default();
+            if messages.is_empty() {
+                break;
+            }
+            for m in messages {
+                let body = m.body.unwrap_or_default();
+                let id = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["event_id"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                ids.push(id);
+            }
+        }
+        let _ = client.delete_queue().queue_url(dest).send().await;
+    }
+    let _ = client.delete_queue().queue_url(source).send().await;
+    let arrived = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert!(arrived >= n, "{arrived} of {n} events arrived");
+    BinaryRun {
+        secs,
+        peak_mib: peak_kib as f64 / 1024.0,
+        calls,
+        arrived,
+        distinct: ids.len(),
+    }
+}
+
+/// Events spread evenly over N organization routes (`BENCH_ROUTES`, default 1, 20, 100,
+/// 300), each a destination queue of its own, 8 workers (`BENCH_ROUTE_WORKERS`),
+/// `BENCH_ROUTE_EVENTS` (6,000) events of 8 KB: the binary at its defaults, then with
+/// `FORWARDER_BATCH_WINDOW=0`. The window lowers requests, never the rate.
+async fn many_routes(client: &Client) {
+    let list = |var: &str, default: &str| -> Vec<usize> {
+        std::env::var(var)
+            .unwrap_or_else(|_| default.into())
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect()
+    };
+    let n = list("BENCH_ROUTE_EVENTS", "6000")[0];
+    let w = list("BENCH_ROUTE_WORKERS", "8")[0];
+    println!("many routes ({n} events of 8 KB over N organization routes, {w} workers, the release binary, rate from start to exit less the idle wait): routes | window | events/s | requests/event (receive, send, delete, other) | total | peak RSS | arrived, distinct");
+    for routes in list("BENCH_ROUTES", "1,20,100,300") {
+        for window in ["1s (default)", "0"] {
+            let tag = format!("tp-routes-{:08x}", fastrand::u32(..));
+            let source = create_queue(client, &format!("{tag}-src")).await;
+            let mut dests = Vec::new();
+            for r in 0..routes {
+                dests.push(create_queue(client, &format!("{tag}-d{r}")).await);
+            }
+            ROUTES.store(routes, Ordering::Relaxed);
+            fill_with(client, &source, n, routed_event).await;
+            let env: &[(&str, &str)] = if window == "0" {
+                &[("FORWARDER_BATCH_WINDOW", "0")]
+            } else {
+                &[]
+            };
+            let run = binary_run(client, &source, &dests, w, env, n).await;
+            let per = |k: u64| k as f64 / n as f64;
+            println!(
+                "{routes:>6} | {window:>12} | {:>6.0} | {:.3}, {:.3}, {:.3}, {:.3} | {:.3} | {:.1} MiB | {}, {}",
+                n as f64 / run.secs,
+                per(run.calls[0]),
+                per(run.calls[1]),
+                per(run.calls[2]),
+                per(run.calls[3]),
+                per(run.calls.iter().sum()),
+                run.peak_mib,
+                run.arrived,
+                run.distinct
+            );
+        }
+    }
+}
+
+/// Peak RSS of the release binary at its defaults where memory is most at stake:
+/// 160 events of 1 MB at 16 and 64 workers; 3,000 of 8 KB then 160 of 1 MB at 32
+/// workers (every receive in flight expected small when the large ones come).
+async fn bursts(client: &Client) {
+    println!("bursts (the release binary at its defaults, 1 MiB queues): run | workers | peak RSS | seconds | arrived, distinct");
+    for (small, w) in [(0, 16), (0, 64), (3000, 32)] {
+        let tag = format!("tp-burst-{:08x}", fastrand::u32(..));
+        let source = create_queue(client, &format!("{tag}-src")).await;
+        let dest = create_queue(client, &format!("{tag}-dst")).await;
+        ROUTES.store(1, Ordering::Relaxed);
+        fill_with(client, &source, small, routed_event).await;
+        fill_with(client, &source, 160, large_event).await;
+        let run = binary_run(client, &source, &[dest], w, &[], small + 160).await;
+        let name = if small > 0 {
+            format!("{small} x 8 KB, then 160 x 1 MB")
+        } else {
+            "160 x 1 MB".to_string()
+        };
+        println!(
+            "{name:>28} | {w:>3} | {:.1} MiB | {:.1} | {}, {}",
+            run.peak_mib, run.secs, run.arrived, run.distinct
+        );
     }
 }
 
@@ -1453,12 +1667,26 @@ fn main() {
             }
         }
         if std::env::var("BENCH_PROCESSES").as_deref() != Ok("off") {
-            let w = workers.iter().copied().max().unwrap_or(4);
+            // BENCH_PROCESS_WORKERS=8,16,32: a section per worker count (default: the
+            // largest of BENCH_WORKERS).
+            let process_workers: Vec<usize> = std::env::var("BENCH_PROCESS_WORKERS")
+                .ok()
+                .map(|v| v.split(',').filter_map(|w| w.trim().parse().ok()).collect())
+                .unwrap_or_else(|| vec![workers.iter().copied().max().unwrap_or(4)]);
             if perf_works() {
-                processes(&client, n, w, rounds(full)).await;
+                for w in process_workers {
+                    processes(&client, n, w, rounds(full)).await;
+                }
             } else {
                 println!("processes: skipped (`perf stat` does not work here)");
             }
+        }
+        // Many routes and the burst: full runs only (or BENCH_SHAPES=on), off with
+        // BENCH_SHAPES=off.
+        let shapes = std::env::var("BENCH_SHAPES").ok();
+        if shapes.as_deref() == Some("on") || (full && shapes.as_deref() != Some("off")) {
+            many_routes(&client).await;
+            bursts(&client).await;
         }
         let rss_workers: usize = std::env::var("BENCH_RSS_WORKERS")
             .ok()
