@@ -696,6 +696,22 @@ impl App {
     }
 }
 
+impl crate::reload::Routers for App {
+    type Error = StartError;
+
+    fn config(&self) -> &Config {
+        App::config(self)
+    }
+
+    async fn router_for(
+        &self,
+        config: &Config,
+        window: &BatchWindow,
+    ) -> Result<Router, StartError> {
+        App::router_for(self, config, window).await
+    }
+}
+
 /// The in-flight bound in words, for the start-up log and `check`.
 pub fn describe_bound(bound: &Adaptive) -> String {
     if bound.adapts() {

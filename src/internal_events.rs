@@ -161,12 +161,12 @@ pub struct SkippedUnrouted<'a> {
     /// Its project.
     pub project_id: u64,
     /// Why.
-    pub skip: crate::config::routes::Skip,
+    pub skip: crate::outcome::Skip,
 }
 
 impl InternalEvent for SkippedUnrouted<'_> {
     fn emit(self, metrics: &Metrics) {
-        use crate::config::routes::Skip;
+        use crate::outcome::Skip;
         let why = match self.skip {
             Skip::Unconfigured => "no route for the project: skipped",
             Skip::NotEnrolled => "the organization's route does not enroll the project: skipped",

@@ -22,7 +22,8 @@
 //!   extending visibility; or a Lambda SQS batch, as the same messages; SNS envelopes
 //!   opened (`source::envelope`).
 //! - [`worker`]: the pool of pollers; [`worker::Worker::run_once`] is one step and
-//!   [`worker::run`] takes its shutdown signal as an argument.
+//!   [`worker::run`] takes its shutdown signal as an argument. [`worker::admission`]
+//!   owns what may be received and what is held (events, bytes, receives in flight).
 //! - [`pipeline`]: decode, index, forward, settling each message; shared by `run`,
 //!   `replay` and Lambda mode.
 //! - [`lambda`]: Lambda mode: one SQS batch per invocation, a partial batch response.
@@ -58,8 +59,14 @@
 //! Modules marked internal are private to the crate; the rest is what the binary, the
 //! benches, the fuzz targets and the integration tests use.
 //!
-//! Dependencies point one way: `pipeline` → `forward` → `aws` → `batching` →
-//! `concurrency`, `retry` → `internal_events` → `metrics` → `outcome`.
+//! Dependencies point one way, top to bottom: the commands (`check`, `replay`,
+//! `redrive`, `lambda`) → `app` → `reload` → `config` → `worker` → `health` →
+//! `pipeline` → `source` → `forward` → `event` → `indexer` → `aws` → `batching` →
+//! `concurrency` → `retry` → `internal_events` → `metrics` → `telemetry` → `outcome`.
+//! Where a lower module needs something of a higher one, it takes it as an argument
+//! ([`reload::Routers`]: the app's way to build routers). `tools/imports.py` (in `make
+//! lint`) fails on a loop between files or on more than two upward imports; the one
+//! left is the [`forward::Router`]'s use of `config::routes` (its precedence).
 
 // Module docs link to private modules: they are the tour for maintainers
 // (`cargo doc --document-private-items`).

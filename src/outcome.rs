@@ -217,6 +217,29 @@ impl fmt::Display for Failure {
     }
 }
 
+/// Why an event no route takes is skipped: counted as `forwarder.event.skipped{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// No route and no default (`skip_unconfigured`).
+    Unconfigured,
+    /// Its organization has a route, but does not enroll projects it does not list
+    /// (`skip_not_enrolled`).
+    NotEnrolled,
+    /// Its organization's route switches the project off (`skip_project_disabled`).
+    ProjectDisabled,
+}
+
+impl Skip {
+    /// The counter's `reason` tag.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Skip::Unconfigured => "skip_unconfigured",
+            Skip::NotEnrolled => "skip_not_enrolled",
+            Skip::ProjectDisabled => "skip_project_disabled",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

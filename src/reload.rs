@@ -5,7 +5,8 @@
 //! SIGHUP, and whenever its content changes: it compares the content every
 //! [`CHECK_INTERVAL`], not the file's time, so a Kubernetes ConfigMap, which swaps a
 //! symlink, is seen. A new file is parsed and validated as at start, and every
-//! destination not in force before is built and reached ([`App::router_for`]) before the
+//! destination not in force before is built and reached ([`Routers::router_for`]; the
+//! app's, given to [`watch`], so this module imports nothing above it) before the
 //! new routes take over; routes it keeps keep their forwarders (clients, batching
 //! windows, pause states). Then the [`SharedRouter`] is swapped: every batch that starts
 //! from then on takes the new routes, and each batch in work finishes on the routes it
@@ -16,20 +17,37 @@
 //! at 0 (1 after a success, and at start). Without a routes file SIGHUP is logged and
 //! ignored: it never stops the worker. Lambda mode reads the file once per cold start.
 
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{App, StartError};
 use crate::batching::BatchWindow;
 use crate::config::routes::Routes;
-use crate::forward::SharedRouter;
+use crate::config::{Config, ConfigError};
+use crate::forward::{Router, SharedRouter};
 use crate::internal_events::{InternalEvent, RoutesReloadFailed, RoutesReloaded};
 use crate::metrics::{Gauge, Metrics};
 
 /// How often the routes file's content is compared with the one in force.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a reload needs of the running worker: the configuration in force, and a router
+/// built for another one (its new destinations reached, the routes it keeps keeping
+/// their forwarders). The app is one (`App`); it hands itself to [`watch`].
+pub trait Routers {
+    /// Why a router could not be built.
+    type Error: std::fmt::Display + From<ConfigError>;
+    /// The configuration in force.
+    fn config(&self) -> &Config;
+    /// A router for `config`'s routes, its sends shared within `window`.
+    fn router_for(
+        &self,
+        config: &Config,
+        window: &BatchWindow,
+    ) -> impl Future<Output = Result<Router, Self::Error>>;
+}
 
 /// SIGHUP, taken from its default action (which ends the process) as soon as `run`
 /// starts; `None` where no handler could be installed (logged).
@@ -45,8 +63,8 @@ pub fn hangups() -> Option<tokio::signal::unix::Signal> {
 
 /// Reloads `app`'s routes file into `routing` on SIGHUP (`hangups`) and when its content
 /// changes, its new destinations' sends shared within `window`, until `stop`.
-pub async fn watch(
-    app: &App,
+pub async fn watch<A: Routers>(
+    app: &A,
     routing: SharedRouter,
     window: BatchWindow,
     mut hangups: Option<tokio::signal::unix::Signal>,
@@ -88,9 +106,9 @@ pub async fn watch(
                     continue;
                 }
                 Ok(routes) => reload(app, &routing, &window, routes).await,
-                Err(err) => Err(StartError::Config(err)),
+                Err(err) => Err(A::Error::from(err)),
             },
-            Err(err) => Err(StartError::Config(crate::config::ConfigError {
+            Err(err) => Err(A::Error::from(ConfigError {
                 var: "FORWARDER_ROUTES_FILE",
                 problem: format!("{}: cannot be read: {err}", path.display()),
             })),
@@ -132,12 +150,12 @@ fn read(path: &Path) -> Result<String, String> {
 
 /// `routes` in force: validated, its new destinations reached, then swapped in; the
 /// routes, how many there are, and how many destinations were new.
-async fn reload(
-    app: &App,
+async fn reload<A: Routers>(
+    app: &A,
     routing: &SharedRouter,
     window: &BatchWindow,
     routes: Routes,
-) -> Result<(Routes, usize, usize), StartError> {
+) -> Result<(Routes, usize, usize), A::Error> {
     let config = app.config().with_routes(routes.clone())?;
     let router = app.router_for(&config, window).await?;
     let count = config.effective_routes().keyed().count();

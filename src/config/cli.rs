@@ -172,14 +172,8 @@ pub enum Switch {
     Off,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Pretty,
-    /// One JSON object per line, for log pipelines.
-    Json,
-}
+/// Log output format: telemetry's, named here as a setting.
+pub use crate::telemetry::LogFormat;
 
 /// Global tags added to every metric: `k:v,k:v`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -123,28 +123,8 @@ pub struct Organization<R> {
     pub projects: HashMap<u64, Option<R>>,
 }
 
-/// Why an event no route takes is skipped: counted as `forwarder.event.skipped{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Skip {
-    /// No route and no default (`skip_unconfigured`).
-    Unconfigured,
-    /// Its organization has a route, but does not enroll projects it does not list
-    /// (`skip_not_enrolled`).
-    NotEnrolled,
-    /// Its organization's route switches the project off (`skip_project_disabled`).
-    ProjectDisabled,
-}
-
-impl Skip {
-    /// The counter's `reason` tag.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Skip::Unconfigured => "skip_unconfigured",
-            Skip::NotEnrolled => "skip_not_enrolled",
-            Skip::ProjectDisabled => "skip_project_disabled",
-        }
-    }
-}
+/// Why an event no route takes is skipped: a typed label of [`crate::outcome`].
+pub use crate::outcome::Skip;
 
 /// The route an event of `organization` and `project` takes, and where it stands, first
 /// match winning: `projects.P`; the organization's override of P (or skipped if switched
