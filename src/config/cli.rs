@@ -28,8 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Consume the source queue and forward its events until stopped (SIGTERM, SIGINT).
     Run {
-        /// Stop cleanly, exit 0, once the source queue has been empty this long (e.g. 10s).
-        #[arg(long, env = "FORWARDER_EXIT_WHEN_IDLE", value_name = "SECS", value_parser = duration)]
+        /// Stop cleanly, exit 0, once the source queue has been empty this long (a duration:
+        /// 10s, 1m30s, 500ms; a bare number is seconds).
+        #[arg(long, env = "FORWARDER_EXIT_WHEN_IDLE", value_name = "DURATION", value_parser = duration)]
         exit_when_idle: Option<Duration>,
     },
     /// Forward newline-delimited JSON events from a file, or stdin with "-".
@@ -182,7 +183,8 @@ pub struct MetricTags(pub Vec<(String, String)>);
 /// Settings shared by every command.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// The SQS queue to consume.
+    /// The SQS queue to consume: needed by `run` and `check` (Lambda gets its batches from
+    /// Lambda).
     #[arg(
         long,
         env = "FORWARDER_SOURCE_QUEUE_URL",
@@ -296,7 +298,7 @@ pub struct Settings {
     )]
     pub rate_limit: Option<crate::forward::RateLimit>,
 
-    /// Concurrent pollers of the source queue.
+    /// Concurrent pollers of the source queue (1 to 1024).
     #[arg(long, env = "FORWARDER_WORKERS", value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from), global = true)]
     pub workers: usize,
@@ -304,7 +306,7 @@ pub struct Settings {
     /// Threads that run the forwarder's tasks (tokio's worker threads). One core forwards
     /// about 8,000 typical events a second; a second thread pays only once one is busy,
     /// and below that every wake-up between threads costs CPU. Raise it with the CPU a
-    /// pod is given, or add pods.
+    /// pod is given, or add pods. 1 to 1024.
     #[arg(long, env = "FORWARDER_THREADS", value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from), global = true)]
     pub threads: usize,
@@ -318,14 +320,15 @@ pub struct Settings {
     /// the batching window included). Pollers wait for room. With the adaptive bound, never
     /// under room for every route to fill two calls (2 × 10 events a route): hundreds of
     /// routes hold their events a window each, and what they hold is bounded by
-    /// FORWARDER_MAX_IN_FLIGHT_BYTES.
+    /// FORWARDER_MAX_IN_FLIGHT_BYTES. 1 to 100000.
     #[arg(long, env = "FORWARDER_MAX_IN_FLIGHT", value_name = "N", default_value_t = 400,
           value_parser = clap::value_parser!(u32).range(1..=100_000).map(|v| v as usize), global = true)]
     pub max_in_flight: usize,
 
     /// Whether the in-flight bound follows the calls' response times (on: from one
     /// batch per poller up to FORWARDER_MAX_IN_FLIGHT, adding a batch while they stay
-    /// flat, a tenth off when they grow or a call is throttled) or stays at
+    /// within twice their lowest lately, down in proportion (at most by half) when they
+    /// grow past it, a tenth off when a call is throttled) or stays at
     /// FORWARDER_MAX_IN_FLIGHT (off).
     #[arg(long, env = "FORWARDER_ADAPTIVE_IN_FLIGHT", value_name = "SWITCH", value_enum,
           default_value_t = Switch::On, global = true)]
@@ -387,7 +390,7 @@ pub struct Settings {
           value_parser = clap::value_parser!(u8).range(0..=20), global = true)]
     pub receive_wait_seconds: u8,
 
-    /// Idle HTTP connections kept per host, for every AWS client.
+    /// Idle HTTP connections kept per host, for every AWS client (1 to 10000).
     #[arg(long, env = "FORWARDER_HTTP_POOL_MAX_IDLE", value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=10_000).map(|v| v as usize), global = true)]
     pub http_pool_max_idle: usize,
@@ -398,12 +401,15 @@ pub struct Settings {
           default_value = "50s", value_parser = duration, global = true)]
     pub http_pool_idle_timeout: Duration,
 
-    /// Largest message, and largest batch, in bytes of body and attributes (SQS: 1 MiB).
+    /// Largest message, and largest batch, in bytes of body and attributes (SQS: 1 MiB;
+    /// 1 to 1048576).
     #[arg(long, env = "FORWARDER_MAX_MESSAGE_BYTES", value_name = "BYTES", default_value_t = 1_048_576,
           value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|v| v as usize), global = true)]
     pub max_message_bytes: usize,
 
-    /// statsd/DogStatsD address, host:port; unset turns metrics off.
+    /// statsd/DogStatsD address, host:port: where the statsd and dogstatsd backends send
+    /// (FORWARDER_METRICS_BACKEND; set alone, it makes dogstatsd the backend). The other
+    /// backends need none.
     #[arg(
         long,
         env = "FORWARDER_STATSD_ADDR",
@@ -518,12 +524,12 @@ pub struct Settings {
     )]
     pub data_dir: std::path::PathBuf,
 
-    /// Most (organization, string) ids kept in the in-process cache.
+    /// Most (organization, string) ids kept in the in-process cache (at least 1).
     #[arg(long, env = "FORWARDER_INDEXER_CACHE_SIZE", value_name = "N", default_value_t = 100_000,
           value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize), global = true)]
     pub indexer_cache_size: usize,
 
-    /// Connections in the indexer store's pool.
+    /// Connections in the indexer store's pool (1 to 1000).
     #[arg(long, env = "FORWARDER_INDEXER_POOL_SIZE", value_name = "N", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub indexer_pool_size: u32,

@@ -6,6 +6,7 @@
 //! credentials and endpoint are the SDK's own variables and are not repeated here.
 
 pub mod cli;
+pub mod reference;
 pub mod routes;
 
 use std::fmt;
