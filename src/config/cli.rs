@@ -290,6 +290,10 @@ pub struct Settings {
     /// Per-organization rate limit, N/DURATION (Sentry: 50/1s); an event over it is
     /// deferred (its message hidden until its organization's tokens are back).
     /// Unset: no limit.
+    ///
+    /// An event over it is never dropped, and no other organization waits for it. The
+    /// limit applies per worker process. A rate finer than one event per nanosecond is
+    /// refused at start.
     #[arg(
         long,
         env = "FORWARDER_RATE_LIMIT",
@@ -330,6 +334,12 @@ pub struct Settings {
     /// within twice their lowest lately, down in proportion (at most by half) when they
     /// grow past it, a tenth off when a call is throttled) or stays at
     /// FORWARDER_MAX_IN_FLIGHT (off).
+    ///
+    /// Receiving ahead pays while the queues answer as fast (on a stand-in with 3 ms
+    /// calls the bound grows to 400 and the pool forwards 2.1-2.3 times a bare loop's
+    /// events per second); at a saturated queue it only queues (on LocalStack: 1.07-1.08x
+    /// the bare loop's CPU per event, against 1.20-1.23x with the bound fixed at 400). A
+    /// packed route keeps the bound at its maximum. `check` prints it.
     #[arg(long, env = "FORWARDER_ADAPTIVE_IN_FLIGHT", value_name = "SWITCH", value_enum,
           default_value_t = Switch::On, global = true)]
     pub adaptive_in_flight: Switch,
@@ -386,6 +396,10 @@ pub struct Settings {
     pub pack_compression: crate::forward::PackCompression,
 
     /// Long-poll wait of each receive, in seconds (0 to 20).
+    ///
+    /// SIGTERM cancels a poll in progress; with --exit-when-idle polls last at most 1 s,
+    /// and the idle stop lets the last ones end. With 0 (short polls), an empty receive
+    /// is followed by a 1 s pause.
     #[arg(long, env = "FORWARDER_RECEIVE_WAIT_SECONDS", value_name = "SECS", default_value_t = 20,
           value_parser = clap::value_parser!(u8).range(0..=20), global = true)]
     pub receive_wait_seconds: u8,
@@ -403,6 +417,10 @@ pub struct Settings {
 
     /// Largest message, and largest batch, in bytes of body and attributes (SQS: 1 MiB;
     /// 1 to 1048576).
+    ///
+    /// A destination queue whose own MaximumMessageSize is smaller bounds its route by
+    /// that instead (read at start and every minute). A larger event goes to S3, or is
+    /// dead-lettered as `oversized`.
     #[arg(long, env = "FORWARDER_MAX_MESSAGE_BYTES", value_name = "BYTES", default_value_t = 1_048_576,
           value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|v| v as usize), global = true)]
     pub max_message_bytes: usize,
@@ -453,6 +471,12 @@ pub struct Settings {
 
     /// Address of the health listener (GET /healthz, GET /readyz), host:port, for
     /// Kubernetes probes; unset: no listener.
+    ///
+    /// GET /healthz answers 200 from start; GET /readyz answers 200 once a receive from
+    /// the source has succeeded, and 503 before that, while every route is paused, and
+    /// from the moment shutdown begins. With the `prometheus` metrics backend, GET
+    /// /metrics serves the metrics. At most 64 connections at once; a client has 5 s to
+    /// send its request.
     #[arg(
         long,
         env = "FORWARDER_HEALTH_ADDR",

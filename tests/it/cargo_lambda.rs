@@ -1,4 +1,4 @@
-//! Lambda mode under cargo-lambda's own emulator, as the README's "Testing locally" tells
+//! Lambda mode under cargo-lambda's own emulator, as the book's deployment guide (docs/guides/deployment.md, "Testing locally") tells
 //! users to run it: `cargo lambda watch --only-lambda-apis`, the real binary started
 //! against it, and `cargo lambda invoke --data-file deploy/lambda/sqs-event.json`.
 //!
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::helpers::*;
 use serde_json::Value;
 
-/// The example event of the README: 3 valid events and 2 invalid bodies.
+/// The example event of the deployment guide: 3 valid events and 2 invalid bodies.
 fn example_event() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/lambda/sqs-event.json")
 }

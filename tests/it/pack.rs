@@ -254,7 +254,7 @@ async fn with_s3_offload_always_each_pack_is_one_gzip_ndjson_object() {
     sorted.sort();
     assert_eq!(sorted, want, "each event once");
 
-    // The README's boto3 consumer, on the same pointers, reads the same events.
+    // The packing guide's boto3 consumer (docs/guides/fields-filters-packing.md), on the same pointers, reads the same events.
     let replay = create_queue(&client, &format!("{name}-readme"), 30).await;
     let pointers: Vec<String> = got.iter().map(|m| m.body.clone().unwrap()).collect();
     send_bodies(&client, &replay, &pointers).await;
@@ -265,16 +265,16 @@ async fn with_s3_offload_always_each_pack_is_one_gzip_ndjson_object() {
                 .map(|l| l.split(' ').next().unwrap_or_default().to_string())
                 .collect();
             read.sort();
-            assert_eq!(read, want, "the README's consumer: {printed}");
+            assert_eq!(read, want, "the packing guide's consumer: {printed}");
         }
         Err(why) => {
             assert!(std::env::var_os("CI").is_none(), "{why}");
-            eprintln!("skipped the README's consumer: {why}");
+            eprintln!("skipped the packing guide's consumer: {why}");
         }
     }
 }
 
-/// Runs the README's Python consumer (boto3, from tools/.venv: `make test-tools`) on
+/// Runs the packing guide's Python consumer (boto3, from tools/.venv: `make test-tools`) on
 /// `queue` until it is empty; what it printed, or why it could not run.
 fn readme_consumer(queue: &str) -> Result<String, String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -285,10 +285,11 @@ fn readme_consumer(queue: &str) -> Result<String, String> {
             python.display()
         ));
     }
-    let readme = std::fs::read_to_string(root.join("README.md")).map_err(|e| e.to_string())?;
+    let readme = std::fs::read_to_string(root.join("docs/guides/fields-filters-packing.md"))
+        .map_err(|e| e.to_string())?;
     let start = readme
         .find("```python\nimport gzip, json, boto3")
-        .ok_or("the README has no consumer example")?;
+        .ok_or("the packing guide has no consumer example")?;
     let code = &readme[start + "```python\n".len()..];
     let code = &code[..code.find("```").ok_or("unclosed example")?];
     let driver = format!(
