@@ -2,6 +2,10 @@
 # Both start LocalStack by themselves (localstack/start.sh installs it into a venv).
 
 CARGO ?= cargo
+CLIPPY_DRIVER = $(shell rustc --print sysroot)/bin/clippy-driver
+ifeq ($(LINT_BUILD),1)
+LINT_ENV = RUSTC_WORKSPACE_WRAPPER=$(CLIPPY_DRIVER) CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
+endif
 export FORWARDER_TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 # cargo-lambda (the Lambda emulator test) comes from PyPI into tools/.venv.
 export FORWARDER_TEST_CARGO_LAMBDA ?= $(CURDIR)/tools/.venv/bin/cargo-lambda
@@ -20,10 +24,13 @@ demo: build
 ## test: every test, against a real LocalStack (started here if it is not running).
 ## cargo-nextest runs them with a hard time limit per test (.config/nextest.toml); the
 ## benches run once each as smoke tests (nextest cannot list criterion benches).
+## There are no doc tests (the docs' code blocks are text, TOML and shell): no
+## `cargo test --doc`, which compiled the crate once more to run none.
+## LINT_BUILD=1 (CI, after `make lint LINT_BUILD=1`): the same compiler wrapper as the
+## lint, so the test build is the lint's, not a second compile of the crate.
 test: localstack test-tools
-	$(CARGO) nextest run --lib --bins --tests
-	$(CARGO) test --doc
-	timeout 900 $(CARGO) test --benches
+	$(LINT_ENV) $(CARGO) nextest run --lib --bins --tests
+	$(LINT_ENV) timeout 900 $(CARGO) test --benches
 
 ## unit: the tests that need no LocalStack.
 unit:
@@ -41,14 +48,14 @@ lint:
 	./tools/deny.sh
 	./tools/lint-deploy.sh
 
-## clippy: every target, warnings denied. LINT_BUILD=1 (CI) lints while it builds, with
-## clippy-driver as the workspace's compiler wrapper, so the dependencies are compiled
-## once for the lint and the tests together (cargo clippy's check-only build of them
-## cannot be reused by `make test`).
-CLIPPY_DRIVER = $(shell rustc --print sysroot)/bin/clippy-driver
+## clippy: every target, warnings denied. LINT_BUILD=1 (CI) lints while it builds the
+## tests, with clippy-driver as the workspace's compiler wrapper: the dependencies and
+## the crate's test targets are compiled once, for the lint and for `make test
+## LINT_BUILD=1` together (cargo clippy's check-only build cannot be reused, and a plain
+## `cargo build --all-targets` builds other units than the tests run).
 clippy:
 ifeq ($(LINT_BUILD),1)
-	RUSTC_WORKSPACE_WRAPPER=$(CLIPPY_DRIVER) CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__ $(CARGO) build --all-targets
+	$(LINT_ENV) $(CARGO) test --no-run --all-targets
 else
 	$(CARGO) clippy --all-targets -- -D warnings
 endif

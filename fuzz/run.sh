@@ -8,9 +8,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 seconds="${1:-20}"
 bin="$(../tools/install.sh)"
 export PATH="$bin:$PATH" RUSTC_BOOTSTRAP=1
-for target in decode encode_tag_ids differential splice; do
+# Built once, then run as many at a time as there are cores (each target still has a
+# core for its whole time).
+cargo fuzz build -O
+fuzz_one() {
+  local target="$1" log seeds
   mkdir -p "corpus/$target"
-  echo "fuzz $target: ${seconds}s"
   log="$(mktemp)"
   seeds="seeds/$target"
   [ -d "$seeds" ] || seeds="seeds/decode"
@@ -19,7 +22,23 @@ for target in decode encode_tag_ids differential splice; do
     # A crash leaves its input in fuzz/artifacts/<target>/.
     grep -vE "^#[0-9]+" "$log" | tail -40 >&2
     echo "fuzz $target: FAILED (inputs, if any, in fuzz/artifacts/$target/)" >&2
-    exit 1
+    return 1
   fi
+  echo "fuzz $target: ${seconds}s"
   grep -E "^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)|DONE" "$log"
+}
+cores="$(nproc)"
+pids=()
+failed=0
+for target in decode encode_tag_ids differential splice; do
+  fuzz_one "$target" &
+  pids+=($!)
+  if [ "${#pids[@]}" -ge "$cores" ]; then
+    wait "${pids[0]}" || failed=1
+    pids=("${pids[@]:1}")
+  fi
 done
+for pid in "${pids[@]}"; do
+  wait "$pid" || failed=1
+done
+exit "$failed"

@@ -57,13 +57,8 @@ async fn sigkill_mid_run_then_restart_loses_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let arrived = drain(
-        &q.client,
-        &q.dest,
-        EVENTS as usize * 2,
-        Duration::from_secs(60),
-    )
-    .await;
+    let arrived =
+        drain_then_more(&q.client, &q.dest, EVENTS as usize, Duration::from_secs(60)).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for body in &arrived {
         *seen.entry(event_id_of(body)).or_default() += 1;

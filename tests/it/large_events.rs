@@ -71,11 +71,7 @@ async fn arrivals(
     want: usize,
 ) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
-    for body in drain(client, queue, want, Duration::from_secs(60)).await {
-        *seen.entry(event_id_of(&body)).or_default() += 1;
-    }
-    // Anything more (a second copy) would be there by now.
-    for body in drain(client, queue, 1, Duration::from_secs(2)).await {
+    for body in drain_then_more(client, queue, want, Duration::from_secs(60)).await {
         *seen.entry(event_id_of(&body)).or_default() += 1;
     }
     seen

@@ -49,7 +49,7 @@ async fn outage(switch: &Switch, child: &mut Spawned) {
 
 /// Every event arrived at least once (what was not deleted is still in the source).
 async fn assert_nothing_lost(q: &Queues, bodies: &[String]) -> Vec<String> {
-    let arrived = drain(&q.client, &q.dest, bodies.len() * 2, Duration::from_secs(5)).await;
+    let arrived = drain_then_more(&q.client, &q.dest, bodies.len(), Duration::from_secs(5)).await;
     let left = drain(&q.client, &q.source, bodies.len(), Duration::from_secs(3)).await;
     let ids: HashSet<String> = arrived.iter().map(|b| event_id_of(b)).collect();
     let missing: Vec<&String> = bodies

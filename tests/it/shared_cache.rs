@@ -457,7 +457,7 @@ async fn redis_stopped_mid_run_loses_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let arrived = drain(&q.client, &q.dest, sent.len() * 2, Duration::from_secs(5)).await;
+    let arrived = drain_then_more(&q.client, &q.dest, sent.len(), Duration::from_secs(5)).await;
     let ids: HashSet<String> = arrived.iter().map(|b| event_id_of(b)).collect();
     assert_eq!(ids.len(), sent.len(), "events lost");
     for body in &arrived {
