@@ -344,11 +344,17 @@ pub struct Settings {
           default_value_t = Switch::On, global = true)]
     pub adaptive_in_flight: Switch,
 
-    /// Most message body bytes held at once by the whole pool, beside the count: bodies received
-    /// and not yet forwarded, plus what each receive in flight is expected to bring (per message,
-    /// the largest body seen lately rounded up to a power of two). Receives in flight are capped
-    /// at 4 × this over 10 × the source's MaximumMessageSize, so the worst case is this plus that
-    /// cap × 10 × MaximumMessageSize (logged at start). KB, MB, KiB, MiB, GiB or bytes; 64 KiB to 4 GiB.
+    /// Most bytes held at once by the whole pool, beside the count: each message received and not
+    /// yet forwarded at twice its body plus 32 KiB, and each receive in flight at what it is
+    /// expected to bring (per message, the largest body seen lately rounded up to a power of two).
+    /// KB, MB, KiB, MiB, GiB or bytes; 64 KiB to 4 GiB.
+    ///
+    /// However small the events lately, a receive may bring 10 × the source's
+    /// MaximumMessageSize: receives in flight are capped at 1.75 × this over that (7 from a
+    /// 1 MiB source at the default, 28 from a 256 KiB one), so the worst case is this plus that
+    /// cap × 10 × MaximumMessageSize (40 + 7 × 10 = 110 MiB at the default; logged at start as
+    /// `memory bound: …`). A batch larger than expected is held at its real size and later
+    /// receives wait until it is paid back.
     #[arg(long, env = "FORWARDER_MAX_IN_FLIGHT_BYTES", value_name = "BYTES", default_value = "40MiB",
           value_parser = byte_size, global = true)]
     pub max_in_flight_bytes: usize,

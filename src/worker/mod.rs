@@ -1509,8 +1509,8 @@ mod tests {
 
     /// The case on a clock the test drives: a destination whose every send takes
     /// 5 s, a source visibility timeout of 8 s, 60 events of 500 KB, 8 MiB of room and
-    /// 16 pollers (more than the 8 receives of 1 MiB that room lets be made at once: they
-    /// wait for room, and the idle exit still comes). Every message stays hidden from its receive to its delete (no extension or
+    /// 16 pollers (more than that room lets receive at once: they wait for room, and the
+    /// idle exit still comes). Every message stays hidden from its receive to its delete (no extension or
     /// delete comes after it showed again), so each event goes once; the body bytes held
     /// never pass the budget.
     #[tokio::test(start_paused = true)]
