@@ -557,17 +557,8 @@ async fn binary_rss(client: &Client, n: usize, workers: usize) -> Option<u64> {
     let source = create_queue(client, &format!("{tag}-src")).await;
     let dest = create_queue(client, &format!("{tag}-dst")).await;
     fill(client, &source, n).await;
-    let dir = std::env::temp_dir().join(&tag);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"))
-        .arg("run")
-        .env("AWS_ENDPOINT_URL", endpoint())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("FORWARDER_SOURCE_QUEUE_URL", &source)
+    let mut child = run_command(&source, workers)
         .env("FORWARDER_DEST_QUEUE_URL", &dest)
-        .env("FORWARDER_DATA_DIR", &dir)
-        .env("FORWARDER_WORKERS", workers.to_string())
         .envs(
             std::env::var("BENCH_MAX_IN_FLIGHT")
                 .ok()
@@ -578,7 +569,31 @@ async fn binary_rss(client: &Client, n: usize, workers: usize) -> Option<u64> {
         .env("RUST_LOG", "warn")
         .spawn()
         .ok()?;
-    // VmHWM (the peak resident set) only grows: its last reading before exit is the peak.
+    let (peak, status) = until_exit(&mut child).await;
+    assert!(status.success());
+    peak
+}
+
+/// `sqs-forwarder run` (the release build) on `source` with `w` workers, its data in a
+/// directory of its own, against the bench's SQS: what every run of the binary shares.
+fn run_command(source: &str, w: usize) -> std::process::Command {
+    let dir = std::env::temp_dir().join(format!("tp-bin-{:08x}", fastrand::u32(..)));
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"));
+    command
+        .arg("run")
+        .env("AWS_ENDPOINT_URL", endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("FORWARDER_SOURCE_QUEUE_URL", source)
+        .env("FORWARDER_DATA_DIR", dir)
+        .env("FORWARDER_WORKERS", w.to_string());
+    command
+}
+
+/// Waits for `child` to exit: its peak resident set in KiB (VmHWM, which only grows:
+/// its last reading before the exit is the peak), and how it exited.
+async fn until_exit(child: &mut std::process::Child) -> (Option<u64>, std::process::ExitStatus) {
     let status_file = format!("/proc/{}/status", child.id());
     let mut peak = None;
     loop {
@@ -589,9 +604,8 @@ async fn binary_rss(client: &Client, n: usize, workers: usize) -> Option<u64> {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
                 .or(peak);
         }
-        if let Some(status) = child.try_wait().ok()? {
-            assert!(status.success());
-            return peak;
+        if let Ok(Some(status)) = child.try_wait() {
+            return (peak, status);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -639,20 +653,9 @@ async fn binary_run(
     env: &[(&str, &str)],
     n: usize,
 ) -> BinaryRun {
-    let tag = format!("tp-run-{:08x}", fastrand::u32(..));
-    let dir = std::env::temp_dir().join(&tag);
-    std::fs::create_dir_all(&dir).unwrap();
     let (agent, requests) = requests_agent();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"));
+    let mut command = run_command(source, w);
     command
-        .arg("run")
-        .env("AWS_ENDPOINT_URL", endpoint())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("FORWARDER_SOURCE_QUEUE_URL", source)
-        .env("FORWARDER_DATA_DIR", &dir)
-        .env("FORWARDER_WORKERS", w.to_string())
         .env("FORWARDER_EXIT_WHEN_IDLE", "3")
         .env("FORWARDER_STATSD_ADDR", agent.to_string())
         .env("RUST_LOG", "warn")
@@ -660,7 +663,7 @@ async fn binary_run(
     if let [dest] = dests {
         command.env("FORWARDER_DEST_QUEUE_URL", dest);
     } else {
-        let file = dir.join("routes.toml");
+        let file = std::env::temp_dir().join(format!("tp-routes-{:08x}.toml", fastrand::u32(..)));
         let routes: String = dests
             .iter()
             .enumerate()
@@ -672,22 +675,8 @@ async fn binary_run(
     requests.take();
     let started = Instant::now();
     let mut child = command.spawn().unwrap();
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak_kib = 0u64;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&status_file) {
-            peak_kib = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(peak_kib);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "the binary failed: {status}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (peak_kib, status) = until_exit(&mut child).await;
+    assert!(status.success(), "the binary failed: {status}");
     let secs = started.elapsed().as_secs_f64() - 3.0;
     // The binary's last packet leaves at its exit; let the agent read it.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -725,7 +714,7 @@ async fn binary_run(
     assert!(arrived >= n, "{arrived} of {n} events arrived");
     BinaryRun {
         secs,
-        peak_mib: peak_kib as f64 / 1024.0,
+        peak_mib: peak_kib.unwrap_or(0) as f64 / 1024.0,
         calls,
         arrived,
         distinct: ids.len(),
@@ -1091,18 +1080,9 @@ fn binary_process(
     w: usize,
     agent: std::net::SocketAddr,
 ) -> std::process::Command {
-    let dir = std::env::temp_dir().join(format!("tp-proc-{:08x}", fastrand::u32(..)));
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"));
+    let mut command = run_command(source, w);
     command
-        .arg("run")
-        .env("AWS_ENDPOINT_URL", endpoint())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("FORWARDER_SOURCE_QUEUE_URL", source)
         .env("FORWARDER_DEST_QUEUE_URL", dest)
-        .env("FORWARDER_DATA_DIR", dir)
-        .env("FORWARDER_WORKERS", w.to_string())
         .env("FORWARDER_EXIT_WHEN_IDLE", "2")
         // DogStatsD, as `run` is mostly deployed: its own count of its SQS calls.
         .env("FORWARDER_STATSD_ADDR", agent.to_string())
