@@ -374,8 +374,9 @@ impl App {
         // forwarder, a new one is built below.
         let mut built: HashMap<Route, Arc<Forwarder>> = HashMap::new();
         let mut new: Vec<(&Route, bool)> = Vec::new();
+        let mut seen: std::collections::HashSet<&Route> = std::collections::HashSet::new();
         for (key, route) in routes.keyed() {
-            if built.contains_key(route) || new.iter().any(|(r, _)| *r == route) {
+            if !seen.insert(route) {
                 continue;
             }
             match in_force.get(route) {
@@ -604,7 +605,7 @@ impl App {
             .with_max_in_flight_bytes(self.config.max_in_flight_bytes)
             .with_source_max_message(info.max_message_bytes);
         // What bounds memory, and the worst case with today's numbers
-        // (docs/PERFORMANCE.md, "What bounds memory").
+        // (docs/explanations/performance.md, "What bounds the rate and what bounds memory").
         if let Some(bytes) = worker.admission().describe_bytes() {
             tracing::info!(
                 max_in_flight_bytes = self.config.max_in_flight_bytes,
