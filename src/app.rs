@@ -22,6 +22,7 @@ use crate::forward::{
     DEFAULT_MAX_MESSAGE_BYTES, MAX_ENTRIES,
 };
 use crate::health::Health;
+use crate::idempotency::Idempotency;
 use crate::indexer::{Indexer, SharedCache, Store, StoreError};
 use crate::metrics::{sink, Metrics};
 use crate::outcome::Operation;
@@ -58,6 +59,14 @@ pub enum StartError {
     /// The health listener could not start.
     #[error(transparent)]
     Health(#[from] crate::health::HealthError),
+    /// The idempotency store could not be opened or did not answer.
+    #[error("FORWARDER_IDEMPOTENCY_URL: {url}: {}", .source.to_string().replace('\n', " "))]
+    Idempotency {
+        /// The store's URL, redacted.
+        url: String,
+        /// Why.
+        source: crate::idempotency::StoreError,
+    },
     /// A configured queue could not be reached.
     #[error("{var}: queue {url} is not reachable: {}", one_line(.source))]
     Unreachable {
@@ -89,6 +98,35 @@ pub async fn connect_indexer(
     let shared =
         SharedCache::new(settings.clone(), metrics.clone()).map_err(StartError::SharedCache)?;
     Ok(indexer.with_shared_cache(shared))
+}
+
+/// Opens the idempotency store and asks it once: a store that does not answer at start
+/// fails the start, naming the variable.
+pub async fn connect_idempotency(
+    config: &crate::config::IdempotencyConfig,
+    metrics: &Metrics,
+) -> Result<Idempotency, StartError> {
+    let failed = |source| StartError::Idempotency {
+        url: config.url.redacted(),
+        source,
+    };
+    let store = crate::idempotency::open(config.url.expose(), config.timeout)
+        .await
+        .map_err(failed)?;
+    store.ping().await.map_err(failed)?;
+    tracing::info!(
+        url = %config.url,
+        store = store.kind(),
+        fail_open = config.fail_open,
+        "idempotency store reached: effectively once"
+    );
+    Ok(Idempotency::new(
+        store,
+        config.ttl,
+        config.lease,
+        config.fail_open,
+        metrics.clone(),
+    ))
 }
 
 /// Asks the shared cache once at start, so an operator sees at once that it is down.
@@ -131,6 +169,8 @@ pub struct App {
     metrics: Metrics,
     /// The indexer stage, when on and connected ([`App::connect`]).
     indexer: Option<Arc<Indexer>>,
+    /// The idempotency store, when set and reached ([`App::connect`]).
+    idempotency: Option<Arc<Idempotency>>,
     /// The SDK configuration loaded at start; routes derive theirs from it.
     sdk: SdkConfig,
     /// The per-organization rate limit, shared by every worker of the process.
@@ -167,6 +207,9 @@ impl App {
             greet_shared_cache(&indexer).await;
             app.indexer = Some(Arc::new(indexer));
         }
+        if let Some(config) = &app.config.idempotency {
+            app.idempotency = Some(Arc::new(connect_idempotency(config, &app.metrics).await?));
+        }
         Ok(app)
     }
 
@@ -188,6 +231,11 @@ impl App {
     /// The indexer, when on and connected.
     pub fn indexer(&self) -> Option<&Arc<Indexer>> {
         self.indexer.as_ref()
+    }
+
+    /// The idempotency store, when set and reached.
+    pub fn idempotency(&self) -> Option<&Arc<Idempotency>> {
+        self.idempotency.as_ref()
     }
 
     /// Builds from an explicit SDK configuration, without the indexer's store (see
@@ -216,6 +264,7 @@ impl App {
             config,
             metrics,
             indexer: None,
+            idempotency: None,
             sdk: sdk.clone(),
             rate_limit,
             pauses: Arc::new(Pauses::default()),
@@ -469,6 +518,7 @@ impl App {
     pub fn pipeline_on(&self, router: Router) -> Pipeline {
         Pipeline::new(router, self.indexer.clone(), self.metrics.clone())
             .with_envelope(self.config.source_envelope)
+            .with_idempotency(self.idempotency.clone())
     }
 
     /// The dead-letter queue at `url`, as `info` (its healthcheck) describes it.
@@ -572,6 +622,18 @@ impl App {
         let info = self
             .reach("FORWARDER_SOURCE_QUEUE_URL", &source_url)
             .await?;
+        if let Some(idempotency) = &self.idempotency {
+            if let Some(warning) =
+                idempotency.size_for_source(info.visibility_timeout, info.max_receive_count)
+            {
+                tracing::warn!("{warning}");
+            }
+            tracing::info!(
+                ttl = %humantime::format_duration(idempotency.ttl()),
+                lease = %humantime::format_duration(idempotency.lease()),
+                "idempotency keys and claims"
+            );
+        }
         let bound = Arc::new(self.in_flight_bound());
         let mut window = BatchWindow::new(self.config.batch_window_for(info.visibility_timeout)?);
         if bound.adapts() {
@@ -656,6 +718,7 @@ impl App {
         let hangups = crate::reload::hangups();
         let health = Health::default()
             .with_pauses(self.pauses.clone())
+            .with_idempotency(self.idempotency.clone())
             .with_exporter(self.metrics.exporter());
         let listener = CancellationToken::new();
         let _stop_listener = listener.clone().drop_guard();

@@ -1,6 +1,7 @@
 //! `sqs-forwarder check`: validate the configuration and reach everything it names: the
 //! source, every destination route (with its message group checked against its queue's
-//! type), the dead-letter queue, the S3 buckets, and the indexer's store.
+//! type), the dead-letter queue, the S3 buckets, the indexer's store, and the
+//! idempotency store.
 
 use crate::app::App;
 use crate::aws;
@@ -28,6 +29,7 @@ pub async fn check(settings: &Settings, send_test_event: bool) -> Report {
     let router = check_routes(&app, &mut report).await;
     check_buckets(&app, &mut report).await;
     check_indexer(&app, &mut report).await;
+    check_idempotency(&app, &mut report).await;
     report_settings(&app, &mut report);
     if let Some(router) = router.filter(|_| send_test_event && report.problems.is_empty()) {
         send_test_events(&app, router, &mut report).await;
@@ -374,6 +376,22 @@ async fn check_indexer(app: &App, report: &mut Report) {
             }
             indexer.store().close().await;
         }
+        Err(err) => report.problems.push(err.to_string()),
+    }
+}
+
+/// The idempotency store, when set: opened (its table created) and asked once.
+async fn check_idempotency(app: &App, report: &mut Report) {
+    let Some(config) = &app.config().idempotency else {
+        return;
+    };
+    match crate::app::connect_idempotency(config, &Metrics::disabled()).await {
+        Ok(idempotency) => report.ok.push(format!(
+            "FORWARDER_IDEMPOTENCY_URL: reached {} ({}, fail-{})",
+            config.url,
+            idempotency.kind(),
+            if config.fail_open { "open" } else { "closed" }
+        )),
         Err(err) => report.problems.push(err.to_string()),
     }
 }

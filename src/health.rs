@@ -2,7 +2,8 @@
 //!
 //! - `GET /healthz` (liveness): 200 while the process serves requests.
 //! - `GET /readyz` (readiness): 200 once a receive from the source queue has succeeded,
-//!   503 before that, while every route is paused, and from the moment shutdown begins.
+//!   503 before that, while every route is paused, while the idempotency store does not
+//!   answer (fail-closed), and from the moment shutdown begins.
 //!   A pod that cannot reach its queue (credentials, network) never turns ready, so a
 //!   rollout stops there.
 //! - `GET /metrics`, with the `prometheus` metrics backend: the metrics, in the
@@ -45,6 +46,9 @@ pub struct Health {
     pauses: Option<Arc<Pauses>>,
     /// What `/metrics` serves (the `prometheus` backend); `None`: 404.
     exporter: Option<crate::metrics::prometheus::Exporter>,
+    /// The idempotency store: while it does not answer (fail-closed), nothing is
+    /// forwarded, so the pod is not ready.
+    idempotency: Option<Arc<crate::idempotency::Idempotency>>,
 }
 
 impl Health {
@@ -57,6 +61,15 @@ impl Health {
     /// Not ready while every route in `pauses` is paused.
     pub fn with_pauses(mut self, pauses: Arc<Pauses>) -> Self {
         self.pauses = Some(pauses);
+        self
+    }
+
+    /// Not ready while `idempotency`'s store does not answer (fail-closed).
+    pub fn with_idempotency(
+        mut self,
+        idempotency: Option<Arc<crate::idempotency::Idempotency>>,
+    ) -> Self {
+        self.idempotency = idempotency;
         self
     }
 
@@ -76,6 +89,7 @@ impl Health {
     pub fn is_ready(&self) -> bool {
         self.state.load(Ordering::SeqCst) == READY
             && !self.pauses.as_ref().is_some_and(|p| p.all_paused())
+            && self.idempotency.as_ref().is_none_or(|i| i.is_available())
     }
 }
 

@@ -533,3 +533,150 @@ impl InternalEvent for RoutesReloadFailed<'_> {
         metrics.gauge(crate::metrics::Gauge::ConfigLastReloadSuccessful, 0);
     }
 }
+
+/// An event the idempotency store says was forwarded to this destination already: not
+/// sent again; its source message is deleted.
+pub struct SkippedAlreadyForwarded<'a> {
+    /// The event.
+    pub event_id: &'a str,
+    /// Its route's queue.
+    pub route: &'a str,
+}
+
+impl InternalEvent for SkippedAlreadyForwarded<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::info!(
+            event_id = self.event_id,
+            route = self.route,
+            "forwarded already to this destination: not sent again"
+        );
+        metrics.incr(Counter::IdempotencyClaim { result: "done" });
+        metrics.incr(Counter::EventSkipped {
+            reason: "already_forwarded",
+        });
+    }
+}
+
+/// Events claimed in the idempotency store before their send: `new` nobody had
+/// claimed, `taken_over` had a claim whose lease ran out (their earlier send may have
+/// gone: an ambiguous resend).
+pub struct ClaimsTaken<'a> {
+    /// Its route's queue.
+    pub route: &'a str,
+    /// Claimed afresh.
+    pub new: u64,
+    /// Of them, the events whose claim was taken over.
+    pub taken_over: &'a [&'a str],
+}
+
+impl InternalEvent for ClaimsTaken<'_> {
+    fn emit(self, metrics: &Metrics) {
+        if self.new > 0 {
+            metrics.count(Counter::IdempotencyClaim { result: "new" }, self.new);
+        }
+        for event_id in self.taken_over {
+            tracing::warn!(
+                event_id,
+                route = self.route,
+                "an earlier claim of this event ran out (its worker died or stalled after \
+                 claiming): sent again, and it may arrive twice"
+            );
+        }
+        if !self.taken_over.is_empty() {
+            metrics.count(
+                Counter::IdempotencyClaim { result: "takeover" },
+                self.taken_over.len() as u64,
+            );
+        }
+    }
+}
+
+/// An event another worker has claimed, and whose lease runs: deferred until it ends.
+pub struct ClaimHeld<'a> {
+    /// The event.
+    pub event_id: &'a str,
+    /// Its route's queue.
+    pub route: &'a str,
+    /// What is left of the other worker's lease.
+    pub left: Duration,
+}
+
+impl InternalEvent for ClaimHeld<'_> {
+    fn emit(self, metrics: &Metrics) {
+        tracing::debug!(
+            event_id = self.event_id,
+            route = self.route,
+            left_ms = self.left.as_millis() as u64,
+            "claimed by another worker: deferred"
+        );
+        metrics.incr(Counter::IdempotencyClaim { result: "held" });
+    }
+}
+
+/// A call to the idempotency store failed (after its retries).
+pub struct IdempotencyStoreFailed<'a> {
+    /// Claim, mark or release.
+    pub operation: Operation,
+    /// Its class.
+    pub class: ErrorClass,
+    /// Events it was for.
+    pub events: usize,
+    /// Whether they are forwarded anyway (`FORWARDER_IDEMPOTENCY_FAIL_OPEN`).
+    pub fail_open: bool,
+    /// What the store or the client said (never its URL).
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for IdempotencyStoreFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let then = match (self.operation, self.fail_open) {
+            (Operation::IdempotencyRelease, _) => {
+                "their claims run out with their lease, and a later try takes them over"
+            }
+            (_, true) => "fail-open: forwarded (and deleted) without it, counted as bypassed",
+            (Operation::IdempotencyMark, false) => {
+                "fail-closed: accepted by the destination, but left in the source: their \
+                 claims run out and a later try sends them again"
+            }
+            (_, false) => "fail-closed: nothing sent, left in the source",
+        };
+        tracing::warn!(
+            operation = self.operation.as_str(),
+            class = self.class.as_str(),
+            events = self.events,
+            error = %self.error,
+            "idempotency store failed: {then}"
+        );
+        metrics.incr(Counter::IdempotencyError {
+            operation: self.operation,
+            class: self.class,
+        });
+        if self.fail_open && self.operation != Operation::IdempotencyRelease {
+            metrics.count(Counter::IdempotencyBypassed, self.events as u64);
+        }
+    }
+}
+
+/// The idempotency store stopped or started answering: readiness and
+/// `forwarder.idempotency.available` follow.
+pub struct IdempotencyAvailability {
+    /// Whether it answers now.
+    pub available: bool,
+    /// Whether events go on without it (`FORWARDER_IDEMPOTENCY_FAIL_OPEN`).
+    pub fail_open: bool,
+}
+
+impl InternalEvent for IdempotencyAvailability {
+    fn emit(self, metrics: &Metrics) {
+        match (self.available, self.fail_open) {
+            (true, _) => tracing::warn!("idempotency store answers again"),
+            (false, true) => tracing::warn!(
+                "idempotency store unavailable: fail-open, events go on without it (each counted)"
+            ),
+            (false, false) => tracing::warn!(
+                "idempotency store unavailable: not ready; events stay in the source until it answers"
+            ),
+        }
+        metrics.gauge(Gauge::IdempotencyAvailable, u64::from(self.available));
+    }
+}

@@ -148,6 +148,11 @@ pub async fn handle(
     // A warm instance lives for hours: its destinations' size limits are read again
     // every minute, as in `run`.
     pipeline.refresh_limits().await;
+    // A claim holds while the batch's messages stay hidden: at least the invocation's
+    // time (the source's visibility timeout is at least the function's timeout).
+    if let (Some(idempotency), Some(deadline)) = (pipeline.idempotency(), deadline) {
+        idempotency.set_lease(deadline.saturating_duration_since(Instant::now()));
+    }
     let work = pipeline.process(&messages);
     let settlements = match deadline {
         None => work.await,

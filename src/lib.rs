@@ -18,6 +18,9 @@
 //!
 //! - [`config`]: every setting, as a flag and an environment variable, validated at start.
 //! - [`app`]: start-up: clients, metrics, and the healthcheck of each queue.
+//! - [`idempotency`]: effectively once: each event claimed in a store (Redis or
+//!   PostgreSQL) before its send to a destination and marked done after, so a kill or a
+//!   redelivery forwards nothing twice (`FORWARDER_IDEMPOTENCY_URL`).
 //! - `source` (internal): where events come from: long-polling the source queue, deleting,
 //!   extending visibility; or a Lambda SQS batch, as the same messages; SNS envelopes
 //!   opened (`source::envelope`).
@@ -61,7 +64,7 @@
 //!
 //! Dependencies point one way, top to bottom: the commands (`check`, `replay`,
 //! `redrive`, `lambda`) → `app` → `reload` → `config` → `worker` → `health` →
-//! `pipeline` → `source` → `forward` → `event` → `indexer` → `aws` → `batching` →
+//! `pipeline` → `idempotency` → `source` → `forward` → `event` → `indexer` → `aws` → `batching` →
 //! `concurrency` → `retry` → `internal_events` → `metrics` → `telemetry` → `outcome`.
 //! Where a lower module needs something of a higher one, it takes it as an argument
 //! ([`reload::Routers`]: the app's way to build routers). `tools/imports.py` (in `make
@@ -82,6 +85,7 @@ pub mod config;
 pub mod event;
 pub mod forward;
 pub(crate) mod health;
+pub mod idempotency;
 pub mod indexer;
 pub(crate) mod internal_events;
 pub mod lambda;

@@ -17,6 +17,9 @@ pub enum Stage {
     Index,
     /// It could not be sent to its destination.
     Forward,
+    /// The idempotency store could not say whether it was forwarded already, or could
+    /// not record that it was ([`crate::idempotency`]).
+    Idempotency,
 }
 
 impl Stage {
@@ -26,6 +29,7 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::Index => "index",
             Stage::Forward => "forward",
+            Stage::Idempotency => "idempotency",
         }
     }
 }
@@ -57,6 +61,12 @@ pub enum Operation {
     IndexerCreate,
     /// Which string has an id.
     IndexerReverse,
+    /// Claim events in the idempotency store before their send.
+    IdempotencyClaim,
+    /// Mark events forwarded in the idempotency store.
+    IdempotencyMark,
+    /// Give back the claims of events not sent.
+    IdempotencyRelease,
     /// Refresh `last_seen`, after the fact.
     IndexerTouch,
 }
@@ -77,6 +87,9 @@ impl Operation {
             Operation::IndexerFetch => "indexer_fetch",
             Operation::IndexerCreate => "indexer_create",
             Operation::IndexerReverse => "indexer_reverse",
+            Operation::IdempotencyClaim => "idempotency_claim",
+            Operation::IdempotencyMark => "idempotency_mark",
+            Operation::IdempotencyRelease => "idempotency_release",
             Operation::IndexerTouch => "indexer_touch",
         }
     }
@@ -142,6 +155,16 @@ impl ErrorClass {
                 | ErrorClass::ServerError
                 | ErrorClass::Timeout
                 | ErrorClass::Connection
+        )
+    }
+
+    /// Whether the service may have taken the request although no success came back:
+    /// the answer was lost (a timeout, a cut connection) or the service failed midway.
+    /// An idempotency claim is kept for such a send ([`crate::idempotency`]).
+    pub fn may_have_arrived(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Timeout | ErrorClass::Connection | ErrorClass::ServerError
         )
     }
 

@@ -12,6 +12,7 @@ use crate::forward::{
     DeadLetter, DeadLetterQueue, DeferCause, Deferral, Forwarder, Outcome, Reason, Routed, Router,
     SharedRouter,
 };
+use crate::idempotency::{Decision, Idempotency, Sent};
 use crate::indexer::{BulkRequest, Indexer, IndexerError};
 use crate::internal_events::{
     DeadLetterRefused, EventDeferred, EventFailed, InternalEvent, InvalidEvent, SkippedFiltered,
@@ -140,6 +141,28 @@ impl Decoded<'_> {
     }
 }
 
+/// What became of one event of a route's batch.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Sent (or tried): the forwarder's outcome.
+    Sent(Outcome),
+    /// The idempotency store says it went already: not sent.
+    AlreadyForwarded,
+    /// Not sent, after its claim (held by another, the store silent, or behind one of
+    /// those in its group).
+    NotSent(Deferral),
+}
+
+/// A route's batch, sent.
+struct RouteSent {
+    /// Each event's step, in the batch's order.
+    outcomes: Vec<Step>,
+    /// When the send ended: the end of each accepted event's latency.
+    accepted_at: SystemTime,
+    /// The store's failure to mark the accepted (fail-closed): they must stay.
+    unmarked: Option<Failure>,
+}
+
 /// Decode, index, forward.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -155,6 +178,9 @@ pub struct Pipeline {
     /// Whether bodies may be SNS envelopes, opened before decoding
     /// (`FORWARDER_SOURCE_ENVELOPE`).
     envelope: SourceEnvelope,
+    /// Which events went already (`FORWARDER_IDEMPOTENCY_URL`); `None`: off, at least
+    /// once.
+    idempotency: Option<Arc<Idempotency>>,
 }
 
 impl Pipeline {
@@ -166,7 +192,19 @@ impl Pipeline {
             dead_letter: None,
             metrics,
             envelope: SourceEnvelope::default(),
+            idempotency: None,
         }
+    }
+
+    /// Claims each event in `idempotency` before its send, and marks it after.
+    pub fn with_idempotency(mut self, idempotency: Option<Arc<Idempotency>>) -> Self {
+        self.idempotency = idempotency;
+        self
+    }
+
+    /// The idempotency store, when on.
+    pub fn idempotency(&self) -> Option<&Arc<Idempotency>> {
+        self.idempotency.as_ref()
     }
 
     /// Opens the source's bodies as `envelope` says (an SNS Notification's event).
@@ -328,7 +366,8 @@ impl Pipeline {
     }
 
     /// Step 4: each event to its route's forwarder, every route at once, in the order of
-    /// the batch within each.
+    /// the batch within each. With an idempotency store, each route's events are
+    /// claimed before the send and settled (marked, given back) the moment it ends.
     async fn forward(
         &self,
         messages: &[SourceMessage],
@@ -355,23 +394,124 @@ impl Pipeline {
                 route = %forwarder.queue_url(),
                 event_ids = %Ids(batch.iter().map(|r| r.event.event_id.as_ref())),
             );
-            async move {
-                let outcomes = forwarder.forward(&batch).instrument(span).await;
-                (outcomes, SystemTime::now())
-            }
+            self.forward_route(forwarder, batch).instrument(span)
         });
         let results = futures_util::future::join_all(sends).await;
-        for ((forwarder, members), (outcomes, accepted_at)) in routes.iter().zip(results) {
-            for (&k, outcome) in members.iter().zip(outcomes) {
+        for ((forwarder, members), sent) in routes.iter().zip(results) {
+            for (&k, outcome) in members.iter().zip(sent.outcomes) {
                 let i = events.at[k];
-                settlements[i] = Some(self.sent(
-                    &messages[i],
-                    &events.events[k],
-                    forwarder,
-                    outcome,
-                    accepted_at,
-                ));
+                let settlement = match outcome {
+                    Step::Sent(outcome) => self.sent(
+                        &messages[i],
+                        &events.events[k],
+                        forwarder,
+                        outcome,
+                        sent.accepted_at,
+                    ),
+                    Step::AlreadyForwarded => Settlement::Skipped("already_forwarded"),
+                    Step::NotSent(deferral) => self.sent(
+                        &messages[i],
+                        &events.events[k],
+                        forwarder,
+                        Outcome::Deferred(deferral),
+                        sent.accepted_at,
+                    ),
+                };
+                settlements[i] = Some(match (&settlement, &sent.unmarked) {
+                    // Accepted, but the store did not take its mark (fail-closed): it
+                    // stays, and its claim runs out before it is tried again.
+                    (Settlement::Forwarded, Some(failure)) => {
+                        failed(&messages[i], &events.events[k], failure).emit(&self.metrics);
+                        Settlement::Failed(failure.clone())
+                    }
+                    _ => settlement,
+                });
             }
+        }
+    }
+
+    /// One route's events: claimed (with a store), sent, settled in the store.
+    async fn forward_route(&self, forwarder: &Forwarder, batch: Vec<Routed<'_, '_>>) -> RouteSent {
+        let Some(idempotency) = &self.idempotency else {
+            let outcomes = forwarder.forward(&batch).await;
+            return RouteSent {
+                outcomes: outcomes.into_iter().map(Step::Sent).collect(),
+                accepted_at: SystemTime::now(),
+                unmarked: None,
+            };
+        };
+        let ids: Vec<&str> = batch.iter().map(|r| r.event.event_id.as_ref()).collect();
+        let claims = idempotency.claim(forwarder.queue_url(), &ids).await;
+        let mut steps: Vec<Option<Step>> = vec![None; batch.len()];
+        // What is not sent now holds back the later events of its source group.
+        let mut stuck: Vec<(&str, Deferral)> = Vec::new();
+        let mut go = Vec::with_capacity(batch.len());
+        for (j, (routed, decision)) in batch.iter().zip(&claims.decisions).enumerate() {
+            let deferral = match decision {
+                Decision::Send => None,
+                Decision::Done => {
+                    steps[j] = Some(Step::AlreadyForwarded);
+                    continue;
+                }
+                Decision::Held(left) => Some(Deferral {
+                    cause: DeferCause::ClaimHeld,
+                    delay: Some(*left),
+                }),
+                Decision::Unavailable(_) => Some(Deferral {
+                    cause: DeferCause::StoreUnavailable,
+                    delay: Some(crate::idempotency::UNAVAILABLE_DELAY),
+                }),
+            };
+            let behind = routed
+                .source_group
+                .and_then(|g| stuck.iter().find(|(s, _)| *s == g).map(|(_, d)| *d));
+            match deferral.or(behind) {
+                Some(deferral) => {
+                    if let Some(group) = routed.source_group {
+                        stuck.push((group, deferral));
+                    }
+                    steps[j] = Some(Step::NotSent(deferral));
+                }
+                None => go.push(j),
+            }
+        }
+        let to_send: Vec<Routed<'_, '_>> = go.iter().map(|&j| batch[j]).collect();
+        let outcomes = if to_send.is_empty() {
+            Vec::new()
+        } else {
+            forwarder.forward(&to_send).await
+        };
+        let accepted_at = SystemTime::now();
+        // The mark first, before anything else of the batch.
+        let mut sent = vec![None; batch.len()];
+        for (&j, outcome) in go.iter().zip(&outcomes) {
+            sent[j] = Some(match outcome {
+                Outcome::Accepted => Sent::Accepted,
+                Outcome::Failed(err) if err.class.may_have_arrived() => Sent::Unknown,
+                Outcome::Failed(_) | Outcome::Deferred(_) => Sent::NotTaken,
+            });
+        }
+        for (j, step) in steps.iter().enumerate() {
+            if matches!(step, Some(Step::NotSent(_))) && claims.decisions[j] == Decision::Send {
+                sent[j] = Some(Sent::NotTaken);
+            }
+        }
+        let unmarked = idempotency.settle(&claims, &sent).await;
+        for (&j, outcome) in go.iter().zip(outcomes) {
+            steps[j] = Some(Step::Sent(outcome));
+        }
+        RouteSent {
+            outcomes: steps
+                .into_iter()
+                .map(|s| {
+                    s.unwrap_or(Step::NotSent(Deferral {
+                        cause: DeferCause::StoreUnavailable,
+                        delay: Some(crate::idempotency::UNAVAILABLE_DELAY),
+                    }))
+                })
+                .collect(),
+            accepted_at,
+            unmarked,
         }
     }
 

@@ -14,7 +14,7 @@ import re
 import sys
 
 # Top to bottom: a module may import those after it.
-ORDER = """main check replay redrive lambda app reload config worker health pipeline source
+ORDER = """main check replay redrive lambda app reload config worker health pipeline idempotency source
 forward event indexer aws batching concurrency retry internal_events metrics telemetry
 outcome redact allocator lib""".split()
 MAX_UPWARD = 2

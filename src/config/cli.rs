@@ -597,6 +597,40 @@ pub struct Settings {
           value_parser = write_limit, global = true)]
     pub indexer_write_limit: WriteLimitSetting,
 
+    /// The idempotency store, for effectively-once forwarding: redis://, rediss://
+    /// or postgres:// (its table created if missing). Each event is claimed there
+    /// before its send to a destination and marked after the destination accepted it,
+    /// so an event forwarded already (a worker killed before its delete, a redelivery)
+    /// is deleted from the source and not sent again; unset: at least once.
+    #[arg(long, env = "FORWARDER_IDEMPOTENCY_URL", value_name = "URL", value_parser = idempotency_url,
+          hide_env_values = true, global = true)]
+    pub idempotency_url: Option<SecretUrl>,
+
+    /// How long the idempotency store remembers an event; unset: the source's
+    /// visibility timeout times its redrive policy's maxReceiveCount, at least 1h (run
+    /// reads both at start; elsewhere 1h).
+    #[arg(long, env = "FORWARDER_IDEMPOTENCY_TTL", value_name = "DURATION", value_parser = ttl,
+          global = true)]
+    pub idempotency_ttl: Option<Duration>,
+
+    /// How long a claim holds before another worker may take it over; unset: the
+    /// source's visibility timeout (run), the invocation's time left (Lambda), else 30s.
+    #[arg(long, env = "FORWARDER_IDEMPOTENCY_LEASE", value_name = "DURATION", value_parser = ttl,
+          global = true)]
+    pub idempotency_lease: Option<Duration>,
+
+    /// Bound of each call to the idempotency store (retried for up to 10s).
+    #[arg(long, env = "FORWARDER_IDEMPOTENCY_TIMEOUT", value_name = "DURATION", default_value = "1s",
+          value_parser = cache_timeout, global = true)]
+    pub idempotency_timeout: Duration,
+
+    /// When the idempotency store fails: off (fail-closed) leaves the events in the
+    /// source, not ready, until it answers; on forwards them without it, each counted
+    /// as forwarder.idempotency.bypassed.
+    #[arg(long, env = "FORWARDER_IDEMPOTENCY_FAIL_OPEN", value_enum, default_value_t = Switch::Off,
+          global = true)]
+    pub idempotency_fail_open: Switch,
+
     /// How long in-flight batches may take to finish after SIGTERM or SIGINT.
     #[arg(long, env = "FORWARDER_SHUTDOWN_TIMEOUT", value_name = "DURATION", default_value = "30s",
           value_parser = duration, global = true)]
@@ -675,6 +709,24 @@ fn redis_url(value: &str) -> Result<RedisUrl, String> {
             e.detail().unwrap_or("not a usable URL")
         )),
     }
+}
+
+fn idempotency_url(value: &str) -> Result<SecretUrl, String> {
+    let v = value.trim();
+    let usable = if v.starts_with("redis://") || v.starts_with("rediss://") {
+        redis::Client::open(v)
+            .map(|_| ())
+            .map_err(|e| e.detail().unwrap_or("not a usable URL").to_string())
+    } else if v.starts_with("postgres://") || v.starts_with("postgresql://") {
+        <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(v)
+            .map(|_| ())
+            .map_err(|_| "not a usable URL".to_string())
+    } else {
+        Err("unknown scheme".to_string())
+    };
+    usable.map(|()| SecretUrl::new(v)).map_err(|why| {
+        format!("{why}; expected redis://[user:password@]host:port[/db], rediss:// or postgres://user@host/db")
+    })
 }
 
 fn ttl(value: &str) -> Result<Duration, String> {

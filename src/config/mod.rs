@@ -157,6 +157,24 @@ pub struct Config {
     pub exit_when_idle: Option<Duration>,
     /// The indexer stage; `None` when `FORWARDER_INDEXER=off`.
     pub indexer: Option<IndexerConfig>,
+    /// The idempotency store; `None` when `FORWARDER_IDEMPOTENCY_URL` is unset.
+    pub idempotency: Option<IdempotencyConfig>,
+}
+
+/// Settings of the idempotency store ([`crate::idempotency`]).
+#[derive(Debug, Clone)]
+pub struct IdempotencyConfig {
+    /// The store (`FORWARDER_IDEMPOTENCY_URL`); shown without its password.
+    pub url: SecretUrl,
+    /// How long a key lives (`FORWARDER_IDEMPOTENCY_TTL`); `None`: sized from the source.
+    pub ttl: Option<Duration>,
+    /// How long a claim holds (`FORWARDER_IDEMPOTENCY_LEASE`); `None`: the source's
+    /// visibility timeout.
+    pub lease: Option<Duration>,
+    /// Bound of each store call (`FORWARDER_IDEMPOTENCY_TIMEOUT`).
+    pub timeout: Duration,
+    /// Forward without the store when it fails (`FORWARDER_IDEMPOTENCY_FAIL_OPEN`).
+    pub fail_open: bool,
 }
 
 /// Settings of the indexer stage.
@@ -241,6 +259,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(20),
             exit_when_idle: Some(Duration::from_secs(2)),
             indexer: None,
+            idempotency: None,
         }
     }
 
@@ -401,6 +420,13 @@ impl Settings {
             shutdown_timeout: self.shutdown_timeout,
             exit_when_idle,
             indexer: (self.indexer == Switch::On).then(|| self.indexer_config()),
+            idempotency: self.idempotency_url.clone().map(|url| IdempotencyConfig {
+                url,
+                ttl: self.idempotency_ttl,
+                lease: self.idempotency_lease,
+                timeout: self.idempotency_timeout,
+                fail_open: self.idempotency_fail_open == Switch::On,
+            }),
         })
     }
 }
@@ -845,7 +871,7 @@ impl fmt::Display for Config {
             "source={} dest={} routes={} dlq={} message_group={} s3_bucket={} s3_pointer={:?} s3_offload={} pack={} forward_attributes={} rate_limit={} workers={} batch_size={} receive_wait={}s batch_window={} max_in_flight={}{}/{}B max_message_bytes={} \
              http_pool={}/{} metrics={} metrics_prefix={:?} metrics_tags={} sample_rate={} retry_initial={} \
              retry_max_interval={} retry_max_elapsed={} request_timeout={} shutdown_timeout={} \
-             exit_when_idle={} health={} indexer={}",
+             exit_when_idle={} health={} indexer={} idempotency={}",
             self.source_queue_url.as_deref().unwrap_or("-"),
             self.dest_queue_url.as_deref().unwrap_or("-"),
             self.routes.as_ref().map_or("-".to_string(), |r| format!(
@@ -902,6 +928,14 @@ impl fmt::Display for Config {
                 i.settings
                     .write_limit
                     .map_or("off".to_string(), |l| l.to_string())
+            )),
+            self.idempotency.as_ref().map_or("off".to_string(), |i| format!(
+                "{} ttl={} lease={} timeout={} fail_open={}",
+                i.url,
+                i.ttl.map_or("source".to_string(), |d| humantime::format_duration(d).to_string()),
+                i.lease.map_or("source".to_string(), |d| humantime::format_duration(d).to_string()),
+                humantime::format_duration(i.timeout),
+                i.fail_open
             )),
         )
     }

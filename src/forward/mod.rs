@@ -69,6 +69,11 @@ pub enum DeferCause {
     /// An earlier event of its message group was not accepted: sending this one would
     /// reorder the group.
     HeldBack,
+    /// Another worker holds its idempotency claim, whose lease runs
+    /// ([`crate::idempotency`]).
+    ClaimHeld,
+    /// The idempotency store gave no answer for it (fail-closed).
+    StoreUnavailable,
 }
 
 impl DeferCause {
@@ -78,6 +83,8 @@ impl DeferCause {
             DeferCause::RateLimited => "rate_limited",
             DeferCause::RoutePaused => "route_paused",
             DeferCause::HeldBack => "held_back",
+            DeferCause::ClaimHeld => "claim_held",
+            DeferCause::StoreUnavailable => "idempotency_unavailable",
         }
     }
 }

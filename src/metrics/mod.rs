@@ -158,6 +158,32 @@ pub enum Counter {
         /// The `result` tag.
         result: &'static str,
     },
+    /// `forwarder.idempotency.claim`: an event's claim in the idempotency store before
+    /// its send, by what the store answered.
+    ///
+    /// Tags: `result` (`new`: nobody had claimed it; `takeover`: an earlier claim's lease
+    /// had run out, so the event may have gone before (an ambiguous resend, sent again);
+    /// `done`: forwarded already to this destination, skipped; `held`: a live claim of
+    /// another worker, deferred).
+    IdempotencyClaim {
+        /// The `result` tag.
+        result: &'static str,
+    },
+    /// `forwarder.idempotency.error`: a call to the idempotency store that failed (after
+    /// retries). Fail-closed (the default), its events stay in the source.
+    ///
+    /// Tags: `operation` (`idempotency_claim`, `idempotency_mark`,
+    /// `idempotency_release`), `class` (`timeout`, `connection`, `server_error`).
+    IdempotencyError {
+        /// The `operation` tag.
+        operation: Operation,
+        /// The `class` tag.
+        class: ErrorClass,
+    },
+    /// `forwarder.idempotency.bypassed`: an event forwarded (or deleted) without the
+    /// store's answer, because the store failed and `FORWARDER_IDEMPOTENCY_FAIL_OPEN`
+    /// is on.
+    IdempotencyBypassed,
     /// `forwarder.sqs.error`: a call that failed for good (after retries).
     ///
     /// Tags: `operation` (as for `forwarder.retry`), `class`.
@@ -191,6 +217,9 @@ impl Counter {
             Counter::DeadLettered { .. } => "forwarder.dead_letter",
             Counter::IndexerRefused { .. } => "forwarder.indexer.refused",
             Counter::IndexerCacheError { .. } => "forwarder.indexer.cache.error",
+            Counter::IdempotencyClaim { .. } => "forwarder.idempotency.claim",
+            Counter::IdempotencyError { .. } => "forwarder.idempotency.error",
+            Counter::IdempotencyBypassed => "forwarder.idempotency.bypassed",
         }
     }
 
@@ -208,20 +237,25 @@ impl Counter {
             }
             Counter::IndexerLookup { fetch_type } => vec![("fetch_type", fetch_type)],
             Counter::SqsRequests { operation } => vec![("operation", operation)],
-            Counter::ConfigReload { result } => vec![("result", result)],
+            Counter::ConfigReload { result } | Counter::IdempotencyClaim { result } => {
+                vec![("result", result)]
+            }
             Counter::EventDeferred { cause } => vec![("cause", cause)],
             Counter::DeadLettered { stage, reason } => {
                 vec![("stage", stage.as_str()), ("reason", reason)]
             }
             Counter::ForwardFailed { class } => vec![("class", class.as_str())],
-            Counter::Retry { operation, class } | Counter::AwsError { operation, class } => {
+            Counter::Retry { operation, class }
+            | Counter::AwsError { operation, class }
+            | Counter::IdempotencyError { operation, class } => {
                 vec![("operation", operation.as_str()), ("class", class.as_str())]
             }
             Counter::MessagesReceived
             | Counter::MessagesDeleted
             | Counter::RateLimited
             | Counter::AttributesDropped
-            | Counter::MetricsDropped => Vec::new(),
+            | Counter::MetricsDropped
+            | Counter::IdempotencyBypassed => Vec::new(),
         }
     }
 
@@ -232,6 +266,9 @@ impl Counter {
             Counter::HttpResponse { .. }
                 | Counter::SqsRequests { .. }
                 | Counter::ConfigReload { .. }
+                | Counter::IdempotencyClaim { .. }
+                | Counter::IdempotencyError { .. }
+                | Counter::IdempotencyBypassed
         )
     }
 }
@@ -332,6 +369,10 @@ pub enum Gauge {
     /// file was put in force (and at start), 0 when it was refused (as Prometheus's
     /// `prometheus_config_last_reload_successful`).
     ConfigLastReloadSuccessful,
+    /// `forwarder.idempotency.available`: 1 while the idempotency store answers, 0 from
+    /// its first failure to its next answer (fail-closed, nothing is forwarded
+    /// meanwhile); set on every change.
+    IdempotencyAvailable,
 }
 
 impl Gauge {
@@ -342,6 +383,7 @@ impl Gauge {
             Gauge::IndexerCacheSize => "forwarder.indexer.cache.size",
             Gauge::RoutePaused { .. } => "forwarder.route.paused",
             Gauge::ConfigLastReloadSuccessful => "forwarder.config.last_reload_successful",
+            Gauge::IdempotencyAvailable => "forwarder.idempotency.available",
         }
     }
 
@@ -351,7 +393,8 @@ impl Gauge {
             Gauge::InFlight
             | Gauge::InFlightLimit
             | Gauge::IndexerCacheSize
-            | Gauge::ConfigLastReloadSuccessful => Vec::new(),
+            | Gauge::ConfigLastReloadSuccessful
+            | Gauge::IdempotencyAvailable => Vec::new(),
         }
     }
 }

@@ -33,6 +33,9 @@ pub struct QueueInfo {
     pub fifo: bool,
     /// Its `MaximumMessageSize`, in bytes, if it said.
     pub max_message_bytes: Option<usize>,
+    /// Its redrive policy's `maxReceiveCount`: how often a message comes back before it
+    /// moves to the dead-letter queue; `None` without a redrive policy.
+    pub max_receive_count: Option<u32>,
 }
 
 /// Reads queue attributes; used as the healthcheck of every configured queue.
@@ -43,6 +46,7 @@ pub async fn queue_info(client: &Client, queue_url: &str) -> Result<QueueInfo, A
         .attribute_names(QueueAttributeName::VisibilityTimeout)
         .attribute_names(QueueAttributeName::FifoQueue)
         .attribute_names(QueueAttributeName::MaximumMessageSize)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(Operation::GetAttributes, e))?;
@@ -57,10 +61,20 @@ pub async fn queue_info(client: &Client, queue_url: &str) -> Result<QueueInfo, A
     let max_message_bytes = attrs
         .and_then(|a| a.get(&QueueAttributeName::MaximumMessageSize))
         .and_then(|v| v.parse().ok());
+    let max_receive_count = attrs
+        .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+        .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+        .and_then(|p| match &p["maxReceiveCount"] {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => s.parse().ok(),
+            _ => None,
+        })
+        .and_then(|n| u32::try_from(n).ok());
     Ok(QueueInfo {
         visibility_timeout: Duration::from_secs(visibility),
         fifo,
         max_message_bytes,
+        max_receive_count,
     })
 }
 

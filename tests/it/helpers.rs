@@ -699,6 +699,9 @@ pub enum Intercept {
     Drop,
     /// Forward it after `delay`: a slow answer.
     Delay(Duration),
+    /// Forward it at once, and hold the answer for `delay`: the request took effect,
+    /// and the client learns of it late (or never, if it dies meanwhile).
+    Answered(Duration),
 }
 
 /// A decision for [`intercept_proxy`]: the SendMessageBatch entries to `queue` whose
@@ -765,8 +768,13 @@ where
                         .unwrap_or_default();
                     let json: serde_json::Value =
                         serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    let mut hold_answer = Duration::ZERO;
                     let (request, failed) = match decide(&action, &json) {
                         Intercept::Pass => (request, Vec::new()),
+                        Intercept::Answered(delay) => {
+                            hold_answer = delay;
+                            (request, Vec::new())
+                        }
                         Intercept::Drop => return,
                         Intercept::Delay(delay) => {
                             tokio::time::sleep(delay).await;
@@ -829,6 +837,7 @@ where
                         )
                         .into_bytes();
                     }
+                    tokio::time::sleep(hold_answer).await;
                     if inbound.write_all(&response).await.is_err() {
                         return;
                     }

@@ -15,6 +15,7 @@ mod classify;
 mod cli;
 mod crash;
 mod destinations;
+mod effectively_once;
 mod fair_queues;
 mod faults;
 mod forwarding;
