@@ -50,6 +50,9 @@
 //! window and without, events/s, requests per event and peak RSS; and peak RSS of
 //! 160 × 1 MB at 16 and 64 workers, and of 3,000 × 8 KB then 160 × 1 MB at 32.
 //! `BENCH_PROCESS_WORKERS=8,16,32`: the processes section once per worker count.
+//! `BENCH_IDEMPOTENCY=off,redis,postgres`: the processes section once per idempotency
+//! store (the machine's Redis, `FORWARDER_TEST_POSTGRES_URL`): CPU and SQS requests per
+//! event with the store beside without.
 //!
 //! Metrics backends: the worker step once more per backend (none, DogStatsD to a local
 //! socket, Prometheus's registry), events/s and CPU µs/event in the same run.
@@ -1072,6 +1075,9 @@ fn serve_bare_loop(spec: &str) {
     });
 }
 
+/// The idempotency store of the processes section's binary (`BENCH_IDEMPOTENCY`).
+static IDEMPOTENCY_URL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 /// `sqs-forwarder run` as users start it (release build, `w` workers, the SQLite
 /// indexer, DogStatsD to `agent`, every other setting its default), until idle for 2 s.
 fn binary_process(
@@ -1094,6 +1100,9 @@ fn binary_process(
                 .split_whitespace()
                 .filter_map(|kv| kv.split_once('=')),
         );
+    if let Some(url) = IDEMPOTENCY_URL.lock().ok().and_then(|u| u.clone()) {
+        command.env("FORWARDER_IDEMPOTENCY_URL", url);
+    }
     command
 }
 
@@ -1653,9 +1662,30 @@ fn main() {
                 .ok()
                 .map(|v| v.split(',').filter_map(|w| w.trim().parse().ok()).collect())
                 .unwrap_or_else(|| vec![workers.iter().copied().max().unwrap_or(4)]);
+            // BENCH_IDEMPOTENCY=off,redis,postgres: the section once per idempotency
+            // store (off: none), the binary's rows beside each other.
+            let stores: Vec<String> = std::env::var("BENCH_IDEMPOTENCY")
+                .ok()
+                .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+                .unwrap_or_else(|| vec!["off".into()]);
             if perf_works() {
                 for w in process_workers {
-                    processes(&client, n, w, rounds(full)).await;
+                    for store in &stores {
+                        let url = match store.as_str() {
+                            "redis" => Some("redis://127.0.0.1:6379".to_string()),
+                            "postgres" => Some(
+                                std::env::var("FORWARDER_TEST_POSTGRES_URL").unwrap_or_else(
+                                    |_| "postgres://postgres@127.0.0.1:5432/test".into(),
+                                ),
+                            ),
+                            _ => None,
+                        };
+                        println!("idempotency store: {store}");
+                        if let Ok(mut slot) = IDEMPOTENCY_URL.lock() {
+                            *slot = url;
+                        }
+                        processes(&client, n, w, rounds(full)).await;
+                    }
                 }
             } else {
                 println!("processes: skipped (`perf stat` does not work here)");

@@ -154,6 +154,15 @@ fn config_window(config: &Config) -> std::time::Duration {
         .unwrap_or(crate::config::DEFAULT_BATCH_WINDOW)
 }
 
+/// With an idempotency store, a batch's entries share one call, so its events are
+/// marked the moment that call answers ([`BatchWindow::whole_submissions`]).
+fn whole_with_idempotency(window: BatchWindow, config: &Config) -> BatchWindow {
+    match config.idempotency {
+        Some(_) => window.whole_submissions(),
+        None => window,
+    }
+}
+
 fn one_line(err: &AwsError) -> String {
     err.to_string().replace('\n', " ")
 }
@@ -258,7 +267,7 @@ impl App {
         let rate_limit = config
             .rate_limit
             .map(|limit| Arc::new(OrgRateLimiter::new(limit, metrics.clone())));
-        let window = BatchWindow::new(config_window(&config));
+        let window = whole_with_idempotency(BatchWindow::new(config_window(&config)), &config);
         Ok(App {
             sqs: aws::sqs_client(sdk, &metrics),
             config,
@@ -635,7 +644,10 @@ impl App {
             );
         }
         let bound = Arc::new(self.in_flight_bound());
-        let mut window = BatchWindow::new(self.config.batch_window_for(info.visibility_timeout)?);
+        let mut window = whole_with_idempotency(
+            BatchWindow::new(self.config.batch_window_for(info.visibility_timeout)?),
+            &self.config,
+        );
         if bound.adapts() {
             window = window.observed_by(bound.clone());
         }

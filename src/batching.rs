@@ -67,6 +67,10 @@ pub struct BatchWindow {
     /// The pool's in-flight bound, which follows the calls' response times; `None`
     /// where nothing adapts (Lambda, tests).
     observer: Option<Arc<Adaptive>>,
+    /// Whether a submission's entries go in one call (unless its bytes alone need
+    /// more): with an idempotency store, so that a batch's events are marked the moment
+    /// its call answers, not a window later when the rest of it went.
+    whole: bool,
 }
 
 impl BatchWindow {
@@ -76,7 +80,15 @@ impl BatchWindow {
             window,
             closed: CancellationToken::new(),
             observer: None,
+            whole: false,
         }
+    }
+
+    /// The same window, never splitting a submission over two calls (unless its bytes
+    /// need them): a call goes with fewer entries rather than carry part of one.
+    pub fn whole_submissions(mut self) -> Self {
+        self.whole = true;
+        self
     }
 
     /// The same window, each call of every window made from it timed for `bound`
@@ -318,7 +330,8 @@ impl<T: Entry, E: Classified + Clone + Send + 'static> Window<T, E> {
             }
             // Full calls go now, from here.
             let max_bytes = self.max_bytes.get();
-            while let Some(call) = take_full(&mut pending, self.max_entries, max_bytes) {
+            let whole = self.setting.whole;
+            while let Some(call) = take_full(&mut pending, self.max_entries, max_bytes, whole) {
                 spawn(self.call.clone(), call, self.setting.observer.clone());
             }
             let arm = !pending.queue.is_empty() && !pending.timer;
@@ -354,6 +367,7 @@ impl<T: Entry, E: Classified + Clone + Send + 'static> Window<T, E> {
         let (max_entries, max_bytes) = (self.max_entries, self.max_bytes.clone());
         let closed = self.setting.closed.clone();
         let observer = self.setting.observer.clone();
+        let whole = self.setting.whole;
         tokio::spawn(async move {
             loop {
                 let due = match pending.lock() {
@@ -374,7 +388,7 @@ impl<T: Entry, E: Classified + Clone + Send + 'static> Window<T, E> {
                 let Ok(mut p) = pending.lock() else { return };
                 let closing = closed.is_cancelled();
                 while p.queue.front().is_some_and(|q| closing || q.due <= now) {
-                    let entries = take(&mut p, max_entries, max_bytes.get());
+                    let entries = take(&mut p, max_entries, max_bytes.get(), whole);
                     spawn(call.clone(), entries, observer.clone());
                 }
             }
@@ -384,23 +398,53 @@ impl<T: Entry, E: Classified + Clone + Send + 'static> Window<T, E> {
 
 /// A call's worth from the front, if the front is full already: `max_entries`
 /// entries, as many as fit when the next would pass `max_bytes`, or entries that leave
-/// no room for another of their size ([`full_by_bytes`]).
+/// no room for another of their size ([`full_by_bytes`]). With `whole`, the next
+/// submission that does not fit whole makes the front full.
 fn take_full<T, E>(
     p: &mut Pending<T, E>,
     max_entries: usize,
     max_bytes: usize,
+    whole: bool,
 ) -> Option<Vec<Queued<T, E>>> {
     let mut n = 0;
     let mut bytes = 0;
-    for q in &p.queue {
+    for (k, q) in p.queue.iter().enumerate() {
         if n == max_entries || (n > 0 && bytes + q.size > max_bytes) {
-            return Some(take(p, max_entries, max_bytes));
+            return Some(take(p, max_entries, max_bytes, whole));
+        }
+        if whole && n > 0 && starts_submission(p, k) {
+            let (count, size) = submission_at(p, k);
+            if n + count > max_entries || bytes + size > max_bytes {
+                return Some(take(p, max_entries, max_bytes, whole));
+            }
         }
         n += 1;
         bytes += q.size;
     }
     (n == max_entries || full_by_bytes(n, bytes, max_bytes))
-        .then(|| take(p, max_entries, max_bytes))
+        .then(|| take(p, max_entries, max_bytes, whole))
+}
+
+/// Whether the entry at `k` is the first of its submission in the queue.
+fn starts_submission<T, E>(p: &Pending<T, E>, k: usize) -> bool {
+    k == 0
+        || p.queue
+            .get(k - 1)
+            .zip(p.queue.get(k))
+            .is_none_or(|(a, b)| !Arc::ptr_eq(&a.submission, &b.submission))
+}
+
+/// The entries and bytes of the submission starting at `k` (its entries queue
+/// together: they are pushed under one lock).
+fn submission_at<T, E>(p: &Pending<T, E>, k: usize) -> (usize, usize) {
+    let Some(first) = p.queue.get(k) else {
+        return (0, 0);
+    };
+    p.queue
+        .iter()
+        .skip(k)
+        .take_while(|q| Arc::ptr_eq(&q.submission, &first.submission))
+        .fold((0, 0), |(n, b), q| (n + 1, b + q.size))
 }
 
 /// Whether a call of `n` entries and `bytes` payload bytes is full by bytes: the room
@@ -413,14 +457,29 @@ pub fn full_by_bytes(n: usize, bytes: usize, max_bytes: usize) -> bool {
     n > 0 && bytes > 0 && max_bytes.saturating_sub(bytes) < bytes.div_ceil(n)
 }
 
-/// The front entries that fit one call (at least one).
-fn take<T, E>(p: &mut Pending<T, E>, max_entries: usize, max_bytes: usize) -> Vec<Queued<T, E>> {
+/// The front entries that fit one call (at least one); with `whole`, no submission
+/// but the first is split.
+fn take<T, E>(
+    p: &mut Pending<T, E>,
+    max_entries: usize,
+    max_bytes: usize,
+    whole: bool,
+) -> Vec<Queued<T, E>> {
     // A pack's window has no entry bound to speak of: allocate what is there.
     let mut out = Vec::with_capacity(max_entries.min(p.queue.len()));
     let mut bytes = 0;
     while let Some(q) = p.queue.front() {
         if out.len() == max_entries || (!out.is_empty() && bytes + q.size > max_bytes) {
             break;
+        }
+        let continues = out
+            .last()
+            .is_some_and(|last: &Queued<T, E>| Arc::ptr_eq(&last.submission, &q.submission));
+        if whole && !out.is_empty() && !continues {
+            let (count, size) = submission_at(p, 0);
+            if out.len() + count > max_entries || bytes + size > max_bytes {
+                break;
+            }
         }
         bytes += q.size;
         if let Some(q) = p.queue.pop_front() {
@@ -637,6 +696,39 @@ mod tests {
         let calls = calls.lock().unwrap();
         assert_eq!(calls[2].len(), 10, "{calls:?}");
         assert_eq!(calls.iter().map(Vec::len).sum::<usize>(), 31);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn whole_submissions_are_never_split_over_two_calls() {
+        let (w, calls) = window(Duration::from_millis(100), usize::MAX);
+        let w = Window {
+            setting: BatchWindow::new(Duration::from_millis(100)).whole_submissions(),
+            ..w
+        };
+        let started = Instant::now();
+        // 7 wait; 5 more would make 12: the 7 go now, alone, and the 5 wait whole.
+        let (seven, five) = tokio::join!(w.submit(entries("a", 7, 1)), async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let five = w.submit(entries("b", 5, 1)).await;
+            (five, started.elapsed())
+        });
+        assert_eq!(seven.unwrap().successful.len(), 7);
+        let (five, took) = five;
+        assert_eq!(five.unwrap().successful.len(), 5);
+        assert_eq!(*calls.lock().unwrap(), [vec!["a"; 7], vec!["b"; 5]]);
+        assert!(
+            took >= Duration::from_millis(110),
+            "the 5 waited their window: {took:?}"
+        );
+
+        // Without it, the same 12 share a call of 10 and 2 of the second wait.
+        let (w, calls) = window(Duration::from_millis(100), usize::MAX);
+        let _ = tokio::join!(w.submit(entries("a", 7, 1)), async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            w.submit(entries("b", 5, 1)).await
+        });
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls[0].len(), 10, "{calls:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -71,6 +71,8 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 pub const UNAVAILABLE_DELAY: Duration = Duration::from_secs(5);
 /// How long the second copy of an event in one batch waits: the first's fate decides.
 pub const DUPLICATE_DELAY: Duration = Duration::from_secs(1);
+/// What the lease leaves for the time between a receive and its batch's claim.
+const CLAIM_AFTER_RECEIVE: Duration = Duration::from_secs(1);
 /// How often expired keys are removed, where the store does not expire them itself.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -312,7 +314,7 @@ impl Idempotency {
     }
 
     /// Sizes what the user did not set from the source queue: the lease is its
-    /// visibility timeout; the TTL at least the visibility timeout times its redrive's
+    /// visibility timeout (less a second: the claim comes a moment after the receive); the TTL at least the visibility timeout times its redrive's
     /// `maxReceiveCount` (how long a message can keep coming back), and at least an
     /// hour. Returns a warning when a TTL set by the user is shorter than that.
     pub fn size_for_source(
@@ -321,8 +323,14 @@ impl Idempotency {
         max_receive_count: Option<u32>,
     ) -> Option<String> {
         if !self.lease_set {
+            // Claimed a moment after the receive: the lease ends when the message
+            // shows again, so a worker that died leaves a claim the redelivery takes
+            // over at once, not one that holds it back a moment more.
+            let lease = visibility
+                .saturating_sub(CLAIM_AFTER_RECEIVE)
+                .max(Duration::from_secs(1));
             self.lease_ms
-                .store(visibility.as_millis() as u64, Ordering::Relaxed);
+                .store(lease.as_millis() as u64, Ordering::Relaxed);
         }
         let needed = MIN_TTL.max(visibility * max_receive_count.unwrap_or(1));
         if !self.ttl_set {

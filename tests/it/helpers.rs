@@ -702,6 +702,9 @@ pub enum Intercept {
     /// Forward it at once, and hold the answer for `delay`: the request took effect,
     /// and the client learns of it late (or never, if it dies meanwhile).
     Answered(Duration),
+    /// Forward it after `delay`, unless its client closed the connection meanwhile (a
+    /// request that dies with its sender, as on a network that drops it).
+    DelayUnlessGone(Duration),
 }
 
 /// A decision for [`intercept_proxy`]: the SendMessageBatch entries to `queue` whose
@@ -778,6 +781,17 @@ where
                         Intercept::Drop => return,
                         Intercept::Delay(delay) => {
                             tokio::time::sleep(delay).await;
+                            (request, Vec::new())
+                        }
+                        Intercept::DelayUnlessGone(delay) => {
+                            tokio::time::sleep(delay).await;
+                            // The client waits for its answer and sends nothing more:
+                            // an end of stream or an error says it is gone.
+                            let mut probe = [0u8; 1];
+                            match inbound.try_read(&mut probe) {
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                _ => return,
+                            }
                             (request, Vec::new())
                         }
                         Intercept::Reply { delay, response } => {
