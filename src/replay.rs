@@ -22,7 +22,8 @@ pub struct ReplaySummary {
     pub invalid: usize,
     /// Events that could not be forwarded.
     pub failed: usize,
-    /// Events skipped: their project has no route.
+    /// Events skipped on purpose: their project has no route, their route's filter
+    /// leaves them out, or the idempotency store says they went already.
     pub skipped: usize,
     /// A route stayed paused past the bound once: later lines deferred for a paused
     /// route fail at once instead of waiting again.
@@ -44,7 +45,11 @@ impl fmt::Display for ReplaySummary {
             self.lines, self.forwarded, self.invalid, self.failed
         )?;
         if self.skipped > 0 {
-            write!(f, ", {} skipped (no route)", self.skipped)?;
+            write!(
+                f,
+                ", {} skipped (no route, filtered or forwarded already)",
+                self.skipped
+            )?;
         }
         Ok(())
     }

@@ -564,3 +564,121 @@ async fn soak() {
     );
     assert_eq!(missing, 0, "nothing lost");
 }
+
+/// `replay` twice through a packed route, a FIFO route and a route that stores every
+/// event in S3: the second replay forwards nothing, and says each event went already.
+#[tokio::test]
+async fn replay_twice_through_packed_fifo_and_s3_routes_forwards_each_event_once() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let plain = create_queue(&client, &unique("eo-plain"), 30).await;
+    let packed = create_queue(&client, &unique("eo-packed"), 30).await;
+    let fifo = create_fifo_queue(&client, &unique("eo-fifo")).await;
+    let offloaded = create_queue(&client, &unique("eo-s3"), 30).await;
+    let bucket = unique("eo-bucket").to_lowercase();
+    sqs_forwarder::aws::s3_client(&sdk().await, &sqs_forwarder::metrics::Metrics::disabled())
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let routes = routes_file(&format!(
+        "[default]\nqueue_url = \"{plain}\"\n\n\
+         [projects.2]\nqueue_url = \"{packed}\"\npack = \"ndjson\"\n\n\
+         [projects.3]\nqueue_url = \"{fifo}\"\nmessage_group_id = \"p-{{project_id}}\"\n\n\
+         [projects.4]\nqueue_url = \"{offloaded}\"\ns3_bucket = \"{bucket}\"\ns3_offload = \"always\"\n"
+    ));
+    let dir = std::env::temp_dir().join(unique("eo-replay"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("events.ndjson");
+    let lines: String = (1..=40u128)
+        .map(|i| format!("{}\n", event(i, 1 + (i as u64 % 4))))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let replay = || {
+        binary(&["replay", file.to_str().unwrap()])
+            .env("FORWARDER_ROUTES_FILE", &routes)
+            .env("FORWARDER_IDEMPOTENCY_URL", postgres_url())
+            .env("FORWARDER_INDEXER", "off")
+            .env("RUST_LOG", "warn")
+            .output_within(Duration::from_secs(60))
+    };
+    let first = replay();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = replay();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let summary = String::from_utf8_lossy(&second.stdout);
+    assert!(summary.contains("0 forwarded"), "{summary}");
+    assert!(summary.contains("40 skipped"), "{summary}");
+
+    let mut events = 0;
+    for queue in [&plain, &fifo, &offloaded] {
+        events += drain_then_more(&client, queue, 10, Duration::from_secs(20))
+            .await
+            .len();
+    }
+    let packs = drain_then_more(&client, &packed, 1, Duration::from_secs(20)).await;
+    let in_packs: usize = packs.iter().map(|p| p.lines().count()).sum();
+    assert_eq!(
+        events + in_packs,
+        40,
+        "each event once: {events} + {in_packs} packed"
+    );
+}
+
+/// Lambda: the same SQS batch invoked twice (Lambda retries a batch whose response was
+/// lost): the second invocation sends nothing and reports nothing to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_a_batch_invoked_again_is_not_forwarded_again() {
+    let client = aws_sdk_sqs::Client::new(&sdk().await);
+    let dest = create_queue(&client, &unique("eo-lambda"), 30).await;
+    let statsd = StatsdCapture::start();
+    let api_addr = crate::lambda::RuntimeApi::start().await;
+    let mut api = api_addr;
+    let _function = crate::lambda::function(
+        &api,
+        &[
+            ("FORWARDER_DEST_QUEUE_URL", dest.clone()),
+            ("FORWARDER_IDEMPOTENCY_URL", redis_url()),
+            ("FORWARDER_STATSD_ADDR", statsd.addr.to_string()),
+        ],
+    );
+    let records = || {
+        crate::lambda::batch(
+            (1..=5u128)
+                .map(|i| {
+                    crate::lambda::record(&format!("m{i}"), &event(fastrand::u128(..) | i, 1), None)
+                })
+                .collect(),
+        )
+    };
+    let batch = records();
+    let first = api.invoke("req-1", batch.clone()).await;
+    assert!(crate::lambda::failures(&first).is_empty());
+    let again = api.invoke("req-2", batch).await;
+    assert!(
+        crate::lambda::failures(&again).is_empty(),
+        "done: deleted, not retried"
+    );
+    let arrived = drain_then_more(&client, &dest, 5, Duration::from_secs(20)).await;
+    assert_eq!(arrived.len(), 5, "each event once");
+    let lines = statsd.wait_for(Duration::from_secs(2), |l| {
+        statsd_sum(l, "forwarder.event.skipped", "reason:already_forwarded") >= 5
+    });
+    assert_eq!(
+        statsd_sum(
+            &lines,
+            "forwarder.event.skipped",
+            "reason:already_forwarded"
+        ),
+        5,
+        "{lines:?}"
+    );
+}

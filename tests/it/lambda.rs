@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, Mutex};
 
 /// What the function posted back to the Runtime API.
 #[derive(Debug, Clone, PartialEq)]
-enum Posted {
+pub(crate) enum Posted {
     Response { request_id: String, body: Value },
     Error { request_id: String, body: Value },
     InitError { body: Value },
@@ -23,14 +23,14 @@ enum Posted {
 
 /// A Lambda Runtime API: hands out the invocations it is given, in order, and records
 /// what the function posts. With nothing to hand out, `next` waits, as in Lambda.
-struct RuntimeApi {
+pub(crate) struct RuntimeApi {
     addr: String,
     invoke: mpsc::UnboundedSender<(String, String, u64)>,
     posted: mpsc::UnboundedReceiver<Posted>,
 }
 
 impl RuntimeApi {
-    async fn start() -> RuntimeApi {
+    pub(crate) async fn start() -> RuntimeApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (invoke, pending) = mpsc::unbounded_channel::<(String, String, u64)>();
@@ -106,7 +106,7 @@ impl RuntimeApi {
     }
 
     /// One invocation (with a minute to run); what the function posted for it.
-    async fn invoke(&mut self, request_id: &str, payload: Value) -> Posted {
+    pub(crate) async fn invoke(&mut self, request_id: &str, payload: Value) -> Posted {
         self.invoke_within(request_id, payload, Duration::from_secs(60))
             .await
     }
@@ -133,7 +133,7 @@ impl RuntimeApi {
 }
 
 /// The binary in Lambda mode: started as Lambda starts `bootstrap`, with no arguments.
-fn function(api: &RuntimeApi, env: &[(&str, String)]) -> Spawned {
+pub(crate) fn function(api: &RuntimeApi, env: &[(&str, String)]) -> Spawned {
     spawn_binary(
         Command::new(env!("CARGO_BIN_EXE_sqs-forwarder"))
             .envs(aws_env())
@@ -149,7 +149,7 @@ fn function(api: &RuntimeApi, env: &[(&str, String)]) -> Spawned {
 }
 
 /// An SQS event-source record as Lambda delivers it.
-fn record(id: &str, body: &str, group: Option<&str>) -> Value {
+pub(crate) fn record(id: &str, body: &str, group: Option<&str>) -> Value {
     let mut attributes = json!({
         "ApproximateReceiveCount": "1",
         "SentTimestamp": "1700000000000",
@@ -173,12 +173,12 @@ fn record(id: &str, body: &str, group: Option<&str>) -> Value {
     })
 }
 
-fn batch(records: Vec<Value>) -> Value {
+pub(crate) fn batch(records: Vec<Value>) -> Value {
     json!({ "Records": records })
 }
 
 /// The message ids in a partial batch response.
-fn failures(posted: &Posted) -> HashSet<String> {
+pub(crate) fn failures(posted: &Posted) -> HashSet<String> {
     match posted {
         Posted::Response { body, .. } => body["batchItemFailures"]
             .as_array()
