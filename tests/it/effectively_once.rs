@@ -469,13 +469,22 @@ async fn soak() {
     }
     // SOAK_WIRE=drops: a request whose sender died is not delivered (else it is, as on
     // a network that already carries it).
+    // SOAK_DELETE_MS: how long deletes are held (30): the window the store closes.
     let drops = std::env::var("SOAK_WIRE").is_ok_and(|v| v == "drops");
-    let proxy = intercept_proxy(move |action, _| match action {
-        "SendMessageBatch" | "DeleteMessageBatch" if drops => {
-            Intercept::DelayUnlessGone(Duration::from_millis(30))
+    let delete_ms: u64 = std::env::var("SOAK_DELETE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let proxy = intercept_proxy(move |action, _| {
+        let hold = match action {
+            "SendMessageBatch" => Duration::from_millis(30),
+            "DeleteMessageBatch" => Duration::from_millis(delete_ms),
+            _ => return Intercept::Pass,
+        };
+        match drops {
+            true => Intercept::DelayUnlessGone(hold),
+            false => Intercept::Delay(hold),
         }
-        "SendMessageBatch" | "DeleteMessageBatch" => Intercept::Delay(Duration::from_millis(30)),
-        _ => Intercept::Pass,
     })
     .await;
     let statsd = StatsdCapture::start();
