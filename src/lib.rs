@@ -55,6 +55,8 @@
 //! - [`telemetry`]: logging set-up, and traces over OTLP ([`telemetry::otlp`]).
 //! - [`allocator`]: the allocator's settings (large buffers back to the system on free).
 //! - `redact` (internal): secrets out of URLs, for every output.
+//! - `redis_link` (internal): one Redis connection per process, each call bounded: the
+//!   indexer's shared cache and the idempotency store use it.
 //! - [`reload`]: the routes file read again on SIGHUP and when its content changes,
 //!   swapped in whole once its new destinations are reached.
 //! - [`check`], [`replay`], [`redrive`]: the other commands.
@@ -93,6 +95,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod pipeline;
 pub(crate) mod redact;
+pub(crate) mod redis_link;
 pub mod redrive;
 pub mod reload;
 pub mod replay;

@@ -16,7 +16,7 @@ import sys
 # Top to bottom: a module may import those after it.
 ORDER = """main check replay redrive lambda app reload config worker health pipeline idempotency source
 forward event indexer aws batching concurrency retry internal_events metrics telemetry
-outcome redact allocator lib""".split()
+outcome redact redis_link allocator lib""".split()
 MAX_UPWARD = 2
 
 

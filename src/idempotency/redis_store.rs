@@ -9,12 +9,10 @@
 //! pipeline of `SET … PX`; a release one script. The keys of one call must live on one
 //! node: a Redis primary (with replicas), not a Cluster.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-
 use super::{Claim, Store, StoreError, StoreErrorKind};
+use crate::redis_link::{Link, LinkError};
 
 /// Claims each of KEYS. ARGV: token, lease ms, ttl ms. Answers per key: -1 done, -2
 /// claimed afresh, -3 taken over, or the ms left of another's lease.
@@ -59,26 +57,29 @@ const PREFIX: &str = "fwd:";
 
 /// Redis as the idempotency store.
 pub struct RedisStore {
-    /// Parses the URL once, opens connections.
-    client: redis::Client,
-    /// The open connection, shared by every worker; `None` until the first call and
-    /// after a failure, so the next call reconnects.
-    connection: Mutex<Option<MultiplexedConnection>>,
-    /// Serialises reconnecting: a failing Redis sees one attempt, not one per worker.
-    connecting: tokio::sync::Mutex<()>,
+    /// The connection, each call bounded by `FORWARDER_IDEMPOTENCY_TIMEOUT`.
+    link: Link,
     /// The claim script (sent by its SHA, loaded when Redis does not know it).
     claim: redis::Script,
     /// The release script.
     release: redis::Script,
-    /// Bound of every call, connecting included (`FORWARDER_IDEMPOTENCY_TIMEOUT`).
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+        f.debug_struct("RedisStore").finish_non_exhaustive()
+    }
+}
+
+impl From<LinkError> for StoreError {
+    fn from(err: LinkError) -> Self {
+        match err {
+            LinkError::Redis(err) => StoreError::from(err),
+            LinkError::Timeout(timeout) => StoreError::new(
+                StoreErrorKind::Timeout,
+                format!("no answer within {timeout:?}"),
+            ),
+        }
     }
 }
 
@@ -104,76 +105,17 @@ impl RedisStore {
     /// A store on `url`, not yet connected: the first call connects. Fails only on a
     /// URL the client cannot use.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| {
+        let link = Link::new(url, timeout).map_err(|e| {
             StoreError::new(
                 StoreErrorKind::Refused,
                 format!("invalid URL: {}", e.detail().unwrap_or("unusable")),
             )
         })?;
         Ok(Self {
-            client,
-            connection: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+            link,
             claim: redis::Script::new(CLAIM),
             release: redis::Script::new(RELEASE),
-            timeout,
         })
-    }
-
-    /// `f` on the connection, within the timeout; a failure drops the connection.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(MultiplexedConnection) -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        let result = match self.connection().await {
-            Ok(conn) => self.bounded(f(conn)).await,
-            Err(err) => Err(err),
-        };
-        if result.is_err() {
-            if let Ok(mut slot) = self.connection.lock() {
-                *slot = None;
-            }
-        }
-        result
-    }
-
-    async fn bounded<T>(
-        &self,
-        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(StoreError::from(err)),
-            Err(_) => Err(StoreError::new(
-                StoreErrorKind::Timeout,
-                format!("no answer within {:?}", self.timeout),
-            )),
-        }
-    }
-
-    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
-        let current = || self.connection.lock().ok().and_then(|c| c.clone());
-        if let Some(conn) = current() {
-            return Ok(conn);
-        }
-        let _one = self.connecting.lock().await;
-        if let Some(conn) = current() {
-            return Ok(conn);
-        }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        let conn = self
-            .bounded(
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config),
-            )
-            .await?;
-        if let Ok(mut slot) = self.connection.lock() {
-            *slot = Some(conn.clone());
-        }
-        Ok(conn)
     }
 }
 
@@ -203,6 +145,7 @@ impl Store for RedisStore {
         }
         let keys = &prefixed(keys);
         let answers: Vec<i64> = self
+            .link
             .call(|mut conn| async move {
                 let mut call = self.claim.prepare_invoke();
                 call.key(keys).arg(token).arg(ms(lease)).arg(ms(ttl));
@@ -231,19 +174,21 @@ impl Store for RedisStore {
             return Ok(());
         }
         let keys = &prefixed(keys);
-        self.call(|mut conn| async move {
-            let mut pipe = redis::pipe();
-            for key in keys {
-                pipe.cmd("SET")
-                    .arg(key)
-                    .arg("d")
-                    .arg("PX")
-                    .arg(ms(ttl))
-                    .ignore();
-            }
-            pipe.query_async::<()>(&mut conn).await
-        })
-        .await
+        self.link
+            .call(|mut conn| async move {
+                let mut pipe = redis::pipe();
+                for key in keys {
+                    pipe.cmd("SET")
+                        .arg(key)
+                        .arg("d")
+                        .arg("PX")
+                        .arg(ms(ttl))
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await
+            })
+            .await
+            .map_err(StoreError::from)
     }
 
     async fn release(&self, keys: &[String], token: &str) -> Result<(), StoreError> {
@@ -251,20 +196,24 @@ impl Store for RedisStore {
             return Ok(());
         }
         let keys = &prefixed(keys);
-        self.call(|mut conn| async move {
-            let mut call = self.release.prepare_invoke();
-            call.key(keys).arg(token);
-            call.invoke_async::<i64>(&mut conn).await
-        })
-        .await
-        .map(|_| ())
+        self.link
+            .call(|mut conn| async move {
+                let mut call = self.release.prepare_invoke();
+                call.key(keys).arg(token);
+                call.invoke_async::<i64>(&mut conn).await
+            })
+            .await
+            .map(|_| ())
+            .map_err(StoreError::from)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.call(
-            |mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await },
-        )
-        .await
-        .map(|_| ())
+        self.link
+            .call(
+                |mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await },
+            )
+            .await
+            .map(|_| ())
+            .map_err(StoreError::from)
     }
 }

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use md5::{Digest, Md5};
 use redis::aio::MultiplexedConnection;
 
+use crate::redis_link::{Link, LinkError};
+
 use crate::internal_events::{InternalEvent, SharedCacheAway, SharedCacheBack, SharedCacheError};
 use crate::metrics::Metrics;
 
@@ -108,6 +110,18 @@ impl CacheError {
         Self {
             kind,
             message: message.into(),
+        }
+    }
+}
+
+impl From<LinkError> for CacheError {
+    fn from(err: LinkError) -> Self {
+        match err {
+            LinkError::Redis(err) => CacheError::from(err),
+            LinkError::Timeout(timeout) => CacheError::new(
+                CacheErrorKind::Timeout,
+                format!("no answer within {timeout:?}"),
+            ),
         }
     }
 }
@@ -262,15 +276,10 @@ pub fn ttl_of(key: &str, ttl: Duration) -> u64 {
     base + hash % (spread + 1)
 }
 
-/// The shared cache: a Redis client, its connection, and the breaker.
+/// The shared cache: a Redis link, and the breaker.
 pub struct SharedCache {
-    /// The client: parses the URL once, opens connections.
-    client: redis::Client,
-    /// The open connection, multiplexed across every worker; `None` until the first
-    /// call, and again after a failure so the next call reconnects.
-    connection: Mutex<Option<MultiplexedConnection>>,
-    /// Serialises reconnecting, so a failing Redis sees one attempt, not one per worker.
-    connecting: tokio::sync::Mutex<()>,
+    /// The connection, each call bounded by the timeout.
+    link: Link,
     /// Stops asking a Redis that keeps failing.
     breaker: Breaker,
     /// Version, TTL and timeout.
@@ -291,16 +300,14 @@ impl SharedCache {
     /// A shared cache on `settings.url`, not yet connected: the first call connects.
     /// Fails only on a URL the client cannot use.
     pub fn new(settings: SharedCacheSettings, metrics: Metrics) -> Result<Arc<Self>, CacheError> {
-        let client = redis::Client::open(settings.url.as_str()).map_err(|e| {
+        let link = Link::new(settings.url.as_str(), settings.timeout).map_err(|e| {
             CacheError::new(
                 CacheErrorKind::Refused,
                 format!("invalid URL: {}", e.detail().unwrap_or("unusable")),
             )
         })?;
         Ok(Arc::new(Self {
-            client,
-            connection: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+            link,
             breaker: Breaker::new(),
             settings,
             metrics,
@@ -314,17 +321,13 @@ impl SharedCache {
 
     /// `PING`, bypassing the breaker: for `check` and the start-up warning.
     pub async fn ping(&self) -> Result<(), CacheError> {
-        let mut conn = self.connection().await?;
-        let pong: Result<String, CacheError> = self
-            .bounded(redis::cmd("PING").query_async(&mut conn))
-            .await;
-        match pong {
-            Ok(_) => Ok(()),
-            Err(err) => {
-                self.forget_connection();
-                Err(err)
-            }
-        }
+        self.link
+            .call(
+                |mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await },
+            )
+            .await
+            .map(|_| ())
+            .map_err(CacheError::from)
     }
 
     /// The ids of `keys` (from [`key`]), `None` for a key Redis does not hold. `Err` when
@@ -396,10 +399,7 @@ impl SharedCache {
             .emit(&self.metrics);
             return Err(err);
         }
-        let result = match self.connection().await {
-            Ok(conn) => self.bounded(f(conn)).await,
-            Err(err) => Err(err),
-        };
+        let result = self.link.call(f).await.map_err(CacheError::from);
         match &result {
             Ok(_) => {
                 if self.breaker.success() {
@@ -407,7 +407,6 @@ impl SharedCache {
                 }
             }
             Err(err) => {
-                self.forget_connection();
                 SharedCacheError {
                     reason: err.kind.as_str(),
                     error: err,
@@ -423,55 +422,6 @@ impl SharedCache {
             }
         }
         result
-    }
-
-    /// `fut` within the timeout.
-    async fn bounded<T>(
-        &self,
-        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, CacheError> {
-        match tokio::time::timeout(self.settings.timeout, fut).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(CacheError::from(err)),
-            Err(_) => Err(CacheError::new(
-                CacheErrorKind::Timeout,
-                format!("no answer within {:?}", self.settings.timeout),
-            )),
-        }
-    }
-
-    /// The open connection, or a new one (within the timeout).
-    async fn connection(&self) -> Result<MultiplexedConnection, CacheError> {
-        if let Some(conn) = self.current() {
-            return Ok(conn);
-        }
-        let _one = self.connecting.lock().await;
-        if let Some(conn) = self.current() {
-            return Ok(conn);
-        }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.settings.timeout))
-            .set_response_timeout(Some(self.settings.timeout));
-        let conn = self
-            .bounded(
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config),
-            )
-            .await?;
-        if let Ok(mut slot) = self.connection.lock() {
-            *slot = Some(conn.clone());
-        }
-        Ok(conn)
-    }
-
-    fn current(&self) -> Option<MultiplexedConnection> {
-        self.connection.lock().ok().and_then(|c| c.clone())
-    }
-
-    fn forget_connection(&self) {
-        if let Ok(mut slot) = self.connection.lock() {
-            *slot = None;
-        }
     }
 }
 
