@@ -939,6 +939,136 @@ mod tests {
         );
     }
 
+    /// A pipeline over `dest` with an idempotency store in memory.
+    fn idempotent(
+        dest: aws_sdk_sqs::Client,
+    ) -> (Pipeline, Arc<crate::idempotency::memory::MemoryStore>) {
+        let store = Arc::new(crate::idempotency::memory::MemoryStore::default());
+        let idempotency = crate::idempotency::Idempotency::new(
+            store.clone(),
+            None,
+            None,
+            false,
+            Metrics::disabled(),
+        )
+        .with_retry(fast());
+        let pipeline = pipeline(dest, None).with_idempotency(Some(Arc::new(idempotency)));
+        (pipeline, store)
+    }
+
+    #[tokio::test]
+    async fn with_a_store_an_event_forwarded_already_is_skipped_and_its_message_deleted() {
+        let (dest, forwarded) = queue(None);
+        let (pipeline, store) = idempotent(dest);
+        let first = [message("a", &event(1), None), message("b", &event(2), None)];
+        let out = pipeline.process(&first).await;
+        assert!(
+            out.iter().all(|s| matches!(s, Settlement::Forwarded)),
+            "{out:?}"
+        );
+        assert_eq!(
+            store.calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "one claim and one mark for the batch"
+        );
+        // The same events again (a kill before the delete, a redelivery, a replay).
+        let again = [
+            message("a2", &event(1), None),
+            message("c", &event(3), None),
+        ];
+        let out = pipeline.process(&again).await;
+        assert!(
+            matches!(out[0], Settlement::Skipped("already_forwarded")),
+            "{out:?}"
+        );
+        assert!(out[0].is_done(), "deleted from the source");
+        assert!(matches!(out[1], Settlement::Forwarded));
+        assert_eq!(forwarded.lock().unwrap().len(), 3, "event 1 went once");
+    }
+
+    #[tokio::test]
+    async fn with_a_store_down_nothing_is_sent_or_deleted() {
+        let (dest, forwarded) = queue(None);
+        let (pipeline, store) = idempotent(dest);
+        store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let out = pipeline
+            .process(&[message("a", &event(1), None), message("b", &event(2), None)])
+            .await;
+        for s in &out {
+            assert!(
+                matches!(s, Settlement::Deferred(d) if d.cause == DeferCause::StoreUnavailable),
+                "{out:?}"
+            );
+            assert!(!s.is_done());
+        }
+        assert!(forwarded.lock().unwrap().is_empty());
+        assert_eq!(
+            pipeline.idempotency().map(|i| i.is_available()),
+            Some(false)
+        );
+    }
+
+    #[tokio::test]
+    async fn with_a_store_a_claim_held_elsewhere_defers_its_event_and_the_rest_of_its_group() {
+        let (dest, forwarded) = queue(None);
+        let (pipeline, store) = idempotent(dest);
+        // Another worker holds event 1's claim.
+        let key = crate::idempotency::key("https://sqs.fake/0/dest", &format!("{:032x}", 1));
+        let held = crate::idempotency::Store::claim(
+            store.as_ref(),
+            &[key],
+            "another",
+            Duration::from_secs(30),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+        assert_eq!(held, [crate::idempotency::Claim::New]);
+        let out = pipeline
+            .process(&[
+                message("a1", &event(1), Some("a")),
+                message("a2", &event(2), Some("a")),
+                message("b1", &event(3), Some("b")),
+            ])
+            .await;
+        assert!(
+            matches!(&out[0], Settlement::Deferred(d) if d.cause == DeferCause::ClaimHeld && d.delay.is_some()),
+            "{out:?}"
+        );
+        assert!(
+            matches!(&out[1], Settlement::Deferred(d) if d.cause == DeferCause::ClaimHeld),
+            "behind it in its group: {out:?}"
+        );
+        assert!(
+            matches!(out[2], Settlement::Forwarded),
+            "another group goes"
+        );
+        assert_eq!(forwarded.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn with_a_store_a_refused_event_gives_its_claim_back() {
+        let (dest, _) = queue(Some("InvalidMessageContents"));
+        let (pipeline, store) = idempotent(dest);
+        let out = pipeline.process(&[message("a", &event(1), None)]).await;
+        assert!(matches!(out[0], Settlement::Failed(_)), "{out:?}");
+        let key = crate::idempotency::key("https://sqs.fake/0/dest", &format!("{:032x}", 1));
+        let again = crate::idempotency::Store::claim(
+            store.as_ref(),
+            &[key],
+            "another",
+            Duration::from_secs(30),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            again,
+            [crate::idempotency::Claim::New],
+            "released, not held"
+        );
+    }
+
     #[tokio::test]
     async fn in_a_source_group_a_message_that_stays_holds_back_the_later_ones() {
         let (dest, forwarded) = queue(None);

@@ -601,4 +601,6 @@ fn failure(err: &StoreError) -> Failure {
 }
 
 #[cfg(test)]
+pub(crate) mod memory;
+#[cfg(test)]
 mod tests;
