@@ -232,6 +232,11 @@ impl App {
         &self.metrics
     }
 
+    /// The process's SQS client.
+    pub fn sqs(&self) -> &aws_sdk_sqs::Client {
+        &self.sqs
+    }
+
     /// The SDK configuration loaded at start.
     pub fn sdk(&self) -> &SdkConfig {
         &self.sdk

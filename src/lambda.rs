@@ -49,11 +49,28 @@ pub fn check_environment() -> Result<(), LambdaError> {
     }
 }
 
-/// Serves invocations until the runtime stops.
-pub async fn serve(pipeline: Pipeline, metrics: Metrics) -> Result<(), LambdaError> {
+/// Serves invocations until the runtime stops. `sqs` reads the source queue the first
+/// batch comes from, to size the idempotency store's TTL from it, as `run` does.
+pub async fn serve(
+    pipeline: Pipeline,
+    metrics: Metrics,
+    sqs: aws_sdk_sqs::Client,
+) -> Result<(), LambdaError> {
     let pipeline = &pipeline;
     let metrics = &metrics;
+    let sized = &tokio::sync::OnceCell::new();
+    let sqs = &sqs;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        if let Some(idempotency) = pipeline.idempotency() {
+            let arn = event
+                .payload
+                .records
+                .first()
+                .and_then(|r| r.event_source_arn.clone());
+            sized
+                .get_or_init(|| size_from_source(idempotency, sqs, arn))
+                .await;
+        }
         let deadline = deadline_of(event.context.deadline);
         handle(pipeline, metrics, event.payload, deadline)
             .await
@@ -64,6 +81,60 @@ pub async fn serve(pipeline: Pipeline, metrics: Metrics) -> Result<(), LambdaErr
     }))
     .await
     .map_err(|e| LambdaError::Runtime(e.to_string()))
+}
+
+/// Sizes the idempotency store's TTL from the source queue the batches come from (its
+/// visibility timeout times its `maxReceiveCount`, at least an hour), once per cold
+/// start; the default stays if the queue cannot be read (warned).
+async fn size_from_source(
+    idempotency: &crate::idempotency::Idempotency,
+    sqs: &aws_sdk_sqs::Client,
+    arn: Option<String>,
+) {
+    // arn:aws:sqs:{region}:{account}:{name}
+    let Some((account, name)) = arn.as_deref().and_then(|arn| {
+        let mut parts = arn.rsplitn(3, ':');
+        let name = parts.next()?;
+        let account = parts.next()?;
+        Some((account.to_string(), name.to_string()))
+    }) else {
+        return;
+    };
+    let url = sqs
+        .get_queue_url()
+        .queue_name(&name)
+        .queue_owner_aws_account_id(&account)
+        .send()
+        .await
+        .ok()
+        .and_then(|out| out.queue_url);
+    let info = match url {
+        Some(url) => crate::source::queue_info(sqs, &url).await.ok(),
+        None => None,
+    };
+    match info {
+        Some(info) => {
+            // The lease is the invocation's time left; only the TTL comes from here.
+            let lease = idempotency.lease();
+            if let Some(warning) =
+                idempotency.size_for_source(info.visibility_timeout, info.max_receive_count)
+            {
+                tracing::warn!("{warning}");
+            }
+            idempotency.set_lease(lease);
+            tracing::info!(
+                ttl = %humantime::format_duration(idempotency.ttl()),
+                source = %name,
+                "idempotency keys sized from the source queue"
+            );
+        }
+        None => tracing::warn!(
+            source = %name,
+            ttl = %humantime::format_duration(idempotency.ttl()),
+            "the source queue could not be read (sqs:GetQueueUrl, sqs:GetQueueAttributes): \
+             idempotency keys keep the default TTL"
+        ),
+    }
 }
 
 /// How much of the invocation's time is kept back: every retry ends this long before the

@@ -308,7 +308,10 @@ async fn lambda(cli: &Cli) -> ExitCode {
         })
         .await
         {
-            Ok(app) => app.pipeline().await.map(|p| (p, app.metrics().clone())),
+            Ok(app) => app
+                .pipeline()
+                .await
+                .map(|p| (p, app.metrics().clone(), app.sqs().clone())),
             Err(err) => Err(err),
         }
         .map_err(|err| err.to_string()),
@@ -319,7 +322,7 @@ async fn lambda(cli: &Cli) -> ExitCode {
             .collect::<Vec<_>>()
             .join("; ")),
     };
-    let (pipeline, metrics) = match built {
+    let (pipeline, metrics, sqs) = match built {
         Ok(built) => built,
         Err(message) => {
             eprintln!("error: {message}");
@@ -327,7 +330,7 @@ async fn lambda(cli: &Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match lambda::serve(pipeline, metrics).await {
+    match lambda::serve(pipeline, metrics, sqs).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");

@@ -608,7 +608,8 @@ pub struct Settings {
 
     /// How long the idempotency store remembers an event; unset: the source's
     /// visibility timeout times its redrive policy's maxReceiveCount, at least 1h (run
-    /// reads both at start; elsewhere 1h).
+    /// reads both at start, Lambda from its first batch's queue; replay and redrive:
+    /// 1h).
     #[arg(long, env = "FORWARDER_IDEMPOTENCY_TTL", value_name = "DURATION", value_parser = ttl,
           global = true)]
     pub idempotency_ttl: Option<Duration>,

@@ -643,32 +643,74 @@ async fn replay_twice_through_packed_fifo_and_s3_routes_forwards_each_event_once
 }
 
 /// Lambda: the same SQS batch invoked twice (Lambda retries a batch whose response was
-/// lost): the second invocation sends nothing and reports nothing to retry.
+/// lost): the second invocation sends nothing and reports nothing to retry. The keys'
+/// TTL is sized from the source queue the batch names (visibility x maxReceiveCount).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lambda_a_batch_invoked_again_is_not_forwarded_again() {
+    use aws_sdk_sqs::types::QueueAttributeName;
     let client = aws_sdk_sqs::Client::new(&sdk().await);
     let dest = create_queue(&client, &unique("eo-lambda"), 30).await;
+    // The source: 600 s hidden, 10 receives before its dead-letter queue: 6,000 s.
+    let dlq = create_queue(&client, &unique("eo-lambda-dlq"), 30).await;
+    let dlq_arn = client
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap();
+    let source_name = unique("eo-lambda-src");
+    let source = client
+        .create_queue()
+        .queue_name(&source_name)
+        .attributes(QueueAttributeName::VisibilityTimeout, "600")
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"10"}}"#),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let source_arn = client
+        .get_queue_attributes()
+        .queue_url(&source)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap();
+
     let statsd = StatsdCapture::start();
-    let api_addr = crate::lambda::RuntimeApi::start().await;
-    let mut api = api_addr;
-    let _function = crate::lambda::function(
+    let mut api = crate::lambda::RuntimeApi::start().await;
+    let function = crate::lambda::function(
         &api,
         &[
             ("FORWARDER_DEST_QUEUE_URL", dest.clone()),
             ("FORWARDER_IDEMPOTENCY_URL", redis_url()),
             ("FORWARDER_STATSD_ADDR", statsd.addr.to_string()),
+            ("RUST_LOG", "info".into()),
         ],
     );
-    let records = || {
-        crate::lambda::batch(
-            (1..=5u128)
-                .map(|i| {
-                    crate::lambda::record(&format!("m{i}"), &event(fastrand::u128(..) | i, 1), None)
-                })
-                .collect(),
-        )
-    };
-    let batch = records();
+    let batch = crate::lambda::batch(
+        (1..=5u128)
+            .map(|i| {
+                let mut record = crate::lambda::record(
+                    &format!("m{i}"),
+                    &event(fastrand::u128(..) | i, 1),
+                    None,
+                );
+                record["eventSourceARN"] = serde_json::json!(source_arn);
+                record
+            })
+            .collect(),
+    );
     let first = api.invoke("req-1", batch.clone()).await;
     assert!(crate::lambda::failures(&first).is_empty());
     let again = api.invoke("req-2", batch).await;
@@ -690,4 +732,12 @@ async fn lambda_a_batch_invoked_again_is_not_forwarded_again() {
         5,
         "{lines:?}"
     );
+    function.terminate();
+    let out = function.finish(Duration::from_secs(10)).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    let sized = log
+        .lines()
+        .find(|l| l.contains("idempotency keys sized from the source queue"))
+        .unwrap_or_else(|| panic!("no sizing line in {log}"));
+    assert!(sized.contains("ttl=1h 40m"), "{sized}");
 }
