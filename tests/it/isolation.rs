@@ -230,6 +230,23 @@ async fn a_missing_destination_pauses_its_route_and_resumes_in_the_same_process(
         .send()
         .await
         .unwrap();
+    // A queue being deleted may still take messages for a moment (SQS: up to 60 s): the
+    // events go once it is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while q
+        .client
+        .get_queue_attributes()
+        .queue_url(&q.dest)
+        .send()
+        .await
+        .is_ok()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the destination is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let bodies: Vec<String> = (0..40u128).map(|i| event(i + 1, 1)).collect();
     send_bodies(&q.client, &q.source, &bodies).await;
 
