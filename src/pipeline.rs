@@ -956,6 +956,24 @@ mod tests {
         (pipeline, store)
     }
 
+    /// Event `n`'s claim at the test destination, by another worker: what the store says.
+    async fn claim_elsewhere(
+        store: &crate::idempotency::memory::MemoryStore,
+        n: u32,
+    ) -> crate::idempotency::Claim {
+        let key = crate::idempotency::key("https://sqs.fake/0/dest", &format!("{n:032x}"));
+        let answer = crate::idempotency::Store::claim(
+            store,
+            &[key],
+            "another",
+            Duration::from_secs(30),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+        answer[0]
+    }
+
     #[tokio::test]
     async fn with_a_store_an_event_forwarded_already_is_skipped_and_its_message_deleted() {
         let (dest, forwarded) = queue(None);
@@ -1013,17 +1031,10 @@ mod tests {
         let (dest, forwarded) = queue(None);
         let (pipeline, store) = idempotent(dest);
         // Another worker holds event 1's claim.
-        let key = crate::idempotency::key("https://sqs.fake/0/dest", &format!("{:032x}", 1));
-        let held = crate::idempotency::Store::claim(
-            store.as_ref(),
-            &[key],
-            "another",
-            Duration::from_secs(30),
-            Duration::from_secs(3600),
-        )
-        .await
-        .unwrap();
-        assert_eq!(held, [crate::idempotency::Claim::New]);
+        assert_eq!(
+            claim_elsewhere(&store, 1).await,
+            crate::idempotency::Claim::New
+        );
         let out = pipeline
             .process(&[
                 message("a1", &event(1), Some("a")),
@@ -1052,19 +1063,9 @@ mod tests {
         let (pipeline, store) = idempotent(dest);
         let out = pipeline.process(&[message("a", &event(1), None)]).await;
         assert!(matches!(out[0], Settlement::Failed(_)), "{out:?}");
-        let key = crate::idempotency::key("https://sqs.fake/0/dest", &format!("{:032x}", 1));
-        let again = crate::idempotency::Store::claim(
-            store.as_ref(),
-            &[key],
-            "another",
-            Duration::from_secs(30),
-            Duration::from_secs(3600),
-        )
-        .await
-        .unwrap();
         assert_eq!(
-            again,
-            [crate::idempotency::Claim::New],
+            claim_elsewhere(&store, 1).await,
+            crate::idempotency::Claim::New,
             "released, not held"
         );
     }

@@ -16,6 +16,12 @@ fn quick() -> RetryPolicy {
 
 fn protocol(fail_open: bool) -> (Arc<MemoryStore>, Idempotency, Spied) {
     let store = Arc::new(MemoryStore::default());
+    let (idem, spied) = worker_on(&store, fail_open);
+    (store, idem, spied)
+}
+
+/// Another worker's protocol over the same store (a lease of 30 s).
+fn worker_on(store: &Arc<MemoryStore>, fail_open: bool) -> (Idempotency, Spied) {
     let (spied, metrics) = spy();
     let idem = Idempotency::new(
         store.clone(),
@@ -25,7 +31,7 @@ fn protocol(fail_open: bool) -> (Arc<MemoryStore>, Idempotency, Spied) {
         metrics,
     )
     .with_retry(quick());
-    (store, idem, spied)
+    (idem, spied)
 }
 
 fn count(lines: &[String], line: &str) -> usize {
@@ -95,15 +101,7 @@ async fn the_key_is_per_destination() {
 #[tokio::test(start_paused = true)]
 async fn a_live_claim_of_another_worker_is_left_alone_until_its_lease_ends() {
     let (store, first, _) = protocol(false);
-    let (spied, metrics) = spy();
-    let second = Idempotency::new(
-        store.clone(),
-        None,
-        Some(Duration::from_secs(30)),
-        false,
-        metrics,
-    )
-    .with_retry(quick());
+    let (second, spied) = worker_on(&store, false);
     let claims = first.claim(DEST, &["e1"]).await;
     assert_eq!(claims.decisions, [Decision::Send]);
 
@@ -134,15 +132,7 @@ async fn a_live_claim_of_another_worker_is_left_alone_until_its_lease_ends() {
 #[tokio::test(start_paused = true)]
 async fn a_refused_entry_gives_its_claim_back_and_a_lost_answer_keeps_it() {
     let (store, idem, _) = protocol(false);
-    let (_, metrics) = spy();
-    let other = Idempotency::new(
-        store.clone(),
-        None,
-        Some(Duration::from_secs(30)),
-        false,
-        metrics,
-    )
-    .with_retry(quick());
+    let (other, _) = worker_on(&store, false);
     let claims = idem.claim(DEST, &["refused", "lost", "never"]).await;
     idem.settle(
         &claims,

@@ -642,6 +642,21 @@ async fn replay_twice_through_packed_fifo_and_s3_routes_forwards_each_event_once
     );
 }
 
+/// A queue's ARN.
+async fn queue_arn(client: &aws_sdk_sqs::Client, url: &str) -> String {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap()
+}
+
 /// Lambda: the same SQS batch invoked twice (Lambda retries a batch whose response was
 /// lost): the second invocation sends nothing and reports nothing to retry. The keys'
 /// TTL is sized from the source queue the batch names (visibility x maxReceiveCount).
@@ -652,16 +667,7 @@ async fn lambda_a_batch_invoked_again_is_not_forwarded_again() {
     let dest = create_queue(&client, &unique("eo-lambda"), 30).await;
     // The source: 600 s hidden, 10 receives before its dead-letter queue: 6,000 s.
     let dlq = create_queue(&client, &unique("eo-lambda-dlq"), 30).await;
-    let dlq_arn = client
-        .get_queue_attributes()
-        .queue_url(&dlq)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .unwrap();
+    let dlq_arn = queue_arn(&client, &dlq).await;
     let source_name = unique("eo-lambda-src");
     let source = client
         .create_queue()
@@ -676,16 +682,7 @@ async fn lambda_a_batch_invoked_again_is_not_forwarded_again() {
         .unwrap()
         .queue_url
         .unwrap();
-    let source_arn = client
-        .get_queue_attributes()
-        .queue_url(&source)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .unwrap();
+    let source_arn = queue_arn(&client, &source).await;
 
     let statsd = StatsdCapture::start();
     let mut api = crate::lambda::RuntimeApi::start().await;
