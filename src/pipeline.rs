@@ -151,6 +151,8 @@ enum Step {
     /// Not sent, after its claim (held by another, the store silent, or behind one of
     /// those in its group).
     NotSent(Deferral),
+    /// Accepted, and the store did not take its mark (fail-closed): it stays.
+    Unmarked(Failure),
 }
 
 /// A route's batch, sent.
@@ -159,8 +161,6 @@ struct RouteSent {
     outcomes: Vec<Step>,
     /// When the send ended: the end of each accepted event's latency.
     accepted_at: SystemTime,
-    /// The store's failure to mark the accepted (fail-closed): they must stay.
-    unmarked: Option<Failure>,
 }
 
 /// Decode, index, forward.
@@ -409,6 +409,12 @@ impl Pipeline {
                         sent.accepted_at,
                     ),
                     Step::AlreadyForwarded => Settlement::Skipped("already_forwarded"),
+                    // Accepted, but the store did not take its mark (fail-closed): it
+                    // stays, and its claim runs out before it is tried again.
+                    Step::Unmarked(failure) => {
+                        failed(&messages[i], &events.events[k], &failure).emit(&self.metrics);
+                        Settlement::Failed(failure)
+                    }
                     Step::NotSent(deferral) => self.sent(
                         &messages[i],
                         &events.events[k],
@@ -417,15 +423,7 @@ impl Pipeline {
                         sent.accepted_at,
                     ),
                 };
-                settlements[i] = Some(match (&settlement, &sent.unmarked) {
-                    // Accepted, but the store did not take its mark (fail-closed): it
-                    // stays, and its claim runs out before it is tried again.
-                    (Settlement::Forwarded, Some(failure)) => {
-                        failed(&messages[i], &events.events[k], failure).emit(&self.metrics);
-                        Settlement::Failed(failure.clone())
-                    }
-                    _ => settlement,
-                });
+                settlements[i] = Some(settlement);
             }
         }
     }
@@ -437,7 +435,6 @@ impl Pipeline {
             return RouteSent {
                 outcomes: outcomes.into_iter().map(Step::Sent).collect(),
                 accepted_at: SystemTime::now(),
-                unmarked: None,
             };
         };
         let ids: Vec<&str> = batch.iter().map(|r| r.event.event_id.as_ref()).collect();
@@ -476,20 +473,40 @@ impl Pipeline {
             }
         }
         let to_send: Vec<Routed<'_, '_>> = go.iter().map(|&j| batch[j]).collect();
-        let outcomes = if to_send.is_empty() {
-            Vec::new()
-        } else {
-            forwarder.forward(&to_send).await
+        // Each call's accepted events are marked the moment it answers, while the rest of
+        // the batch (its other calls, its retries) goes on.
+        let destination = forwarder.queue_url();
+        let (accepted, mut calls) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
+        let hook: crate::forward::AcceptedHook = Arc::new(move |ids| {
+            let _ = accepted.send(ids);
+        });
+        let send = async move {
+            if to_send.is_empty() {
+                return Vec::new();
+            }
+            crate::forward::reporting_accepted(hook, forwarder.forward(&to_send)).await
         };
+        let mark = async {
+            let mut marked: std::collections::HashSet<String> = std::collections::HashSet::new();
+            while let Some(ids) = calls.recv().await {
+                if idempotency.mark_accepted(destination, &ids).await {
+                    marked.extend(ids);
+                }
+            }
+            marked
+        };
+        let (outcomes, marked) = futures_util::future::join(send, mark).await;
         let accepted_at = SystemTime::now();
-        // The mark first, before anything else of the batch.
+        // What no call told of (a packed message's events, a mark the store did not
+        // take) is marked now, before anything else of the batch.
         let mut sent = vec![None; batch.len()];
         for (&j, outcome) in go.iter().zip(&outcomes) {
-            sent[j] = Some(match outcome {
-                Outcome::Accepted => Sent::Accepted,
-                Outcome::Failed(err) if err.class.may_have_arrived() => Sent::Unknown,
-                Outcome::Failed(_) | Outcome::Deferred(_) => Sent::NotTaken,
-            });
+            sent[j] = match outcome {
+                Outcome::Accepted if marked.contains(batch[j].event.event_id.as_ref()) => None,
+                Outcome::Accepted => Some(Sent::Accepted),
+                Outcome::Failed(err) if err.class.may_have_arrived() => Some(Sent::Unknown),
+                Outcome::Failed(_) | Outcome::Deferred(_) => Some(Sent::NotTaken),
+            };
         }
         for (j, step) in steps.iter().enumerate() {
             if matches!(step, Some(Step::NotSent(_))) && claims.decisions[j] == Decision::Send {
@@ -498,7 +515,10 @@ impl Pipeline {
         }
         let unmarked = idempotency.settle(&claims, &sent).await;
         for (&j, outcome) in go.iter().zip(outcomes) {
-            steps[j] = Some(Step::Sent(outcome));
+            steps[j] = Some(match (&unmarked, sent[j]) {
+                (Some(failure), Some(Sent::Accepted)) => Step::Unmarked(failure.clone()),
+                _ => Step::Sent(outcome),
+            });
         }
         RouteSent {
             outcomes: steps
@@ -511,7 +531,6 @@ impl Pipeline {
                 })
                 .collect(),
             accepted_at,
-            unmarked,
         }
     }
 
@@ -943,7 +962,17 @@ mod tests {
     fn idempotent(
         dest: aws_sdk_sqs::Client,
     ) -> (Pipeline, Arc<crate::idempotency::memory::MemoryStore>) {
-        let store = Arc::new(crate::idempotency::memory::MemoryStore::default());
+        idempotent_on(
+            dest,
+            Arc::new(crate::idempotency::memory::MemoryStore::default()),
+        )
+    }
+
+    /// A pipeline over `dest` with `store` as its idempotency store.
+    fn idempotent_on(
+        dest: aws_sdk_sqs::Client,
+        store: Arc<crate::idempotency::memory::MemoryStore>,
+    ) -> (Pipeline, Arc<crate::idempotency::memory::MemoryStore>) {
         let idempotency = crate::idempotency::Idempotency::new(
             store.clone(),
             None,
@@ -1002,6 +1031,56 @@ mod tests {
         assert!(out[0].is_done(), "deleted from the source");
         assert!(matches!(out[1], Settlement::Forwarded));
         assert_eq!(forwarded.lock().unwrap().len(), 3, "event 1 went once");
+    }
+
+    #[tokio::test]
+    async fn with_a_store_an_accepted_event_is_marked_before_the_retries_of_its_batch_end() {
+        let store = Arc::new(crate::idempotency::memory::MemoryStore::default());
+        let first_key = crate::idempotency::key("https://sqs.fake/0/dest", &format!("{:032x}", 1));
+        let marked_before_retry = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let dest = {
+            let (store, seen, calls) = (store.clone(), marked_before_retry.clone(), calls.clone());
+            fake::sqs_client(move |req| {
+                let body: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+                let entries = body["Entries"].as_array().cloned().unwrap_or_default();
+                let ok = |e: &serde_json::Value| serde_json::json!({"Id": e["Id"], "MessageId": "m", "MD5OfMessageBody": "0"});
+                if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    // The first event goes; the second is throttled and retried.
+                    let failed = serde_json::json!([{
+                        "Id": entries[1]["Id"], "Code": "RequestThrottled",
+                        "SenderFault": false, "Message": "slow down"
+                    }]);
+                    return fake::ok(
+                        serde_json::json!({"Successful": [ok(&entries[0])], "Failed": failed})
+                            .to_string(),
+                    );
+                }
+                seen.store(
+                    store.is_done(&first_key),
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+                let all: Vec<serde_json::Value> = entries.iter().map(ok).collect();
+                fake::ok(serde_json::json!({"Successful": all, "Failed": []}).to_string())
+            })
+        };
+        let (pipeline, _) = idempotent_on(dest, store);
+        let out = pipeline
+            .process(&[message("a", &event(1), None), message("b", &event(2), None)])
+            .await;
+        assert!(
+            out.iter().all(|s| matches!(s, Settlement::Forwarded)),
+            "{out:?}"
+        );
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "one retry"
+        );
+        assert!(
+            marked_before_retry.load(std::sync::atomic::Ordering::SeqCst),
+            "the first event was marked when its call answered, before the retry"
+        );
     }
 
     #[tokio::test]

@@ -89,6 +89,36 @@ impl DeferCause {
     }
 }
 
+/// Told the event ids a destination accepted, call by call, the moment each call answers
+/// (before the retries of the rest of its batch, before the batch's other calls): the
+/// idempotency store marks them then ([`crate::idempotency`]).
+pub type AcceptedHook = Arc<dyn Fn(Vec<String>) + Send + Sync>;
+
+tokio::task_local! {
+    /// The hook of the sends made within [`reporting_accepted`].
+    static ACCEPTED: AcceptedHook;
+}
+
+/// Runs `sends`, telling `hook` the event ids of every call's accepted entries as each
+/// call answers (entries that carry the `event_id` attribute: a packed message is told
+/// of by its batch's end).
+pub async fn reporting_accepted<F: Future>(hook: AcceptedHook, sends: F) -> F::Output {
+    ACCEPTED.scope(hook, sends).await
+}
+
+/// Whether a hook listens (else nothing is gathered for it).
+fn reporting() -> bool {
+    ACCEPTED.try_with(|_| ()).is_ok()
+}
+
+/// Tells the hook, if one listens, of `event_ids` accepted.
+fn report_accepted(event_ids: Vec<String>) {
+    if event_ids.is_empty() {
+        return;
+    }
+    let _ = ACCEPTED.try_with(|hook| hook(event_ids));
+}
+
 /// An event deferred: why, and how long its source message should stay hidden.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deferral {

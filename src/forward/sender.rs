@@ -483,13 +483,40 @@ impl SqsSender {
             };
             entry(id, &messages[i], body).ok()
         };
+        // Each attempt's accepted entries are told of as it answers (the idempotency
+        // store marks them then), not when the batch's retries end.
+        let call = |req: Vec<SendMessageBatchRequestEntry>| {
+            let events: Vec<(String, String)> = if super::reporting() {
+                req.iter()
+                    .filter_map(|e| {
+                        let id = e.message_attributes()?.get("event_id")?.string_value()?;
+                        Some((e.id().to_string(), id.to_string()))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let answer = self.window.submit(req);
+            async move {
+                let answer = answer.await;
+                if let Ok(reply) = &answer {
+                    let accepted = events
+                        .into_iter()
+                        .filter(|(entry, _)| reply.successful.contains(entry))
+                        .map(|(_, event)| event)
+                        .collect();
+                    super::report_accepted(accepted);
+                }
+                answer
+            }
+        };
         let outcomes = retry_batch_rebuilt(
             &self.policy,
             Operation::Send,
             &self.metrics,
             entries,
             again,
-            |req| self.window.submit(req),
+            call,
             || entry_missing(Operation::Send),
         )
         .await;

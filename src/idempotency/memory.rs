@@ -121,3 +121,13 @@ impl Store for MemoryStore {
         self.up()
     }
 }
+
+impl MemoryStore {
+    /// Whether `key` is marked done now.
+    pub(crate) fn is_done(&self, key: &str) -> bool {
+        self.entries
+            .lock()
+            .map(|e| e.get(key).is_some_and(|e| e.token.is_none()))
+            .unwrap_or(false)
+    }
+}

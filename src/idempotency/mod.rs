@@ -481,6 +481,24 @@ impl Idempotency {
         }
     }
 
+    /// Marks `event_ids` forwarded to `destination` the moment a call of their batch
+    /// answered (its other calls, or its retries, may still be going). `false` when the
+    /// store did not take it: the batch's settle marks them again.
+    pub async fn mark_accepted(&self, destination: &str, event_ids: &[String]) -> bool {
+        let mut keys: Vec<String> = event_ids.iter().map(|id| key(destination, id)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let ttl = self.ttl();
+        retry(
+            &self.retry,
+            Operation::IdempotencyMark,
+            &self.metrics,
+            || async { self.noted(self.store.mark(&keys, ttl).await) },
+        )
+        .await
+        .is_ok()
+    }
+
     /// Settles a route's batch the moment its send ended: marks the accepted, gives
     /// back the claims of what was not taken, keeps those whose answer was lost. `sent`
     /// has one entry per event of `claims`: `None` for those not sent (not
