@@ -16,6 +16,44 @@ pub enum LinkError {
     Timeout(Duration),
 }
 
+/// What kind of failure a [`LinkError`] is, for each user's error and metric tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer within the timeout.
+    Timeout,
+    /// Connecting failed, or the connection broke.
+    Connection,
+    /// Redis answered with an error (out of memory, a read-only replica, …).
+    Refused,
+}
+
+impl LinkError {
+    /// Its kind, decided here once for every user of the link.
+    pub fn failure(&self) -> Failure {
+        match self {
+            LinkError::Timeout(_) => Failure::Timeout,
+            LinkError::Redis(err) if err.is_timeout() => Failure::Timeout,
+            LinkError::Redis(err)
+                if err.is_io_error()
+                    || err.is_connection_dropped()
+                    || err.is_connection_refusal()
+                    || err.is_unrecoverable_error() =>
+            {
+                Failure::Connection
+            }
+            LinkError::Redis(_) => Failure::Refused,
+        }
+    }
+
+    /// What Redis or the client said (never the URL).
+    pub fn message(&self) -> String {
+        match self {
+            LinkError::Redis(err) => err.to_string(),
+            LinkError::Timeout(timeout) => format!("no answer within {timeout:?}"),
+        }
+    }
+}
+
 /// A client, its open connection, and the bound of every call.
 pub struct Link {
     /// Parses the URL once, opens connections.

@@ -272,7 +272,7 @@ impl fmt::Debug for Idempotency {
 
 /// The retries of a store call: a frozen or restarting store is waited out for ten
 /// seconds, within which a batch's heartbeat keeps its messages hidden.
-pub fn store_retry() -> RetryPolicy {
+fn store_retry() -> RetryPolicy {
     RetryPolicy {
         initial_interval: Duration::from_millis(100),
         max_interval: Duration::from_secs(1),
@@ -370,11 +370,6 @@ impl Idempotency {
     /// `redis` or `postgres`.
     pub fn kind(&self) -> &'static str {
         self.store.kind()
-    }
-
-    /// Whether fail-open is on.
-    pub fn fail_open(&self) -> bool {
-        self.fail_open
     }
 
     /// Whether the store answered its last call (fail-open: always, since forwarding

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use super::{Claim, Store, StoreError, StoreErrorKind};
-use crate::redis_link::{Link, LinkError};
+use crate::redis_link::{Failure as LinkFailure, Link, LinkError};
 
 /// Claims each of KEYS. ARGV: token, lease ms, ttl ms. Answers per key: -1 done, -2
 /// claimed afresh, -3 taken over, or the ms left of another's lease.
@@ -73,31 +73,12 @@ impl std::fmt::Debug for RedisStore {
 
 impl From<LinkError> for StoreError {
     fn from(err: LinkError) -> Self {
-        match err {
-            LinkError::Redis(err) => StoreError::from(err),
-            LinkError::Timeout(timeout) => StoreError::new(
-                StoreErrorKind::Timeout,
-                format!("no answer within {timeout:?}"),
-            ),
-        }
-    }
-}
-
-impl From<redis::RedisError> for StoreError {
-    fn from(err: redis::RedisError) -> Self {
-        // RedisError's Display holds no URL: only the kind, code and detail.
-        let kind = if err.is_timeout() {
-            StoreErrorKind::Timeout
-        } else if err.is_io_error()
-            || err.is_connection_dropped()
-            || err.is_connection_refusal()
-            || err.is_unrecoverable_error()
-        {
-            StoreErrorKind::Connection
-        } else {
-            StoreErrorKind::Refused
+        let kind = match err.failure() {
+            LinkFailure::Timeout => StoreErrorKind::Timeout,
+            LinkFailure::Connection => StoreErrorKind::Connection,
+            LinkFailure::Refused => StoreErrorKind::Refused,
         };
-        StoreError::new(kind, err.to_string())
+        StoreError::new(kind, err.message())
     }
 }
 

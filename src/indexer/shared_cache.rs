@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use md5::{Digest, Md5};
 use redis::aio::MultiplexedConnection;
 
-use crate::redis_link::{Link, LinkError};
+use crate::redis_link::{Failure as LinkFailure, Link, LinkError};
 
 use crate::internal_events::{InternalEvent, SharedCacheAway, SharedCacheBack, SharedCacheError};
 use crate::metrics::Metrics;
@@ -79,20 +79,6 @@ impl CacheErrorKind {
             CacheErrorKind::BreakerOpen => "breaker_open",
         }
     }
-
-    fn of(err: &redis::RedisError) -> CacheErrorKind {
-        if err.is_timeout() {
-            CacheErrorKind::Timeout
-        } else if err.is_io_error()
-            || err.is_connection_dropped()
-            || err.is_connection_refusal()
-            || err.is_unrecoverable_error()
-        {
-            CacheErrorKind::Connection
-        } else {
-            CacheErrorKind::Refused
-        }
-    }
 }
 
 /// A Redis call that failed, with what it said (never the URL).
@@ -116,20 +102,12 @@ impl CacheError {
 
 impl From<LinkError> for CacheError {
     fn from(err: LinkError) -> Self {
-        match err {
-            LinkError::Redis(err) => CacheError::from(err),
-            LinkError::Timeout(timeout) => CacheError::new(
-                CacheErrorKind::Timeout,
-                format!("no answer within {timeout:?}"),
-            ),
-        }
-    }
-}
-
-impl From<redis::RedisError> for CacheError {
-    fn from(err: redis::RedisError) -> Self {
-        // RedisError's Display holds no URL: only the kind, code and detail.
-        CacheError::new(CacheErrorKind::of(&err), err.to_string())
+        let kind = match err.failure() {
+            LinkFailure::Timeout => CacheErrorKind::Timeout,
+            LinkFailure::Connection => CacheErrorKind::Connection,
+            LinkFailure::Refused => CacheErrorKind::Refused,
+        };
+        CacheError::new(kind, err.message())
     }
 }
 
